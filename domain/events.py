@@ -1,0 +1,98 @@
+"""The extraction events: one msgspec tagged union, stored with a schema version and upcast on read.
+
+A stored event is `(type, schema_version, data)`. `decode` upgrades old `data` to the current schema through
+`UPCASTERS` before converting it, so rows written by older code stay readable. New fields get defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable, Literal, Union
+
+import msgspec
+
+Reason = Literal["registered", "auto_retry", "manual_retry", "handed_back"]
+Mode = Literal["copy", "accurate"]
+Detector = Literal["worker", "reaper", "user"]
+
+
+class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    run: int
+    attempt: int
+
+
+class ExtractionRequested(Event, tag="extraction.requested"):
+    reason: Reason
+    not_before: datetime
+    source: str
+    start: float
+    end: float
+    mode: Mode = "copy"
+    name: str | None = None
+    max_attempts: int = 3
+
+
+class ExtractionStarted(Event, tag="extraction.started"):
+    worker_id: str
+    deadline_at: datetime
+
+
+class ExtractionCompleted(Event, tag="extraction.completed"):
+    bytes: int
+    duration_seconds: float
+    elapsed_seconds: float
+    output: str = ""
+
+
+class ExtractionFailed(Event, tag="extraction.failed"):
+    code: str
+    message: str
+    retryable: bool
+    elapsed_seconds: float = 0.0
+
+
+class ExtractionTimedOut(Event, tag="extraction.timed_out"):
+    detected_by: Detector
+    deadline_at: datetime | None = None
+    elapsed_seconds: float = 0.0
+
+
+ExtractionEvent = Union[
+    ExtractionRequested, ExtractionStarted, ExtractionCompleted, ExtractionFailed, ExtractionTimedOut
+]
+
+OUTCOMES = (ExtractionCompleted, ExtractionFailed, ExtractionTimedOut)
+
+# Bump a type's version here when its data changes shape, and add an upcaster from the old version.
+SCHEMA_VERSION: dict[str, int] = {
+    "extraction.requested": 1,
+    "extraction.started": 1,
+    "extraction.completed": 1,
+    "extraction.failed": 1,
+    "extraction.timed_out": 1,
+}
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+# (type, version) -> function taking data at that version and returning it at version + 1.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def type_of(event: ExtractionEvent) -> str:
+    return event.__struct_config__.tag  # type: ignore[return-value]
+
+
+def encode_data(event: ExtractionEvent) -> dict[str, Any]:
+    """The event's fields as JSON-ready builtins, without its type tag."""
+    data = msgspec.to_builtins(event)
+    data.pop("type")
+    return data
+
+
+def decode(event_type: str, schema_version: int, data: dict[str, Any]) -> ExtractionEvent:
+    current = SCHEMA_VERSION.get(event_type)
+    if current is None:
+        raise ValueError(f"unknown event type {event_type!r}")
+    while schema_version < current:
+        data = UPCASTERS[(event_type, schema_version)](data)
+        schema_version += 1
+    return msgspec.convert({**data, "type": event_type}, ExtractionEvent)

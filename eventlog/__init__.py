@@ -1,0 +1,1 @@
+"""The PostgreSQL side: the event log, the clip repository, migrations (asyncpg)."""

@@ -1,0 +1,78 @@
+"""The clip repository: load a clip's state, decide, append its events and its projection row in one transaction.
+
+A version conflict means another writer got there first: the command is decided again on the fresh state (so a
+late worker result turns into StaleAttempt, and a double click into a no-op).
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+import asyncpg
+import msgspec
+
+from domain.clip import ClipState, Command, Context, decide, evolve
+from domain.errors import VersionConflict
+from eventlog import store
+from projections import clip_status
+
+ExtraWrite = Callable[[asyncpg.Connection, ClipState], Awaitable[None]]
+
+
+class Handled(msgspec.Struct, frozen=True):
+    state: ClipState
+    position: int
+    appended: list[store.StoredEvent]
+
+
+async def handle(
+    pool: asyncpg.Pool,
+    project_id: str,
+    clip_id: str,
+    command: Command,
+    context: Callable[[], Context],
+    *,
+    after_append: ExtraWrite | None = None,
+    attempts: int = 5,
+) -> Handled:
+    """Run `command` against the clip; `after_append` runs in the same transaction, after the events."""
+    for remaining in range(attempts - 1, -1, -1):
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
+            )
+            state = (
+                clip_status.state_from_json(row["state"])
+                if row
+                else ClipState(project_id=project_id, clip_id=clip_id)
+            )
+            ctx = context()
+            events = decide(state, command, ctx)
+            if not events:
+                return Handled(state, row["position"] if row else 0, [])
+            pairs = []
+            new_state = state
+            for event in events:
+                new_state = evolve(new_state, event, ctx.now)
+                pairs.append((event, new_state.status))
+            try:
+                async with conn.transaction():
+                    appended = await store.append(
+                        conn,
+                        project_id=project_id,
+                        clip_id=clip_id,
+                        expected_version=state.version,
+                        events=pairs,
+                        recorded_at=ctx.now,
+                    )
+                    position = appended[-1].position
+                    if not await clip_status.save(conn, new_state, state.version, position):
+                        raise VersionConflict(store.stream_name(project_id, clip_id), state.version)
+                    if after_append is not None:
+                        await after_append(conn, new_state)
+            except VersionConflict:
+                if remaining == 0:
+                    raise
+                continue
+            return Handled(new_state, position, appended)
+    raise AssertionError("unreachable")

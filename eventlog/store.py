@@ -1,0 +1,152 @@
+"""The append-only event log on asyncpg.
+
+Appending: `cliplog_allocate_positions` (migrations/001) is the first write of every appending transaction. It
+takes the transaction id and the event positions together under a lock held for microseconds, so positions
+follow transaction-id order, and the lock is not held through commit (which would serialise every fsync, as a
+table lock does). `(stream, version)` is unique: an append at a stale expected version fails and writes nothing.
+
+Reading in position order: a transaction that allocated a low position may commit after one holding a higher
+position. Readers therefore read only rows whose transaction id is below `pg_snapshot_xmin` of their snapshot:
+every transaction below it has finished, and every transaction still running or yet to come holds positions above
+every row read. A reader that follows the log by position never skips a late commit and never sees a row twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from domain.errors import VersionConflict
+from domain.events import SCHEMA_VERSION, ExtractionEvent, decode, encode_data, type_of
+
+
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    stream: str
+    project_id: str
+    clip_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    clip_status: str
+    recorded_at: datetime
+
+    def decoded(self) -> ExtractionEvent:
+        return decode(self.type, self.schema_version, self.data)
+
+
+def stream_name(project_id: str, clip_id: str) -> str:
+    return f"{project_id}/{clip_id}"
+
+
+_COLUMNS = "position, stream, project_id, clip_id, version, type, schema_version, data, clip_status, recorded_at"
+
+_APPEND = f"""
+WITH allocated AS (SELECT * FROM cliplog_allocate_positions(cardinality($4::text[])))
+INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data,
+                    clip_status, recorded_at)
+SELECT allocated.first_position + e.i - 1, allocated.txid, $1, $2, $3, $5 + e.i, e.type, e.schema_version,
+       e.data, e.clip_status, $6
+FROM allocated,
+     unnest($4::text[], $7::smallint[], $8::jsonb[], $9::text[]) WITH ORDINALITY
+         AS e(type, schema_version, data, clip_status, i)
+RETURNING {_COLUMNS}
+"""
+
+_SAFE = "txid < pg_snapshot_xmin(pg_current_snapshot())"
+
+
+def _stored(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(**dict(row))
+
+
+async def append(
+    conn: asyncpg.Connection,
+    *,
+    project_id: str,
+    clip_id: str,
+    expected_version: int,
+    events: Sequence[tuple[ExtractionEvent, str]],
+    recorded_at: datetime,
+) -> list[StoredEvent]:
+    """Append `(event, clip status after it)` pairs to a clip's stream. Must be the transaction's first write.
+
+    Raises VersionConflict, having written nothing, when the stream is no longer at `expected_version`.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("append must run inside a transaction")
+    stream = stream_name(project_id, clip_id)
+    try:
+        rows = await conn.fetch(
+            _APPEND,
+            stream,
+            project_id,
+            clip_id,
+            [type_of(e) for e, _ in events],
+            expected_version,
+            recorded_at,
+            [SCHEMA_VERSION[type_of(e)] for e, _ in events],
+            [encode_data(e) for e, _ in events],
+            [status for _, status in events],
+        )
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version":
+            raise VersionConflict(stream, expected_version) from None
+        raise
+    return sorted((_stored(r) for r in rows), key=lambda e: e.position)
+
+
+async def read_stream(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str) -> list[StoredEvent]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM events WHERE stream = $1 ORDER BY version", stream_name(project_id, clip_id)
+    )
+    return [_stored(r) for r in rows]
+
+
+async def read_after(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    position: int,
+    limit: int = 100,
+    project_ids: Sequence[str] | None = None,
+) -> list[StoredEvent]:
+    """Events after `position`, in position order, up to the safe horizon (see the module docstring)."""
+    if project_ids is None:
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} ORDER BY position LIMIT $2",
+            position,
+            limit,
+        )
+    else:
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND project_id = ANY($3::text[]) AND {_SAFE} "
+            "ORDER BY position LIMIT $2",
+            position,
+            limit,
+            list(project_ids),
+        )
+    return [_stored(r) for r in rows]
+
+
+async def head_position(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """The highest position a reader may safely pass (0 for an empty log)."""
+    value = await conn.fetchval(f"SELECT max(position) FROM events WHERE {_SAFE}")
+    return value or 0
+
+
+async def epoch(conn: asyncpg.Connection | asyncpg.Pool) -> UUID:
+    return await conn.fetchval("SELECT epoch FROM log_identity")
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection set-up: jsonb as Python objects through msgspec."""
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: msgspec.json.encode(value).decode(),
+        decoder=msgspec.json.decode,
+        schema="pg_catalog",
+    )
