@@ -74,5 +74,6 @@ async def handle(
                 if remaining == 0:
                     raise
                 continue
+            await store.notify(conn, position)
             return Handled(new_state, position, appended)
     raise AssertionError("unreachable")

@@ -142,6 +142,21 @@ async def epoch(conn: asyncpg.Connection | asyncpg.Pool) -> UUID:
     return await conn.fetchval("SELECT epoch FROM log_identity")
 
 
+NOTIFY_CHANNEL = "cliplog_events"
+
+
+async def notify(conn: asyncpg.Connection, position: int) -> None:
+    """Wake the log's followers (a hint only: they always re-read by position, and also poll now and then).
+
+    Sent after commit, in its own statement: a NOTIFY inside the appending transaction would take PostgreSQL's
+    global notify lock across the commit and serialise every appender's fsync.
+    """
+    try:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(position))
+    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+        pass  # the events are committed; followers will find them on their next poll
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Per-connection set-up: jsonb as Python objects through msgspec."""
     await conn.set_type_codec(

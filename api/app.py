@@ -1,0 +1,58 @@
+"""The Litestar application: one factory, dependencies from `runtime.bootstrap`."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from litestar import Litestar, Request, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.static_files import create_static_files_router
+
+from api import errors
+from api.auth import bearer, user_for_token
+from api.clips import ClipsController
+from api.health import health, metrics
+from runtime.bootstrap import Services, open_services
+from runtime.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+
+
+def provide_services(state: State) -> Services:
+    return state.services
+
+
+async def provide_user(request: Request, services: Services) -> str:
+    return await user_for_token(services.pool, bearer(request.headers.get("authorization")))
+
+
+@get("/schema", include_in_schema=False, sync_to_thread=False)
+def openapi_document(request: Request) -> dict:
+    return request.app.openapi_schema.to_schema()
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.services = services or await open_services(settings, pool_size=20)
+        try:
+            yield
+        finally:
+            if services is None:
+                await app.state.services.close()
+
+    route_handlers: list = [ClipsController, health, metrics, openapi_document]
+    if STATIC.is_dir():
+        route_handlers.append(create_static_files_router(path="/", directories=[STATIC], html_mode=True))
+    return Litestar(
+        route_handlers=route_handlers,
+        dependencies={"services": Provide(provide_services, sync_to_thread=False), "user": Provide(provide_user)},
+        exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="cliplog", version="1", path="/schema/ui"),
+        debug=False,
+    )

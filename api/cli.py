@@ -1,0 +1,235 @@
+"""The `cliplog` command: dev, migrate, serve, worker, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+
+from runtime import settings as config
+from runtime.settings import ConfigError, Settings
+
+log = logging.getLogger("cliplog")
+
+
+def _settings() -> Settings:
+    return config.load()
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    from runtime.bootstrap import require_database_url
+
+    return await asyncpg.connect(require_database_url(settings))
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from eventlog.migrate import migrate
+
+    conn = await _connect(settings)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    applied = asyncio.run(_migrate(_settings()))
+    print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ' (up to date)'}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from api.auth import check_id, create_token
+
+    async def run() -> str:
+        check_id(args.user, "USER")
+        conn = await _connect(_settings())
+        try:
+            return await create_token(conn, args.user)
+        finally:
+            await conn.close()
+
+    token = asyncio.run(run())
+    print(f"token for {args.user}:")
+    print(token)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings()
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", ws_ping_interval=None)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from handlers.worker import build_worker
+
+    settings = _settings()
+    build_worker(settings, args.concurrency).run()
+    return 0
+
+
+# cliplog dev -----------------------------------------------------------------------------------------------
+
+
+def _wait_healthy(url: str, children: list[subprocess.Popen], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.poll() is not None:
+                raise RuntimeError(f"{' '.join(child.args[-3:])} exited with code {child.returncode} during start-up")
+        try:
+            with urllib.request.urlopen(url + "/api/extraction/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the API did not answer at {url} within {timeout:g} s")
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from runtime import embedded
+
+    data_dir = Path(args.data_dir or os.environ.get("CLIPLOG_DATA_DIR") or ".cliplog").absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, CLIPLOG_DATA_DIR=str(data_dir))
+    redis_process: subprocess.Popen | None = None
+    children: list[subprocess.Popen] = []
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if not env.get("CLIPLOG_DATABASE_URL"):
+            admin_dsn, _server = embedded.start_postgres(data_dir / "postgres")
+            env["CLIPLOG_DATABASE_URL"] = asyncio.run(embedded.ensure_database(admin_dsn))
+            print(f"embedded PostgreSQL: {data_dir / 'postgres'}", flush=True)
+        if not env.get("CLIPLOG_REDIS_URL"):
+            env["CLIPLOG_REDIS_URL"], redis_process = embedded.start_redis(data_dir / "redis")
+            print(f"embedded Redis: {env['CLIPLOG_REDIS_URL']}", flush=True)
+        settings = config.load(env)
+        settings.media_root.mkdir(parents=True, exist_ok=True)
+        settings.output_root.mkdir(parents=True, exist_ok=True)
+        token = asyncio.run(_prepare_dev(settings, demo=args.demo))
+        command = [sys.executable, "-m", "api.cli"]
+        children.append(subprocess.Popen([*command, "serve", "--host", args.host, "--port", str(args.port)], env=env))
+        for _ in range(args.workers):
+            children.append(subprocess.Popen([*command, "worker"], env=env))
+        url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+        _wait_healthy(url, children)
+        print(f"media folder: {settings.media_root}", flush=True)
+        print(f"cliplog is running: open {url}/?token={token}", flush=True)
+        print(f"API token (user 'dev'): {token}", flush=True)
+        while not stopping:
+            for index, child in enumerate(children):
+                if child.poll() is not None and not stopping:
+                    log.warning("%s exited with %s; restarting it", child.args[3], child.returncode)
+                    children[index] = subprocess.Popen(child.args, env=env)
+            time.sleep(0.2)
+        print("stopping…", flush=True)
+        return 0
+    except (ConfigError, RuntimeError) as error:
+        print(f"cliplog dev: {error}", file=sys.stderr)
+        return 1
+    finally:
+        _stop_all(children, grace=config.load(env).shutdown_grace + 5 if "CLIPLOG_DATABASE_URL" in env else 5)
+        if redis_process is not None:
+            redis_process.terminate()
+            redis_process.wait(10)
+
+
+def _stop_all(children: list[subprocess.Popen], grace: float) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+async def _prepare_dev(settings: Settings, demo: bool) -> str:
+    from api.auth import create_token
+    from eventlog.migrate import migrate
+
+    conn = await _connect(settings)
+    try:
+        await migrate(conn)
+        token = await create_token(conn, "dev", settings.dev_token)
+    finally:
+        await conn.close()
+    if demo:
+        from api.demo import add_demo
+
+        await add_demo(settings, user="dev")
+    return token
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="cliplog", description="Event-sourced clip extraction: no clip is ever stuck.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="everything on one machine, with embedded PostgreSQL and Redis")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--data-dir", default=None, help="default: $CLIPLOG_DATA_DIR or .cliplog")
+    dev.add_argument("--workers", type=int, default=1)
+    dev.add_argument("--demo", action="store_true", help="add a generated source video and sample clips")
+    dev.set_defaults(run=cmd_dev)
+
+    commands.add_parser("migrate", help="apply migrations/ (idempotent)").set_defaults(run=cmd_migrate)
+
+    serve = commands.add_parser("serve", help="the HTTP/WebSocket API and the UI")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=cmd_serve)
+
+    worker = commands.add_parser("worker", help="an arq worker: extraction, the reactor, the reaper")
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.set_defaults(run=cmd_worker)
+
+    token = commands.add_parser("token", help="API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="print a new API token for USER")
+    create.add_argument("user")
+    create.set_defaults(run=cmd_token)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CLIPLOG_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        print(f"cliplog: {error}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresError) as error:
+        print(f"cliplog: cannot reach a service: {type(error).__name__}: {error}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

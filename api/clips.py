@@ -1,0 +1,115 @@
+"""Clip routes: register, list, get, retry, history, file."""
+
+from __future__ import annotations
+
+import secrets
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from api.auth import check_id, claim_project, require_project
+from api.files import ranged_file
+from api.views import ClipView, EventView, RegisterClip, clip_view, event_view
+from domain.clip import Register, Retry
+from domain.errors import Conflict, InvalidInput, NotFound
+from eventlog import store
+from eventlog.clips import handle
+from projections import clip_status
+from runtime.bootstrap import Services, utcnow
+from runtime.media import resolve_inside
+
+MAX_NAME = 200
+MAX_SOURCE = 1024
+
+
+async def _registered(services: Services, project_id: str, clip_id: str, user: str):  # noqa: ANN202
+    await require_project(services.pool, project_id, user)
+    check_id(clip_id, "clip_id")
+    state = await clip_status.load(services.pool, project_id, clip_id)
+    if not state.registered:
+        raise NotFound(f"clip {clip_id!r} not found in project {project_id!r}")
+    return state
+
+
+async def _view(services: Services, project_id: str, clip_id: str) -> ClipView:
+    row = await services.pool.fetchrow(
+        "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
+    )
+    return clip_view(clip_status.state_from_json(row["state"]), row["position"], utcnow(), services.settings)
+
+
+class ClipsController(Controller):
+    path = "/api/clips/projects/{project_id:str}/clips"
+    tags = ["clips"]
+
+    @post("/", summary="Register a clip and request its extraction")
+    async def register(self, project_id: str, data: RegisterClip, user: str, services: Services) -> Response[ClipView]:
+        check_id(project_id, "project_id")
+        clip_id = check_id(data.clip_id, "clip_id") if data.clip_id is not None else secrets.token_urlsafe(9)
+        if not data.source or len(data.source) > MAX_SOURCE or "\x00" in data.source:
+            raise InvalidInput("source must be a path relative to the media folder", field="source")
+        if data.name is not None and len(data.name) > MAX_NAME:
+            raise InvalidInput(f"name is longer than {MAX_NAME} characters", field="name")
+        if resolve_inside(services.settings.media_root, data.source) is None:
+            raise InvalidInput(
+                f"source {data.source!r} is not a video file in the media folder", field="source"
+            )
+        owner = await services.pool.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id)
+        if owner is not None and owner != user:
+            raise NotFound(f"project {project_id!r} not found")
+        command = Register(source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name)
+        handled = await handle(
+            services.pool,
+            project_id,
+            clip_id,
+            command,
+            services.context,
+            after_append=lambda conn, _: claim_project(conn, project_id, user),
+        )
+        view = clip_view(handled.state, handled.position, utcnow(), services.settings)
+        return Response(view, status_code=201 if handled.appended else 200)
+
+    @get("/", summary="List a project's clips (never enqueues anything)")
+    async def list_clips(self, project_id: str, user: str, services: Services) -> list[ClipView]:
+        await require_project(services.pool, project_id, user)
+        now = utcnow()
+        return [
+            clip_view(state, position, now, services.settings)
+            for state, position in await clip_status.list_project(services.pool, project_id)
+        ]
+
+    @get("/{clip_id:str}", summary="One clip")
+    async def get_clip(self, project_id: str, clip_id: str, user: str, services: Services) -> ClipView:
+        await _registered(services, project_id, clip_id, user)
+        return await _view(services, project_id, clip_id)
+
+    @post("/{clip_id:str}/retry-extraction", summary="Start a new run with a fresh attempt budget")
+    async def retry(self, project_id: str, clip_id: str, user: str, services: Services) -> Response[ClipView]:
+        await _registered(services, project_id, clip_id, user)
+        handled = await handle(services.pool, project_id, clip_id, Retry(), services.context)
+        view = clip_view(handled.state, handled.position, utcnow(), services.settings)
+        return Response(view, status_code=202 if handled.appended else 200)
+
+    @get("/{clip_id:str}/events", summary="The clip's whole history, oldest first")
+    async def history(self, project_id: str, clip_id: str, user: str, services: Services) -> list[EventView]:
+        await _registered(services, project_id, clip_id, user)
+        epoch = await store.epoch(services.pool)
+        return [event_view(e, epoch) for e in await store.read_stream(services.pool, project_id, clip_id)]
+
+    @get("/{clip_id:str}/file", summary="The extracted clip (video/mp4, HTTP Range supported)", media_type="video/mp4")
+    async def file(
+        self,
+        request: Request,
+        project_id: str,
+        clip_id: str,
+        user: str,
+        services: Services,
+        range_header: str | None = Parameter(header="Range", default=None, required=False),
+    ) -> Response:
+        state = await _registered(services, project_id, clip_id, user)
+        if state.status != "completed" or not state.output:
+            raise Conflict(f"clip {clip_id!r} is {state.status}, not extracted yet")
+        path = resolve_inside(services.settings.output_root, state.output)
+        if path is None:
+            raise NotFound(f"the file of clip {clip_id!r} is missing from the output folder")
+        return ranged_file(path, range_header)

@@ -1,0 +1,185 @@
+"""`/api/extraction/health` (no token) and `/metrics` (Prometheus text)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from litestar import Response, get
+
+from handlers import reactor
+from handlers.worker import PRESENCE_PREFIX
+from runtime.bootstrap import Services
+
+WINDOW_SECONDS = 3600
+BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Check(msgspec.Struct):
+    ok: bool
+    detail: str | None = None
+
+
+class Workers(msgspec.Struct):
+    alive: int
+
+
+class Queue(msgspec.Struct):
+    pending: int
+    running: int
+    retrying: int
+    oldest_pending_seconds: float
+    stale_running: int
+
+
+class Reactor(msgspec.Struct):
+    lag_events: int
+
+
+class Rates(msgspec.Struct):
+    window_seconds: int
+    completed: int
+    failed: int
+    timed_out: int
+    success_rate: float | None
+    p50_seconds: float | None
+    p95_seconds: float | None
+
+
+class Health(msgspec.Struct):
+    status: str
+    database: Check
+    redis: Check
+    workers: Workers | None = None
+    queue: Queue | None = None
+    reactor: Reactor | None = None
+    rates: Rates | None = None
+
+
+async def _database(services: Services) -> Check:
+    try:
+        await asyncio.wait_for(services.pool.fetchval("SELECT 1"), 2)
+        return Check(ok=True)
+    except Exception as error:
+        return Check(ok=False, detail=f"{type(error).__name__}: {error}"[:200])
+
+
+async def _redis(services: Services) -> tuple[Check, int]:
+    if services.redis is None:
+        return Check(ok=False, detail="not configured"), 0
+    try:
+        await asyncio.wait_for(services.redis.ping(), 2)
+        alive = 0
+        async for _ in services.redis.scan_iter(match=PRESENCE_PREFIX + "*", count=100):
+            alive += 1
+        return Check(ok=True), alive
+    except Exception as error:
+        return Check(ok=False, detail=f"{type(error).__name__}: {error}"[:200]), 0
+
+
+async def _queue(services: Services) -> Queue:
+    row = await services.pool.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+               count(*) FILTER (WHERE status = 'running') AS running,
+               count(*) FILTER (WHERE status = 'retrying') AS retrying,
+               coalesce(extract(epoch FROM now() - min(status_since) FILTER (WHERE status = 'pending')), 0)
+                   AS oldest_pending_seconds,
+               count(*) FILTER (WHERE status = 'running' AND deadline_at < now()) AS stale_running
+        FROM clips WHERE status IN ('pending', 'running', 'retrying')
+        """
+    )
+    return Queue(**{k: (float(v) if k == "oldest_pending_seconds" else int(v)) for k, v in dict(row).items()})
+
+
+async def _rates(services: Services) -> Rates:
+    row = await services.pool.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE type = 'extraction.completed') AS completed,
+               count(*) FILTER (WHERE type = 'extraction.failed') AS failed,
+               count(*) FILTER (WHERE type = 'extraction.timed_out') AS timed_out,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY (data->>'elapsed_seconds')::float)
+                   FILTER (WHERE type = 'extraction.completed') AS p50,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY (data->>'elapsed_seconds')::float)
+                   FILTER (WHERE type = 'extraction.completed') AS p95
+        FROM events
+        WHERE recorded_at > now() - make_interval(secs => $1)
+          AND type IN ('extraction.completed', 'extraction.failed', 'extraction.timed_out')
+        """,
+        WINDOW_SECONDS,
+    )
+    total = row["completed"] + row["failed"] + row["timed_out"]
+    return Rates(
+        window_seconds=WINDOW_SECONDS,
+        completed=row["completed"],
+        failed=row["failed"],
+        timed_out=row["timed_out"],
+        success_rate=round(row["completed"] / total, 4) if total else None,
+        p50_seconds=row["p50"],
+        p95_seconds=row["p95"],
+    )
+
+
+@get("/api/extraction/health", summary="Health of the extraction pipeline (no token needed)", tags=["operations"])
+async def health(services: Services) -> Response[Health]:
+    database = await _database(services)
+    redis, alive = await _redis(services)
+    if not database.ok:
+        return Response(Health(status="down", database=database, redis=redis), status_code=503)
+    queue = await _queue(services)
+    lag = await reactor.lag(services)
+    degraded = not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000
+    result = Health(
+        status="degraded" if degraded else "ok",
+        database=database,
+        redis=redis,
+        workers=Workers(alive=alive),
+        queue=queue,
+        reactor=Reactor(lag_events=lag),
+        rates=await _rates(services),
+    )
+    return Response(result, status_code=200)
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain; version=0.0.4")
+async def metrics(services: Services) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+    outcomes = {
+        r["type"].removeprefix("extraction."): r["n"]
+        for r in await services.pool.fetch(
+            "SELECT type, count(*) AS n FROM events WHERE type IN "
+            "('extraction.completed', 'extraction.failed', 'extraction.timed_out') GROUP BY type"
+        )
+    }
+    metric(
+        "cliplog_extraction_attempts_total",
+        "counter",
+        "Finished extraction attempts by outcome.",
+        [(f'{{outcome="{o}"}}', outcomes.get(o, 0)) for o in ("completed", "failed", "timed_out")],
+    )
+    row = await services.pool.fetchrow(
+        "SELECT array_agg((data->>'elapsed_seconds')::float) AS d FROM events WHERE type = 'extraction.completed'"
+    )
+    durations = row["d"] or []
+    samples = [(f'_bucket{{le="{b:g}"}}', sum(1 for d in durations if d <= b)) for b in BUCKETS]
+    samples += [('_bucket{le="+Inf"}', len(durations)), ("_sum", sum(durations)), ("_count", len(durations))]
+    lines.append("# HELP cliplog_extraction_duration_seconds Time to extract a clip, for completed attempts.")
+    lines.append("# TYPE cliplog_extraction_duration_seconds histogram")
+    lines.extend(f"cliplog_extraction_duration_seconds{suffix} {value:g}" for suffix, value in samples)
+    counts = {r["status"]: r["n"] for r in await services.pool.fetch("SELECT status, count(*) AS n FROM clips GROUP BY status")}
+    metric(
+        "cliplog_clips",
+        "gauge",
+        "Clips by status.",
+        [(f'{{status="{s}"}}', counts.get(s, 0)) for s in ("pending", "running", "retrying", "completed", "failed")],
+    )
+    subscribers = getattr(services, "feed_subscribers", lambda: 0)()
+    metric("cliplog_feed_subscribers", "gauge", "WebSocket feed subscribers on this instance.", [("", subscribers)])
+    metric("cliplog_reactor_lag_events", "gauge", "Events the reactor has not handled yet.", [("", await reactor.lag(services))])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,195 @@
+"""The extraction job: start the attempt, cut with FFmpeg under its deadline, validate, publish, record.
+
+Result files are written under a temporary name in the clip's project folder, validated (it opens, has video,
+has the expected duration), fsynced and renamed to a name unique to the attempt. A result that arrives after its
+attempt stopped being current is discarded together with its file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+import asyncpg
+
+from domain.clip import ClipState, Complete, Fail, Start, TimeOut
+from domain.errors import StaleAttempt
+from domain.policy import is_retryable
+from eventlog.clips import handle
+from handlers import ffmpeg
+from projections import clip_status
+from runtime.bootstrap import Services, utcnow
+from runtime.media import resolve_inside
+
+log = logging.getLogger("cliplog.extraction")
+
+TEMP_PREFIX = ".tmp-"
+
+
+def output_name(state: ClipState) -> str:
+    return f"{state.project_id}/{state.clip_id}.r{state.run}a{state.attempt}.mp4"
+
+
+def duration_tolerance(mode: str, expected: float) -> float:
+    # A stream copy starts at the keyframe before `start`, so it may run a GOP longer than asked.
+    return 0.5 if mode == "accurate" else max(2.5, expected * 0.25)
+
+
+async def produce_clip(services: Services, state: ClipState, time_left: float) -> Complete:
+    """Cut `state`'s current attempt into its final file. Raises ffmpeg.ExtractionError or ffmpeg.Deadline."""
+    settings = services.settings
+    began = time.monotonic()
+    deadline = began + time_left
+    source = resolve_inside(settings.media_root, state.source)
+    if source is None:
+        raise ffmpeg.ExtractionError(
+            "source_missing", f"The source video {state.source!r} does not exist in the media folder."
+        )
+    info = await ffmpeg.probe(
+        source, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
+    )
+    if not info.has_video:
+        raise ffmpeg.ExtractionError("not_a_video", f"The source {state.source!r} has no video stream.")
+    if info.duration and (state.start >= info.duration or state.end > info.duration + 0.5):
+        raise ffmpeg.ExtractionError(
+            "range_past_end",
+            f"The clip {state.start:g}–{state.end:g} s lies past the end of {state.source!r}, "
+            f"which is {info.duration:.1f} s long.",
+        )
+    final = settings.output_root / output_name(state)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.parent / f"{TEMP_PREFIX}{state.clip_id}.r{state.run}a{state.attempt}.{secrets.token_hex(4)}.mp4"
+    try:
+        await ffmpeg.cut(
+            ffmpeg=settings.ffmpeg,
+            source=source,
+            start=state.start,
+            end=state.end,
+            mode=state.mode,
+            target=temporary,
+            timeout=max(0.1, deadline - time.monotonic()),
+        )
+        result = await ffmpeg.probe(
+            temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
+        )
+        expected = min(state.end, info.duration or state.end) - state.start
+        if not result.has_video or abs(result.duration - expected) > duration_tolerance(state.mode, expected):
+            raise ffmpeg.ExtractionError(
+                "output_invalid",
+                f"FFmpeg produced a clip of {result.duration:.2f} s instead of {expected:.2f} s"
+                + ("" if result.has_video else " with no video"),
+            )
+        _fsync(temporary)
+        os.replace(temporary, final)
+    except ffmpeg.ExtractionError as error:
+        if error.code == "not_a_video":  # the temporary output could not be read: the cut is broken, not the source
+            raise ffmpeg.ExtractionError("output_invalid", error.message) from None
+        raise
+    finally:
+        temporary.unlink(missing_ok=True)
+    return Complete(
+        run=state.run,
+        attempt=state.attempt,
+        bytes=final.stat().st_size,
+        duration_seconds=round(result.duration, 3),
+        elapsed_seconds=round(time.monotonic() - began, 3),
+        output=output_name(state),
+    )
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, worker_id: str) -> None:
+    await db.execute(
+        """
+        INSERT INTO leases (project_id, clip_id, run, attempt, worker_id, renewed_at) VALUES ($1, $2, $3, $4, $5, now())
+        ON CONFLICT (project_id, clip_id) DO UPDATE
+        SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now()
+        """,
+        state.project_id,
+        state.clip_id,
+        state.run,
+        state.attempt,
+        worker_id,
+    )
+
+
+async def _heartbeat(services: Services, state: ClipState, worker_id: str) -> None:
+    while True:
+        await asyncio.sleep(services.settings.heartbeat_interval)
+        try:
+            await renew_lease(services.pool, state, worker_id)
+        except Exception as error:  # a missed renewal is survivable; the reaper judges by lease age
+            log.warning("lease renewal for %s/%s failed: %s", state.project_id, state.clip_id, error)
+
+
+async def extract(services: Services, project_id: str, clip_id: str, run: int, attempt: int, worker_id: str) -> str:
+    """Run one attempt. Returns what happened: started work ends in an appended outcome or a discarded result."""
+    state = await clip_status.load(services.pool, project_id, clip_id)
+    if (state.run, state.attempt) != (run, attempt) or state.started or state.status not in ("pending", "retrying"):
+        return "stale"
+    if state.not_before is not None:
+        wait = (state.not_before - utcnow()).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
+    try:
+        started = await handle(
+            services.pool,
+            project_id,
+            clip_id,
+            Start(run=run, attempt=attempt, worker_id=worker_id),
+            services.context,
+            after_append=lambda conn, new_state: renew_lease(conn, new_state, worker_id),
+        )
+    except StaleAttempt:
+        return "stale"
+    state = started.state
+    began = time.monotonic()
+    heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id))
+    try:
+        time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
+        command: Complete | Fail | TimeOut = await produce_clip(services, state, max(0.0, time_left))
+    except ffmpeg.Deadline:
+        command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
+    except ffmpeg.ExtractionError as error:
+        command = Fail(
+            run=run,
+            attempt=attempt,
+            code=error.code,
+            message=error.message,
+            retryable=is_retryable(error.code),
+            elapsed_seconds=_since(began),
+        )
+    except Exception as error:  # a bug or an OS error: record it instead of leaving the attempt running
+        log.exception("attempt %s.%s of %s/%s crashed", run, attempt, project_id, clip_id)
+        command = Fail(
+            run=run,
+            attempt=attempt,
+            code="internal",
+            message=f"The worker failed unexpectedly: {type(error).__name__}: {error}",
+            retryable=True,
+            elapsed_seconds=_since(began),
+        )
+    finally:
+        heartbeat.cancel()
+    try:
+        await handle(services.pool, project_id, clip_id, command, services.context)
+    except StaleAttempt:
+        if isinstance(command, Complete):
+            (services.settings.output_root / command.output).unlink(missing_ok=True)
+        return "discarded"
+    return type(command).__name__.lower()
+
+
+def _since(began: float) -> float:
+    return round(time.monotonic() - began, 3)

@@ -1,0 +1,111 @@
+"""The reactor: follows the log from a checkpoint kept in PostgreSQL and turns each `requested` attempt into an
+arq job. Enqueueing is idempotent (the job id is unique to the attempt), so a crash between the enqueue and the
+checkpoint only enqueues again what arq already holds, or what the job itself then finds stale.
+
+One reactor runs at a time across all workers (a PostgreSQL advisory lock on its own connection). It wakes on
+NOTIFY and also polls, because a NOTIFY can be lost with the connection that would have sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+import asyncpg
+from arq.connections import ArqRedis
+
+from eventlog import store
+from runtime.bootstrap import Services
+
+log = logging.getLogger("cliplog.reactor")
+
+CHECKPOINT = "reactor"
+LEADER_LOCK = 72617
+EXTRACT_JOB = "extract"
+
+
+def job_id(project_id: str, clip_id: str, run: int, attempt: int) -> str:
+    return f"extract:{project_id}/{clip_id}:{run}:{attempt}"
+
+
+async def enqueue_attempt(
+    redis: ArqRedis, project_id: str, clip_id: str, run: int, attempt: int, not_before: datetime | None
+) -> bool:
+    """Enqueue the attempt's job; False when arq already holds a job (or its result) with that id."""
+    job = await redis.enqueue_job(
+        EXTRACT_JOB,
+        project_id,
+        clip_id,
+        run,
+        attempt,
+        _job_id=job_id(project_id, clip_id, run, attempt),
+        _defer_until=not_before,
+    )
+    return job is not None
+
+
+async def react_once(services: Services, batch: int = 500) -> int:
+    """Handle the events after the checkpoint (one batch); return how many were read."""
+    assert services.redis is not None
+    position = await services.pool.fetchval("SELECT position FROM checkpoints WHERE name = $1", CHECKPOINT) or 0
+    events = await store.read_after(services.pool, position, batch)
+    for event in events:
+        if event.type == "extraction.requested":
+            data = event.decoded()
+            await enqueue_attempt(
+                services.redis, event.project_id, event.clip_id, data.run, data.attempt, data.not_before  # type: ignore[union-attr]
+            )
+    if events:
+        await services.pool.execute(
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position)",
+            CHECKPOINT,
+            events[-1].position,
+        )
+    return len(events)
+
+
+async def lag(services: Services) -> int:
+    """Events in the log that the reactor has not handled yet."""
+    return await services.pool.fetchval(
+        "SELECT count(*) FROM events WHERE position > coalesce((SELECT position FROM checkpoints WHERE name = $1), 0)",
+        CHECKPOINT,
+    )
+
+
+async def run_as_leader(services: Services, lock_key: int, step, period: float, name: str) -> None:  # noqa: ANN001
+    """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by NOTIFY or every `period`.
+
+    Survives PostgreSQL outages: on any connection error it waits and tries again.
+    """
+    while True:
+        conn = None
+        try:
+            conn = await asyncpg.connect(services.settings.database_url)
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
+                await asyncio.sleep(min(period, 2.0))
+            wake = asyncio.Event()
+            await conn.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
+            log.info("%s: leading", name)
+            while True:
+                wake.clear()
+                while await step(services):
+                    pass
+                try:
+                    await asyncio.wait_for(wake.wait(), period)
+                except asyncio.TimeoutError:
+                    pass
+                await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("%s: %s: %s; trying again", name, type(error).__name__, error)
+            await asyncio.sleep(1.0)
+        finally:
+            if conn is not None:
+                conn.terminate()  # drops the session lock and the listener with it
+
+
+async def follow(services: Services) -> None:
+    await run_as_leader(services, LEADER_LOCK, react_once, 1.0, "reactor")

@@ -1,0 +1,1 @@
+"""Process-level concerns: configuration, the one place that wires dependencies, embedded services."""

@@ -1,0 +1,117 @@
+"""Configuration from CLIPLOG_* environment variables (see API.md). Bad values fail at start with a clear message."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import msgspec
+
+from domain.clip import Context
+from domain.policy import RetryPolicy
+
+
+class ConfigError(Exception):
+    pass
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".cliplog")
+    media_root: Path = Path(".cliplog/media")
+    output_root: Path = Path(".cliplog/clips")
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str | None = None
+    attempt_timeout: float = 600.0
+    heartbeat_interval: float = 5.0
+    lease_timeout: float = 20.0
+    max_attempts: int = 3
+    retry_base: float = 10.0
+    retry_max: float = 600.0
+    slow_after: float = 300.0
+    poll_after: float = 30.0
+    max_clip_seconds: float = 600.0
+    dev_token: str | None = None
+    reaper_interval: float = 5.0
+    requeue_after: float = 30.0
+    shutdown_grace: float = 20.0
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_attempts, base_seconds=self.retry_base, cap_seconds=self.retry_max)
+
+    def context(self, now, jitter: float = 0.5) -> Context:  # noqa: ANN001 - datetime
+        return Context(
+            now=now,
+            jitter=jitter,
+            policy=self.retry_policy,
+            attempt_timeout=self.attempt_timeout,
+            slow_after=self.slow_after,
+            max_clip_seconds=self.max_clip_seconds,
+        )
+
+
+_NUMBERS: dict[str, tuple[str, type]] = {
+    "CLIPLOG_ATTEMPT_TIMEOUT": ("attempt_timeout", float),
+    "CLIPLOG_HEARTBEAT_INTERVAL": ("heartbeat_interval", float),
+    "CLIPLOG_LEASE_TIMEOUT": ("lease_timeout", float),
+    "CLIPLOG_MAX_ATTEMPTS": ("max_attempts", int),
+    "CLIPLOG_RETRY_BASE": ("retry_base", float),
+    "CLIPLOG_RETRY_MAX": ("retry_max", float),
+    "CLIPLOG_SLOW_AFTER": ("slow_after", float),
+    "CLIPLOG_POLL_AFTER": ("poll_after", float),
+    "CLIPLOG_MAX_CLIP_SECONDS": ("max_clip_seconds", float),
+    "CLIPLOG_REAPER_INTERVAL": ("reaper_interval", float),
+    "CLIPLOG_REQUEUE_AFTER": ("requeue_after", float),
+    "CLIPLOG_SHUTDOWN_GRACE": ("shutdown_grace", float),
+}
+
+
+def find_ffmpeg(env: Mapping[str, str]) -> str:
+    if env.get("CLIPLOG_FFMPEG"):
+        return env["CLIPLOG_FFMPEG"]
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as error:  # the pip package is a dependency; this is a broken install
+        raise ConfigError(f"no ffmpeg found on PATH and the imageio-ffmpeg binary is unusable: {error}") from None
+
+
+def find_ffprobe(env: Mapping[str, str]) -> str | None:
+    """ffprobe when there is one; None means probing falls back to `ffmpeg -i` (the pip ffmpeg ships no ffprobe)."""
+    return env.get("CLIPLOG_FFPROBE") or shutil.which("ffprobe")
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for variable, (field, kind) in _NUMBERS.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value <= 0:
+            raise ConfigError(f"{variable} must be greater than 0 (got {raw})")
+        values[field] = value
+    data_dir = Path(env.get("CLIPLOG_DATA_DIR") or ".cliplog").absolute()
+    return Settings(
+        database_url=env.get("CLIPLOG_DATABASE_URL") or None,
+        redis_url=env.get("CLIPLOG_REDIS_URL") or None,
+        data_dir=data_dir,
+        media_root=Path(env.get("CLIPLOG_MEDIA_ROOT") or data_dir / "media").absolute(),
+        output_root=Path(env.get("CLIPLOG_OUTPUT_ROOT") or data_dir / "clips").absolute(),
+        ffmpeg=find_ffmpeg(env),
+        ffprobe=find_ffprobe(env),
+        dev_token=env.get("CLIPLOG_DEV_TOKEN") or None,
+        **values,  # type: ignore[arg-type]
+    )
