@@ -137,7 +137,17 @@ class Retry(msgspec.Struct, frozen=True):
     """A person asks for a new run."""
 
 
-Command = Register | Start | Complete | Fail | TimeOut | Retry
+class HandBack(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker that is shutting down gives its running attempt back; it does not use up an attempt."""
+
+    run: int
+    attempt: int
+    elapsed_seconds: float = 0.0
+
+
+Command = Register | Start | Complete | Fail | TimeOut | Retry | HandBack
+
+HANDED_BACK = "worker_shutdown"
 
 
 # decide ---------------------------------------------------------------------------------------------------
@@ -183,9 +193,29 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
                 deadline_at=state.deadline_at,
                 elapsed_seconds=command.elapsed_seconds,
             )
-            return [timed_out, *_auto_retry(state, True, ctx)]
+            # The same rule as `evolve`: an attempt the user stopped is not retried automatically.
+            return [timed_out, *_auto_retry(state, command.detected_by != "user", ctx)]
         case Retry():
             return _manual_retry(state, ctx)
+        case HandBack():
+            _require_current(state, command.run, command.attempt, started=True)
+            interrupted = ExtractionFailed(
+                run=command.run,
+                attempt=command.attempt,
+                code=HANDED_BACK,
+                message="The worker was shut down before the clip was done; it was handed back to another worker.",
+                retryable=True,
+                elapsed_seconds=command.elapsed_seconds,
+            )
+            again = _request(
+                state,
+                run=state.run,
+                attempt=state.attempt + 1,
+                reason="handed_back",
+                not_before=ctx.now,
+                max_attempts=state.max_attempts + 1,
+            )
+            return [interrupted, again]
     raise TypeError(f"unknown command {command!r}")
 
 
@@ -210,7 +240,17 @@ def _register(state: ClipState, command: Register, ctx: Context) -> list[Extract
         if same:
             return []
         raise Conflict(f"clip {state.clip_id!r} is already registered with other fields")
-    return [_request(state, run=1, attempt=1, reason="registered", not_before=ctx.now, ctx=ctx, fields=command)]
+    return [
+        _request(
+            state,
+            run=1,
+            attempt=1,
+            reason="registered",
+            not_before=ctx.now,
+            max_attempts=ctx.policy.max_attempts,
+            fields=command,
+        )
+    ]
 
 
 def _request(
@@ -220,7 +260,7 @@ def _request(
     attempt: int,
     reason: Reason,
     not_before: datetime,
-    ctx: Context,
+    max_attempts: int,
     fields: Register | None = None,
 ) -> ExtractionRequested:
     f = fields or Register(source=state.source, start=state.start, end=state.end, mode=state.mode, name=state.name)
@@ -234,7 +274,7 @@ def _request(
         end=f.end,
         mode=f.mode,
         name=f.name,
-        max_attempts=state.max_attempts if reason == "auto_retry" else ctx.policy.max_attempts,
+        max_attempts=max_attempts,
     )
 
 
@@ -253,7 +293,7 @@ def _auto_retry(state: ClipState, retryable: bool, ctx: Context) -> list[Extract
             attempt=state.attempt + 1,
             reason="auto_retry",
             not_before=ctx.now + timedelta(seconds=delay),
-            ctx=ctx,
+            max_attempts=state.max_attempts,
         )
     ]
 
@@ -282,7 +322,16 @@ def _manual_retry(state: ClipState, ctx: Context) -> list[ExtractionEvent]:
                 elapsed_seconds=_elapsed(state.started_at, ctx.now),
             )
         )
-    events.append(_request(state, run=state.run + 1, attempt=1, reason="manual_retry", not_before=ctx.now, ctx=ctx))
+    events.append(
+        _request(
+            state,
+            run=state.run + 1,
+            attempt=1,
+            reason="manual_retry",
+            not_before=ctx.now,
+            max_attempts=ctx.policy.max_attempts,
+        )
+    )
     return events
 
 
@@ -363,6 +412,8 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
             )
         case ExtractionFailed():
             error = ErrorInfo(code=event.code, message=event.message, retryable=event.retryable)
+            if event.code == HANDED_BACK:  # a hand-back request follows in the same append
+                return msgspec.structs.replace(state, **common, status="pending", status_since=at, last_error=error)
             return _after_outcome(state, common, at, error, retryable=event.retryable)
         case ExtractionTimedOut():
             error = ErrorInfo(code="timed_out", message=TIMEOUT_MESSAGES[event.detected_by], retryable=True)
