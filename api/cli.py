@@ -75,10 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from handlers.worker import build_worker
+    from handlers.worker import run_worker
 
-    settings = _settings()
-    build_worker(settings, args.concurrency).run()
+    asyncio.run(run_worker(_settings(), args.concurrency))
     return 0
 
 

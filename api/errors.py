@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.auth import Unauthorized
 from domain import errors
+from runtime.bootstrap import DEPENDENCY_ERRORS
 
 log = logging.getLogger("cliplog.api")
 
@@ -25,16 +23,6 @@ STATUS: dict[type[errors.CliplogError], int] = {
     errors.Unavailable: 503,
 }
 
-UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
 
 
 def status_for(error: errors.CliplogError) -> int:
@@ -69,7 +57,7 @@ def http_error(_: Request, error: HTTPException) -> Response:
 
 
 def unexpected(request: Request, error: Exception) -> Response:
-    if isinstance(error, UNAVAILABLE) or _is_disconnect(error):
+    if isinstance(error, DEPENDENCY_ERRORS) or _is_disconnect(error):
         log.warning("%s %s: dependency unavailable: %s: %s", request.method, request.url.path, type(error).__name__, error)
         return Response(
             body(503, "a service cliplog depends on (PostgreSQL or Redis) is unavailable; try again shortly"),

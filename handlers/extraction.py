@@ -16,13 +16,13 @@ from pathlib import Path
 
 import asyncpg
 
-from domain.clip import ClipState, Complete, Fail, Start, TimeOut
+from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, TimeOut
 from domain.errors import StaleAttempt
 from domain.policy import is_retryable
 from eventlog.clips import handle
 from handlers import ffmpeg
 from projections import clip_status
-from runtime.bootstrap import Services, utcnow
+from runtime.bootstrap import DEPENDENCY_ERRORS, Services, utcnow
 from runtime.media import resolve_inside
 
 log = logging.getLogger("cliplog.extraction")
@@ -155,10 +155,12 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
         return "stale"
     state = started.state
     began = time.monotonic()
+    time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id))
     try:
-        time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
-        command: Complete | Fail | TimeOut = await produce_clip(services, state, max(0.0, time_left))
+        command: Command = await produce_clip(services, state, max(0.0, time_left))
+    except asyncio.CancelledError:  # the worker is shutting down: give the attempt back
+        command = HandBack(run=run, attempt=attempt, elapsed_seconds=_since(began))
     except ffmpeg.Deadline:
         command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
     except ffmpeg.ExtractionError as error:
@@ -182,13 +184,29 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
         )
     finally:
         heartbeat.cancel()
+    patience = 5.0 if isinstance(command, HandBack) else time_left + services.settings.lease_timeout
     try:
-        await handle(services.pool, project_id, clip_id, command, services.context)
+        await record(services, project_id, clip_id, command, give_up_after=patience)
     except StaleAttempt:
         if isinstance(command, Complete):
             (services.settings.output_root / command.output).unlink(missing_ok=True)
         return "discarded"
     return type(command).__name__.lower()
+
+
+async def record(services: Services, project_id: str, clip_id: str, command: Command, give_up_after: float) -> None:
+    """Append the attempt's outcome, retrying while PostgreSQL is unreachable. Past `give_up_after` seconds the
+    reaper will have timed the attempt out anyway, so the result would be stale."""
+    give_up_at = time.monotonic() + give_up_after
+    while True:
+        try:
+            await handle(services.pool, project_id, clip_id, command, services.context)
+            return
+        except DEPENDENCY_ERRORS as error:
+            if time.monotonic() > give_up_at:
+                raise StaleAttempt(f"could not record the outcome before giving up: {error}") from error
+            log.warning("recording %s for %s/%s failed (%s); retrying", type(command).__name__, project_id, clip_id, error)
+            await asyncio.sleep(1.0)
 
 
 def _since(began: float) -> float:

@@ -7,10 +7,12 @@ so a wrapper script or a child blocked on its input cannot outlive the attempt.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import ffmpeg as ffmpeg_python
@@ -41,6 +43,14 @@ class ProcessResult(msgspec.Struct, frozen=True):
     stderr: bytes
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGKILL when the worker dies, even by SIGKILL, so no FFmpeg outlives its worker."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 async def run_process(args: list[str], timeout: float) -> ProcessResult:
     """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline) or cancellation."""
     process = await asyncio.create_subprocess_exec(
@@ -49,6 +59,7 @@ async def run_process(args: list[str], timeout: float) -> ProcessResult:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)

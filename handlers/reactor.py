@@ -74,7 +74,9 @@ async def lag(services: Services) -> int:
     )
 
 
-async def run_as_leader(services: Services, lock_key: int, step, period: float, name: str) -> None:  # noqa: ANN001
+async def run_as_leader(  # noqa: ANN001
+    services: Services, lock_key: int, step, period: float, name: str, *, wake_on_notify: bool = True
+) -> None:
     """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by NOTIFY or every `period`.
 
     Survives PostgreSQL outages: on any connection error it waits and tries again.
@@ -86,7 +88,8 @@ async def run_as_leader(services: Services, lock_key: int, step, period: float, 
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
                 await asyncio.sleep(min(period, 2.0))
             wake = asyncio.Event()
-            await conn.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
+            if wake_on_notify:
+                await conn.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
             log.info("%s: leading", name)
             while True:
                 wake.clear()

@@ -1,4 +1,10 @@
-"""The arq worker: extraction jobs, plus the reactor (and, later, the reaper) as background tasks."""
+"""The worker process: arq polling for extraction jobs, plus the reactor, the reaper and a presence key.
+
+It outlives Redis and PostgreSQL outages (arq's polling loop is restarted after a connection error; the
+background loops retry on their own) with no supervisor. On SIGTERM/SIGINT it stops taking jobs, gives running
+extractions `shutdown_grace` seconds to finish, then cancels the rest, which hand their attempt back without
+using it up.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,18 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import socket
 from typing import Any
 
 from arq.worker import Worker, func
 
-from handlers import reactor
+from handlers import reactor, reaper
 from handlers.extraction import extract
-from runtime.bootstrap import Services, open_services, redis_settings
+from runtime.bootstrap import DEPENDENCY_ERRORS, Services, open_services, redis_settings
 from runtime.settings import Settings
 
 log = logging.getLogger("cliplog.worker")
-
 
 PRESENCE_PREFIX = "cliplog:worker:"
 PRESENCE_TTL = 15
@@ -37,38 +43,71 @@ async def extract_job(ctx: dict[str, Any], project_id: str, clip_id: str, run: i
     return await extract(ctx["services"], project_id, clip_id, run, attempt, ctx["worker_id"])
 
 
-def build_worker(settings: Settings, concurrency: int = 2, *, burst: bool = False) -> Worker:
-    async def startup(ctx: dict[str, Any]) -> None:
-        services = await open_services(settings)
-        ctx["services"] = services
-        ctx["worker_id"] = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-        ctx["background"] = [
-            asyncio.create_task(reactor.follow(services), name="reactor"),
-            asyncio.create_task(announce(services, ctx["worker_id"]), name="presence"),
-        ]
-        log.info("worker %s started", ctx["worker_id"])
+async def _poll_forever(worker: Worker) -> None:
+    while True:
+        try:
+            await worker.main()
+            return  # burst mode: the queue is empty
+        except DEPENDENCY_ERRORS as error:
+            log.warning("queue unavailable (%s: %s); polling again in 1 s", type(error).__name__, error)
+            await asyncio.sleep(1.0)
 
-    async def shutdown(ctx: dict[str, Any]) -> None:
-        for task in ctx.get("background", []):
-            task.cancel()
-        await asyncio.gather(*ctx.get("background", []), return_exceptions=True)
-        if "services" in ctx:
-            try:
-                await ctx["services"].redis.delete(PRESENCE_PREFIX + ctx["worker_id"])
-            except Exception:
-                pass
-            await ctx["services"].close()
 
-    return Worker(
+async def run_worker(settings: Settings, concurrency: int = 2, *, burst: bool = False) -> None:
+    services = await open_services(settings, pool_size=concurrency + 4)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+    reaper.remove_stale_temporaries(services)
+    worker = Worker(
         functions=[func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
         redis_settings=redis_settings(settings),
-        on_startup=startup,
-        on_shutdown=shutdown,
+        ctx={"services": services, "worker_id": worker_id},
+        handle_signals=False,
         max_jobs=concurrency,
         job_timeout=settings.attempt_timeout + 120,
         poll_delay=0.05,
         burst=burst,
         keep_result=3600,
         log_results=False,
-        handle_signals=True,
+        retry_jobs=False,
     )
+    background = [
+        asyncio.create_task(reactor.follow(services), name="reactor"),
+        asyncio.create_task(reaper.follow(services), name="reaper"),
+        asyncio.create_task(announce(services, worker_id), name="presence"),
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker %s started (concurrency %d)", worker_id, concurrency)
+    polling = asyncio.create_task(_poll_forever(worker), name="poll")
+    try:
+        await asyncio.wait([polling, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        await _shut_down(worker, polling, settings.shutdown_grace)
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        try:
+            await asyncio.wait_for(services.redis.delete(PRESENCE_PREFIX + worker_id), 2)
+        except Exception:
+            pass
+        await services.close()
+        if worker._pool is not None:
+            await worker.close()
+        log.info("worker %s stopped", worker_id)
+
+
+async def _shut_down(worker: Worker, polling: asyncio.Task, grace: float) -> None:
+    worker.allow_pick_jobs = False
+    running = [t for t in worker.job_tasks.values() if not t.done()]
+    if running:
+        log.info("waiting up to %g s for %d running extraction(s)", grace, len(running))
+        _, unfinished = await asyncio.wait(running, timeout=grace)
+        for task in unfinished:
+            task.cancel()  # the job hands its attempt back
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=10)
+    await asyncio.wait([t for t in worker.tasks.values() if not t.done()] or [asyncio.sleep(0)], timeout=5)
+    polling.cancel()
+    await asyncio.gather(polling, return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import datetime, timezone
 from urllib.parse import urlparse
@@ -9,10 +10,26 @@ from urllib.parse import urlparse
 import asyncpg
 import msgspec
 from arq.connections import ArqRedis, RedisSettings
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from domain.clip import Context
 from eventlog.store import init_connection
 from runtime.settings import ConfigError, Settings
+
+
+# What a lost PostgreSQL or Redis looks like from here: answered with 503 by the API, retried by workers.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 
 
 def utcnow() -> datetime:

@@ -1,0 +1,115 @@
+"""The reaper: every few seconds, one at a time across all workers, it makes sure nothing waits without bound.
+
+- A running attempt whose lease has not been renewed for `lease_timeout` (its worker is gone) or whose deadline
+  has passed gets `timed_out` (detected_by: reaper); the clip's retry policy then schedules the next attempt.
+- A requested attempt that has not started `requeue_after` seconds after it was due, and whose job is not waiting
+  in the queue, is enqueued again (Redis was flushed or restarted, or a worker died before starting it). Each
+  re-enqueue has its own job id, and a duplicate job finds its attempt already started and does nothing.
+- Temporary output files older than any attempt may live are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from arq.constants import default_queue_name
+
+from domain.clip import TimeOut
+from domain.errors import StaleAttempt
+from eventlog.clips import handle
+from handlers import reactor
+from handlers.extraction import TEMP_PREFIX
+from runtime.bootstrap import Services, utcnow
+
+log = logging.getLogger("cliplog.reaper")
+
+LEADER_LOCK = 72618
+
+
+async def time_out_lost_attempts(services: Services) -> int:
+    settings = services.settings
+    rows = await services.pool.fetch(
+        """
+        SELECT c.project_id, c.clip_id, c.run, c.attempt
+        FROM clips c
+        LEFT JOIN leases l ON l.project_id = c.project_id AND l.clip_id = c.clip_id
+                          AND l.run = c.run AND l.attempt = c.attempt
+        WHERE c.status = 'running'
+          AND (c.deadline_at < $1 OR coalesce(l.renewed_at, c.status_since) < now() - make_interval(secs => $2))
+        """,
+        utcnow(),
+        settings.lease_timeout,
+    )
+    for row in rows:
+        try:
+            await handle(
+                services.pool,
+                row["project_id"],
+                row["clip_id"],
+                TimeOut(run=row["run"], attempt=row["attempt"], detected_by="reaper"),
+                services.context,
+            )
+            log.warning("timed out attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])
+        except StaleAttempt:
+            pass  # it finished meanwhile
+    return len(rows)
+
+
+async def requeue_lost_jobs(services: Services) -> int:
+    """Enqueue again the due attempts that have not started and are not in the queue."""
+    assert services.redis is not None
+    settings = services.settings
+    now = utcnow()
+    rows = await services.pool.fetch(
+        """
+        SELECT project_id, clip_id, run, attempt, not_before FROM clips
+        WHERE status IN ('pending', 'retrying') AND not_before < $1
+        """,
+        now - timedelta(seconds=settings.requeue_after),
+    )
+    count = 0
+    for row in rows:
+        base = reactor.job_id(row["project_id"], row["clip_id"], row["run"], row["attempt"])
+        generation = int((now - row["not_before"]).total_seconds() // settings.requeue_after)
+        recent = (base, f"{base}:again{generation - 1}", f"{base}:again{generation}")
+        if any([await services.redis.zscore(default_queue_name, job) is not None for job in recent]):
+            continue  # still waiting for a free worker
+        job = await services.redis.enqueue_job(
+            reactor.EXTRACT_JOB, row["project_id"], row["clip_id"], row["run"], row["attempt"],
+            _job_id=f"{base}:again{generation}",
+        )
+        if job is not None:
+            count += 1
+            log.warning("re-enqueued attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])
+    return count
+
+
+def remove_stale_temporaries(services: Services) -> int:
+    settings = services.settings
+    oldest = time.time() - settings.attempt_timeout - 60
+    removed = 0
+    if not settings.output_root.is_dir():
+        return 0
+    for path in settings.output_root.glob(f"*/{TEMP_PREFIX}*"):
+        try:
+            if path.stat().st_mtime < oldest:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+async def reap_once(services: Services) -> bool:
+    await time_out_lost_attempts(services)
+    await requeue_lost_jobs(services)
+    remove_stale_temporaries(services)
+    return False  # one pass per period
+
+
+async def follow(services: Services) -> None:
+    await reactor.run_as_leader(
+        services, LEADER_LOCK, reap_once, services.settings.reaper_interval, "reaper", wake_on_notify=False
+    )
