@@ -20,10 +20,11 @@ from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, Tim
 from domain.errors import StaleAttempt
 from domain.policy import is_retryable
 from eventlog.clips import handle
-from handlers import ffmpeg
+from handlers import ffmpeg, mp4
 from projections import clip_status
 from runtime.bootstrap import DEPENDENCY_ERRORS, Services, utcnow
 from runtime.media import resolve_inside
+from runtime.settings import Settings
 
 log = logging.getLogger("cliplog.extraction")
 
@@ -32,6 +33,26 @@ TEMP_PREFIX = ".tmp-"
 
 def output_name(state: ClipState) -> str:
     return f"{state.project_id}/{state.clip_id}.r{state.run}a{state.attempt}.mp4"
+
+
+_SOURCE_INFO: dict[tuple[str, int, int], ffmpeg.MediaInfo] = {}
+_SOURCE_INFO_LIMIT = 512
+
+
+async def source_info(path: Path, settings: Settings, timeout: float) -> ffmpeg.MediaInfo:
+    """Probe a source once per version of the file (clips of one source share it): the MP4 boxes when they can be
+    read, else FFmpeg."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    info = _SOURCE_INFO.get(key)
+    if info is None:
+        info = mp4.read_info(path) or await ffmpeg.probe(
+            path, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=timeout
+        )
+        if len(_SOURCE_INFO) >= _SOURCE_INFO_LIMIT:
+            _SOURCE_INFO.pop(next(iter(_SOURCE_INFO)))
+        _SOURCE_INFO[key] = info
+    return info
 
 
 def duration_tolerance(mode: str, expected: float) -> float:
@@ -49,9 +70,7 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
         raise ffmpeg.ExtractionError(
             "source_missing", f"The source video {state.source!r} does not exist in the media folder."
         )
-    info = await ffmpeg.probe(
-        source, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
-    )
+    info = await source_info(source, settings, timeout=max(0.1, deadline - time.monotonic()))
     if not info.has_video:
         raise ffmpeg.ExtractionError("not_a_video", f"The source {state.source!r} has no video stream.")
     if info.duration and (state.start >= info.duration or state.end > info.duration + 0.5):
@@ -73,7 +92,7 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
             target=temporary,
             timeout=max(0.1, deadline - time.monotonic()),
         )
-        result = await ffmpeg.probe(
+        result = mp4.read_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
         )
         expected = min(state.end, info.duration or state.end) - state.start

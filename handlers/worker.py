@@ -64,7 +64,7 @@ async def run_worker(settings: Settings, concurrency: int = 2, *, burst: bool = 
         handle_signals=False,
         max_jobs=concurrency,
         job_timeout=settings.attempt_timeout + 120,
-        poll_delay=0.05,
+        poll_delay=0.02,
         burst=burst,
         keep_result=3600,
         log_results=False,

@@ -1,0 +1,100 @@
+"""Read an MP4's duration and whether it has a video track straight from its boxes (`moov/mvhd`,
+`moov/trak/mdia/hdlr`), in well under a millisecond, instead of paying 80-120 ms for an ffprobe process.
+
+Only box headers are read while walking the file; `mdat` is skipped with a seek. Anything unexpected returns None
+and the caller falls back to FFmpeg.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from handlers.ffmpeg import MediaInfo
+
+_CONTAINERS = {b"moov", b"trak", b"mdia"}
+_MAX_MOOV = 64 * 1024 * 1024
+
+
+def _boxes(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    offset = 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, offset)
+        header = 8
+        if size == 1:
+            if offset + 16 > len(data):
+                return
+            size = struct.unpack_from(">Q", data, offset + 8)[0]
+            header = 16
+        elif size == 0:
+            size = len(data) - offset
+        if size < header or offset + size > len(data):
+            return
+        yield kind, data[offset + header : offset + size]
+        offset += size
+
+
+def _find_moov(handle: BinaryIO, file_size: int) -> bytes | None:
+    offset = 0
+    while offset + 8 <= file_size:
+        handle.seek(offset)
+        head = handle.read(16)
+        if len(head) < 8:
+            return None
+        size, kind = struct.unpack_from(">I4s", head)
+        header = 8
+        if size == 1:
+            size = struct.unpack_from(">Q", head, 8)[0]
+            header = 16
+        elif size == 0:
+            size = file_size - offset
+        if size < header:
+            return None
+        if kind == b"moov":
+            if size > _MAX_MOOV:
+                return None
+            handle.seek(offset + header)
+            body = handle.read(size - header)
+            return body if len(body) == size - header else None
+        offset += size
+    return None
+
+
+def _mvhd_duration(body: bytes) -> float | None:
+    version = body[0]
+    if version == 1 and len(body) >= 32:
+        timescale, duration = struct.unpack_from(">IQ", body, 20)
+    elif len(body) >= 20:
+        timescale, duration = struct.unpack_from(">II", body, 12)
+    else:
+        return None
+    return duration / timescale if timescale else None
+
+
+def _has_video(moov: bytes) -> bool:
+    for kind, trak in _boxes(moov):
+        if kind != b"trak":
+            continue
+        for kind2, mdia in _boxes(trak):
+            if kind2 != b"mdia":
+                continue
+            for kind3, hdlr in _boxes(mdia):
+                if kind3 == b"hdlr" and len(hdlr) >= 12 and hdlr[8:12] == b"vide":
+                    return True
+    return False
+
+
+def read_info(path: Path) -> MediaInfo | None:
+    """Duration and video presence of an MP4/MOV file, or None when it is not one this reader understands."""
+    try:
+        with path.open("rb") as handle:
+            moov = _find_moov(handle, path.stat().st_size)
+    except OSError:
+        return None
+    if moov is None:
+        return None
+    duration = next((_mvhd_duration(body) for kind, body in _boxes(moov) if kind == b"mvhd"), None)
+    if duration is None:
+        return None
+    return MediaInfo(duration=duration, has_video=_has_video(moov))
