@@ -6,9 +6,11 @@ follow transaction-id order, and the lock is not held through commit (which woul
 table lock does). `(stream, version)` is unique: an append at a stale expected version fails and writes nothing.
 
 Reading in position order: a transaction that allocated a low position may commit after one holding a higher
-position. Readers therefore read only rows whose transaction id is below `pg_snapshot_xmin` of their snapshot:
-every transaction below it has finished, and every transaction still running or yet to come holds positions above
-every row read. A reader that follows the log by position never skips a late commit and never sees a row twice.
+position. Readers therefore read only rows whose transaction id is below the oldest transaction still running in
+their snapshot (`cliplog_safe_horizon`, migrations/004: like `pg_snapshot_xmin`, but blind to transactions of
+other databases): every transaction below it has finished, and every transaction still running or yet to come
+holds positions above every row read. A reader that follows the log by position never skips a late commit and
+never sees a row twice.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from domain.errors import VersionConflict
 from domain.events import SCHEMA_VERSION, ExtractionEvent, decode, encode_data, type_of
 
 
-class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+class StoredEvent(msgspec.Struct, frozen=True):
+    """One row of the log. Field order is the column order of `_COLUMNS` (rows are unpacked positionally)."""
+
     position: int
     stream: str
     project_id: str
@@ -46,7 +50,15 @@ def stream_name(project_id: str, clip_id: str) -> str:
 
 _COLUMNS = "position, stream, project_id, clip_id, version, type, schema_version, data, clip_status, recorded_at"
 
-_APPEND = f"""
+_APPEND_ONE = """
+INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data,
+                    clip_status, recorded_at)
+SELECT allocated.first_position, allocated.txid, $1, $2, $3, $5 + 1, $4, $7, $8, $9, $6
+FROM cliplog_allocate_positions(1) AS allocated
+RETURNING position
+"""
+
+_APPEND_MANY = """
 WITH allocated AS (SELECT * FROM cliplog_allocate_positions(cardinality($4::text[])))
 INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data,
                     clip_status, recorded_at)
@@ -55,14 +67,14 @@ SELECT allocated.first_position + e.i - 1, allocated.txid, $1, $2, $3, $5 + e.i,
 FROM allocated,
      unnest($4::text[], $7::smallint[], $8::jsonb[], $9::text[]) WITH ORDINALITY
          AS e(type, schema_version, data, clip_status, i)
-RETURNING {_COLUMNS}
+RETURNING position
 """
 
-_SAFE = "txid < pg_snapshot_xmin(pg_current_snapshot())"
+_SAFE = "txid < (SELECT cliplog_safe_horizon())"
 
 
 def _stored(row: asyncpg.Record) -> StoredEvent:
-    return StoredEvent(**dict(row))
+    return StoredEvent(*row)
 
 
 async def append(
@@ -81,24 +93,26 @@ async def append(
     if not conn.is_in_transaction():
         raise RuntimeError("append must run inside a transaction")
     stream = stream_name(project_id, clip_id)
+    types = [type_of(e) for e, _ in events]
+    versions = [SCHEMA_VERSION[t] for t in types]
+    data = [encode_data(e) for e, _ in events]
+    statuses = [status for _, status in events]
     try:
-        rows = await conn.fetch(
-            _APPEND,
-            stream,
-            project_id,
-            clip_id,
-            [type_of(e) for e, _ in events],
-            expected_version,
-            recorded_at,
-            [SCHEMA_VERSION[type_of(e)] for e, _ in events],
-            [encode_data(e) for e, _ in events],
-            [status for _, status in events],
-        )
+        if len(events) == 1:
+            args = (types[0], expected_version, recorded_at, versions[0], data[0], statuses[0])
+            positions = [await conn.fetchval(_APPEND_ONE, stream, project_id, clip_id, *args)]
+        else:
+            args = (types, expected_version, recorded_at, versions, data, statuses)
+            positions = sorted(r[0] for r in await conn.fetch(_APPEND_MANY, stream, project_id, clip_id, *args))
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version":
             raise VersionConflict(stream, expected_version) from None
         raise
-    return sorted((_stored(r) for r in rows), key=lambda e: e.position)
+    return [
+        StoredEvent(position, stream, project_id, clip_id, expected_version + i + 1, types[i], versions[i], data[i],
+                    statuses[i], recorded_at)
+        for i, position in enumerate(positions)
+    ]
 
 
 async def read_stream(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str) -> list[StoredEvent]:

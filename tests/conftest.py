@@ -1,0 +1,184 @@
+"""Shared fixtures for every test suite.
+
+Which PostgreSQL the tests use
+------------------------------
+- ``CLIPLOG_TEST_EMBEDDED=1``: an embedded PostgreSQL (the pip package ``pgserver``) started once per session in a
+  temporary directory and stopped at the end.
+- otherwise the server behind the admin DSN ``CLIPLOG_TEST_DATABASE_URL``
+  (default ``postgresql://postgres@127.0.0.1:5432/test``; the role must be allowed to create databases).
+
+Either way the session gets its own freshly created, migrated database (``cliplog_test_<hex>``), dropped at the end,
+so concurrent test runs against one server do not see each other.
+
+Fixtures
+--------
+``admin_url``      (session, sync)  DSN of the server's admin database.
+``make_database``  (session, async) ``await make_database(migrated=True)`` -> DSN of another new database, dropped at
+                                    the end of the session (for tests that need an empty schema, e.g. migrations).
+``database_url``   (session, async) DSN of the session's migrated database.
+``pool``           (session, async) an asyncpg pool on it, with ``eventlog.store.init_connection``.
+``connect``        (function)       ``await connect()`` -> a dedicated asyncpg connection (closed after the test),
+                                    for tests that steer transactions on several connections themselves.
+``clean_db``       (function)       empties every table of the session database (except ``schema_migrations`` and
+                                    ``log_identity``) before the test. Use it when a test asserts about whole tables
+                                    (``SELECT ... FROM events``, a full rebuild); other tests keep to their own
+                                    streams by using ``ids``.
+``ids``            (function)       ``ids.project()`` / ``ids.clip()``: identifiers unique within the session.
+
+All async fixtures and tests run in the one session-wide event loop (pyproject: ``asyncio_default_*_loop_scope``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from hypothesis import Phase, settings
+
+from eventlog.migrate import migrate
+from eventlog.store import init_connection
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+# Property tests: no per-example deadline (machines here are shared and timing varies), no example database in the
+# work tree, and no "explain" phase (it reruns a failing example hundreds of times to annotate it, which took longer
+# than the shrink itself here). `pytest --hypothesis-profile=thorough` runs many more examples.
+settings.register_profile(
+    "cliplog", deadline=None, database=None, phases=[p for p in Phase if p is not Phase.explain]
+)
+settings.register_profile("thorough", parent=settings.get_profile("cliplog"), max_examples=5000)
+settings.load_profile("cliplog")
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` pointing at `database` instead (keeps user, host, port and query such as `?host=/socket/dir`)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+# The server -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> Iterator[str]:
+    if os.environ.get("CLIPLOG_TEST_EMBEDDED") == "1":
+        import pgserver
+
+        pgdata = tempfile.mkdtemp(prefix="cliplog-test-pg-")
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        try:
+            yield server.get_uri("postgres")
+        finally:
+            server.cleanup()  # stops the server (cleanup_mode="stop")
+            shutil.rmtree(pgdata, ignore_errors=True)
+    else:
+        yield os.environ.get("CLIPLOG_TEST_DATABASE_URL", DEFAULT_ADMIN_URL)
+
+
+async def _drop_database(admin: str, name: str) -> None:
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def make_database(admin_url: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    created: list[str] = []
+
+    async def make(*, migrated: bool = True) -> str:
+        name = f"cliplog_test_{secrets.token_hex(6)}"
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        created.append(name)
+        url = with_database(admin_url, name)
+        if migrated:
+            conn = await asyncpg.connect(url)
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+        return url
+
+    yield make
+    for name in reversed(created):
+        await _drop_database(admin_url, name)
+
+
+# The session database -------------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def database_url(make_database: Callable[..., Awaitable[str]]) -> str:
+    return await make_database(migrated=True)
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=20, init=init_connection) as p:
+        yield p
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def connect(database_url: str) -> AsyncIterator[Callable[[], Awaitable[asyncpg.Connection]]]:
+    opened: list[asyncpg.Connection] = []
+
+    async def open_one() -> asyncpg.Connection:
+        conn = await asyncpg.connect(database_url)
+        opened.append(conn)
+        await init_connection(conn)
+        return conn
+
+    yield open_one
+    for conn in opened:
+        await conn.close()
+
+
+_KEEP = ("schema_migrations", "log_identity")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def clean_db(pool: asyncpg.Pool) -> None:
+    """Empty every data table (whatever the migrations created) before the test."""
+    tables = await pool.fetch(
+        "SELECT quote_ident(tablename) AS name FROM pg_tables WHERE schemaname = 'public' AND tablename <> ALL($1)",
+        list(_KEEP),
+    )
+    if tables:
+        await pool.execute(f"TRUNCATE {', '.join(r['name'] for r in tables)}")
+
+
+# Identifiers -----------------------------------------------------------------------------------------------------
+
+
+class Ids:
+    """Identifiers unique within the test session (valid per API.md: `[A-Za-z0-9_-]{1,64}`)."""
+
+    _counter = itertools.count(1)
+
+    def project(self) -> str:
+        return f"p{next(self._counter)}-{secrets.token_hex(3)}"
+
+    def clip(self) -> str:
+        return f"c{next(self._counter)}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def ids() -> Ids:
+    return Ids()
