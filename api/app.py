@@ -15,6 +15,7 @@ from litestar.static_files import create_static_files_router
 from api import errors
 from api.auth import bearer, user_for_token
 from api.clips import ClipsController
+from api.deps import ServicesDep
 from api.health import health, metrics
 from runtime.bootstrap import Services, open_services
 from runtime.settings import Settings
@@ -26,7 +27,7 @@ def provide_services(state: State) -> Services:
     return state.services
 
 
-async def provide_user(request: Request, services: Services) -> str:
+async def provide_user(request: Request, services: ServicesDep) -> str:
     return await user_for_token(services.pool, bearer(request.headers.get("authorization")))
 
 

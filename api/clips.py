@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody
 
 from api.auth import check_id, claim_project, require_project
 from api.files import ranged_file
@@ -15,6 +15,7 @@ from domain.errors import Conflict, InvalidInput, NotFound
 from eventlog import store
 from eventlog.clips import handle
 from projections import clip_status
+from api.deps import ServicesDep, UserDep
 from runtime.bootstrap import Services, utcnow
 from runtime.media import resolve_inside
 
@@ -43,7 +44,7 @@ class ClipsController(Controller):
     tags = ["clips"]
 
     @post("/", summary="Register a clip and request its extraction")
-    async def register(self, project_id: str, data: RegisterClip, user: str, services: Services) -> Response[ClipView]:
+    async def register(self, project_id: FromPath[str], data: JSONBody[RegisterClip], user: UserDep, services: ServicesDep) -> Response[ClipView]:
         check_id(project_id, "project_id")
         clip_id = check_id(data.clip_id, "clip_id") if data.clip_id is not None else secrets.token_urlsafe(9)
         if not data.source or len(data.source) > MAX_SOURCE or "\x00" in data.source:
@@ -70,7 +71,7 @@ class ClipsController(Controller):
         return Response(view, status_code=201 if handled.appended else 200)
 
     @get("/", summary="List a project's clips (never enqueues anything)")
-    async def list_clips(self, project_id: str, user: str, services: Services) -> list[ClipView]:
+    async def list_clips(self, project_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[ClipView]:
         await require_project(services.pool, project_id, user)
         now = utcnow()
         return [
@@ -79,19 +80,19 @@ class ClipsController(Controller):
         ]
 
     @get("/{clip_id:str}", summary="One clip")
-    async def get_clip(self, project_id: str, clip_id: str, user: str, services: Services) -> ClipView:
+    async def get_clip(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> ClipView:
         await _registered(services, project_id, clip_id, user)
         return await _view(services, project_id, clip_id)
 
     @post("/{clip_id:str}/retry-extraction", summary="Start a new run with a fresh attempt budget")
-    async def retry(self, project_id: str, clip_id: str, user: str, services: Services) -> Response[ClipView]:
+    async def retry(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
         await _registered(services, project_id, clip_id, user)
         handled = await handle(services.pool, project_id, clip_id, Retry(), services.context)
         view = clip_view(handled.state, handled.position, utcnow(), services.settings)
         return Response(view, status_code=202 if handled.appended else 200)
 
     @get("/{clip_id:str}/events", summary="The clip's whole history, oldest first")
-    async def history(self, project_id: str, clip_id: str, user: str, services: Services) -> list[EventView]:
+    async def history(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[EventView]:
         await _registered(services, project_id, clip_id, user)
         epoch = await store.epoch(services.pool)
         return [event_view(e, epoch) for e in await store.read_stream(services.pool, project_id, clip_id)]
@@ -100,11 +101,10 @@ class ClipsController(Controller):
     async def file(
         self,
         request: Request,
-        project_id: str,
-        clip_id: str,
-        user: str,
-        services: Services,
-        range_header: str | None = Parameter(header="Range", default=None, required=False),
+        project_id: FromPath[str],
+        clip_id: FromPath[str],
+        user: UserDep,
+        services: ServicesDep,
     ) -> Response:
         state = await _registered(services, project_id, clip_id, user)
         if state.status != "completed" or not state.output:
@@ -112,4 +112,4 @@ class ClipsController(Controller):
         path = resolve_inside(services.settings.output_root, state.output)
         if path is None:
             raise NotFound(f"the file of clip {clip_id!r} is missing from the output folder")
-        return ranged_file(path, range_header)
+        return ranged_file(path, request.headers.get("range"))

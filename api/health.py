@@ -9,6 +9,7 @@ from litestar import Response, get
 
 from handlers import reactor
 from handlers.worker import PRESENCE_PREFIX
+from api.deps import ServicesDep
 from runtime.bootstrap import Services
 
 WINDOW_SECONDS = 3600
@@ -121,7 +122,7 @@ async def _rates(services: Services) -> Rates:
 
 
 @get("/api/extraction/health", summary="Health of the extraction pipeline (no token needed)", tags=["operations"])
-async def health(services: Services) -> Response[Health]:
+async def health(services: ServicesDep) -> Response[Health]:
     database = await _database(services)
     redis, alive = await _redis(services)
     if not database.ok:
@@ -142,7 +143,7 @@ async def health(services: Services) -> Response[Health]:
 
 
 @get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain; version=0.0.4")
-async def metrics(services: Services) -> str:
+async def metrics(services: ServicesDep) -> str:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:

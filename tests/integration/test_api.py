@@ -1,0 +1,236 @@
+"""The HTTP API in-process (Litestar's test client) on the real PostgreSQL and Redis: the contract of API.md for
+clips, errors and auth. Workers are not running here: these tests are about what the API appends, or does not."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+import pytest_asyncio
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.auth import create_token
+from domain.clip import Complete, Fail, Start
+from eventlog.clips import handle
+from runtime.bootstrap import utcnow
+from runtime.settings import Settings
+
+REDIS_URL = os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Path:
+    root = tmp_path / "media"
+    (root / "games").mkdir(parents=True)
+    (root / "games" / "match.mp4").write_bytes(b"stand-in; the API only checks that it is a file")
+    return root
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client_factory(database_url: str, pool: asyncpg.Pool, media: Path, tmp_path: Path):
+    clients = []
+
+    async def make(user: str = "alice", **overrides: object) -> AsyncTestClient:
+        settings = Settings(
+            database_url=database_url,
+            redis_url=REDIS_URL,
+            data_dir=tmp_path,
+            media_root=media,
+            output_root=tmp_path / "clips",
+            **overrides,  # type: ignore[arg-type]
+        )
+        token = await create_token(pool, user)
+        client = AsyncTestClient(app=create_app(settings), raise_server_exceptions=False)
+        await client.__aenter__()
+        client.headers["Authorization"] = f"Bearer {token}"
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.__aexit__(None, None, None)
+
+
+async def event_count(pool: asyncpg.Pool, project: str) -> int:
+    return await pool.fetchval("SELECT count(*) FROM events WHERE project_id = $1", project)
+
+
+CLIP = {"source": "games/match.mp4", "start": 300.0, "end": 310.0}
+
+
+async def test_register_is_idempotent_and_conflicts_on_other_fields(client_factory, pool, ids) -> None:
+    client = await client_factory()
+    project, clip = ids.project(), ids.clip()
+    url = f"/api/clips/projects/{project}/clips"
+    first = await client.post(url, json={"clip_id": clip, **CLIP, "name": "Brilliant Pass Run Cross"})
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["status"] == "pending" and body["attempt"] == 1 and body["max_attempts"] == 3
+    assert body["file_url"] is None and body["slow"] is False and body["version"] == 1
+    again = await client.post(url, json={"clip_id": clip, **CLIP, "name": "Brilliant Pass Run Cross"})
+    assert again.status_code == 200 and again.json()["version"] == 1
+    other = await client.post(url, json={"clip_id": clip, **CLIP, "end": 311.0})
+    assert other.status_code == 409 and "other fields" in other.json()["detail"]
+    generated = await client.post(url, json=CLIP)
+    assert generated.status_code == 201 and generated.json()["clip_id"]
+    assert await event_count(pool, project) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({**CLIP, "source": "games/missing.mp4"}, "is not a video file in the media folder"),
+        ({**CLIP, "source": "../../etc/passwd"}, "is not a video file in the media folder"),
+        ({**CLIP, "source": "games"}, "is not a video file in the media folder"),
+        ({**CLIP, "start": 10.0, "end": 10.0}, "0 <= start < end"),
+        ({**CLIP, "start": -1.0}, "0 <= start < end"),
+        ({**CLIP, "start": 0.0, "end": 4000.0}, "longest clip"),
+        ({**CLIP, "start": "soon"}, "Validation failed"),
+        ({**CLIP, "mode": "fast"}, "Validation failed"),
+        ({**CLIP, "clip_id": "has space"}, "clip_id must match"),
+        ({**CLIP, "surprise": 1}, "Validation failed"),
+    ],
+)
+async def test_bad_input_is_400_with_a_clear_detail_and_appends_nothing(client_factory, pool, ids, body, words) -> None:
+    client = await client_factory()
+    project = ids.project()
+    response = await client.post(f"/api/clips/projects/{project}/clips", json=body)
+    assert response.status_code == 400, response.text
+    assert words in response.text and response.json()["status_code"] == 400
+    assert await event_count(pool, project) == 0
+
+
+async def test_malformed_json_and_bad_project_ids_are_400(client_factory) -> None:
+    client = await client_factory()
+    response = await client.post("/api/clips/projects/p1/clips", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert (await client.get("/api/clips/projects/bad%20id/clips")).status_code == 400
+
+
+async def test_someone_elses_project_is_404_and_untouched(client_factory, pool, ids) -> None:
+    alice, bob = await client_factory("alice"), await client_factory("bob")
+    project, clip = ids.project(), ids.clip()
+    assert (await alice.post(f"/api/clips/projects/{project}/clips", json={"clip_id": clip, **CLIP})).status_code == 201
+    before = await event_count(pool, project)
+    for response in [
+        await bob.post(f"/api/clips/projects/{project}/clips", json={"clip_id": ids.clip(), **CLIP}),
+        await bob.get(f"/api/clips/projects/{project}/clips"),
+        await bob.get(f"/api/clips/projects/{project}/clips/{clip}"),
+        await bob.get(f"/api/clips/projects/{project}/clips/{clip}/events"),
+        await bob.post(f"/api/clips/projects/{project}/clips/{clip}/retry-extraction"),
+    ]:
+        assert response.status_code == 404, response.text
+        assert "not found" in response.json()["detail"]
+    assert await event_count(pool, project) == before
+
+
+async def test_missing_or_bad_token_is_401(client_factory) -> None:
+    client = await client_factory()
+    del client.headers["Authorization"]
+    assert (await client.get("/api/clips/projects/p1/clips")).status_code == 401
+    client.headers["Authorization"] = "Bearer nope"
+    response = await client.get("/api/clips/projects/p1/clips")
+    assert response.status_code == 401 and response.json()["detail"]
+    assert (await client.get("/api/extraction/health")).status_code == 200
+
+
+async def test_listing_a_project_never_appends(client_factory, pool, ids) -> None:
+    client = await client_factory()
+    project = ids.project()
+    for n in range(3):
+        await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": f"c{n}", **CLIP})
+    before = await event_count(pool, project)
+    for _ in range(5):
+        listed = await client.get(f"/api/clips/projects/{project}/clips")
+        assert [c["clip_id"] for c in listed.json()] == ["c0", "c1", "c2"]
+    assert await event_count(pool, project) == before
+
+
+async def test_retry_rules(client_factory, pool, ids) -> None:
+    client = await client_factory(slow_after=3600.0)
+    project, clip = ids.project(), ids.clip()
+    base = f"/api/clips/projects/{project}/clips/{clip}"
+    await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": clip, **CLIP})
+    pending = await client.post(base + "/retry-extraction")
+    assert pending.status_code == 409 and "not yet slow" in pending.json()["detail"]
+
+    ctx = lambda: Settings(database_url="x").context(utcnow())  # noqa: E731
+    await handle(pool, project, clip, Start(run=1, attempt=1, worker_id="w"), ctx)
+    await handle(pool, project, clip, Fail(run=1, attempt=1, code="not_a_video", message="boom", retryable=False), ctx)
+    failed = (await client.get(base)).json()
+    assert failed["status"] == "failed" and failed["retry_eligible"] is True
+    assert failed["last_error"] == {"code": "not_a_video", "message": "boom", "retryable": False}
+
+    first = await client.post(base + "/retry-extraction")
+    assert first.status_code == 202 and first.json()["run"] == 2 and first.json()["status"] == "pending"
+    double = await client.post(base + "/retry-extraction")
+    assert double.status_code == 200 and double.json()["version"] == first.json()["version"]
+    reasons = [e["data"].get("reason") for e in (await client.get(base + "/events")).json()]
+    assert reasons.count("manual_retry") == 1
+
+    await handle(pool, project, clip, Start(run=2, attempt=1, worker_id="w"), ctx)
+    output = Complete(run=2, attempt=1, bytes=10, duration_seconds=10, elapsed_seconds=0.1, output="nowhere.mp4")
+    await handle(pool, project, clip, output, ctx)
+    completed = await client.post(base + "/retry-extraction")
+    assert completed.status_code == 409 and "already extracted" in completed.json()["detail"]
+    missing_file = await client.get(base + "/file")
+    assert missing_file.status_code == 404 and "missing" in missing_file.json()["detail"]
+
+
+async def test_a_slow_running_clip_can_be_retried_by_a_person(client_factory, pool, ids) -> None:
+    client = await client_factory(slow_after=0.2)
+    project, clip = ids.project(), ids.clip()
+    base = f"/api/clips/projects/{project}/clips/{clip}"
+    await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": clip, **CLIP})
+    ctx = lambda: Settings(database_url="x").context(utcnow() - timedelta(seconds=1))  # noqa: E731
+    await handle(pool, project, clip, Start(run=1, attempt=1, worker_id="w"), ctx)
+    running = (await client.get(base)).json()
+    assert running["status"] == "running" and running["slow"] is True and running["retry_eligible"] is True
+    retried = await client.post(base + "/retry-extraction")
+    assert retried.status_code == 202 and retried.json()["run"] == 2
+    types = [(e["type"], e["data"].get("detected_by")) for e in (await client.get(base + "/events")).json()]
+    assert types[-2:] == [("extraction.timed_out", "user"), ("extraction.requested", None)]
+    file = await client.get(base + "/file")
+    assert file.status_code == 409
+
+
+async def test_unknown_clip_is_404(client_factory, ids) -> None:
+    client = await client_factory()
+    project = ids.project()
+    await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": "c1", **CLIP})
+    assert (await client.get(f"/api/clips/projects/{project}/clips/nope")).status_code == 404
+
+
+async def test_health_metrics_and_schema(client_factory) -> None:
+    client = await client_factory()
+    health = await client.get("/api/extraction/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["database"]["ok"] is True and body["redis"]["ok"] is True
+    assert set(body) >= {"status", "workers", "queue", "reactor", "rates"}
+    assert body["status"] in ("ok", "degraded")
+    metrics = (await client.get("/metrics")).text
+    for name in ("cliplog_extraction_attempts_total", "cliplog_extraction_duration_seconds_bucket", "cliplog_clips",
+                 "cliplog_feed_subscribers", "cliplog_reactor_lag_events"):
+        assert name in metrics
+    schema = (await client.get("/schema")).json()
+    assert schema["openapi"].startswith("3.") and "/api/clips/projects/{project_id}/clips" in schema["paths"]
+    assert "ClipView" in msgspec.json.encode(schema).decode()
+
+
+async def test_database_down_gives_503_not_500(media: Path, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url="postgresql://postgres@127.0.0.1:1/nowhere", redis_url="redis://127.0.0.1:1/0",
+        media_root=media, output_root=tmp_path / "clips",
+    )
+    async with AsyncTestClient(app=create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = "Bearer whatever"
+        response = await client.get("/api/clips/projects/p1/clips")
+        assert response.status_code == 503 and "unavailable" in response.json()["detail"]
+        health = await client.get("/api/extraction/health")
+        assert health.status_code == 503 and health.json()["status"] == "down"
