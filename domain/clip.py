@@ -174,6 +174,8 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
                 )
             ]
         case Fail():
+            if command.code == HANDED_BACK:
+                raise InvalidInput(f"the error code {HANDED_BACK!r} is reserved for HandBack")
             _require_current(state, command.run, command.attempt, started=True)
             failed = ExtractionFailed(
                 run=command.run,

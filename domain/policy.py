@@ -17,7 +17,7 @@ def backoff_seconds(policy: RetryPolicy, failed_attempt: int, jitter: float) -> 
     The delay lies in [half, full] of `min(cap, base * 2 ** (failed_attempt - 1))`, so it always grows with the
     attempt number until the cap, and two clips that failed together do not retry together.
     """
-    full = min(policy.cap_seconds, policy.base_seconds * 2 ** max(0, failed_attempt - 1))
+    full = min(policy.cap_seconds, policy.base_seconds * 2 ** min(max(0, failed_attempt - 1), 62))
     return full * (0.5 + 0.5 * min(max(jitter, 0.0), 1.0))
 
 

@@ -42,8 +42,9 @@ async def append(conn, project_id, clip_id, expected_version, events):
 
 
 async def eventually(check, timeout: float = 10.0):
-    """Await `check()` until it returns something true. The safe horizon is cluster-wide: a transaction of another
-    client of the same server (another test run) may hold it back for a moment."""
+    """Await `check()` until it returns something true (or `timeout` passes, returning the last result). The safe
+    horizon waits for every transaction of this database still running, such as an autovacuum's ANALYZE, which may
+    hold it back for a moment after a commit."""
     deadline = time.monotonic() + timeout
     while not (result := await check()):
         if time.monotonic() > deadline:
@@ -223,7 +224,10 @@ async def test_a_write_transaction_in_another_database_does_not_hold_the_reader_
         async with pool.acquire() as conn:
             async with conn.transaction():
                 (event,) = await append(conn, project, "c", 0, [requested()])
-        assert [e.position for e in await store.read_after(pool, start, 100, [project])] == [event.position]
+        async def seen() -> list[int]:
+            return [e.position for e in await store.read_after(pool, start, 100, [project])]
+
+        assert await eventually(lambda: _equals(seen(), [event.position]), timeout=2)
         assert await store.head_position(pool) >= event.position
         await foreign.rollback()
     finally:

@@ -281,3 +281,23 @@ def test_retry_of_a_completed_clip_is_a_conflict():
     assert state.status == "completed" and state.output == "c1.mp4"
     with pytest.raises(Conflict):
         decide(state, Retry(), ctx(10_000))
+
+
+def test_the_hand_back_code_is_reserved_for_hand_backs() -> None:
+    from domain.clip import HANDED_BACK, ClipState, Context, Fail, Register, Start, decide, evolve
+    from domain.errors import InvalidInput
+    from datetime import datetime, timezone
+
+    ctx = Context(now=datetime(2026, 11, 28, tzinfo=timezone.utc))
+    state = ClipState(project_id="p", clip_id="c")
+    for command in (Register(source="a.mp4", start=0.0, end=1.0), Start(run=1, attempt=1, worker_id="w")):
+        for event in decide(state, command, ctx):
+            state = evolve(state, event, ctx.now)
+    with pytest.raises(InvalidInput):
+        decide(state, Fail(run=1, attempt=1, code=HANDED_BACK, message="x", retryable=True), ctx)
+
+
+def test_backoff_does_not_overflow_for_absurd_attempt_numbers() -> None:
+    from domain.policy import RetryPolicy, backoff_seconds
+
+    assert backoff_seconds(RetryPolicy(cap_seconds=600.0), 5000, 1.0) == 600.0
