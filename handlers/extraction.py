@@ -128,10 +128,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, worker_id: str) -> None:
-    await db.execute(
+async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, worker_id: str) -> bool:
+    """Renew the attempt's lease; False when it is no longer the clip's running attempt (the reaper or a person
+    timed it out), so the worker can stop working on it."""
+    result = await db.execute(
         """
-        INSERT INTO leases (project_id, clip_id, run, attempt, worker_id, renewed_at) VALUES ($1, $2, $3, $4, $5, now())
+        INSERT INTO leases (project_id, clip_id, run, attempt, worker_id, renewed_at)
+        SELECT $1, $2, $3, $4, $5, now()
+        WHERE EXISTS (SELECT 1 FROM clips WHERE project_id = $1 AND clip_id = $2 AND run = $3 AND attempt = $4
+                                             AND status = 'running')
         ON CONFLICT (project_id, clip_id) DO UPDATE
         SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now()
         """,
@@ -143,13 +148,23 @@ async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, w
     )
 
 
-async def _heartbeat(services: Services, state: ClipState, worker_id: str) -> None:
+    return result.endswith(" 1")
+
+
+async def _heartbeat(services: Services, state: ClipState, worker_id: str, production: asyncio.Task) -> None:
+    """Renew the lease; stop the production (and its FFmpeg) as soon as the attempt is no longer current."""
     while True:
         await asyncio.sleep(services.settings.heartbeat_interval)
         try:
-            await renew_lease(services.pool, state, worker_id)
+            current = await renew_lease(services.pool, state, worker_id)
         except Exception as error:  # a missed renewal is survivable; the reaper judges by lease age
             log.warning("lease renewal for %s/%s failed: %s", state.project_id, state.clip_id, error)
+            continue
+        if not current:
+            log.info("attempt %s.%s of %s/%s was superseded; stopping it", state.run, state.attempt,
+                     state.project_id, state.clip_id)
+            production.cancel()
+            return
 
 
 async def extract(services: Services, project_id: str, clip_id: str, run: int, attempt: int, worker_id: str) -> str:
@@ -175,10 +190,15 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
     state = started.state
     began = time.monotonic()
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
-    heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id))
+    production = asyncio.create_task(produce_clip(services, state, max(0.0, time_left)))
+    heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
-        command: Command = await produce_clip(services, state, max(0.0, time_left))
-    except asyncio.CancelledError:  # the worker is shutting down: give the attempt back
+        command: Command = await production
+    except asyncio.CancelledError:
+        job = asyncio.current_task()
+        if job is None or not job.cancelling():
+            return "superseded"  # the heartbeat stopped it: its outcome is already recorded
+        job.uncancel()  # the worker is shutting down: give the attempt back
         command = HandBack(run=run, attempt=attempt, elapsed_seconds=_since(began))
     except ffmpeg.Deadline:
         command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))

@@ -108,6 +108,8 @@ async def _shut_down(worker: Worker, polling: asyncio.Task, grace: float) -> Non
             task.cancel()  # the job hands its attempt back
         if unfinished:
             await asyncio.wait(unfinished, timeout=10)
-    await asyncio.wait([t for t in worker.tasks.values() if not t.done()] or [asyncio.sleep(0)], timeout=5)
+    finishing = [t for t in worker.tasks.values() if not t.done()]
+    if finishing:
+        await asyncio.wait(finishing, timeout=5)
     polling.cancel()
     await asyncio.gather(polling, return_exceptions=True)

@@ -64,7 +64,13 @@ def write_script(path: Path, body: str) -> Path:
 
 
 class Cluster:
-    def __init__(self, root: Path, admin_dsn: str, pg_server: object, source: Path) -> None:
+    """`pg_server` (pgserver's) is needed only by `restart_postgres`; with `database_url` the cluster uses that
+    (migrated or not) database instead of creating one through `admin_dsn` (the browser tests pass one the session
+    drops at its end)."""
+
+    def __init__(
+        self, root: Path, admin_dsn: str | None, pg_server: object | None, source: Path, *, database_url: str | None = None
+    ) -> None:
         self.root = root
         self.pg_server = pg_server
         self.ffmpeg = find_ffmpeg(os.environ)
@@ -72,7 +78,10 @@ class Cluster:
         media = root / "media"
         (media / "games").mkdir(parents=True)
         shutil.copy(source, media / "games" / "match.mp4")
-        self.database_url = asyncio.run(embedded.ensure_database(admin_dsn, f"fault_{os.urandom(4).hex()}"))
+        if database_url is None:
+            assert admin_dsn is not None, "pass admin_dsn or database_url"
+            database_url = asyncio.run(embedded.ensure_database(admin_dsn, f"fault_{os.urandom(4).hex()}"))
+        self.database_url = database_url
         asyncio.run(self._prepare())
         self.redis_port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"

@@ -223,3 +223,33 @@ def test_sigterm_hands_running_extractions_back_without_using_an_attempt(cluster
     handed = [e for e in _history(cluster, "deploy") if e["type"] == "extraction.requested"][-1]
     assert handed["data"]["reason"] == "handed_back"
     cluster.check_log()
+
+
+def test_a_person_retrying_a_slow_clip_stops_the_hung_ffmpeg_at_once(cluster: Cluster) -> None:
+    import os
+
+    wrapper = cluster.wrapper(
+        "hang-once",
+        'if [ ! -e "$STATE/hung" ]; then touch "$STATE/hung"; echo $$ > "$STATE/pid"; exec sleep 600; fi\n'
+        'exec "$REAL" "$@"\n',
+    )
+    api = cluster.serve(CLIPLOG_SLOW_AFTER="1")
+    cluster.worker(concurrency=1, CLIPLOG_FFMPEG=wrapper, CLIPLOG_ATTEMPT_TIMEOUT="120", CLIPLOG_LEASE_TIMEOUT="60")
+    _register(cluster, ["stuck"])
+    api.wait_for("p1", ["stuck"], until=lambda c: c["status"] == "running" and c["slow"], timeout=20)
+    pid = int((cluster.root / "hang-once.state" / "pid").read_text())
+    assert api.retry("p1", "stuck").status_code == 202
+    clip = api.wait_for("p1", ["stuck"], timeout=20)["stuck"]  # one worker slot: the hung cut must have let go
+    assert clip["status"] == "completed" and clip["run"] == 2
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    detected = [e["data"]["detected_by"] for e in _history(cluster, "stuck") if e["type"] == "extraction.timed_out"]
+    assert detected == ["user"]
+    cluster.check_log()
+
+
+def test_an_idle_worker_stops_cleanly_on_sigterm(cluster: Cluster) -> None:
+    cluster.serve()
+    worker = cluster.worker()
+    time.sleep(2)
+    worker.terminate()
+    assert worker.wait(15) == 0
