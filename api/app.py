@@ -12,7 +12,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 
-from api import errors
+from api import errors, feed, ui_routes
 from api.auth import bearer, user_for_token
 from api.clips import ClipsController
 from api.deps import ServicesDep
@@ -46,14 +46,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             if services is None:
                 await app.state.services.close()
 
-    route_handlers: list = [ClipsController, health, metrics, openapi_document]
+    route_handlers: list = [ClipsController, health, metrics, openapi_document, *feed.ROUTES, *ui_routes.ROUTES]
     if STATIC.is_dir():
         route_handlers.append(create_static_files_router(path="/", directories=[STATIC], html_mode=True))
     return Litestar(
         route_handlers=route_handlers,
         dependencies={"services": Provide(provide_services, sync_to_thread=False), "user": Provide(provide_user)},
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
-        lifespan=[lifespan],
+        lifespan=[lifespan, feed.lifespan],  # the feed's broker starts after the services, stops before them
         openapi_config=OpenAPIConfig(title="cliplog", version="1", path="/schema/ui"),
         debug=False,
     )

@@ -1,9 +1,10 @@
-"""The `cliplog` command: dev, migrate, serve, worker, token."""
+"""The `cliplog` command: dev, migrate, serve, worker, tail, token."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -70,7 +71,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     settings = _settings()
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", ws_ping_interval=None)
+    app = create_app(settings)
+    gc.collect()
+    gc.freeze()  # the start-up objects (modules, the app) leave the garbage collector's full passes: shorter pauses
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        ws_ping_interval=None,
+        ws_per_message_deflate=False,  # feed messages are small; deflate costs ~30 KB and CPU per subscriber
+    )
     return 0
 
 
@@ -78,6 +89,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from handlers.worker import run_worker
 
     asyncio.run(run_worker(_settings(), args.concurrency))
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Follow the event feed, one JSON event per line (see api/feed_client.py and docs/feed.md)."""
+    import json
+
+    from api.feed_client import CursorReset, FeedClient, FeedError
+
+    token = args.token or os.environ.get("CLIPLOG_TOKEN")
+    if not token:
+        print("cliplog tail: no token: pass --token or set CLIPLOG_TOKEN", file=sys.stderr)
+        return 2
+    after = None if args.after in ("", "start") else args.after
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
+    client = FeedClient(args.url, token, project_id=args.project, after=after, on_mode=lambda m: log.info("feed: %s", m))
+
+    async def follow() -> None:
+        async for event in client.events():
+            sys.stdout.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        return 0
+    except CursorReset as error:
+        print(f"cliplog tail: {error.detail} (start again with --after latest)", file=sys.stderr)
+        return 5
+    except FeedError as error:
+        print(f"cliplog tail: {error.status}: {error.detail}", file=sys.stderr)
+        return 4
     return 0
 
 
@@ -128,6 +173,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         settings.media_root.mkdir(parents=True, exist_ok=True)
         settings.output_root.mkdir(parents=True, exist_ok=True)
         token = asyncio.run(_prepare_dev(settings, demo=args.demo))
+        if args.demo:  # demo only: an FFmpeg wrapper that hangs once, and a short attempt timeout (see api/demo.py)
+            from api.demo import demo_environment
+
+            env.update(demo_environment(settings, env))
+            print(f"demo: one clip hangs once; attempts time out after {env['CLIPLOG_ATTEMPT_TIMEOUT']} s", flush=True)
         command = [sys.executable, "-m", "api.cli"]
         children.append(subprocess.Popen([*command, "serve", "--host", args.host, "--port", str(args.port)], env=env))
         for _ in range(args.workers):
@@ -207,6 +257,13 @@ def parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="an arq worker: extraction, the reactor, the reaper")
     worker.add_argument("--concurrency", type=int, default=2)
     worker.set_defaults(run=cmd_worker)
+
+    tail = commands.add_parser("tail", help="follow the event feed: one JSON event per line")
+    tail.add_argument("--url", default="http://127.0.0.1:8000", help="the API (default http://127.0.0.1:8000)")
+    tail.add_argument("--token", default=None, help="API token (default: $CLIPLOG_TOKEN)")
+    tail.add_argument("--project", default=None, help="only this project (default: all of yours)")
+    tail.add_argument("--after", default="latest", help="a cursor, 'latest' (default) or 'start' (the whole log)")
+    tail.set_defaults(run=cmd_tail)
 
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)

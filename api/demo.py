@@ -1,9 +1,19 @@
-"""`cliplog dev --demo`: a generated source video and sample clips that show every state."""
+"""`cliplog dev --demo`: a generated source video and sample clips that show every state.
+
+- brilliant-pass, accurate-goal: extracted (a stream copy and a frame-accurate re-encode);
+- broken-source, past-the-end: "Extraction failed" for good (not a video; a range past the end), with a retry button;
+- slow-motion: its source (a copy of the match) makes the demo's FFmpeg wrapper hang on the first attempt, so the
+  clip shows "Extracting…", times out (CLIPLOG_ATTEMPT_TIMEOUT, 15 s in the demo unless set), "Retrying: attempt 2
+  of 3 in Xs", then "Extracted".
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
+from typing import Mapping
 
 from api.auth import claim_project
 from domain.clip import Register
@@ -17,7 +27,10 @@ CLIPS = [
     ("accurate-goal", Register(source="demo/match.mp4", start=31.5, end=34.0, mode="accurate", name="Goal, frame-accurate")),
     ("broken-source", Register(source="demo/broken.mp4", start=0.0, end=5.0, name="From a corrupt upload")),
     ("past-the-end", Register(source="demo/match.mp4", start=100.0, end=110.0, name="Past the end of the match")),
+    ("slow-motion", Register(source="demo/slow-motion.mp4", start=40.0, end=46.0, name="Slow-motion replay (hangs once)")),
 ]
+HANGING_SOURCE = "demo/slow-motion.mp4"
+DEMO_ATTEMPT_TIMEOUT = "15"
 
 
 def make_sources(settings: Settings) -> None:
@@ -37,6 +50,10 @@ def make_sources(settings: Settings) -> None:
             check=True,
         )
         os.replace(temporary, match)
+    slow = folder / "slow-motion.mp4"
+    if not slow.exists():
+        shutil.copyfile(match, folder / ".slow-motion.tmp.mp4")
+        os.replace(folder / ".slow-motion.tmp.mp4", slow)
     broken = folder / "broken.mp4"
     if not broken.exists():
         broken.write_bytes(b"not a video, just bytes\n" * 512)
@@ -57,3 +74,26 @@ async def add_demo(settings: Settings, user: str) -> None:
             )
     finally:
         await services.close()
+
+
+def demo_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment `cliplog dev --demo` gives its processes: an FFmpeg wrapper (written into the data dir) that
+    hangs on the first run touching HANGING_SOURCE and runs the real FFmpeg otherwise, and a short attempt timeout
+    unless CLIPLOG_ATTEMPT_TIMEOUT is set, so the hang is timed out and retried within seconds."""
+    marker = settings.data_dir / "demo-ffmpeg.hung-once"
+    script = settings.data_dir / "demo-ffmpeg.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        "# Written by `cliplog dev --demo`: the first FFmpeg run on the demo's slow-motion source hangs (the worker\n"
+        "# times it out and retries); every other run is the real FFmpeg. Delete the marker file to hang again.\n"
+        f"case \"$*\" in\n"
+        f"  *{HANGING_SOURCE}*)\n"
+        f"    if [ ! -e {shlex.quote(str(marker))} ]; then : > {shlex.quote(str(marker))}; exec sleep 3600; fi ;;\n"
+        "esac\n"
+        f"exec {shlex.quote(settings.ffmpeg)} \"$@\"\n"
+    )
+    script.chmod(0o755)
+    extra = {"CLIPLOG_FFMPEG": str(script)}
+    if not env.get("CLIPLOG_ATTEMPT_TIMEOUT"):
+        extra["CLIPLOG_ATTEMPT_TIMEOUT"] = DEMO_ATTEMPT_TIMEOUT
+    return extra

@@ -6,7 +6,9 @@ import asyncio
 
 import msgspec
 from litestar import Response, get
+from litestar.datastructures import State
 
+from api.feed import subscriber_count
 from handlers import reactor
 from handlers.worker import PRESENCE_PREFIX
 from api.deps import ServicesDep
@@ -143,7 +145,7 @@ async def health(services: ServicesDep) -> Response[Health]:
 
 
 @get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain; version=0.0.4")
-async def metrics(services: ServicesDep) -> str:
+async def metrics(services: ServicesDep, state: State) -> str:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -180,7 +182,7 @@ async def metrics(services: ServicesDep) -> str:
         "Clips by status.",
         [(f'{{status="{s}"}}', counts.get(s, 0)) for s in ("pending", "running", "retrying", "completed", "failed")],
     )
-    subscribers = getattr(services, "feed_subscribers", lambda: 0)()
+    subscribers = subscriber_count(state)
     metric("cliplog_feed_subscribers", "gauge", "WebSocket feed subscribers on this instance.", [("", subscribers)])
     metric("cliplog_reactor_lag_events", "gauge", "Events the reactor has not handled yet.", [("", await reactor.lag(services))])
     return "\n".join(lines) + "\n"

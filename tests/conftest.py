@@ -24,6 +24,12 @@ Fixtures
                                     (``SELECT ... FROM events``, a full rebuild); other tests keep to their own
                                     streams by using ``ids``.
 ``ids``            (function)       ``ids.project()`` / ``ids.clip()``: identifiers unique within the session.
+``media_root``     (session, sync)  a media folder holding ``a.mp4`` (registering a clip only needs a regular file).
+``api_env``        (session, sync)  ``api_env(database_url, **extra)`` -> CLIPLOG_* variables for a ``cliplog serve``
+                                    on that database (Redis: ``CLIPLOG_TEST_REDIS_URL``, default 127.0.0.1:6379).
+``api_server``     (session, sync)  the real app under uvicorn in a thread of this process, on the session database
+                                    (``tests/inprocess.py``): ``.url``, ``.ws_url``, ``.state`` (the feed broker).
+``make_user``      (function, async) ``await make_user()`` -> ``(user, token)``, a new user with an API token.
 
 All async fixtures and tests run in the one session-wide event loop (pyproject: ``asyncio_default_*_loop_scope``).
 """
@@ -36,6 +42,8 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -45,6 +53,9 @@ from hypothesis import Phase, settings
 
 from eventlog.migrate import migrate
 from eventlog.store import init_connection
+
+if TYPE_CHECKING:
+    from tests.inprocess import InProcessServer
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -182,3 +193,51 @@ class Ids:
 @pytest.fixture
 def ids() -> Ids:
     return Ids()
+
+
+# The API in this process -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("media")
+    (root / "a.mp4").write_bytes(b"not really a video")
+    return root
+
+
+@pytest.fixture(scope="session")
+def api_env(media_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str, str]]:
+    data_dir = tmp_path_factory.mktemp("data")
+
+    def make(database_url: str, **extra: str) -> dict[str, str]:
+        return {
+            "CLIPLOG_DATABASE_URL": database_url,
+            "CLIPLOG_REDIS_URL": os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            "CLIPLOG_DATA_DIR": str(data_dir),
+            "CLIPLOG_MEDIA_ROOT": str(media_root),
+            **extra,
+        }
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def api_server(database_url: str, api_env: Callable[..., dict[str, str]]) -> Iterator["InProcessServer"]:
+    from tests.inprocess import InProcessServer
+
+    server = InProcessServer(api_env(database_url)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_user(pool: asyncpg.Pool, ids: Ids) -> Callable[[], Awaitable[tuple[str, str]]]:
+    from api.auth import create_token
+
+    async def make() -> tuple[str, str]:
+        user = f"u{ids.clip()}"
+        return user, await create_token(pool, user)
+
+    return make

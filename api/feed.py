@@ -1,0 +1,418 @@
+"""The event feed: `GET /api/events` (cursor pages, long poll) and `GET /api/events/ws` (WebSocket push).
+
+Both read the caller's projects only, from an opaque cursor (`eventlog.cursor`: the log's epoch, a position and
+a fingerprint of the event there). The WebSocket sends the backlog after the cursor from the database, then the
+live events the process's `FeedBroker` (eventlog/feed.py) hands it; see that module for why the switch has no gap
+and no duplicate. No pooled connection is held for the life of a socket or a long poll: every read acquires one
+and gives it back (as Litestar's `stream_di_hog_fix` example does), and waiting happens on the broker.
+
+Events go out as JSON built once: `data` is the JSON text PostgreSQL holds (never decoded and re-encoded), a live
+event's message is rendered once for all subscribers, and pages below the broker's head (where every transaction
+has finished) are read without the safe-horizon check.
+
+WebSocket close codes (API.md, plus the additions documented in docs/feed.md):
+4400 bad `after`/`project_id`, 4401 bad token, 4404 project not visible, 4408 too slow (the subscriber's buffer
+overflowed: reconnect from the last cursor), 4410 cursor from another log (after a `reset` message), 4503
+PostgreSQL unavailable (reconnect later), 1012 server restarting.
+
+Tunables, by environment variable: `CLIPLOG_WS_PING_INTERVAL` (15 s of silence before a ping),
+`CLIPLOG_FEED_BUFFER` (1000 events buffered per subscriber), `CLIPLOG_FEED_POLL_INTERVAL` (1 s between the
+broker's safety-net polls of the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime
+from typing import Annotated, Any, AsyncIterator, Literal, Mapping
+from uuid import UUID
+
+import msgspec
+from litestar import Litestar, Response, WebSocket, get, websocket
+from litestar.datastructures import State
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import QueryParameter
+from litestar.types import Receive, Scope, Send
+
+from api.auth import Unauthorized, bearer, check_id, require_project, user_for_token
+from api.deps import ServicesDep, UserDep
+from api.views import EventPage
+from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
+from eventlog import cursor
+from eventlog.feed import UNAVAILABLE, FeedBroker, FeedEvent, Subscription, head, locate, read_page
+from runtime.bootstrap import Services, require_database_url
+from runtime.settings import ConfigError
+
+log = logging.getLogger("cliplog.feed")
+
+MAX_LIMIT = 1000
+MAX_WAIT = 30.0
+BACKLOG_PAGE = 500
+CLOSE_TIMEOUT = 10.0
+
+CLOSE_BAD_INPUT = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_SLOW = 4408
+CLOSE_RESET = 4410
+CLOSE_UNAVAILABLE = 4503
+
+
+class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
+    ping_interval: float = 15.0
+    buffer: int = 1000
+    poll_interval: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FeedConfig:
+        env = os.environ if env is None else env
+        values: dict[str, float | int] = {}
+        for variable, field, kind in (
+            ("CLIPLOG_WS_PING_INTERVAL", "ping_interval", float),
+            ("CLIPLOG_FEED_BUFFER", "buffer", int),
+            ("CLIPLOG_FEED_POLL_INTERVAL", "poll_interval", float),
+        ):
+            raw = env.get(variable)
+            if not raw:
+                continue
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{variable} must be greater than 0 (got {raw})")
+            values[field] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+
+# Wire format ----------------------------------------------------------------------------------------------------
+
+
+class WirePage(msgspec.Struct):
+    events: list[FeedEvent]
+    next_cursor: str
+
+
+class EventMessage(msgspec.Struct, tag="event", tag_field="type"):
+    event: FeedEvent
+
+
+class ResetMessage(msgspec.Struct, tag="reset", tag_field="type"):
+    detail: str
+
+
+_encode = msgspec.json.Encoder().encode
+PING_MESSAGE = {"type": "websocket.send", "text": '{"type":"ping"}'}
+
+
+def render(event: FeedEvent) -> dict[str, Any]:
+    """An event's ASGI message (built once; uvicorn only reads it, so every subscriber sends the same dict)."""
+    return {"type": "websocket.send", "text": _encode(EventMessage(event)).decode()}
+
+
+# Wiring (app lifespan, metrics) ---------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Start this process's broker (after `app.state.services` exists) and stop it before the services close."""
+    services: Services = app.state.services
+    config = FeedConfig.from_env()
+    broker = FeedBroker(
+        services.pool,
+        require_database_url(services.settings),
+        render,
+        buffer=config.buffer,
+        poll_interval=config.poll_interval,
+        idle_after=config.ping_interval,
+    )
+    app.state.feed = broker
+    await broker.start()
+    try:
+        yield
+    finally:
+        await broker.stop()
+
+
+def subscriber_count(state: State) -> int:
+    """WebSocket feed subscribers on this process (for `/metrics`)."""
+    broker: FeedBroker | None = state.get("feed")
+    return broker.subscribers if broker is not None else 0
+
+
+# Cursors ---------------------------------------------------------------------------------------------------------
+
+
+def parse_after(after: str | None) -> cursor.Cursor | Literal["latest"] | None:
+    """None (the beginning), "latest" (the head), or the decoded cursor; InvalidInput (400) when malformed."""
+    if not after:
+        return None
+    if after == "latest":
+        return "latest"
+    return cursor.decode(after)
+
+
+async def resolve_after(
+    services: Services, broker: FeedBroker, after: cursor.Cursor | Literal["latest"] | None
+) -> tuple[UUID, int, str, int | None]:
+    """`(epoch, position, cursor, final)`: where to read after (position 0 at the beginning, the safe head for
+    `latest`, else the cursor's position if it belongs to this log as it is now: CursorFromAnotherLog, 410,
+    otherwise), and a position up to which the log is final (None if unknown)."""
+    located = await locate(services.pool, after if isinstance(after, cursor.Cursor) else None, broker.known)
+    if isinstance(after, cursor.Cursor):
+        return located.epoch, located.position, cursor.encode(located.epoch, located.position, after.fingerprint), located.final
+    position, print_ = await head(services.pool) if after == "latest" else (0, 0)
+    return located.epoch, position, cursor.encode(located.epoch, position, print_), located.final
+
+
+def _check_limits(limit: int, wait: float) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT} (got {limit})", field="limit")
+    if not (math.isfinite(wait) and 0 <= wait <= MAX_WAIT):
+        raise InvalidInput(f"wait must be between 0 and {MAX_WAIT:g} seconds (got {wait})", field="wait")
+
+
+async def _project_filter(services: Services, project_id: str | None, user: str) -> str | None:
+    if project_id is None:
+        return None
+    check_id(project_id, "project_id")
+    await require_project(services.pool, project_id, user)
+    return project_id
+
+
+async def _read(
+    services: Services, epoch: UUID, position: int, limit: int, user: str, project: str | None, final: int | None
+) -> list[FeedEvent]:
+    """Up to `limit` events after `position`: below `final` without the safe-horizon check, beyond it with."""
+    if final is None or position >= final:
+        return await read_page(services.pool, epoch, position, limit, user=user, project_id=project)
+    events = await read_page(services.pool, epoch, position, limit, user=user, project_id=project, upto=final)
+    if len(events) < limit:
+        events += await read_page(services.pool, epoch, final, limit - len(events), user=user, project_id=project)
+    return events
+
+
+# GET /api/events ------------------------------------------------------------------------------------------------
+
+
+@get(
+    "/api/events",
+    summary="Events of the caller's projects after a cursor (long poll with `wait`)",
+    tags=["feed"],
+)
+async def list_events(
+    user: UserDep,
+    services: ServicesDep,
+    state: State,
+    after: Annotated[str | None, QueryParameter(description="a cursor, or `latest`; none: the beginning")] = None,
+    project_id: Annotated[str | None, QueryParameter(description="only this project")] = None,
+    limit: Annotated[int, QueryParameter(description=f"1..{MAX_LIMIT}")] = 100,
+    wait: Annotated[float, QueryParameter(description=f"seconds to hold an empty answer, 0..{MAX_WAIT:g}")] = 0.0,
+) -> Response[EventPage]:
+    _check_limits(limit, wait)
+    try:
+        page = await _page(services, state.feed, user, parse_after(after), project_id, limit, wait)
+    except UNAVAILABLE as error:  # including asyncpg's client-side errors on a connection cut mid-query
+        log.warning("GET /api/events: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
+        raise Unavailable("PostgreSQL is unavailable; try again shortly") from None
+    return Response(_encode(page), media_type="application/json")
+
+
+async def _page(
+    services: Services,
+    broker: FeedBroker,
+    user: str,
+    start: cursor.Cursor | Literal["latest"] | None,
+    project_id: str | None,
+    limit: int,
+    wait: float,
+) -> WirePage:
+    project = await _project_filter(services, project_id, user)
+    epoch, position, given, final = await resolve_after(services, broker, start)
+    if wait <= 0:
+        events = await _read(services, epoch, position, limit, user, project, final)
+    else:
+        sub = broker.subscribe(user, project, live=False)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while True:
+                sub.take()  # forget earlier wake-ups: this read sees those events
+                if events := await _read(services, epoch, position, limit, user, project, final):
+                    break
+                remaining = deadline - loop.time()
+                if remaining <= 0 or sub.closed:
+                    break
+                await sub.wait(remaining)  # returns at once if an event arrived during the read
+                if sub.reset:
+                    raise CursorFromAnotherLog(sub.reset)
+        finally:
+            broker.unsubscribe(sub)
+    return WirePage(events=events, next_cursor=events[-1].cursor if events else given)
+
+
+# GET /api/events/ws ---------------------------------------------------------------------------------------------
+
+
+class FeedSocket(WebSocket):
+    """Litestar's WebSocket, keeping the server's own `send` for the hot path: a live event's message is one
+    prebuilt dict handed to every subscriber (the wrapper only re-checks a state the handler tracks itself)."""
+
+    __slots__ = ("raw_send",)
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope, receive, send)
+        self.raw_send = send
+
+
+def _reason(text: str) -> str:
+    """A close reason fits in 123 bytes of UTF-8."""
+    return text.encode()[:120].decode(errors="ignore")
+
+
+async def _close(socket: WebSocket, code: int, reason: str) -> None:
+    with suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await socket.close(code=code, reason=_reason(reason))
+
+
+async def _reset(socket: WebSocket, detail: str) -> None:
+    with suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await socket.send_text(_encode(ResetMessage(detail)).decode())
+    await _close(socket, CLOSE_RESET, detail)
+
+
+async def _watch_disconnect(socket: WebSocket, sub: Subscription) -> None:
+    """Read (and ignore) what the client sends, so that a disconnect is noticed while the feed is idle."""
+    try:
+        while (await socket.receive())["type"] != "websocket.disconnect":
+            pass
+    except Exception:  # noqa: BLE001 - any failure here means the socket is gone
+        pass
+    finally:
+        sub.close()
+
+
+@websocket("/api/events/ws", websocket_class=FeedSocket)
+async def events_socket(socket: FeedSocket) -> None:
+    """Backlog after `after`, then live events; pings after silence; see the module docstring for close codes."""
+    await socket.accept()
+    services: Services = socket.app.state.services
+    broker: FeedBroker = socket.app.state.feed
+    params = socket.query_params
+    try:
+        user = await user_for_token(
+            services.pool, bearer(socket.headers.get("authorization")) or params.get("token") or None
+        )
+        start = parse_after(params.get("after"))
+        project = await _project_filter(services, params.get("project_id") or None, user)
+        epoch, position, _, _ = await resolve_after(services, broker, start)
+    except Unauthorized as error:
+        return await _close(socket, CLOSE_UNAUTHORIZED, str(error))
+    except InvalidInput as error:
+        return await _close(socket, CLOSE_BAD_INPUT, error.detail)
+    except NotFound as error:
+        return await _close(socket, CLOSE_NOT_FOUND, error.detail)
+    except CursorFromAnotherLog as error:
+        return await _reset(socket, error.detail)
+    except UNAVAILABLE as error:
+        log.warning("feed socket: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
+        return await _close(socket, CLOSE_UNAVAILABLE, "PostgreSQL is unavailable; reconnect shortly")
+    await _stream(socket, services, broker, user, project, epoch, position)
+
+
+class _Gone(Exception):
+    """The client has disconnected."""
+
+
+async def _send(send: Send, message: Any) -> None:
+    try:
+        await send(message)
+    except (WebSocketDisconnect, OSError):  # uvicorn's ClientDisconnected is an OSError
+        raise _Gone from None
+
+
+async def _stream(
+    socket: FeedSocket,
+    services: Services,
+    broker: FeedBroker,
+    user: str,
+    project: str | None,
+    epoch: UUID,
+    position: int,
+) -> None:
+    loop = asyncio.get_running_loop()
+    send = socket.raw_send
+    sub = broker.subscribe(user, project)
+    sub.last_sent = loop.time()
+    watcher = asyncio.create_task(_watch_disconnect(socket, sub))
+    last = position  # the last position this client has (sent, or its cursor)
+    try:
+        # Backlog: (cursor, sub.start] from the database, page by page; live events after sub.start wait in the
+        # subscription's buffer meanwhile (restarted further on if it overflows during a long backlog).
+        covered = position
+        while True:
+            if sub.closed:
+                return
+            if sub.reset:
+                return await _reset(socket, sub.reset)
+            if sub.overflowed:
+                broker.restart(sub)
+            if sub.start is None:  # the broker has not reached the database yet: wait (woken when it has, or idle)
+                await sub.wait(broker.idle_after)
+                if sub.start is None and loop.time() - sub.last_sent >= broker.idle_after:
+                    await _send(send, PING_MESSAGE)
+                    sub.last_sent = loop.time()
+                continue
+            target = sub.start
+            if covered >= target:
+                break
+            page = await read_page(
+                services.pool, epoch, covered, BACKLOG_PAGE, user=user, project_id=project, upto=target
+            )
+            for event in page:
+                if event.position > last:
+                    await _send(send, render(event))
+                    last = event.position
+            if page:
+                sub.last_sent = loop.time()
+            covered = page[-1].position if len(page) == BACKLOG_PAGE else target
+
+        # Live: what the broker delivers, in order. No timer per wait: the broker wakes idle subscriptions.
+        while True:
+            await sub.wait()
+            if sub.closed:
+                return
+            if sub.reset:
+                return await _reset(socket, sub.reset)
+            if sub.overflowed:
+                return await _close(socket, CLOSE_TOO_SLOW, "too slow: buffer overflowed; reconnect from your last cursor")
+            items = sub.take()
+            if items:
+                for event_position, message in items:
+                    if event_position > last:
+                        try:
+                            await send(message)
+                        except OSError:  # uvicorn's ClientDisconnected
+                            raise _Gone from None
+                        last = event_position
+                sub.last_sent = loop.time()
+            elif loop.time() - sub.last_sent >= broker.idle_after:
+                await _send(send, PING_MESSAGE)
+                sub.last_sent = loop.time()
+    except _Gone:
+        pass
+    except UNAVAILABLE as error:
+        log.warning("feed socket: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
+        await _close(socket, CLOSE_UNAVAILABLE, "PostgreSQL is unavailable; reconnect from your last cursor")
+    finally:
+        broker.unsubscribe(sub)
+        watcher.cancel()
+
+
+ROUTES = [list_events, events_socket]

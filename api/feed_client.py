@@ -1,0 +1,220 @@
+"""A Python client for the event feed (used by `cliplog tail`).
+
+    client = FeedClient("http://127.0.0.1:8000", token, project_id=None, after="latest")
+    async for event in client.events():     # for ever; raises FeedError / CursorReset on permanent errors
+        print(event["type"], client.cursor)
+
+It follows `GET /api/events/ws` and keeps the cursor of the last event it yielded. When the socket drops (or is
+silent for `silence_timeout` seconds, i.e. missed two pings) it reconnects from that cursor with exponential
+backoff and jitter, and while the socket is down it long-polls `GET /api/events` so that events keep coming. Each
+event is yielded once, in position order (anything at or below the last position is dropped). `after="latest"` is
+resolved to a concrete cursor first, so a reconnection before the first event loses nothing.
+
+Permanent errors end the iteration: `FeedError` (bad token 401/4401, project not visible 404/4404, bad input
+400/4400) and its subclass `CursorReset` (410/4410: the cursor belongs to another log; start again from
+`latest`). Everything else (connection refused, 503/4503, 4408 "too slow", 1012 "server restarting") is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from typing import Any, AsyncIterator, Callable
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+Mode = str  # "live" | "polling" | "reconnecting" | "offline"
+
+PERMANENT_CLOSE = {4400: 400, 4401: 401, 4404: 404}
+RESET_CLOSE = 4410
+
+
+class FeedError(Exception):
+    """A permanent refusal: retrying with the same token, project and cursor cannot succeed."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class CursorReset(FeedError):
+    """The cursor comes from another event log (the database was reset or restored)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(410, detail)
+
+
+class _Retry(Exception):
+    """A transient failure: back off, poll meanwhile, reconnect."""
+
+
+class FeedClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        project_id: str | None = None,
+        after: str | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        poll_wait: float = 25.0,
+        silence_timeout: float = 35.0,
+        on_mode: Callable[[Mode], None] | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.project_id = project_id
+        self.cursor: str | None = after or None  # None: the beginning of the log
+        self.position = 0  # the last position yielded (dedup)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.poll_wait = poll_wait
+        self.silence_timeout = silence_timeout
+        self.on_mode = on_mode
+        self.rng = rng
+        self.mode: Mode = "reconnecting"
+
+    # Public --------------------------------------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        failures = 0
+        async with httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}) as http:
+            while self.cursor == "latest":  # pin the head down first
+                try:
+                    async for event in self._poll_once(http, wait=0):
+                        yield event
+                except _Retry:
+                    failures += 1
+                    await asyncio.sleep(self.delay(failures))
+            while True:
+                try:
+                    async with contextlib.aclosing(self._socket()) as stream:
+                        async for event in stream:
+                            failures = 0
+                            yield event
+                    failures = 0  # closed on purpose by the server (too slow, restarting): come back soon
+                except _Retry:
+                    failures += 1
+                self._set_mode("reconnecting")
+                deadline = asyncio.get_running_loop().time() + self.delay(failures)
+                async with contextlib.aclosing(self._poll_until(http, deadline)) as polled:
+                    async for event in polled:
+                        yield event
+
+    def delay(self, failures: int) -> float:
+        """Exponential backoff with jitter: a random value in [d/2, d], d = min(max, base * 2**failures)."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(failures, 30))
+        return ceiling / 2 + self.rng() * ceiling / 2
+
+    # Internals -----------------------------------------------------------------------------------------------------
+
+    def _set_mode(self, mode: Mode) -> None:
+        if mode != self.mode:
+            self.mode = mode
+            if self.on_mode is not None:
+                self.on_mode(mode)
+
+    def _accept(self, event: dict[str, Any]) -> bool:
+        if event["position"] <= self.position:
+            return False
+        self.position = event["position"]
+        self.cursor = event["cursor"]
+        return True
+
+    def _query(self, **extra: object) -> str:
+        params: dict[str, object] = {}
+        if self.cursor:
+            params["after"] = self.cursor
+        if self.project_id:
+            params["project_id"] = self.project_id
+        params.update(extra)
+        return urlencode(params)
+
+    def _ws_url(self) -> str:
+        parts = urlsplit(self.url)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        return urlunsplit((scheme, parts.netloc, parts.path + "/api/events/ws", self._query(), ""))
+
+    async def _socket(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with connect(
+                self._ws_url(),
+                additional_headers={"Authorization": f"Bearer {self.token}"},
+                compression=None,
+                open_timeout=10,
+                close_timeout=2,
+                proxy=None,
+            ) as ws:
+                self._set_mode("live")
+                while True:
+                    try:
+                        async with asyncio.timeout(self.silence_timeout):
+                            raw = await ws.recv()
+                    except TimeoutError:
+                        raise _Retry("the socket is silent") from None
+                    message = json.loads(raw)
+                    kind = message.get("type")
+                    if kind == "event":
+                        if self._accept(message["event"]):
+                            yield message["event"]
+                    elif kind == "reset":
+                        raise CursorReset(message.get("detail", "cursor from another log"))
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd is not None else 1006
+            reason = closed.rcvd.reason if closed.rcvd is not None else ""
+            if code in PERMANENT_CLOSE:
+                raise FeedError(PERMANENT_CLOSE[code], reason) from None
+            if code == RESET_CLOSE:
+                raise CursorReset(reason) from None
+            if code in (1000, 1001, 1012, 4408):
+                return  # closed on purpose: reconnect from the cursor
+            raise _Retry(f"socket closed with {code}") from None
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as error:
+            raise _Retry(f"cannot open the socket: {error}") from None
+
+    async def _poll_until(self, http: httpx.AsyncClient, deadline: float) -> AsyncIterator[dict[str, Any]]:
+        """Long-poll until `deadline` (the next socket attempt), sleeping instead while polling fails too."""
+        loop = asyncio.get_running_loop()
+        while (remaining := deadline - loop.time()) > 0.05:
+            try:
+                async for event in self._poll_once(http, wait=min(self.poll_wait, remaining)):
+                    yield event
+            except _Retry:
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    async def _poll_once(self, http: httpx.AsyncClient, wait: float) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            try:
+                response = await http.get(
+                    f"/api/events?{self._query(limit=1000, wait=f'{wait:.3f}')}", timeout=wait + 10
+                )
+            except httpx.HTTPError as error:
+                self._set_mode("offline")
+                raise _Retry(f"poll failed: {error}") from None
+            if response.status_code in (400, 401, 404, 410):
+                try:
+                    detail = response.json().get("detail", response.text)
+                except ValueError:
+                    detail = response.text
+                raise (CursorReset(detail) if response.status_code == 410 else FeedError(response.status_code, detail))
+            if response.status_code != 200:
+                self._set_mode("reconnecting")
+                raise _Retry(f"poll answered {response.status_code}")
+            self._set_mode("polling")
+            page = response.json()
+            for event in page["events"]:
+                if self._accept(event):
+                    yield event
+            if not page["events"] and self.cursor in (None, "latest"):
+                self.cursor = page["next_cursor"]
+            if len(page["events"]) < 1000:
+                return
+            wait = 0

@@ -1,0 +1,128 @@
+"""What the web UI needs besides API.md's routes: the caller's projects, the settings the page works with, and
+the videos under the media root (for the add-clip form). All need a token; errors are the usual JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+from litestar import get
+
+from api.deps import ServicesDep, UserDep
+from runtime.media import resolve_inside
+
+MAX_MEDIA_FILES = 2000
+VIDEO_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split()
+)
+
+
+class ProjectView(msgspec.Struct):
+    project_id: str
+    clips: int
+    statuses: dict[str, int]  # clips per status (pending, running, retrying, completed, failed)
+    slow: int  # pending or running for longer than CLIPLOG_SLOW_AFTER
+    created_at: datetime
+    updated_at: datetime | None  # the last change to one of its clips
+
+
+class UiConfig(msgspec.Struct):
+    user: str
+    poll_after: float
+    slow_after: float
+    max_clip_seconds: float
+    max_attempts: int
+
+
+class MediaFile(msgspec.Struct):
+    path: str  # relative to the media root, with "/" separators: what `source` takes
+    bytes: int
+
+
+class MediaList(msgspec.Struct):
+    files: list[MediaFile]
+    truncated: bool  # more than MAX_MEDIA_FILES videos: the first ones in path order are listed
+
+
+@get("/api/clips/projects", summary="The caller's projects, most recently active first", tags=["ui"])
+async def list_projects(user: UserDep, services: ServicesDep) -> list[ProjectView]:
+    rows = await services.pool.fetch(
+        """
+        SELECT p.project_id, p.created_at, count(c.clip_id) AS clips, max(c.updated_at) AS updated_at,
+               count(c.clip_id) FILTER (
+                   WHERE c.status IN ('pending', 'running') AND c.status_since < now() - make_interval(secs => $2)
+               ) AS slow,
+               array_remove(array_agg(c.status), NULL) AS statuses
+        FROM projects p
+        LEFT JOIN clips c ON c.project_id = p.project_id
+        WHERE p.owner = $1
+        GROUP BY p.project_id, p.created_at
+        ORDER BY max(c.updated_at) DESC NULLS LAST, p.project_id
+        """,
+        user,
+        services.settings.slow_after,
+    )
+    projects = []
+    for row in rows:
+        statuses: dict[str, int] = {}
+        for status in row["statuses"]:
+            statuses[status] = statuses.get(status, 0) + 1
+        projects.append(
+            ProjectView(
+                project_id=row["project_id"],
+                clips=row["clips"],
+                statuses=statuses,
+                slow=row["slow"],
+                created_at=row["created_at"],
+                updated_at=row["updated_at"],
+            )
+        )
+    return projects
+
+
+@get("/api/config", summary="The settings the web UI works with", tags=["ui"])
+async def ui_config(user: UserDep, services: ServicesDep) -> UiConfig:
+    settings = services.settings
+    return UiConfig(
+        user=user,
+        poll_after=settings.poll_after,
+        slow_after=settings.slow_after,
+        max_clip_seconds=settings.max_clip_seconds,
+        max_attempts=settings.max_attempts,
+    )
+
+
+def find_videos(root: Path, limit: int = MAX_MEDIA_FILES) -> MediaList:
+    """Video files under `root` by name, skipping hidden files and folders (such as partial uploads)."""
+    found: list[MediaFile] = []
+    truncated = False
+    if not root.is_dir():
+        return MediaList(files=[], truncated=False)
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith(".") or Path(name).suffix.lower() not in VIDEO_SUFFIXES:
+                continue
+            relative = (Path(folder) / name).relative_to(root).as_posix()
+            path = resolve_inside(root, relative)  # a regular file, not a link out of the root
+            if path is None:
+                continue
+            if len(found) >= limit:
+                truncated = True
+                break
+            found.append(MediaFile(path=relative, bytes=path.stat().st_size))
+        if truncated:
+            break
+    found.sort(key=lambda f: f.path)
+    return MediaList(files=found, truncated=truncated)
+
+
+@get("/api/media", summary="Video files under the media root (sources for new clips)", tags=["ui"])
+async def list_media(user: UserDep, services: ServicesDep) -> MediaList:
+    return await asyncio.to_thread(find_videos, services.settings.media_root)
+
+
+ROUTES = [list_projects, ui_config, list_media]

@@ -1,0 +1,561 @@
+"""The feed's reader side: user-scoped pages of the log, and the per-process broker that fans new events out.
+
+Pages
+-----
+`read_page` reads the events of one user's projects (or of one project) after a position, in position order.
+Ownership is joined in the same statement as the events, so a project claimed in the same transaction as its first
+event is seen together with that event (reading the project list first could skip it for good). Without `upto`
+the page stops at the safe horizon (see `eventlog.store`); with `upto` it reads `(after, upto]`, a range the
+broker has already passed, where every transaction has finished and nothing can appear any more.
+
+The broker
+----------
+One `FeedBroker` per API process follows the whole log and hands new events to that process's subscribers:
+
+- a dedicated asyncpg connection LISTENs on `store.NOTIFY_CHANNEL`, only to wake the broker up (reconnected with
+  backoff when PostgreSQL restarts or the connection dies; checked with a `SELECT 1` now and then);
+- a pump re-reads the log by position (`read_all`, pages of 1000) after every wake-up, and at least every
+  `poll_interval` seconds, because a NOTIFY is sent after commit and is lost with its sender. When a NOTIFY names a
+  position the safe horizon does not reach yet (an older transaction is still open), it re-reads after 1, 2, 4 ...
+  ms instead of waiting for the next poll;
+- each event is matched against the subscribers by its project's owner (immutable once claimed, cached), so a
+  project a user claims after subscribing reaches that user's subscribers without re-subscribing, and rendered to
+  its JSON message once for all of them;
+- `deliver` never awaits a subscriber. Each live subscription has a bounded buffer; past it the subscription is
+  marked `overflowed`, its buffer dropped, and its owner (the WebSocket handler) closes it (the client resumes from
+  its cursor). A slow consumer therefore never delays the others and never holds more than `buffer` events;
+- now and then it checks the log's identity (epoch, and the event at its head): when the database was replaced or
+  restored under it, every subscription gets `reset` (their cursors mean nothing any more) and the broker restarts
+  from the new head.
+
+Backlog to live without gap or duplicate: a subscription records `start`, the broker's head when it subscribed
+(or when the broker first reached the database). The broker delivers to it every event after `start`, in order.
+The subscriber reads the backlog `(cursor, start]` itself with `read_page(upto=start)`, then takes the live events,
+skipping any at or below the last position it sent. Both halves are complete, so their union is the log after the
+cursor, exactly once. If the live buffer overflows while the backlog is still being read, the subscriber calls
+`restart` (a new `start` at the broker's current head) and reads the backlog further, instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import logging
+import random
+import struct
+import zlib
+from datetime import datetime
+from typing import Any, Callable, Iterable, Sequence
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from domain.errors import CursorFromAnotherLog
+from eventlog import cursor, store
+
+log = logging.getLogger("cliplog.feed")
+
+# What a lost or restarting PostgreSQL looks like to the feed.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InternalClientError,  # e.g. a pooled connection cut mid-operation by a restart
+)
+
+LISTENER_NAME = "cliplog-feed-listener"
+RESET_DETAIL = "the event log was reset or restored under this subscription: reload, then follow from the head"
+
+_SAFE = store._SAFE  # noqa: SLF001 - the store's safe horizon
+
+# The text `eventlog.cursor.fingerprint` hashes, `stream:version:<recorded_at.isoformat()>`, built by PostgreSQL
+# (an asyncpg timestamptz is a UTC datetime, whose isoformat drops a zero microsecond part): hashing it costs a
+# tenth of formatting the datetime in Python. tests/integration/test_feed.py checks that the two agree.
+FINGERPRINT_TEXT = (
+    "stream || ':' || version || ':' || to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
+    "CASE WHEN date_part('microseconds', recorded_at)::bigint % 1000000 = 0 THEN '' "
+    "ELSE to_char(recorded_at AT TIME ZONE 'UTC', '.US') END || '+00:00'"
+)
+_COLUMNS = f"position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, {FINGERPRINT_TEXT}"
+_CURSOR = struct.Struct(">8sQI")  # eventlog.cursor's layout
+
+
+class FeedEvent(msgspec.Struct, frozen=True):
+    """An event as the feed sends it (`api.views.EventView`'s fields, in its order), with `data` the JSON text
+    PostgreSQL holds: read once, never decoded and re-encoded."""
+
+    position: int
+    cursor: str
+    type: str
+    project_id: str
+    clip_id: str
+    version: int
+    recorded_at: datetime
+    clip_status: str
+    data: msgspec.Raw
+
+    @property
+    def fingerprint(self) -> int:
+        return cursor.decode(self.cursor).fingerprint
+
+
+def _events(rows: Sequence[asyncpg.Record], epoch: UUID) -> list[FeedEvent]:
+    """Rows of `_COLUMNS` as events with their cursors (`eventlog.cursor.encode`, inlined: this is the hot loop)."""
+    prefix, pack, b64, crc32, raw = epoch.bytes[:8], _CURSOR.pack, base64.urlsafe_b64encode, zlib.crc32, msgspec.Raw
+    return [
+        FeedEvent(r[0], b64(pack(prefix, r[0], crc32(r[8].encode()))).decode().rstrip("="), r[1], r[2], r[3], r[4],
+                  r[5], r[6], raw(r[7]))
+        for r in rows
+    ]
+
+
+_OWNED = "project_id IN (SELECT project_id FROM projects WHERE owner = $3)"
+_PAGE_SQL = {
+    (False, False): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} AND {_OWNED} "
+    "ORDER BY position LIMIT $2",
+    (True, False): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} AND project_id = $3 "
+    "ORDER BY position LIMIT $2",
+    (False, True): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $4 AND {_OWNED} "
+    "ORDER BY position LIMIT $2",
+    (True, True): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $4 AND project_id = $3 "
+    "ORDER BY position LIMIT $2",
+}
+_ALL_SQL = f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} ORDER BY position LIMIT $2"
+
+
+async def read_page(
+    db: asyncpg.Connection | asyncpg.Pool,
+    epoch: UUID,
+    after: int,
+    limit: int,
+    *,
+    user: str,
+    project_id: str | None = None,
+    upto: int | None = None,
+) -> list[FeedEvent]:
+    """`user`'s events (or `project_id`'s, whose ownership the caller checked) after `after`, in position order,
+    with cursors of the log `epoch`."""
+    sql = _PAGE_SQL[(project_id is not None, upto is not None)]
+    args: list[object] = [after, limit, project_id if project_id is not None else user]
+    if upto is not None:
+        args.append(upto)
+    return _events(await db.fetch(sql, *args), epoch)
+
+
+async def read_all(db: asyncpg.Connection | asyncpg.Pool, epoch: UUID, after: int, limit: int) -> list[FeedEvent]:
+    """Every event after `after` up to the safe horizon (what the broker follows)."""
+    return _events(await db.fetch(_ALL_SQL, after, limit), epoch)
+
+
+async def head(db: asyncpg.Connection | asyncpg.Pool) -> tuple[int, int]:
+    """`(position, fingerprint)` of the last event below the safe horizon; `(0, 0)` for an empty log."""
+    row = await db.fetchrow(
+        f"SELECT position, stream, version, recorded_at FROM events WHERE {_SAFE} ORDER BY position DESC LIMIT 1"
+    )
+    if row is None:
+        return 0, 0
+    return row["position"], cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
+
+
+class Located(msgspec.Struct, frozen=True):
+    epoch: UUID
+    position: int  # the cursor's position, checked against this log
+    final: int | None  # a position up to which every transaction has finished (None: unknown)
+
+
+async def locate(
+    db: asyncpg.Connection | asyncpg.Pool, after: cursor.Cursor | None, known: tuple[UUID, int, int] | None
+) -> Located:
+    """The log's epoch, and `after` checked against it (CursorFromAnotherLog otherwise), in one query; with
+    `known` = `(epoch, position, fingerprint)` of a position the broker passed, also whether that still holds (then
+    everything up to it is final and can be read without the safe horizon)."""
+    position = after.position if after is not None else 0
+    known_position = known[1] if known is not None else 0
+    row = await db.fetchrow(
+        "SELECT l.epoch, c.stream AS c_stream, c.version AS c_version, c.recorded_at AS c_at, "
+        "k.stream AS k_stream, k.version AS k_version, k.recorded_at AS k_at FROM log_identity l "
+        "LEFT JOIN events c ON c.position = $1 LEFT JOIN events k ON k.position = $2",
+        position,
+        known_position,
+    )
+    if row is None:
+        raise asyncpg.exceptions.UndefinedTableError("log_identity is empty: the database is not migrated")
+    epoch: UUID = row["epoch"]
+    if after is not None:
+        if after.epoch_prefix != epoch.bytes[:8]:
+            raise CursorFromAnotherLog(
+                "this cursor comes from another event log (the database was reset or replaced)"
+            )
+        if after.position and (
+            row["c_stream"] is None
+            or cursor.fingerprint(row["c_stream"], row["c_version"], row["c_at"]) != after.fingerprint
+        ):
+            raise CursorFromAnotherLog(
+                "this cursor points at an event this log does not hold (the database was restored or reset)"
+            )
+    final = None
+    if known is not None and known[0] == epoch:
+        if known_position == 0 or (
+            row["k_stream"] is not None and cursor.fingerprint(row["k_stream"], row["k_version"], row["k_at"]) == known[2]
+        ):
+            final = known_position
+    return Located(epoch, position, final)
+
+
+# Subscriptions ---------------------------------------------------------------------------------------------------
+
+
+class Subscription:
+    """One subscriber's view of the broker: a bounded buffer of `(position, message)` and a few flags.
+
+    `live=False` (a long poll) keeps no buffer: a matching event only wakes the waiter, which re-reads the log.
+    """
+
+    __slots__ = (
+        "user", "project_id", "live", "start", "limit", "overflowed", "reset", "closed", "last_sent", "_items",
+        "_poked", "_waiter",
+    )
+
+    def __init__(self, user: str, project_id: str | None, live: bool, limit: int) -> None:
+        self.user = user
+        self.project_id = project_id
+        self.live = live
+        self.limit = limit
+        self.start: int | None = None  # the broker delivers every event after this position
+        self.overflowed = False
+        self.reset: str | None = None
+        self.closed = False
+        self.last_sent = 0.0  # loop time the subscriber last sent something (the broker wakes it when idle)
+        self._items: collections.deque[tuple[int, Any]] = collections.deque()
+        self._poked = False  # a matching event arrived since the last `take` (what a long poll waits for)
+        self._waiter: asyncio.Future[None] | None = None
+
+    def wants(self, event: FeedEvent) -> bool:
+        return (
+            self.start is not None
+            and event.position > self.start
+            and (self.project_id is None or self.project_id == event.project_id)
+            and not (self.overflowed or self.reset or self.closed)
+        )
+
+    def deliver(self, position: int, message: Any) -> None:
+        self._poked = True
+        if self.live:
+            if len(self._items) >= self.limit:
+                self.overflowed = True
+                self._items.clear()
+            else:
+                self._items.append((position, message))
+        self.wake()
+
+    @property
+    def pending(self) -> bool:
+        return self._poked or self.overflowed or self.reset is not None or self.closed
+
+    def take(self) -> list[tuple[int, Any]]:
+        self._poked = False
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Until something is pending or someone calls `wake` (the broker: `start` assigned, or idle for
+        `idle_after`), at most `timeout` s if given; True if anything is pending."""
+        if not self.pending and (timeout is None or timeout > 0):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                if timeout is None:  # the hot path: no timer per wait
+                    await self._waiter
+                else:
+                    async with asyncio.timeout(timeout):
+                        await self._waiter
+            except TimeoutError:
+                pass
+            finally:
+                self._waiter = None
+        return self.pending
+
+    def close(self) -> None:
+        """The subscriber has gone (its socket closed): wake whoever waits so that it cleans up."""
+        self.closed = True
+        self.wake()
+
+
+# The broker -------------------------------------------------------------------------------------------------------
+
+
+class FeedBroker:
+    """See the module docstring. `render(event)` makes an event's message for live subscribers (once per
+    event, whatever the number of subscribers); the broker hands it over as is. Live subscriptions idle for
+    `idle_after` seconds are woken (their owner pings its client)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        render: Callable[[FeedEvent], Any],
+        *,
+        buffer: int = 1000,
+        poll_interval: float = 1.0,
+        idle_after: float = 15.0,
+        keepalive_interval: float = 10.0,
+        page: int = 1000,
+    ) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.render = render
+        self.buffer = buffer
+        self.poll_interval = poll_interval
+        self.idle_after = idle_after
+        self.keepalive_interval = keepalive_interval
+        self.page = page
+        self.head: int | None = None  # last position read and delivered; None until the database was reached
+        self.epoch: UUID | None = None
+        self.listening = False  # the LISTEN connection is up
+        self._head_print = 0
+        self._notified = 0  # highest position named by a NOTIFY
+        self._owners: dict[str, str] = {}
+        self._by_user: dict[str, set[Subscription]] = {}
+        self._live = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._listener: asyncpg.Connection | None = None
+        self._last_identity_check = 0.0
+
+    # Subscribers ---------------------------------------------------------------------------------------------------
+
+    @property
+    def subscribers(self) -> int:
+        """Live (WebSocket) subscriptions on this process."""
+        return self._live
+
+    def subscribe(self, user: str, project_id: str | None = None, *, live: bool = True) -> Subscription:
+        sub = Subscription(user, project_id, live, self.buffer)
+        sub.start = self.head
+        self._by_user.setdefault(user, set()).add(sub)
+        if live:
+            self._live += 1
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._by_user.get(sub.user)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._by_user[sub.user]
+        if sub.live:
+            self._live -= 1
+
+    @property
+    def known(self) -> tuple[UUID, int, int] | None:
+        """`(epoch, position, fingerprint)` of the broker's head: every transaction up to it has finished."""
+        if self.epoch is None or self.head is None:
+            return None
+        return self.epoch, self.head, self._head_print
+
+    def restart(self, sub: Subscription) -> None:
+        """Drop the subscription's buffer and deliver from the current head on (the caller reads up to it)."""
+        sub.take()
+        sub.overflowed = False
+        sub.start = self.head
+
+    def _all(self) -> Iterable[Subscription]:
+        return [sub for subs in self._by_user.values() for sub in subs]
+
+    # Life cycle ----------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="cliplog-feed-listen"),
+            asyncio.create_task(self._pump(), name="cliplog-feed-pump"),
+            asyncio.create_task(self._tick(), name="cliplog-feed-tick"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for sub in self._all():
+            sub.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _tick(self) -> None:
+        """Wake live subscriptions idle for `idle_after` seconds (one timer for all, not one per wait)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.01, min(1.0, self.idle_after / 4)))
+            due = loop.time() - self.idle_after
+            for subs in self._by_user.values():
+                for sub in subs:
+                    if sub.live and sub.last_sent <= due:
+                        sub.wake()
+
+    # The LISTEN connection -------------------------------------------------------------------------------------------
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            self._notified = max(self._notified, int(payload))
+        except ValueError:
+            pass
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(
+                    self.dsn, timeout=5, server_settings={"application_name": LISTENER_NAME}
+                )
+                self._listener = conn
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(store.NOTIFY_CHANNEL, self._on_notify)
+                self.listening = True
+                self._wake.set()  # whatever committed while nobody listened
+                if backoff > 0.1:
+                    log.info("feed listener reconnected")
+                backoff = 0.1
+                while not lost.is_set():
+                    try:
+                        async with asyncio.timeout(self.keepalive_interval):
+                            await lost.wait()
+                    except TimeoutError:
+                        async with asyncio.timeout(5):
+                            await conn.fetchval("SELECT 1")  # a dead TCP connection shows here
+            except asyncio.CancelledError:
+                raise
+            except (*UNAVAILABLE, asyncpg.PostgresError) as error:
+                log.warning("feed listener lost PostgreSQL (%s: %s); reconnecting", type(error).__name__, error)
+            finally:
+                self.listening = False
+                if self._listener is not None:
+                    self._listener.terminate()
+                    self._listener = None
+            if lost.is_set():
+                log.warning("feed listener connection closed; reconnecting")
+            self._wake.set()  # the pump polls while the listener is down
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, 5.0)
+
+    # The pump --------------------------------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        retry = 0
+        failures = 0
+        while not self._stopping:
+            behind = self.head is not None and self._notified > self.head
+            delay = min(self.poll_interval, 0.001 * 2**retry) if behind else self.poll_interval
+            if failures:
+                delay = min(5.0, self.poll_interval * 2 ** min(failures, 3))
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                if self.head is None or loop.time() - self._last_identity_check >= self.poll_interval:
+                    await self._check_identity()
+                    self._last_identity_check = loop.time()
+                await self._catch_up()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (*UNAVAILABLE, asyncpg.PostgresError) as error:
+                failures += 1
+                if failures == 1:
+                    log.warning("feed cannot read the log (%s: %s); retrying", type(error).__name__, error)
+                continue
+            except Exception:  # a bug: log it, keep the feed alive
+                failures += 1
+                log.exception("feed pump failed")
+                continue
+            retry = retry + 1 if self.head is not None and self._notified > self.head else 0
+
+    async def _check_identity(self) -> None:
+        row = await self.pool.fetchrow(
+            "SELECT l.epoch, e.stream, e.version, e.recorded_at FROM log_identity l "
+            "LEFT JOIN events e ON e.position = $1",
+            self.head or 0,
+        )
+        if row is None:
+            raise asyncpg.exceptions.UndefinedTableError("log_identity is empty: the database is not migrated")
+        same = self.head is not None and row["epoch"] == self.epoch
+        if same and self.head:
+            same = row["stream"] is not None and (
+                cursor.fingerprint(row["stream"], row["version"], row["recorded_at"]) == self._head_print
+            )
+        if same:
+            return
+        position, print_ = await head(self.pool)
+        if self.head is not None:
+            log.warning("the event log was replaced or restored (head %s -> %s); resetting subscribers", self.head, position)
+            for sub in self._all():
+                sub.reset = RESET_DETAIL
+                sub.take()
+                sub.wake()
+            self._owners.clear()
+            self._notified = 0
+        self.epoch, self.head, self._head_print = row["epoch"], position, print_
+        for sub in self._all():
+            if sub.start is None:
+                sub.start = position
+                sub.wake()
+
+    async def _catch_up(self) -> None:
+        while self.head is not None:
+            assert self.epoch is not None
+            events = await read_all(self.pool, self.epoch, self.head, self.page)
+            if not events:
+                return
+            await self._learn_owners(events)
+            self.deliver(events)
+            if len(events) < self.page:
+                return
+
+    async def _learn_owners(self, events: Sequence[FeedEvent]) -> None:
+        unknown = {e.project_id for e in events if e.project_id not in self._owners}
+        if not unknown:
+            return
+        if len(self._owners) > 200_000:
+            self._owners.clear()
+        rows = await self.pool.fetch(
+            "SELECT project_id, owner FROM projects WHERE project_id = ANY($1::text[])", list(unknown)
+        )
+        for row in rows:
+            self._owners[row["project_id"]] = row["owner"]  # a project's owner never changes
+
+    def deliver(self, events: Sequence[FeedEvent]) -> None:
+        """Hand `events` (the next contiguous part of the log) to the matching subscribers; never awaits."""
+        if not events:
+            return
+        for event in events:
+            owner = self._owners.get(event.project_id)
+            subs = self._by_user.get(owner) if owner is not None else None
+            if subs:
+                message: Any = None
+                for sub in subs:
+                    if sub.wants(event):
+                        if message is None and sub.live:
+                            message = self.render(event)
+                        sub.deliver(event.position, message)
+        self.head = events[-1].position
+        self._head_print = events[-1].fingerprint

@@ -1,0 +1,206 @@
+"""The feed across real processes: two `cliplog serve` instances on one database (an event appended through one, or
+by another process such as a worker, reaches subscribers of the other), `cliplog tail`, and a subscriber whose
+API instance lives through a PostgreSQL restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from api.auth import create_token
+from eventlog import store
+from eventlog.migrate import migrate
+from runtime.embedded import free_port
+from tests.feed_support import open_socket, receive_events, register, ws_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Serve:
+    """`python -m api.cli serve --port P` as a child process."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("ab") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port)],
+                env={**os.environ, **env},
+                cwd=ROOT,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 30) -> Serve:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cliplog serve exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/api/extraction/health", timeout=1).status_code in (200, 503):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"cliplog serve did not answer:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def two_servers(database_url, api_env, tmp_path) -> Iterator[tuple[Serve, Serve]]:
+    env = api_env(database_url, CLIPLOG_FEED_POLL_INTERVAL="30")  # only NOTIFY wakes them quickly
+    servers = [Serve(env, tmp_path / "a.log"), Serve(env, tmp_path / "b.log")]
+    try:
+        yield servers[0].wait_ready(), servers[1].wait_ready()
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def test_an_event_appended_anywhere_reaches_subscribers_of_every_instance(two_servers, pool, ids, make_user):
+    a, b = two_servers
+    user, token = await make_user()
+    project = ids.project()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        await open_socket(ws_url(a.ws_url, token, after="latest")) as on_a,
+        await open_socket(ws_url(b.ws_url, token, after="latest")) as on_b,
+        httpx.AsyncClient(base_url=b.url, headers=headers) as via_b,
+        httpx.AsyncClient(base_url=a.url, headers=headers, timeout=40) as via_a,
+    ):
+        await asyncio.sleep(0.3)
+        head = (await via_a.get("/api/events", params={"after": "latest"})).json()["next_cursor"]
+        long_poll_on_a = asyncio.create_task(via_a.get("/api/events", params={"after": head, "wait": "20"}))
+        await asyncio.sleep(0.2)
+        # through instance B's API
+        started = time.monotonic()
+        response = await via_b.post(f"/api/clips/projects/{project}/clips", json={"source": "a.mp4", "start": 0, "end": 1})
+        assert response.status_code == 201, response.text
+        first = response.json()["position"]
+        assert [e["position"] for e in await receive_events(on_a, first)] == [first]
+        assert time.monotonic() - started < 3, "woken by NOTIFY, not by the 30 s poll"
+        page = (await long_poll_on_a).json()
+        assert [e["position"] for e in page["events"]] == [first]
+        # by another process altogether (as a worker appends)
+        second = await register(pool, project, user)
+        assert [e["position"] for e in await receive_events(on_a, second)] == [second]
+        assert [e["position"] for e in await receive_events(on_b, second)] == [first, second]
+
+
+async def test_cliplog_tail_prints_one_json_event_per_line(two_servers, pool, ids, make_user):
+    a, _ = two_servers
+    user, token = await make_user()
+    project = ids.project()
+    positions = [await register(pool, project, user) for _ in range(3)]
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "tail", "--url", a.url, "--project", project, "--after", "start"],
+        env={**os.environ, "CLIPLOG_TOKEN": token},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(20):
+            while len(lines) < 3:
+                lines.append(await loop.run_in_executor(None, tail.stdout.readline))
+            positions.append(await register(pool, project, user))  # and it keeps following
+            lines.append(await loop.run_in_executor(None, tail.stdout.readline))
+        events = [json.loads(line) for line in lines]
+        assert [e["position"] for e in events] == positions
+        assert all(e["project_id"] == project and e["cursor"] for e in events)
+    finally:
+        tail.send_signal(signal.SIGINT)
+        tail.communicate(timeout=10)
+    assert tail.returncode == 0
+    refused = subprocess.run(
+        [sys.executable, "-m", "api.cli", "tail", "--url", a.url, "--token", "nope"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert refused.returncode == 4 and "401" in refused.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "api.cli", "tail", "--url", a.url],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, env={k: v for k, v in os.environ.items() if k != "CLIPLOG_TOKEN"},
+    )
+    assert missing.returncode == 2 and "CLIPLOG_TOKEN" in missing.stderr
+
+
+# A PostgreSQL restart under a live subscriber ------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[tuple[object, str]]:
+    import pgserver
+
+    pgdata = Path(tempfile.mkdtemp(prefix="cliplog-feed-pg-"))
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        yield server, server.get_uri("postgres")
+    finally:
+        logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs from an exit hook, after capture ends
+        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+async def test_subscribers_live_through_a_postgres_restart(private_postgres, api_env, tmp_path, ids):
+    from pgserver._commands import pg_ctl
+
+    server, dsn = private_postgres
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        token = await create_token(conn, "restarted")
+    finally:
+        await conn.close()
+    api = Serve(api_env(dsn, CLIPLOG_WS_PING_INTERVAL="0.5"), tmp_path / "serve.log").wait_ready()
+    db = await asyncpg.create_pool(dsn, min_size=0, max_size=2, init=store.init_connection)
+    try:
+        project = ids.project()
+        first = await register(db, project, "restarted")
+        async with await open_socket(ws_url(api.ws_url, token)) as ws:
+            assert [e["position"] for e in await receive_events(ws, first)] == [first]
+            await asyncio.to_thread(
+                pg_ctl, ["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30
+            )
+            await db.expire_connections()
+            async with asyncio.timeout(20):
+                while True:  # the restart itself takes a moment to be usable
+                    try:
+                        second = await register(db, project, "restarted")
+                        break
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                        await asyncio.sleep(0.2)
+            # the same socket (it held no database connection) gets the event appended after the restart
+            events = await receive_events(ws, second, timeout=20)
+            assert [e["position"] for e in events] == [second]
+    finally:
+        await db.close()
+        api.stop()
+    assert "Traceback" not in api.log.read_text(), api.log.read_text()

@@ -1,0 +1,145 @@
+// What a clip shows (api/static/clip-state.js) and its timeline's attempts (api/static/timeline.js), under node's test
+// runner: `node --test tests/js` (tests/ui/test_js.py runs this file from pytest).
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { clipState, errorSentence, formatCountdown, formatDuration, KINDS, STATUSES } from "../../api/static/clip-state.js";
+import { attemptsFrom, describeAttempt } from "../../api/static/timeline.js";
+
+const T0 = Date.parse("2026-11-28T12:00:00Z");
+const at = (seconds) => new Date(T0 + seconds * 1000).toISOString();
+const config = { slow_after: 300 };
+
+function clip(fields) {
+  return {
+    clip_id: "c1",
+    status: "pending",
+    slow: false,
+    run: 1,
+    attempt: 1,
+    max_attempts: 3,
+    next_retry_at: null,
+    started_at: null,
+    status_since: at(0),
+    last_error: null,
+    file_url: null,
+    version: 1,
+    ...fields,
+  };
+}
+
+test("pending: waiting, then taking longer than expected after slow_after, with a retry", () => {
+  let state = clipState(clip({}), T0 + 299_000, config);
+  assert.equal(state.kind, "waiting");
+  assert.equal(state.label, "Waiting for extraction");
+  assert.equal(state.busy, true);
+  assert.equal(state.canRetry, false);
+  state = clipState(clip({}), T0 + 301_000, config);
+  assert.equal(state.kind, "slow");
+  assert.equal(state.label, "Taking longer than expected");
+  assert.equal(state.busy, false, "no spinner once it is slow");
+  assert.equal(state.canRetry, true);
+  assert.match(state.detail, /Waiting for a worker for 5:01/);
+});
+
+test("running: extracting with the elapsed time since it started; slow by the server's flag or the page's clock", () => {
+  const running = clip({ status: "running", started_at: at(10), status_since: at(10) });
+  let state = clipState(running, T0 + 75_000, config);
+  assert.equal(state.kind, "extracting");
+  assert.equal(state.label, "Extracting…");
+  assert.equal(state.time, "1:05");
+  assert.equal(clipState(running, T0 + 311_000, config).kind, "slow");
+  state = clipState({ ...running, slow: true }, T0 + 20_000, config);
+  assert.equal(state.kind, "slow", "the server says so: trust it even if the page's clock is behind");
+  assert.equal(clipState(running, T0, config).time, "0:00", "a clock behind the server's never shows negative time");
+});
+
+test("retrying: counts down to next_retry_at, then says now; overdue by slow_after it is slow", () => {
+  const retrying = clip({
+    status: "retrying",
+    attempt: 2,
+    next_retry_at: at(60),
+    last_error: { code: "timed_out", message: "took too long", retryable: true },
+  });
+  let state = clipState(retrying, T0 + 52_500, config);
+  assert.equal(state.kind, "retrying");
+  assert.equal(state.label, "Retrying: attempt 2 of 3 in 8s");
+  assert.equal(state.canRetryNow, true);
+  assert.equal(state.canRetry, false);
+  assert.equal(state.error, "took too long");
+  assert.equal(clipState(retrying, T0 - 100_000, config).label, "Retrying: attempt 2 of 3 in 2m 40s");
+  assert.equal(clipState(retrying, T0 + 61_000, config).label, "Retrying: attempt 2 of 3 now");
+  state = clipState(retrying, T0 + 361_000, config);
+  assert.equal(state.kind, "slow");
+  assert.equal(state.canRetry, true);
+});
+
+test("failed: the error in words, the service's message, advice and a retry", () => {
+  const failed = clip({
+    status: "failed",
+    last_error: { code: "not_a_video", message: "broken.mp4 is not a video FFmpeg can read", retryable: false },
+  });
+  const state = clipState(failed, T0, config);
+  assert.equal(state.kind, "failed");
+  assert.equal(state.label, "Extraction failed");
+  assert.match(state.detail, /not a video that can be cut/);
+  assert.equal(state.error, "broken.mp4 is not a video FFmpeg can read");
+  assert.match(state.advice, /Replace the file/);
+  assert.equal(state.canRetry, true);
+  assert.equal(state.busy, false);
+  const exhausted = clip({
+    status: "failed",
+    attempt: 3,
+    last_error: { code: "ffmpeg_exit", message: "exit 1", retryable: true },
+  });
+  assert.match(clipState(exhausted, T0, config).advice, /All 3 attempts failed/);
+  assert.equal(errorSentence({ code: "something_new" }), "The extraction did not succeed.");
+});
+
+test("completed: extracted, nothing to retry; every status maps to exactly one known kind", () => {
+  const state = clipState(clip({ status: "completed", duration_seconds: 4.04, file_url: "/f" }), T0, config);
+  assert.equal(state.kind, "extracted");
+  assert.equal(state.label, "Extracted");
+  assert.equal(state.detail, "4.0 s clip");
+  assert.equal(state.canRetry || state.canRetryNow || state.busy, false);
+  for (const status of STATUSES) {
+    for (const seconds of [0, 100, 299, 301, 10_000]) {
+      const kind = clipState(clip({ status, next_retry_at: at(30) }), T0 + seconds * 1000, config).kind;
+      assert.ok(KINDS.includes(kind), `${status} at ${seconds} s: ${kind}`);
+      if (seconds > 400) assert.ok(!["waiting", "extracting", "retrying"].includes(kind), "no unbounded spinner");
+    }
+  }
+});
+
+test("a status the page does not know is not shown as waiting", () => {
+  const state = clipState(clip({ status: "processing" }), T0, config);
+  assert.equal(state.label, "Unknown state: processing");
+  assert.equal(state.busy, false);
+});
+
+test("durations and countdowns", () => {
+  assert.equal(formatDuration(7.9), "0:07");
+  assert.equal(formatDuration(3723), "1:02:03");
+  assert.equal(formatCountdown(0.2), "1s");
+  assert.equal(formatCountdown(61), "1m 1s");
+});
+
+test("the timeline: one entry per attempt with its outcome, duration and error; a replaced attempt says so", () => {
+  const events = [
+    { type: "extraction.requested", recorded_at: at(0), data: { run: 1, attempt: 1, reason: "registered", not_before: at(0), max_attempts: 3 } },
+    { type: "extraction.started", recorded_at: at(1), data: { run: 1, attempt: 1 } },
+    { type: "extraction.timed_out", recorded_at: at(16), data: { run: 1, attempt: 1, detected_by: "worker", elapsed_seconds: 15 } },
+    { type: "extraction.requested", recorded_at: at(16), data: { run: 1, attempt: 2, reason: "auto_retry", not_before: at(26), max_attempts: 3 } },
+    { type: "extraction.requested", recorded_at: at(20), data: { run: 2, attempt: 1, reason: "manual_retry", not_before: at(20), max_attempts: 3 } },
+    { type: "extraction.started", recorded_at: at(21), data: { run: 2, attempt: 1 } },
+    { type: "extraction.failed", recorded_at: at(22), data: { run: 2, attempt: 1, code: "ffmpeg_exit", message: "FFmpeg exited with code 1", elapsed_seconds: 0.8 } },
+  ];
+  const attempts = attemptsFrom(events);
+  assert.equal(attempts.length, 3);
+  const [first, second, third] = attempts.map((a) => describeAttempt(a, T0 + 30_000));
+  assert.equal(first, "Run 1, attempt 1 of 3 (requested when the clip was added): timed out after 15 s: it ran past the time allowed for one attempt and was stopped");
+  assert.equal(second, "Run 1, attempt 2 of 3 (automatic retry): not started: replaced by a retry");
+  assert.match(third, /^Run 2, attempt 1 of 3 \(retried by a person\): failed after 0\.8 s: The video cutter \(FFmpeg\) stopped with an error/);
+  assert.match(third, /The service said: “FFmpeg exited with code 1”/);
+});

@@ -1,0 +1,139 @@
+"""The routes the web UI adds (api/ui_routes.py), in-process on the real PostgreSQL: the caller's projects, the
+settings the page works with, the videos under the media root. All need a token and answer errors as JSON."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import asyncpg
+import pytest_asyncio
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.auth import create_token
+from api.ui_routes import find_videos
+from domain.clip import Fail, Start
+from eventlog.clips import handle
+from runtime.bootstrap import utcnow
+from runtime.settings import Settings
+
+REDIS_URL = os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client_for(database_url: str, pool: asyncpg.Pool, tmp_path: Path):
+    clients = []
+    media = tmp_path / "media"
+
+    async def make(user: str, **overrides: object) -> AsyncTestClient:
+        settings = Settings(
+            database_url=database_url,
+            redis_url=REDIS_URL,
+            data_dir=tmp_path,
+            media_root=media,
+            output_root=tmp_path / "clips",
+            **overrides,  # type: ignore[arg-type]
+        )
+        client = AsyncTestClient(app=create_app(settings), raise_server_exceptions=False)
+        await client.__aenter__()
+        client.headers["Authorization"] = f"Bearer {await create_token(pool, user)}"
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.__aexit__(None, None, None)
+
+
+async def test_every_ui_route_needs_a_token(client_for) -> None:
+    client = await client_for("alice")
+    for path in ("/api/config", "/api/media", "/api/clips/projects"):
+        response = await client.get(path, headers={"Authorization": "Bearer nope"})
+        assert response.status_code == 401, path
+        assert response.json()["status_code"] == 401 and response.json()["detail"], path
+        assert (await client.get(path, headers={"Authorization": ""})).status_code == 401, path
+
+
+async def test_config_reports_the_runtime_settings(client_for) -> None:
+    client = await client_for("alice", poll_after=2.0, slow_after=42.0, max_clip_seconds=90.0, max_attempts=5)
+    response = await client.get("/api/config")
+    assert response.status_code == 200
+    assert response.json() == {
+        "user": "alice",
+        "poll_after": 2.0,
+        "slow_after": 42.0,
+        "max_clip_seconds": 90.0,
+        "max_attempts": 5,
+    }
+
+
+async def test_media_lists_video_files_by_relative_path(client_for, tmp_path: Path) -> None:
+    client = await client_for("alice")
+    assert (await client.get("/api/media")).json() == {"files": [], "truncated": False}  # no media folder yet
+    media = tmp_path / "media"
+    for name in ("games/b.mp4", "games/a.MOV", "top.mkv", "games/.partial.mp4", ".hidden/x.mp4", "notes.txt"):
+        (media / name).parent.mkdir(parents=True, exist_ok=True)
+        (media / name).write_bytes(b"x" * 10)
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"secret")
+    (media / "link.mp4").symlink_to(outside)  # a link out of the media root is not a source
+    response = await client.get("/api/media")
+    assert response.status_code == 200
+    assert response.json() == {
+        "files": [
+            {"path": "games/a.MOV", "bytes": 10},
+            {"path": "games/b.mp4", "bytes": 10},
+            {"path": "top.mkv", "bytes": 10},
+        ],
+        "truncated": False,
+    }
+    listed = find_videos(media, limit=2)
+    assert listed.truncated and len(listed.files) == 2
+
+
+async def test_projects_are_the_callers_own_with_clips_by_status(client_for, pool: asyncpg.Pool, tmp_path: Path, ids) -> None:
+    alice = await client_for("alice", slow_after=0.001)
+    bob = await client_for("bob")
+    source = tmp_path / "media" / "games" / "match.mp4"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(b"stand-in; the API only checks that it is a file")
+    older, newer, theirs = ids.project(), ids.project(), ids.project()
+    clip = {"source": "games/match.mp4", "start": 1.0, "end": 2.0}
+    for project, client, clip_ids in ((older, alice, ["a"]), (newer, alice, ["b", "c"]), (theirs, bob, ["d"])):
+        for clip_id in clip_ids:
+            response = await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": clip_id, **clip})
+            assert response.status_code == 201, response.text
+    context = lambda: Settings().context(utcnow())  # noqa: E731
+    await handle(pool, newer, "c", Start(run=1, attempt=1, worker_id="w"), context)
+    await handle(pool, newer, "c", Fail(run=1, attempt=1, code="not_a_video", message="no", retryable=False), context)
+
+    response = await alice.get("/api/clips/projects")
+    assert response.status_code == 200
+    projects = [p for p in response.json() if p["project_id"] in (older, newer, theirs)]
+    assert [p["project_id"] for p in projects] == [newer, older]  # most recently active first; never bob's
+    assert projects[0]["clips"] == 2 and projects[0]["statuses"] == {"pending": 1, "failed": 1}
+    assert projects[0]["slow"] == 1  # pending for longer than SLOW_AFTER (1 ms here)
+    assert projects[1]["clips"] == 1 and projects[1]["statuses"] == {"pending": 1}
+    assert projects[0]["created_at"] and projects[0]["updated_at"]
+    bobs = [p["project_id"] for p in (await bob.get("/api/clips/projects")).json()]
+    assert theirs in bobs and older not in bobs and newer not in bobs
+
+
+async def test_the_routes_are_in_the_openapi_document(client_for) -> None:
+    client = await client_for("alice")
+    response = await client.get("/schema")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    for path in ("/api/clips/projects", "/api/config", "/api/media"):
+        assert "get" in paths[path], path
+
+
+async def test_the_page_and_its_modules_are_served(client_for) -> None:
+    client = await client_for("alice")
+    page = await client.get("/")
+    assert page.status_code == 200 and 'src="/app.js"' in page.text
+    for module in ("app.js", "api.js", "clip-state.js", "timeline.js", "feed-client.js"):
+        response = await client.get(f"/{module}")
+        assert response.status_code == 200, module
+        assert "javascript" in response.headers["content-type"], (module, response.headers["content-type"])

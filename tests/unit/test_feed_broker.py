@@ -1,0 +1,129 @@
+"""The feed broker's fan-out without a database: who gets which event, bounded buffers, restarts, configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from api.feed import FeedConfig
+import msgspec
+
+from eventlog import cursor
+from eventlog.feed import FeedBroker, FeedEvent
+from runtime.settings import ConfigError
+
+T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
+
+
+EPOCH = uuid.uuid4()
+
+
+def event(position: int, project: str) -> FeedEvent:
+    return FeedEvent(position, cursor.encode(EPOCH, position, position), "extraction.requested", project, "c", position,
+                     T0, "pending", msgspec.Raw(b"{}"))
+
+
+def broker(buffer: int = 1000) -> FeedBroker:
+    rendered: list[int] = []
+
+    def render(e: FeedEvent) -> str:
+        rendered.append(e.position)
+        return f"m{e.position}"
+
+    b = FeedBroker(None, "postgresql://unused", render, buffer=buffer)  # type: ignore[arg-type]
+    b.head, b.epoch = 10, uuid.uuid4()
+    b._owners.update({"a1": "alice", "a2": "alice", "b1": "bob"})
+    b.rendered = rendered  # type: ignore[attr-defined]
+    return b
+
+
+def test_events_go_to_the_owners_subscribers_only_after_their_start():
+    b = broker()
+    alice_all = b.subscribe("alice")
+    alice_a2 = b.subscribe("alice", "a2")
+    bob = b.subscribe("bob")
+    poll = b.subscribe("alice", live=False)
+    assert b.subscribers == 3  # long polls are not counted
+    b.deliver([event(11, "a1"), event(12, "b1"), event(13, "a2"), event(14, "nobody")])
+    assert alice_all.take() == [(11, "m11"), (13, "m13")]
+    assert alice_a2.take() == [(13, "m13")]
+    assert bob.take() == [(12, "m12")]
+    assert poll.pending and poll.take() == []  # woken, nothing buffered
+    assert b.head == 14 and b.known == (b.epoch, 14, 14)
+    assert b.rendered == [11, 12, 13]  # once per event, not per subscriber; never for nobody's events
+    late = b.subscribe("alice")
+    assert late.start == 14
+    b.deliver([event(15, "a1")])
+    assert late.take() == [(15, "m15")] and alice_all.take() == [(15, "m15")]
+
+
+def test_a_project_claimed_later_reaches_existing_subscribers():
+    b = broker()
+    sub = b.subscribe("alice")
+    b._owners["a3"] = "alice"  # learnt when its first event is read (same transaction as the claim)
+    b.deliver([event(11, "a3")])
+    assert sub.take() == [(11, "m11")]
+
+
+def test_a_full_buffer_marks_the_subscriber_overflowed_without_touching_the_others():
+    b = broker(buffer=3)
+    slow, fast = b.subscribe("alice"), b.subscribe("alice")
+    b.deliver([event(11, "a1"), event(12, "a1")])
+    assert [p for p, _ in fast.take()] == [11, 12]
+    b.deliver([event(13, "a1"), event(14, "a1")])
+    assert slow.overflowed and slow.take() == []  # dropped: memory stays bounded
+    assert [p for p, _ in fast.take()] == [13, 14]
+    b.deliver([event(15, "a1")])
+    assert slow.take() == []  # an overflowed subscription gets nothing more
+    b.restart(slow)  # during a backlog: start again from the head instead of failing
+    assert not slow.overflowed and slow.start == 15
+    b.deliver([event(16, "a1")])
+    assert slow.take() == [(16, "m16")]
+
+
+def test_unsubscribe_and_stop():
+    b = broker()
+    sub = b.subscribe("alice")
+    b.unsubscribe(sub)
+    b.unsubscribe(sub)  # idempotent
+    assert b.subscribers == 0 and not b._by_user
+    b.deliver([event(11, "a1")])
+    assert sub.take() == []
+
+
+async def test_wait_returns_at_once_when_something_is_pending_and_after_the_timeout_otherwise():
+    b = broker()
+    sub = b.subscribe("alice")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await sub.wait(0.05) is False
+    assert loop.time() - started >= 0.04
+    waiting = asyncio.create_task(sub.wait(5))
+    await asyncio.sleep(0)
+    b.deliver([event(11, "a1")])
+    assert await asyncio.wait_for(waiting, 1) is True
+    sub.close()
+    assert await sub.wait(5) is True and sub.closed
+
+
+async def test_subscribers_before_the_database_was_reached_start_at_the_first_head():
+    b = broker()
+    b.head = None
+    sub = b.subscribe("alice")
+    assert sub.start is None
+    assert not sub.wants(event(5, "a1"))
+
+
+def test_feed_config_from_environment():
+    assert FeedConfig.from_env({}) == FeedConfig(ping_interval=15.0, buffer=1000, poll_interval=1.0)
+    config = FeedConfig.from_env(
+        {"CLIPLOG_WS_PING_INTERVAL": "0.5", "CLIPLOG_FEED_BUFFER": "50", "CLIPLOG_FEED_POLL_INTERVAL": "2"}
+    )
+    assert config == FeedConfig(ping_interval=0.5, buffer=50, poll_interval=2.0)
+    for bad in ({"CLIPLOG_WS_PING_INTERVAL": "0"}, {"CLIPLOG_FEED_BUFFER": "1.5"}, {"CLIPLOG_WS_PING_INTERVAL": "nan"},
+                {"CLIPLOG_FEED_POLL_INTERVAL": "-1"}, {"CLIPLOG_FEED_BUFFER": "lots"}):
+        with pytest.raises(ConfigError):
+            FeedConfig.from_env(bad)
