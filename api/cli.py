@@ -1,4 +1,4 @@
-"""The `cliplog` command: dev, migrate, serve, worker, tail, token."""
+"""The `cliplog` command: dev, migrate, serve, worker, tail, replay, check, token."""
 
 from __future__ import annotations
 
@@ -124,6 +124,55 @@ def cmd_tail(args: argparse.Namespace) -> int:
         print(f"cliplog tail: {error.status}: {error.detail}", file=sys.stderr)
         return 4
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Fold the log through the service's own `evolve` and print each event with the clip's status after it."""
+    from api.auth import check_id
+    from eventlog.store import init_connection
+    from projections.replay import describe, read_all, replay
+
+    async def run() -> int:
+        projects = [check_id(args.project, "--project")] if args.project else None
+        if args.clip:
+            check_id(args.clip, "--clip")
+            if not projects:
+                raise ConfigError("--clip needs --project")
+        conn = await _connect(_settings())
+        await init_connection(conn)
+        mismatches = 0
+        try:
+            events = [e async for e in read_all(conn, projects, args.clip)]
+            for step in replay(events):
+                mismatches += step.mismatch is not None
+                print(describe(step))
+        finally:
+            await conn.close()
+        print(f"{len(events)} event(s) replayed; {mismatches} recorded status(es) differ from the replay")
+        return 1 if mismatches else 0
+
+    return asyncio.run(run())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Rebuild the clip projection from the log in memory and compare it with the stored one."""
+    from eventlog.store import init_connection
+    from projections.clip_status import rebuild_differences
+
+    async def run() -> int:
+        conn = await _connect(_settings())
+        await init_connection(conn)
+        try:
+            report = await rebuild_differences(conn)
+        finally:
+            await conn.close()
+        for kind, keys in sorted(report.items()):
+            for project_id, clip_id in sorted(keys):
+                print(f"{kind}: {project_id}/{clip_id}")
+        print("the projection equals a rebuild from the log" if not report else "the projection differs from the log")
+        return 1 if report else 0
+
+    return asyncio.run(run())
 
 
 # cliplog dev -----------------------------------------------------------------------------------------------
@@ -264,6 +313,15 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--project", default=None, help="only this project (default: all of yours)")
     tail.add_argument("--after", default="latest", help="a cursor, 'latest' (default) or 'start' (the whole log)")
     tail.set_defaults(run=cmd_tail)
+
+    replay = commands.add_parser("replay", help="replay the log: every event with the clip's status after it")
+    replay.add_argument("--project", help="only this project")
+    replay.add_argument("--clip", help="only this clip (with --project)")
+    replay.set_defaults(run=cmd_replay)
+
+    commands.add_parser("check", help="compare the clip projection with a rebuild from the log").set_defaults(
+        run=cmd_check
+    )
 
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
