@@ -81,6 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level="warning",
         ws_ping_interval=None,
         ws_per_message_deflate=False,  # feed messages are small; deflate costs ~30 KB and CPU per subscriber
+        timeout_graceful_shutdown=5,  # long polls and sockets are resumable: do not hold a deploy for them
     )
     return 0
 
@@ -210,6 +211,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if not _port_free(args.host, args.port):
+        print(f"cliplog dev: port {args.port} on {args.host} is in use; choose another with --port", file=sys.stderr)
+        return 1
     try:
         if not env.get("CLIPLOG_DATABASE_URL"):
             admin_dsn, _server = embedded.start_postgres(data_dir / "postgres")
@@ -252,6 +256,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if redis_process is not None:
             redis_process.terminate()
             redis_process.wait(10)
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _stop_all(children: list[subprocess.Popen], grace: float) -> None:

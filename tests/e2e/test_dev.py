@@ -86,3 +86,18 @@ def test_dev_stops_everything_on_sigterm(tmp_path: Path) -> None:
     time.sleep(1)
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
     assert leftovers == [], f"processes left running: {leftovers}"
+
+
+def test_dev_refuses_a_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLOG_")}
+        result = subprocess.run(
+            cliplog_command("dev", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1 and f"port {port}" in result.stderr and "in use" in result.stderr
