@@ -16,6 +16,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from eventlog import store
+from runtime.aio import wait_event
 from runtime.bootstrap import Services
 
 log = logging.getLogger("cliplog.reactor")
@@ -23,6 +24,7 @@ log = logging.getLogger("cliplog.reactor")
 CHECKPOINT = "reactor"
 LEADER_LOCK = 72617
 EXTRACT_JOB = "extract"
+WAKE_CHANNEL = "cliplog:wake"  # published after enqueueing: idle workers pick the job up at once
 
 
 def job_id(project_id: str, clip_id: str, run: int, attempt: int) -> str:
@@ -30,18 +32,28 @@ def job_id(project_id: str, clip_id: str, run: int, attempt: int) -> str:
 
 
 async def enqueue_attempt(
-    redis: ArqRedis, project_id: str, clip_id: str, run: int, attempt: int, not_before: datetime | None
+    redis: ArqRedis,
+    project_id: str,
+    clip_id: str,
+    run: int,
+    attempt: int,
+    not_before: datetime | None,
+    *,
+    job: str | None = None,
 ) -> bool:
-    """Enqueue the attempt's job; False when arq already holds a job (or its result) with that id."""
+    """Enqueue the attempt's job (id `job`, by default the attempt's own) and wake idle workers; False when arq
+    already holds a job (or its result) with that id."""
     job = await redis.enqueue_job(
         EXTRACT_JOB,
         project_id,
         clip_id,
         run,
         attempt,
-        _job_id=job_id(project_id, clip_id, run, attempt),
+        _job_id=job or job_id(project_id, clip_id, run, attempt),
         _defer_until=not_before,
     )
+    if job is not None:
+        await redis.publish(WAKE_CHANNEL, "1")
     return job is not None
 
 
@@ -95,10 +107,7 @@ async def run_as_leader(  # noqa: ANN001
                 wake.clear()
                 while await step(services):
                     pass
-                try:
-                    await asyncio.wait_for(wake.wait(), period)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(wake, period)
                 await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly
         except asyncio.CancelledError:
             raise

@@ -39,7 +39,8 @@ async def time_out_lost_attempts(services: Services) -> int:
         WHERE c.status = 'running'
           AND (c.deadline_at < $1 OR coalesce(l.renewed_at, c.status_since) < now() - make_interval(secs => $2))
         """,
-        utcnow(),
+        # A live worker stops its own attempt at the deadline; the reaper steps in only for one that could not.
+        utcnow() - timedelta(seconds=2 * settings.heartbeat_interval),
         settings.lease_timeout,
     )
     for row in rows:
@@ -76,11 +77,11 @@ async def requeue_lost_jobs(services: Services) -> int:
         recent = (base, f"{base}:again{generation - 1}", f"{base}:again{generation}")
         if any([await services.redis.zscore(default_queue_name, job) is not None for job in recent]):
             continue  # still waiting for a free worker
-        job = await services.redis.enqueue_job(
-            reactor.EXTRACT_JOB, row["project_id"], row["clip_id"], row["run"], row["attempt"],
-            _job_id=f"{base}:again{generation}",
+        enqueued = await reactor.enqueue_attempt(
+            services.redis, row["project_id"], row["clip_id"], row["run"], row["attempt"], None,
+            job=f"{base}:again{generation}",
         )
-        if job is not None:
+        if enqueued:
             count += 1
             log.warning("re-enqueued attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])
     return count

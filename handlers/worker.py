@@ -16,10 +16,12 @@ import signal
 import socket
 from typing import Any
 
+from arq.connections import create_pool
 from arq.worker import Worker, func
 
 from handlers import reactor, reaper
 from handlers.extraction import extract
+from runtime.aio import wait_event
 from runtime.bootstrap import DEPENDENCY_ERRORS, Services, open_services, redis_settings
 from runtime.settings import Settings
 
@@ -39,6 +41,50 @@ async def announce(services: Services, worker_id: str) -> None:
         await asyncio.sleep(PRESENCE_TTL / 3)
 
 
+class WakeableWorker(Worker):
+    """arq's Worker, woken the moment a job is enqueued (a Redis message from the reactor or the reaper) or a slot
+    frees up, instead of only on its next poll; `poll_delay` remains the fallback (lost wake-ups, deferred jobs).
+    Overrides arq 0.28's `main` loop and its slot-release hook; the job runner is arq's own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wake = asyncio.Event()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.wake.set()
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings, default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
+            )
+        self.ctx["redis"] = self.pool
+        while True:
+            self.wake.clear()
+            await self._poll_iteration()
+            await wait_event(self.wake, self.poll_delay_s)
+
+
+async def listen_for_wakes(services: Services, wake: asyncio.Event) -> None:
+    """Set `wake` on every message of the reactor's wake channel; resubscribe after a Redis outage."""
+    while True:
+        pubsub = services.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(reactor.WAKE_CHANNEL)
+            async for _ in pubsub.listen():
+                wake.set()
+        except DEPENDENCY_ERRORS as error:
+            log.debug("wake channel lost (%s); resubscribing", error)
+        finally:
+            try:
+                await pubsub.aclose()
+            except Exception:
+                pass
+        wake.set()  # whatever was enqueued meanwhile
+        await asyncio.sleep(1.0)
+
+
 async def extract_job(ctx: dict[str, Any], project_id: str, clip_id: str, run: int, attempt: int) -> str:
     return await extract(ctx["services"], project_id, clip_id, run, attempt, ctx["worker_id"])
 
@@ -47,25 +93,23 @@ async def _poll_forever(worker: Worker) -> None:
     while True:
         try:
             await worker.main()
-            return  # burst mode: the queue is empty
         except DEPENDENCY_ERRORS as error:
             log.warning("queue unavailable (%s: %s); polling again in 1 s", type(error).__name__, error)
             await asyncio.sleep(1.0)
 
 
-async def run_worker(settings: Settings, concurrency: int = 2, *, burst: bool = False) -> None:
+async def run_worker(settings: Settings, concurrency: int = 2) -> None:
     services = await open_services(settings, pool_size=concurrency + 4)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
     reaper.remove_stale_temporaries(services)
-    worker = Worker(
+    worker = WakeableWorker(
         functions=[func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
         redis_settings=redis_settings(settings),
         ctx={"services": services, "worker_id": worker_id},
         handle_signals=False,
         max_jobs=concurrency,
         job_timeout=settings.attempt_timeout + 120,
-        poll_delay=0.02,
-        burst=burst,
+        poll_delay=0.2,
         keep_result=3600,
         log_results=False,
         retry_jobs=False,
@@ -74,6 +118,7 @@ async def run_worker(settings: Settings, concurrency: int = 2, *, burst: bool = 
         asyncio.create_task(reactor.follow(services), name="reactor"),
         asyncio.create_task(reaper.follow(services), name="reaper"),
         asyncio.create_task(announce(services, worker_id), name="presence"),
+        asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -27,6 +27,9 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # A connection broken in the middle of a statement can come back from the pool in a half-done protocol
+    # state ("cannot switch to state ..."): the same outage, seen one request later.
+    asyncpg.InternalClientError,
     RedisConnectionError,
     RedisTimeoutError,
 )

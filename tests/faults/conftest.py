@@ -198,23 +198,18 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, private_postgres: tuple[object, str], source_video: Path) -> Iterator[Cluster]:
+def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, private_postgres: tuple[object, str], source_video: Path
+) -> Iterator[Cluster]:
     server, admin = private_postgres
     system = Cluster(tmp_path, admin, server, source_video)
     try:
         yield system
-    except BaseException:
-        raise
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(system.logs())  # shown with the failure
     finally:
         system.close()
-
-
-@pytest.fixture(autouse=True)
-def _show_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "cluster" in request.fixturenames:
-        print(request.getfixturevalue("cluster").logs())
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
