@@ -80,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="warning",
         ws_ping_interval=None,
-        ws_per_message_deflate=False,  # feed messages are small; deflate costs ~30 KB and CPU per subscriber
+        ws_per_message_deflate=False,  # small messages: deflate would cost a zlib context (tens of KB) per socket
         timeout_graceful_shutdown=5,  # long polls and sockets are resumable: do not hold a deploy for them
     )
     return 0
@@ -105,7 +105,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 2
     after = None if args.after in ("", "start") else args.after
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
-    client = FeedClient(args.url, token, project_id=args.project, after=after, on_mode=lambda m: log.info("feed: %s", m))
+    client = FeedClient(
+        args.url, token, project_id=args.project, after=after, on_mode=lambda mode: log.info("feed: %s", mode)
+    )
 
     async def follow() -> None:
         async for event in client.events():

@@ -164,7 +164,8 @@ async def resolve_after(
     otherwise), and a position up to which the log is final (None if unknown)."""
     located = await locate(services.pool, after if isinstance(after, cursor.Cursor) else None, broker.known)
     if isinstance(after, cursor.Cursor):
-        return located.epoch, located.position, cursor.encode(located.epoch, located.position, after.fingerprint), located.final
+        given = cursor.encode(located.epoch, located.position, after.fingerprint)
+        return located.epoch, located.position, given, located.final
     position, print_ = await head(services.pool) if after == "latest" else (0, 0)
     return located.epoch, position, cursor.encode(located.epoch, position, print_), located.final
 
@@ -385,13 +386,16 @@ async def _stream(
 
         # Live: what the broker delivers, in order. No timer per wait: the broker wakes idle subscriptions.
         while True:
-            await sub.wait()
+            waiter = sub.waiter()
+            if waiter is not None:
+                await waiter
             if sub.closed:
                 return
             if sub.reset:
                 return await _reset(socket, sub.reset)
             if sub.overflowed:
-                return await _close(socket, CLOSE_TOO_SLOW, "too slow: buffer overflowed; reconnect from your last cursor")
+                reason = "too slow: buffer overflowed; reconnect from your last cursor"
+                return await _close(socket, CLOSE_TOO_SLOW, reason)
             items = sub.take()
             if items:
                 for event_position, message in items:

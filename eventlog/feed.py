@@ -52,7 +52,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from domain.errors import CursorFromAnotherLog
+from domain.errors import CursorFromAnotherLog, Unavailable
 from eventlog import cursor, store
 
 log = logging.getLogger("cliplog.feed")
@@ -172,7 +172,8 @@ class Located(msgspec.Struct, frozen=True):
 async def locate(
     db: asyncpg.Connection | asyncpg.Pool, after: cursor.Cursor | None, known: tuple[UUID, int, int] | None
 ) -> Located:
-    """The log's epoch, and `after` checked against it (CursorFromAnotherLog otherwise), in one query; with
+    """The log's epoch, and `after` checked against it as `eventlog.cursor.check` does (CursorFromAnotherLog
+    otherwise), in one query; with
     `known` = `(epoch, position, fingerprint)` of a position the broker passed, also whether that still holds (then
     everything up to it is final and can be read without the safe horizon)."""
     position = after.position if after is not None else 0
@@ -185,7 +186,7 @@ async def locate(
         known_position,
     )
     if row is None:
-        raise asyncpg.exceptions.UndefinedTableError("log_identity is empty: the database is not migrated")
+        raise Unavailable("the event log has no identity yet: run `cliplog migrate`")
     epoch: UUID = row["epoch"]
     if after is not None:
         if after.epoch_prefix != epoch.bytes[:8]:
@@ -202,7 +203,8 @@ async def locate(
     final = None
     if known is not None and known[0] == epoch:
         if known_position == 0 or (
-            row["k_stream"] is not None and cursor.fingerprint(row["k_stream"], row["k_version"], row["k_at"]) == known[2]
+            row["k_stream"] is not None
+            and cursor.fingerprint(row["k_stream"], row["k_version"], row["k_at"]) == known[2]
         ):
             final = known_position
     return Located(epoch, position, final)
@@ -247,12 +249,15 @@ class Subscription:
     def deliver(self, position: int, message: Any) -> None:
         self._poked = True
         if self.live:
-            if len(self._items) >= self.limit:
-                self.overflowed = True
-                self._items.clear()
+            items = self._items
+            if len(items) < self.limit:
+                items.append((position, message))
             else:
-                self._items.append((position, message))
-        self.wake()
+                self.overflowed = True
+                items.clear()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @property
     def pending(self) -> bool:
@@ -268,13 +273,20 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def waiter(self) -> asyncio.Future[None] | None:
+        """A future `wake` (or a delivery) resolves; None if something is pending already. The hot path's `wait`."""
+        if self.pending:
+            return None
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
     async def wait(self, timeout: float | None = None) -> bool:
         """Until something is pending or someone calls `wake` (the broker: `start` assigned, or idle for
         `idle_after`), at most `timeout` s if given; True if anything is pending."""
         if not self.pending and (timeout is None or timeout > 0):
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                if timeout is None:  # the hot path: no timer per wait
+                if timeout is None:
                     await self._waiter
                 else:
                     async with asyncio.timeout(timeout):
@@ -479,7 +491,7 @@ class FeedBroker:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except (*UNAVAILABLE, asyncpg.PostgresError) as error:
+            except (*UNAVAILABLE, asyncpg.PostgresError, Unavailable) as error:
                 failures += 1
                 if failures == 1:
                     log.warning("feed cannot read the log (%s: %s); retrying", type(error).__name__, error)
@@ -497,7 +509,7 @@ class FeedBroker:
             self.head or 0,
         )
         if row is None:
-            raise asyncpg.exceptions.UndefinedTableError("log_identity is empty: the database is not migrated")
+            raise Unavailable("the event log has no identity yet: run `cliplog migrate`")
         same = self.head is not None and row["epoch"] == self.epoch
         if same and self.head:
             same = row["stream"] is not None and (
@@ -507,7 +519,9 @@ class FeedBroker:
             return
         position, print_ = await head(self.pool)
         if self.head is not None:
-            log.warning("the event log was replaced or restored (head %s -> %s); resetting subscribers", self.head, position)
+            log.warning(
+                "the event log was replaced or restored (head %s -> %s); resetting subscribers", self.head, position
+            )
             for sub in self._all():
                 sub.reset = RESET_DETAIL
                 sub.take()
@@ -550,12 +564,18 @@ class FeedBroker:
         for event in events:
             owner = self._owners.get(event.project_id)
             subs = self._by_user.get(owner) if owner is not None else None
-            if subs:
-                message: Any = None
-                for sub in subs:
-                    if sub.wants(event):
-                        if message is None and sub.live:
-                            message = self.render(event)
-                        sub.deliver(event.position, message)
+            if not subs:
+                continue
+            position, project = event.position, event.project_id
+            message: Any = None
+            for sub in subs:  # `sub.wants(event)`, inlined: this loop runs once per event and subscriber
+                start = sub.start
+                if start is None or position <= start or sub.overflowed or sub.reset is not None or sub.closed:
+                    continue
+                if sub.project_id is not None and sub.project_id != project:
+                    continue
+                if message is None and sub.live:
+                    message = self.render(event)
+                sub.deliver(position, message)
         self.head = events[-1].position
         self._head_print = events[-1].fingerprint

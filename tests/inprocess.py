@@ -19,17 +19,18 @@ T = TypeVar("T")
 
 
 class InProcessServer:
-    def __init__(self, env: Mapping[str, str], *, send_buffer: int | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], *, send_buffer: int | None = None, port: int = 0) -> None:
         """`env`: CLIPLOG_* variables for `runtime.settings.load`. `send_buffer`: SO_SNDBUF of the listening socket,
         inherited by every accepted connection (a small one makes a client that stops reading block the server
-        quickly, as a slow consumer over a real network would)."""
+        quickly, as a slow consumer over a real network would). `port`: 0 for a free one, or the port of a server
+        stopped before (a restart, as clients see it)."""
         self.settings = config.load(env)
         self.app = create_app(self.settings)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if send_buffer is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -85,4 +86,5 @@ class InProcessServer:
     async def acall(self, function: Callable[[], Awaitable[T]], timeout: float = 10) -> T:
         """`call` for async tests: awaits without blocking the test's event loop."""
         assert self.loop is not None
-        return await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(function(), self.loop)), timeout)
+        future = asyncio.run_coroutine_threadsafe(function(), self.loop)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)

@@ -81,7 +81,9 @@ async def test_pages_follow_the_cursor_and_next_cursor_resumes(api_server, pool,
         event = (await http.get("/api/events", params={"limit": 1})).json()["events"][0]
         assert set(event) >= {"position", "cursor", "type", "project_id", "clip_id", "version", "recorded_at",
                               "clip_status", "data"}
-        assert (event["type"], event["project_id"], event["clip_status"]) == ("extraction.requested", project, "pending")
+        assert (event["type"], event["project_id"], event["clip_status"]) == (
+            "extraction.requested", project, "pending"
+        )
         assert {"run", "attempt", "reason", "not_before", "source", "start", "end", "mode"} <= set(event["data"])
 
 
@@ -461,7 +463,8 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events ORDER BY position")
     stored = await conn.fetch("SELECT stream, version, recorded_at FROM events ORDER BY position")
     for event, row in zip(_events(rows, epoch), stored, strict=True):
-        expected = cursor.encode(epoch, event.position, cursor.fingerprint(row["stream"], row["version"], row["recorded_at"]))
+        print_ = cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
+        expected = cursor.encode(epoch, event.position, print_)
         assert event.cursor == expected, row["recorded_at"]
         assert json.loads(bytes(event.data)) == {"a": 1}
 

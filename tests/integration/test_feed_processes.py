@@ -99,7 +99,8 @@ async def test_an_event_appended_anywhere_reaches_subscribers_of_every_instance(
         await asyncio.sleep(0.2)
         # through instance B's API
         started = time.monotonic()
-        response = await via_b.post(f"/api/clips/projects/{project}/clips", json={"source": "a.mp4", "start": 0, "end": 1})
+        body = {"source": "a.mp4", "start": 0, "end": 1}
+        response = await via_b.post(f"/api/clips/projects/{project}/clips", json=body)
         assert response.status_code == 201, response.text
         first = response.json()["position"]
         assert [e["position"] for e in await receive_events(on_a, first)] == [first]
@@ -147,7 +148,8 @@ async def test_cliplog_tail_prints_one_json_event_per_line(two_servers, pool, id
     assert refused.returncode == 4 and "401" in refused.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "api.cli", "tail", "--url", a.url],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, env={k: v for k, v in os.environ.items() if k != "CLIPLOG_TOKEN"},
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "CLIPLOG_TOKEN"},
     )
     assert missing.returncode == 2 and "CLIPLOG_TOKEN" in missing.stderr
 

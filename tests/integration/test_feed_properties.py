@@ -90,7 +90,8 @@ async def follow_by_socket(reader: Reader, base: str, rng: random.Random) -> Non
 
 
 async def follow_by_poll(reader: Reader, base: str, rng: random.Random) -> None:
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {reader.token}"}, timeout=30) as http:
+    headers = {"Authorization": f"Bearer {reader.token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
         while not reader.finished:
             params: dict[str, str | int] = {"limit": rng.randint(1, 25), "wait": rng.choice(["0", "0.3", "2"])}
             if reader.cursor is not None:
@@ -179,7 +180,9 @@ async def test_every_reader_sees_its_part_of_the_log_exactly_once_in_order(seed,
     for reader in readers:
         expected = await expected_positions(pool, reader.user, reader.start, reader.project)
         got = [e["position"] for e in reader.received]
-        context = f"seed {seed}, {reader.name} ({reader.kind}, {reader.user}, project {reader.project}, after {reader.start})"
+        context = (
+            f"seed {seed}, {reader.name} ({reader.kind}, {reader.user}, project {reader.project}, after {reader.start})"
+        )
         assert got == expected, context
         assert all(owner.get(e["project_id"]) == reader.user for e in reader.received), context
         if reader.project is not None:
