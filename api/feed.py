@@ -27,7 +27,6 @@ import logging
 import math
 import os
 from contextlib import asynccontextmanager, suppress
-from datetime import datetime
 from typing import Annotated, Any, AsyncIterator, Literal, Mapping
 from uuid import UUID
 

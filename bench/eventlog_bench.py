@@ -49,6 +49,7 @@ import asyncpg
 import msgspec
 import psutil
 
+from bench.common import apply_defaults, cell
 from domain.clip import ClipState, Complete, Context, Register, Start, TimeOut, decide, evolve
 from domain.events import SCHEMA_VERSION, ExtractionEvent, encode_data, type_of
 from eventlog import store
@@ -327,18 +328,6 @@ async def bulk_load(admin: asyncpg.Connection, n: int) -> float:
 # The table ---------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float) -> str:
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def _cell(values: Sequence[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{_fmt(statistics.median(values))} ({_fmt(min(values))}–{_fmt(max(values))})"
 
 
 def _cpu(runs: Sequence[Run]) -> str:
@@ -369,13 +358,13 @@ def render(
         p99s = {case: [r.p99_ms for r in writes[(case, writers)]] for case in WRITE_CASES}
         label = f"{writers} writer{'s' if writers > 1 else ''}"
         lines.append(
-            f"| append, {label}: events/s | {_cell(rates['cliplog'])} | {_cell(rates['raw'])} | "
-            f"{_cell(rates['peer'])} | {_ratio(rates['cliplog'], rates['raw'])} | "
+            f"| append, {label}: events/s | {cell(rates['cliplog'])} | {cell(rates['raw'])} | "
+            f"{cell(rates['peer'])} | {_ratio(rates['cliplog'], rates['raw'])} | "
             f"{_ratio(rates['peer'], rates['raw'])} |"
         )
         lines.append(
-            f"| append, {label}: p99 latency ms | {_cell(p99s['cliplog'])} | {_cell(p99s['raw'])} | "
-            f"{_cell(p99s['peer'])} | {_ratio(p99s['cliplog'], p99s['raw'])} | "
+            f"| append, {label}: p99 latency ms | {cell(p99s['cliplog'])} | {cell(p99s['raw'])} | "
+            f"{cell(p99s['peer'])} | {_ratio(p99s['cliplog'], p99s['raw'])} | "
             f"{_ratio(p99s['peer'], p99s['raw'])} |"
         )
         runs = {case: writes[(case, writers)] for case in WRITE_CASES}
@@ -385,8 +374,8 @@ def render(
         )
     rates = {case: [r.rate for r in reads[case]] for case in READ_CASES}
     lines.append(
-        f"| read {read_events:,} in order, pages of {PAGE}: events/s | {_cell(rates['cliplog'])} | "
-        f"{_cell(rates['raw'])} | — | {_ratio(rates['cliplog'], rates['raw'])} | — |"
+        f"| read {read_events:,} in order, pages of {PAGE}: events/s | {cell(rates['cliplog'])} | "
+        f"{cell(rates['raw'])} | — | {_ratio(rates['cliplog'], rates['raw'])} | — |"
     )
     lines.append(
         f"| read: host CPU busy / client CPUs | {_cpu(reads['cliplog'])} | {_cpu(reads['raw'])} | — | — | — |"
@@ -533,14 +522,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--read-events", type=int, help="events to bulk-load and read (default 1,000,000)")
     parser.add_argument("--read-rounds", type=int, help="interleaved read rounds (default 3)")
     args = parser.parse_args(argv)
-    defaults = (
-        {"rounds": 4, "duration": 0.6, "read_events": 100_000, "read_rounds": 3}
-        if args.quick
-        else {"rounds": 4, "duration": 3.0, "read_events": 1_000_000, "read_rounds": 3}
-    )
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_defaults(args, quick={"rounds": 4, "duration": 0.6, "read_events": 100_000, "read_rounds": 3}, full={"rounds": 4, "duration": 3.0, "read_events": 1_000_000, "read_rounds": 3})
     table = asyncio.run(bench(args))
     print(table, flush=True)
 

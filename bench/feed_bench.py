@@ -56,7 +56,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -64,6 +64,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import asyncpg
 import msgspec
 import psutil
+
+from bench.common import apply_defaults, cell
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ROOT = Path(__file__).resolve().parents[1]
@@ -503,18 +505,6 @@ async def bulk_load(admin: asyncpg.Connection, count: int) -> None:
 # The table ------------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float) -> str:
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def _cell(values: Sequence[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{_fmt(statistics.median(values))} ({_fmt(min(values))}–{_fmt(max(values))})"
 
 
 def _ratio(numerators: Sequence[float], denominators: Sequence[float]) -> tuple[float, str]:
@@ -558,10 +548,10 @@ def render(
         lost = sum(d.lost for d in runs)
         samples = statistics.median(len(d.samples) for d in runs)
         lost_note = f"; {lost} lost" if lost else ""
-        warm = "—" if case == "floor" else _cell([d.warmup_max * 1000 for d in runs])
+        warm = "—" if case == "floor" else cell([d.warmup_max * 1000 for d in runs])
         busy = f"{statistics.median(d.host_busy for d in runs):.0%}"
         lines.append(
-            f"| {label} | {samples:,.0f}{lost_note} | {_cell(p50s)} | {_cell(p99s)} | "
+            f"| {label} | {samples:,.0f}{lost_note} | {cell(p50s)} | {cell(p99s)} | "
             f"{'—' if case == 'floor' else ratio_text} | {warm} | {busy} | {target} | {met} |"
         )
     lines.append("")
@@ -570,13 +560,13 @@ def render(
     lines.append("| resource | measured | baseline | ratio | target | |")
     lines.append("|---|---:|---:|---:|---|---|")
     lines.append(
-        f"| API RSS per idle WebSocket subscriber (1,000 connected), KB | {_cell(kb)} | — | — | ≤ 50 KB | "
+        f"| API RSS per idle WebSocket subscriber (1,000 connected), KB | {cell(kb)} | — | — | ≤ 50 KB | "
         f"{'met' if mem_ok else 'NOT met'} |"
     )
     ratio, ratio_text = _ratio([r.per_second for r in http], [r.per_second for r in raw])
     lines.append(
         f"| catch-up, events/s: `GET /api/events` limit=1000 vs raw keyset SELECT | "
-        f"{_cell([r.per_second for r in http])} | {_cell([r.per_second for r in raw])} | {ratio_text} | ≥ 0.5 × raw | "
+        f"{cell([r.per_second for r in http])} | {cell([r.per_second for r in raw])} | {ratio_text} | ≥ 0.5 × raw | "
         f"{'met' if ratio >= 0.5 else 'NOT met'} |"
     )
     if kb:
@@ -724,14 +714,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.client:
         asyncio.run(client_main(args))
         return
-    defaults = (
-        {"rounds": 3, "events": 40, "events_1000": 20, "memory_rounds": 2, "catch_up_events": 100_000}
-        if args.quick
-        else {"rounds": 5, "events": 100, "events_1000": 50, "memory_rounds": 3, "catch_up_events": 500_000}
-    )
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_defaults(args, quick={"rounds": 3, "events": 40, "events_1000": 20, "memory_rounds": 2, "catch_up_events": 100_000}, full={"rounds": 5, "events": 100, "events_1000": 50, "memory_rounds": 3, "catch_up_events": 500_000})
     print(asyncio.run(bench(args)), flush=True)
 
 

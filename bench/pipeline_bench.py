@@ -64,6 +64,7 @@ import psutil
 from arq.connections import ArqRedis
 from arq.jobs import Job
 
+from bench.common import apply_defaults, cell, fmt
 from api.auth import create_token
 from eventlog.migrate import migrate
 from handlers.ffmpeg import cut_command
@@ -477,18 +478,6 @@ def pctl(values: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def _fmt(value: float) -> str:
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def _cell(values: Sequence[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{_fmt(statistics.median(values))} ({_fmt(min(values))}–{_fmt(max(values))})"
 
 
 def _cores(cpus: Sequence[Cpu], groups: Sequence[str]) -> str:
@@ -658,8 +647,8 @@ def render_latency(runs: dict[str, list[LatencyRun]], observers: list[str], feed
         ms = [r.seconds * 1000 for r in runs[case]]
         busy = statistics.median(r.cpu.host_busy for r in runs[case])
         lines.append(
-            f"| {labels[case]} | {_fmt(statistics.median(ms))} | {_fmt(min(ms))}–{_fmt(max(ms))} | "
-            f"{_fmt(pctl(ms, 0.9))} | {busy:.0%} | {_cores([r.cpu for r in runs[case]], ['other'])} |"
+            f"| {labels[case]} | {fmt(statistics.median(ms))} | {fmt(min(ms))}–{fmt(max(ms))} | "
+            f"{fmt(pctl(ms, 0.9))} | {busy:.0%} | {_cores([r.cpu for r in runs[case]], ['other'])} |"
         )
     bare = statistics.median(r.seconds for r in runs["bare"]) * 1000
     for case in observers:
@@ -668,8 +657,8 @@ def render_latency(runs: dict[str, list[LatencyRun]], observers: list[str], feed
         overhead = service - bare
         verdict = "met" if overhead <= TARGET_OVERHEAD_MS else "NOT met"
         lines.append(
-            f"| **overhead, {case}** (median service − median bare) | **{_fmt(overhead)}** | per round "
-            f"{_fmt(min(per_round))}–{_fmt(max(per_round))} | target ≤ {TARGET_OVERHEAD_MS:g} ms: {verdict} | | |"
+            f"| **overhead, {case}** (median service − median bare) | **{fmt(overhead)}** | per round "
+            f"{fmt(min(per_round))}–{fmt(max(per_round))} | target ≤ {TARGET_OVERHEAD_MS:g} ms: {verdict} | | |"
         )
     lines.append("")
     lines.append(
@@ -693,9 +682,9 @@ def render_latency(runs: dict[str, list[LatencyRun]], observers: list[str], feed
                 values = [r.segments["fsync"] * 1000 for r in runs["bare"]]
             else:
                 values = [r.segments[key] * 1000 for r in runs[case] if not math.isnan(r.segments.get(key, math.nan))]
-            cells.append(_cell(values))
+            cells.append(cell(values))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    totals = [_fmt(statistics.median(r.seconds for r in runs[c]) * 1000) for c in observers]
+    totals = [fmt(statistics.median(r.seconds for r in runs[c]) * 1000) for c in observers]
     lines.append("| total (register → seen `completed`) | " + " | ".join(totals) + " |")
     return lines
 
@@ -826,7 +815,7 @@ THROUGHPUT_CASES = {
 
 def _median_ms(values: Sequence[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
-    return _fmt(statistics.median(values) * 1000) if values else "—"
+    return fmt(statistics.median(values) * 1000) if values else "—"
 
 
 def _ratio(numerators: Sequence[ThroughputRun], denominators: Sequence[ThroughputRun]) -> tuple[float, str]:
@@ -849,9 +838,9 @@ def render_throughput(runs: dict[str, list[ThroughputRun]], batch: int) -> list[
         split = "; ".join("/".join(str(n) for n in r.per_worker) for r in rs) if service else "—"
         attempt = _median_ms([r.attempt for r in rs]) + (f" ({_median_ms([r.produce for r in rs])})" if service else "")
         lines.append(
-            f"| {label} | {_cell([r.rate for r in rs])} | {_cell([r.seconds for r in rs])} | "
-            f"{_cell([r.register_seconds for r in rs]) if service else '—'} | "
-            f"{_cell([r.server_seconds for r in rs]) if service else '—'} | {split} | {attempt} | "
+            f"| {label} | {cell([r.rate for r in rs])} | {cell([r.seconds for r in rs])} | "
+            f"{cell([r.register_seconds for r in rs]) if service else '—'} | "
+            f"{cell([r.server_seconds for r in rs]) if service else '—'} | {split} | {attempt} | "
             f"{_median_ms([r.gap for r in rs])} | "
             f"{statistics.median(r.cpu.host_busy for r in rs):.0%} | {_cores([r.cpu for r in rs], CPU_GROUPS)} |"
         )
@@ -987,7 +976,7 @@ def render_detection(runs: list[DetectionRun], env: dict[str, str], full: bool) 
     ]
 
     def row(label: str, values: list[float]) -> None:
-        lines.append(f"| {label} | {_cell(values)} | {', '.join(_fmt(v) for v in values)} |")
+        lines.append(f"| {label} | {cell(values)} | {', '.join(fmt(v) for v in values)} |")
 
     row("lease age at the kill (s since the last renewal)", [r.lease_age for r in runs])
     row("**detection**: `extraction.timed_out` recorded", [r.detection for r in runs])
@@ -1176,14 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="how the client sees completions: the long-poll feed when it works (auto), or polling")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, clips)")
     args = parser.parse_args(argv)  # fmt: skip
-    defaults = (
-        {"rounds": 6, "batch": 30, "throughput_rounds": 1, "detection_runs": 2}
-        if args.quick
-        else {"rounds": 20, "batch": 100, "throughput_rounds": 3, "detection_runs": 5}
-    )
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_defaults(args, quick={"rounds": 6, "batch": 30, "throughput_rounds": 1, "detection_runs": 2}, full={"rounds": 20, "batch": 100, "throughput_rounds": 3, "detection_runs": 5})
     table = asyncio.run(bench(args))
     print(table, flush=True)
 

@@ -57,17 +57,7 @@ from eventlog import cursor, store
 
 log = logging.getLogger("cliplog.feed")
 
-# What a lost or restarting PostgreSQL looks like to the feed.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InternalClientError,  # e.g. a pooled connection cut mid-operation by a restart
-)
+UNAVAILABLE = store.DATABASE_UNAVAILABLE
 
 LISTENER_NAME = "cliplog-feed-listener"
 RESET_DETAIL = "the event log was reset or restored under this subscription: reload, then follow from the head"

@@ -15,6 +15,7 @@ never sees a row twice.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any, Sequence
 from uuid import UUID
@@ -24,6 +25,21 @@ import msgspec
 
 from domain.errors import VersionConflict
 from domain.events import SCHEMA_VERSION, ExtractionEvent, decode, encode_data, type_of
+
+
+# What a lost or restarting PostgreSQL looks like from asyncpg. A connection broken in the middle of a statement can
+# come back from the pool in a half-done protocol state ("cannot switch to state ..."): the same outage, seen one
+# query later.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.InternalClientError,
+)
 
 
 class StoredEvent(msgspec.Struct, frozen=True):

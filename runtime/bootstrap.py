@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from datetime import datetime, timezone
 from urllib.parse import urlparse
@@ -14,22 +13,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from domain.clip import Context
-from eventlog.store import init_connection
+from eventlog.store import DATABASE_UNAVAILABLE, init_connection
 from runtime.settings import ConfigError, Settings
 
 
 # What a lost PostgreSQL or Redis looks like from here: answered with 503 by the API, retried by workers.
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    # A connection broken in the middle of a statement can come back from the pool in a half-done protocol
-    # state ("cannot switch to state ..."): the same outage, seen one request later.
-    asyncpg.InternalClientError,
+    *DATABASE_UNAVAILABLE,
     RedisConnectionError,
     RedisTimeoutError,
 )
