@@ -49,8 +49,8 @@ class ClipsController(Controller):
         clip_id = check_id(data.clip_id, "clip_id") if data.clip_id is not None else secrets.token_urlsafe(9)
         if not data.source or len(data.source) > MAX_SOURCE or "\x00" in data.source:
             raise InvalidInput("source must be a path relative to the media folder", field="source")
-        if data.name is not None and len(data.name) > MAX_NAME:
-            raise InvalidInput(f"name is longer than {MAX_NAME} characters", field="name")
+        if data.name is not None and (len(data.name) > MAX_NAME or "\x00" in data.name):
+            raise InvalidInput(f"name must be at most {MAX_NAME} characters, without NUL", field="name")
         if resolve_inside(services.settings.media_root, data.source) is None:
             raise InvalidInput(
                 f"source {data.source!r} is not a video file in the media folder", field="source"

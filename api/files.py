@@ -9,7 +9,7 @@ from typing import AsyncIterator
 from litestar import Response
 from litestar.response import Stream
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})$")
 _CHUNK = 256 * 1024
 
 

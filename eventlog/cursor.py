@@ -44,6 +44,8 @@ def decode(text: str) -> Cursor:
         prefix, position, print_ = _LAYOUT.unpack(raw)
     except (binascii.Error, struct.error, ValueError):
         raise InvalidInput(f"{text!r} is not a cursor from this feed") from None
+    if position > 2**63 - 1:
+        raise InvalidInput(f"{text!r} is not a cursor from this feed")
     return Cursor(prefix, position, print_)
 
 

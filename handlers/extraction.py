@@ -223,11 +223,16 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
         )
     finally:
         heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
     patience = 5.0 if isinstance(command, HandBack) else time_left + services.settings.lease_timeout
     try:
         await record(services, project_id, clip_id, command, give_up_after=patience)
     except StaleAttempt:
         if isinstance(command, Complete):
+            # A retried append whose first COMMIT did land looks stale too: keep the file the log points at.
+            current = await clip_status.load(services.pool, project_id, clip_id)
+            if current.status == "completed" and current.output == command.output:
+                return "complete"
             (services.settings.output_root / command.output).unlink(missing_ok=True)
         return "discarded"
     return type(command).__name__.lower()

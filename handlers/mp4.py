@@ -90,11 +90,11 @@ def read_info(path: Path) -> MediaInfo | None:
     try:
         with path.open("rb") as handle:
             moov = _find_moov(handle, path.stat().st_size)
-    except OSError:
+        if moov is None:
+            return None
+        duration = next((_mvhd_duration(body) for kind, body in _boxes(moov) if kind == b"mvhd"), None)
+        if duration is None:
+            return None
+        return MediaInfo(duration=duration, has_video=_has_video(moov))
+    except (OSError, IndexError, struct.error):  # unreadable or malformed: FFmpeg decides
         return None
-    if moov is None:
-        return None
-    duration = next((_mvhd_duration(body) for kind, body in _boxes(moov) if kind == b"mvhd"), None)
-    if duration is None:
-        return None
-    return MediaInfo(duration=duration, has_video=_has_video(moov))

@@ -96,7 +96,12 @@ async def run_as_leader(  # noqa: ANN001
     while True:
         conn = None
         try:
-            conn = await asyncpg.connect(services.settings.database_url)
+            conn = await asyncpg.connect(
+                services.settings.database_url,
+                timeout=10,
+                command_timeout=10,  # a half-open connection must not silence the leader for hours
+                server_settings={"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"},
+            )
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
                 await asyncio.sleep(min(period, 2.0))
             wake = asyncio.Event()

@@ -74,8 +74,8 @@ async def requeue_lost_jobs(services: Services) -> int:
     for row in rows:
         base = reactor.job_id(row["project_id"], row["clip_id"], row["run"], row["attempt"])
         generation = int((now - row["not_before"]).total_seconds() // settings.requeue_after)
-        recent = (base, f"{base}:again{generation - 1}", f"{base}:again{generation}")
-        if any([await services.redis.zscore(default_queue_name, job) is not None for job in recent]):
+        earlier = [base] + [f"{base}:again{n}" for n in range(max(1, generation - 50), generation + 1)]
+        if any(score is not None for score in await services.redis.zmscore(default_queue_name, earlier)):
             continue  # still waiting for a free worker
         enqueued = await reactor.enqueue_attempt(
             services.redis, row["project_id"], row["clip_id"], row["run"], row["attempt"], None,

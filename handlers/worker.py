@@ -96,6 +96,9 @@ async def _poll_forever(worker: Worker) -> None:
         except DEPENDENCY_ERRORS as error:
             log.warning("queue unavailable (%s: %s); polling again in 1 s", type(error).__name__, error)
             await asyncio.sleep(1.0)
+        except Exception:  # a Redis error reply, a job bookkeeping failure: log it, keep the worker alive
+            log.exception("polling the queue failed; polling again in 1 s")
+            await asyncio.sleep(1.0)
 
 
 async def run_worker(settings: Settings, concurrency: int = 2) -> None:

@@ -10,8 +10,8 @@ def resolve_inside(root: Path, relative: str) -> Path | None:
     base = root.resolve()
     try:
         path = (base / relative).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return None
-    if not path.is_relative_to(base) or not path.is_file():
+        if not path.is_relative_to(base) or not path.is_file():
+            return None
+    except (OSError, RuntimeError, ValueError):  # a name too long, a loop of links, a NUL
         return None
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -100,9 +101,17 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             value = kind(raw)
         except ValueError:
             raise ConfigError(f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-        if value <= 0:
-            raise ConfigError(f"{variable} must be greater than 0 (got {raw})")
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{variable} must be a finite number greater than 0 (got {raw})")
         values[field] = value
+    defaults = Settings()
+    heartbeat = values.get("heartbeat_interval", defaults.heartbeat_interval)
+    lease = values.get("lease_timeout", defaults.lease_timeout)
+    if heartbeat >= lease:  # type: ignore[operator]
+        raise ConfigError(
+            f"CLIPLOG_HEARTBEAT_INTERVAL ({heartbeat:g}) must be shorter than CLIPLOG_LEASE_TIMEOUT ({lease:g}), "
+            "or every healthy attempt would be timed out"
+        )
     data_dir = Path(env.get("CLIPLOG_DATA_DIR") or ".cliplog").absolute()
     return Settings(
         database_url=env.get("CLIPLOG_DATABASE_URL") or None,

@@ -94,6 +94,8 @@ async def test_register_is_idempotent_and_conflicts_on_other_fields(client_facto
         ({**CLIP, "mode": "fast"}, "Validation failed"),
         ({**CLIP, "clip_id": "has space"}, "clip_id must match"),
         ({**CLIP, "surprise": 1}, "Validation failed"),
+        ({**CLIP, "name": "nul\u0000byte"}, "without NUL"),
+        ({**CLIP, "source": "games/" + "x" * 300 + ".mp4"}, "is not a video file in the media folder"),
     ],
 )
 async def test_bad_input_is_400_with_a_clear_detail_and_appends_nothing(client_factory, pool, ids, body, words) -> None:
@@ -234,3 +236,18 @@ async def test_database_down_gives_503_not_500(media: Path, tmp_path: Path) -> N
         assert response.status_code == 503 and "unavailable" in response.json()["detail"]
         health = await client.get("/api/extraction/health")
         assert health.status_code == 503 and health.json()["status"] == "down"
+
+
+async def test_hostile_cursors_and_ranges_are_clear_errors(client_factory, ids) -> None:
+    import base64
+    import struct
+
+    client = await client_factory()
+    huge = base64.urlsafe_b64encode(struct.pack(">8sQI", b"\0" * 8, 2**64 - 1, 0)).decode().rstrip("=")
+    for after in (huge, "!!!", "x" * 5000):
+        response = await client.get("/api/events", params={"after": after})
+        assert response.status_code == 400, (after[:20], response.text)
+    project = ids.project()
+    await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": "c1", **CLIP})
+    response = await client.get(f"/api/clips/projects/{project}/clips/c1/file", headers={"Range": "bytes=" + "9" * 5000 + "-"})
+    assert response.status_code == 409  # not extracted yet; the Range header is not even parsed
