@@ -17,6 +17,17 @@ from runtime.bootstrap import Services
 WINDOW_SECONDS = 3600
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
+# Cumulative counts of completed attempts' durations per bucket bound, their sum and count, computed in PostgreSQL.
+_DURATION_HISTOGRAM = """
+WITH c AS MATERIALIZED (
+    SELECT (data->>'elapsed_seconds')::float8 AS d FROM events WHERE type = 'extraction.completed'
+)
+SELECT array(SELECT (SELECT count(*) FROM c WHERE c.d <= u.bound)
+             FROM unnest($1::float8[]) WITH ORDINALITY AS u(bound, i) ORDER BY u.i) AS buckets,
+       (SELECT coalesce(sum(d), 0) FROM c) AS total,
+       (SELECT count(*) FROM c) AS n
+"""
+
 
 class Check(msgspec.Struct):
     ok: bool
@@ -166,12 +177,9 @@ async def metrics(services: ServicesDep, state: State) -> str:
         "Finished extraction attempts by outcome.",
         [(f'{{outcome="{o}"}}', outcomes.get(o, 0)) for o in ("completed", "failed", "timed_out")],
     )
-    row = await services.pool.fetchrow(
-        "SELECT array_agg((data->>'elapsed_seconds')::float) AS d FROM events WHERE type = 'extraction.completed'"
-    )
-    durations = row["d"] or []
-    samples = [(f'_bucket{{le="{b:g}"}}', sum(1 for d in durations if d <= b)) for b in BUCKETS]
-    samples += [('_bucket{le="+Inf"}', len(durations)), ("_sum", sum(durations)), ("_count", len(durations))]
+    row = await services.pool.fetchrow(_DURATION_HISTOGRAM, list(BUCKETS))
+    samples = [(f'_bucket{{le="{b:g}"}}', n) for b, n in zip(BUCKETS, row["buckets"])]
+    samples += [('_bucket{le="+Inf"}', row["n"]), ("_sum", row["total"]), ("_count", row["n"])]
     lines.append("# HELP cliplog_extraction_duration_seconds Time to extract a clip, for completed attempts.")
     lines.append("# TYPE cliplog_extraction_duration_seconds histogram")
     lines.extend(f"cliplog_extraction_duration_seconds{suffix} {value:g}" for suffix, value in samples)

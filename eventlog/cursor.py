@@ -15,10 +15,9 @@ import zlib
 from datetime import datetime
 from uuid import UUID
 
-import asyncpg
 import msgspec
 
-from domain.errors import CursorFromAnotherLog, InvalidInput
+from domain.errors import InvalidInput
 
 _LAYOUT = struct.Struct(">8sQI")
 
@@ -47,19 +46,3 @@ def decode(text: str) -> Cursor:
     if position > 2**63 - 1:
         raise InvalidInput(f"{text!r} is not a cursor from this feed")
     return Cursor(prefix, position, print_)
-
-
-async def check(conn: asyncpg.Connection | asyncpg.Pool, epoch: UUID, cursor: Cursor) -> int:
-    """The cursor's position, if it belongs to this log as it is now; else CursorFromAnotherLog."""
-    if cursor.epoch_prefix != epoch.bytes[:8]:
-        raise CursorFromAnotherLog("this cursor comes from another event log (the database was reset or replaced)")
-    if cursor.position == 0:
-        return 0
-    row = await conn.fetchrow(
-        "SELECT stream, version, recorded_at FROM events WHERE position = $1", cursor.position
-    )
-    if row is None or fingerprint(row["stream"], row["version"], row["recorded_at"]) != cursor.fingerprint:
-        raise CursorFromAnotherLog(
-            "this cursor points at an event this log does not hold (the database was restored or reset)"
-        )
-    return cursor.position

@@ -162,7 +162,7 @@ class Located(msgspec.Struct, frozen=True):
 async def locate(
     db: asyncpg.Connection | asyncpg.Pool, after: cursor.Cursor | None, known: tuple[UUID, int, int] | None
 ) -> Located:
-    """The log's epoch, and `after` checked against it as `eventlog.cursor.check` does (CursorFromAnotherLog
+    """The log's epoch, and `after` checked against it (CursorFromAnotherLog
     otherwise), in one query; with
     `known` = `(epoch, position, fingerprint)` of a position the broker passed, also whether that still holds (then
     everything up to it is final and can be read without the safe horizon)."""

@@ -79,9 +79,10 @@ async def react_once(services: Services, batch: int = 500) -> int:
 
 
 async def lag(services: Services) -> int:
-    """Events in the log that the reactor has not handled yet."""
+    """Positions in the log the reactor has not passed yet (an upper bound on its unhandled events)."""
     return await services.pool.fetchval(
-        "SELECT count(*) FROM events WHERE position > coalesce((SELECT position FROM checkpoints WHERE name = $1), 0)",
+        "SELECT greatest(0, coalesce((SELECT max(position) FROM events), 0) "
+        "- coalesce((SELECT position FROM checkpoints WHERE name = $1), 0))",
         CHECKPOINT,
     )
 

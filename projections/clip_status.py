@@ -12,7 +12,7 @@ from typing import Sequence
 import asyncpg
 import msgspec
 
-from domain.clip import ClipState, evolve
+from domain.clip import ClipState
 from eventlog.store import StoredEvent
 
 _decoder = msgspec.json.Decoder(ClipState)
@@ -70,12 +70,10 @@ async def save(conn: asyncpg.Connection, state: ClipState, previous_version: int
 
 
 def fold_streams(events: Sequence[StoredEvent]) -> dict[tuple[str, str], tuple[ClipState, int]]:
-    states: dict[tuple[str, str], tuple[ClipState, int]] = {}
-    for event in sorted(events, key=lambda e: (e.stream, e.version)):
-        key = (event.project_id, event.clip_id)
-        state = states.get(key, (ClipState(project_id=event.project_id, clip_id=event.clip_id), 0))[0]
-        states[key] = (evolve(state, event.decoded(), event.recorded_at), event.position)
-    return states
+    """Each clip's state after its last event, and that event's position."""
+    from projections.replay import replay
+
+    return {(s.event.project_id, s.event.clip_id): (s.state, s.event.position) for s in replay(events)}
 
 
 async def rebuild_differences(conn: asyncpg.Connection) -> dict[str, list[tuple[str, str]]]:

@@ -251,3 +251,22 @@ async def test_hostile_cursors_and_ranges_are_clear_errors(client_factory, ids) 
     await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": "c1", **CLIP})
     response = await client.get(f"/api/clips/projects/{project}/clips/c1/file", headers={"Range": "bytes=" + "9" * 5000 + "-"})
     assert response.status_code == 409  # not extracted yet; the Range header is not even parsed
+
+
+async def test_the_duration_histogram_counts_what_the_log_holds(client_factory, pool, ids) -> None:
+    client = await client_factory()
+    project, clip = ids.project(), ids.clip()
+    ctx = lambda: Settings(database_url="x").context(utcnow())  # noqa: E731
+    await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": clip, **CLIP})
+    await handle(pool, project, clip, Start(run=1, attempt=1, worker_id="w"), ctx)
+    done = Complete(run=1, attempt=1, bytes=1, duration_seconds=10, elapsed_seconds=0.05, output="x.mp4")
+    await handle(pool, project, clip, done, ctx)
+    durations = [r["d"] for r in await pool.fetch(
+        "SELECT (data->>'elapsed_seconds')::float8 AS d FROM events WHERE type = 'extraction.completed'"
+    )]
+    lines = dict(
+        line.rsplit(" ", 1) for line in (await client.get("/metrics")).text.splitlines() if not line.startswith("#")
+    )
+    assert float(lines['cliplog_extraction_duration_seconds_bucket{le="0.1"}']) == sum(d <= 0.1 for d in durations)
+    assert float(lines['cliplog_extraction_duration_seconds_bucket{le="600"}']) == sum(d <= 600 for d in durations)
+    assert float(lines["cliplog_extraction_duration_seconds_count"]) == len(durations)
