@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, AsyncIterator, Literal, Mapping
 from uuid import UUID
 
+import asyncpg
 import msgspec
 from litestar import Litestar, Response, WebSocket, get, websocket
 from litestar.datastructures import State
@@ -320,7 +321,7 @@ async def events_socket(socket: FeedSocket) -> None:
         return await _close(socket, CLOSE_NOT_FOUND, error.detail)
     except CursorFromAnotherLog as error:
         return await _reset(socket, error.detail)
-    except UNAVAILABLE as error:
+    except (*UNAVAILABLE, Unavailable, asyncpg.PostgresError) as error:
         log.warning("feed socket: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
         return await _close(socket, CLOSE_UNAVAILABLE, "PostgreSQL is unavailable; reconnect shortly")
     await _stream(socket, services, broker, user, project, epoch, position)
@@ -399,9 +400,9 @@ async def _stream(
             if items:
                 for event_position, message in items:
                     if event_position > last:
-                        try:
+                        try:  # `_send`, inlined: once per event and subscriber
                             await send(message)
-                        except OSError:  # uvicorn's ClientDisconnected
+                        except (WebSocketDisconnect, OSError):
                             raise _Gone from None
                         last = event_position
                 sub.last_sent = loop.time()
@@ -410,12 +411,13 @@ async def _stream(
                 sub.last_sent = loop.time()
     except _Gone:
         pass
-    except UNAVAILABLE as error:
+    except (*UNAVAILABLE, Unavailable, asyncpg.PostgresError) as error:
         log.warning("feed socket: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
         await _close(socket, CLOSE_UNAVAILABLE, "PostgreSQL is unavailable; reconnect from your last cursor")
     finally:
         broker.unsubscribe(sub)
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 ROUTES = [list_events, events_socket]
