@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody
 from api.auth import check_id, claim_project, require_project
 from api.files import ranged_file
 from api.views import ClipView, EventView, RegisterClip, clip_view, event_view
-from domain.clip import Register, Retry
+from domain.clip import ClipState, Register, Retry
 from domain.errors import Conflict, InvalidInput, NotFound
 from eventlog import store
 from eventlog.clips import handle
@@ -23,20 +23,16 @@ MAX_NAME = 200
 MAX_SOURCE = 1024
 
 
-async def _registered(services: Services, project_id: str, clip_id: str, user: str):  # noqa: ANN202
+async def _registered(services: Services, project_id: str, clip_id: str, user: str) -> tuple[ClipState, int]:
+    """The caller's clip and the position of its last event; 404 for anything the caller cannot see."""
     await require_project(services.pool, project_id, user)
     check_id(clip_id, "clip_id")
-    state = await clip_status.load(services.pool, project_id, clip_id)
-    if not state.registered:
-        raise NotFound(f"clip {clip_id!r} not found in project {project_id!r}")
-    return state
-
-
-async def _view(services: Services, project_id: str, clip_id: str) -> ClipView:
     row = await services.pool.fetchrow(
         "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
     )
-    return clip_view(clip_status.state_from_json(row["state"]), row["position"], utcnow(), services.settings)
+    if row is None:
+        raise NotFound(f"clip {clip_id!r} not found in project {project_id!r}")
+    return clip_status.state_from_json(row["state"]), row["position"]
 
 
 class ClipsController(Controller):
@@ -81,8 +77,8 @@ class ClipsController(Controller):
 
     @get("/{clip_id:str}", summary="One clip")
     async def get_clip(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> ClipView:
-        await _registered(services, project_id, clip_id, user)
-        return await _view(services, project_id, clip_id)
+        state, position = await _registered(services, project_id, clip_id, user)
+        return clip_view(state, position, utcnow(), services.settings)
 
     @post("/{clip_id:str}/retry-extraction", summary="Start a new run with a fresh attempt budget")
     async def retry(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
@@ -106,7 +102,7 @@ class ClipsController(Controller):
         user: UserDep,
         services: ServicesDep,
     ) -> Response:
-        state = await _registered(services, project_id, clip_id, user)
+        state, _ = await _registered(services, project_id, clip_id, user)
         if state.status != "completed" or not state.output:
             raise Conflict(f"clip {clip_id!r} is {state.status}, not extracted yet")
         path = resolve_inside(services.settings.output_root, state.output)
