@@ -16,7 +16,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from eventlog import store
-from runtime.aio import wait_event
+from runtime.aio import reraise_if_cancelled, wait_event
 from runtime.bootstrap import Services
 
 log = logging.getLogger("cliplog.reactor")
@@ -118,6 +118,7 @@ async def run_as_leader(  # noqa: ANN001
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            reraise_if_cancelled()
             log.warning("%s: %s: %s; trying again", name, type(error).__name__, error)
             await asyncio.sleep(1.0)
         finally:

@@ -21,7 +21,7 @@ from arq.worker import Worker, func
 
 from handlers import reactor, reaper
 from handlers.extraction import extract
-from runtime.aio import wait_event
+from runtime.aio import reraise_if_cancelled, wait_event
 from runtime.bootstrap import DEPENDENCY_ERRORS, Services, open_services, redis_settings
 from runtime.settings import Settings
 
@@ -75,6 +75,7 @@ async def listen_for_wakes(services: Services, wake: asyncio.Event) -> None:
             async for _ in pubsub.listen():
                 wake.set()
         except DEPENDENCY_ERRORS as error:
+            reraise_if_cancelled()
             log.debug("wake channel lost (%s); resubscribing", error)
         finally:
             try:
@@ -94,9 +95,11 @@ async def _poll_forever(worker: Worker) -> None:
         try:
             await worker.main()
         except DEPENDENCY_ERRORS as error:
+            reraise_if_cancelled()
             log.warning("queue unavailable (%s: %s); polling again in 1 s", type(error).__name__, error)
             await asyncio.sleep(1.0)
         except Exception:  # a Redis error reply, a job bookkeeping failure: log it, keep the worker alive
+            reraise_if_cancelled()
             log.exception("polling the queue failed; polling again in 1 s")
             await asyncio.sleep(1.0)
 
@@ -135,15 +138,24 @@ async def run_worker(settings: Settings, concurrency: int = 2) -> None:
     finally:
         for task in background:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        try:
-            await asyncio.wait_for(services.redis.delete(PRESENCE_PREFIX + worker_id), 2)
-        except Exception:
-            pass
-        await services.close()
+        await _bounded("background tasks", asyncio.gather(*background, return_exceptions=True))
+        await _bounded("presence key", services.redis.delete(PRESENCE_PREFIX + worker_id))
+        await _bounded("connections", services.close())
         if worker._pool is not None:
-            await worker.close()
+            await _bounded("queue connection", worker.close())
         log.info("worker %s stopped", worker_id)
+
+
+async def _bounded(step: str, awaitable: Any, seconds: float = 5.0) -> None:
+    """One step of shutting down, which must not hold the process for ever."""
+    log.info("shutdown: %s", step)
+    try:
+        async with asyncio.timeout(seconds):
+            await awaitable
+    except TimeoutError:
+        log.warning("shutdown: %s did not finish within %g s; going on", step, seconds)
+    except Exception as error:
+        log.warning("shutdown: %s failed: %s: %s", step, type(error).__name__, error)
 
 
 async def _shut_down(worker: Worker, polling: asyncio.Task, grace: float) -> None:
@@ -158,6 +170,7 @@ async def _shut_down(worker: Worker, polling: asyncio.Task, grace: float) -> Non
             await asyncio.wait(unfinished, timeout=10)
     finishing = [t for t in worker.tasks.values() if not t.done()]
     if finishing:
+        log.info("shutdown: job bookkeeping")
         await asyncio.wait(finishing, timeout=5)
     polling.cancel()
-    await asyncio.gather(polling, return_exceptions=True)
+    await _bounded("queue polling", asyncio.gather(polling, return_exceptions=True))

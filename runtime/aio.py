@@ -17,3 +17,12 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def reraise_if_cancelled() -> None:
+    """Call in a retry loop's `except` block: a cancellation that a library turned into a timeout or connection
+    error on its way out (Python 3.11's `asyncio.timeout` can, when a cancel and a deadline coincide) must still end
+    the loop instead of being retried."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
