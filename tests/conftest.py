@@ -241,3 +241,40 @@ async def make_user(pool: asyncpg.Pool, ids: Ids) -> Callable[[], Awaitable[tupl
         return user, await create_token(pool, user)
 
     return make
+
+
+# The API in-process -----------------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def app_client(database_url: str, pool: asyncpg.Pool, tmp_path):  # noqa: ANN001, ANN201
+    """`await app_client(user="alice", **settings)`: the Litestar app in-process (Litestar's test client) on the
+    session database and the test Redis, signed in as `user`, with its media root at `tmp_path / "media"`."""
+    from litestar.testing import AsyncTestClient
+
+    from api.app import create_app
+    from api.auth import create_token
+    from runtime.settings import Settings
+
+    clients = []
+    media = tmp_path / "media"
+    media.mkdir(exist_ok=True)
+
+    async def make(user: str = "alice", **overrides: object) -> AsyncTestClient:
+        settings = Settings(
+            database_url=database_url,
+            redis_url=os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
+            data_dir=tmp_path,
+            media_root=media,
+            output_root=tmp_path / "clips",
+            **overrides,  # type: ignore[arg-type]
+        )
+        client = AsyncTestClient(app=create_app(settings), raise_server_exceptions=False)
+        await client.__aenter__()
+        client.headers["Authorization"] = f"Bearer {await create_token(pool, user)}"
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.__aexit__(None, None, None)

@@ -3,24 +3,20 @@ clips, errors and auth. Workers are not running here: these tests are about what
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import msgspec
 import pytest
-import pytest_asyncio
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
-from api.auth import create_token
 from domain.clip import Complete, Fail, Start
 from eventlog.clips import handle
 from runtime.bootstrap import utcnow
 from runtime.settings import Settings
 
-REDIS_URL = os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
 @pytest.fixture
@@ -31,29 +27,9 @@ def media(tmp_path: Path) -> Path:
     return root
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def client_factory(database_url: str, pool: asyncpg.Pool, media: Path, tmp_path: Path):
-    clients = []
-
-    async def make(user: str = "alice", **overrides: object) -> AsyncTestClient:
-        settings = Settings(
-            database_url=database_url,
-            redis_url=REDIS_URL,
-            data_dir=tmp_path,
-            media_root=media,
-            output_root=tmp_path / "clips",
-            **overrides,  # type: ignore[arg-type]
-        )
-        token = await create_token(pool, user)
-        client = AsyncTestClient(app=create_app(settings), raise_server_exceptions=False)
-        await client.__aenter__()
-        client.headers["Authorization"] = f"Bearer {token}"
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.__aexit__(None, None, None)
+@pytest.fixture
+def client_factory(app_client, media: Path):  # noqa: ANN001, ANN201 - the media root holds games/match.mp4
+    return app_client
 
 
 async def event_count(pool: asyncpg.Pool, project: str) -> int:

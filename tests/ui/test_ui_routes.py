@@ -3,47 +3,22 @@ settings the page works with, the videos under the media root. All need a token 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import asyncpg
-import pytest_asyncio
-from litestar.testing import AsyncTestClient
+import pytest
 
-from api.app import create_app
-from api.auth import create_token
 from api.ui_routes import find_videos
 from domain.clip import Fail, Start
 from eventlog.clips import handle
 from runtime.bootstrap import utcnow
 from runtime.settings import Settings
 
-REDIS_URL = os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def client_for(database_url: str, pool: asyncpg.Pool, tmp_path: Path):
-    clients = []
-    media = tmp_path / "media"
-
-    async def make(user: str, **overrides: object) -> AsyncTestClient:
-        settings = Settings(
-            database_url=database_url,
-            redis_url=REDIS_URL,
-            data_dir=tmp_path,
-            media_root=media,
-            output_root=tmp_path / "clips",
-            **overrides,  # type: ignore[arg-type]
-        )
-        client = AsyncTestClient(app=create_app(settings), raise_server_exceptions=False)
-        await client.__aenter__()
-        client.headers["Authorization"] = f"Bearer {await create_token(pool, user)}"
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.__aexit__(None, None, None)
+@pytest.fixture
+def client_for(app_client):  # noqa: ANN001, ANN201
+    return app_client
 
 
 async def test_every_ui_route_needs_a_token(client_for) -> None:
