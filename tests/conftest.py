@@ -278,3 +278,20 @@ async def app_client(database_url: str, pool: asyncpg.Pool, tmp_path):  # noqa: 
     yield make
     for client in clients:
         await client.__aexit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[tuple[object, str]]:
+    """A PostgreSQL of the session's own (pgserver), for tests that restart it: `(server, admin DSN)`."""
+    import logging
+
+    import pgserver
+
+    pgdata = tempfile.mkdtemp(prefix="cliplog-private-pg-")
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        yield server, server.get_uri("postgres")
+    finally:
+        logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs from an exit hook, after capture ends
+        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)

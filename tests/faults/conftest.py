@@ -10,7 +10,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -37,19 +36,6 @@ FAST = {
     "CLIPLOG_SHUTDOWN_GRACE": "2",
     "CLIPLOG_LOG_LEVEL": "INFO",
 }
-
-
-@pytest.fixture(scope="session")
-def private_postgres() -> Iterator[tuple[object, str]]:
-    import pgserver
-
-    pgdata = Path(tempfile.mkdtemp(prefix="cliplog-fault-pg-"))
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    try:
-        yield server, server.get_uri("postgres")
-    finally:
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

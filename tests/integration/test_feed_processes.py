@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -155,20 +152,6 @@ async def test_cliplog_tail_prints_one_json_event_per_line(two_servers, pool, id
 
 
 # A PostgreSQL restart under a live subscriber ------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[tuple[object, str]]:
-    import pgserver
-
-    pgdata = Path(tempfile.mkdtemp(prefix="cliplog-feed-pg-"))
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    try:
-        yield server, server.get_uri("postgres")
-    finally:
-        logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs from an exit hook, after capture ends
-        server.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 async def test_subscribers_live_through_a_postgres_restart(private_postgres, api_env, tmp_path, ids):
