@@ -246,3 +246,23 @@ async def test_the_duration_histogram_counts_what_the_log_holds(client_factory, 
     assert float(lines['cliplog_extraction_duration_seconds_bucket{le="0.1"}']) == sum(d <= 0.1 for d in durations)
     assert float(lines['cliplog_extraction_duration_seconds_bucket{le="600"}']) == sum(d <= 600 for d in durations)
     assert float(lines["cliplog_extraction_duration_seconds_count"]) == len(durations)
+
+
+async def test_metrics_are_prometheus_text_a_scraper_parses(client_factory) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = await client_factory()
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f.type for f in text_string_to_metric_families(response.text)}
+    assert families == {
+        "cliplog_extraction_attempts": "counter",
+        "cliplog_extraction_duration_seconds": "histogram",
+        "cliplog_clips": "gauge",
+        "cliplog_feed_subscribers": "gauge",
+        "cliplog_reactor_lag_events": "gauge",
+    }
+    openmetrics = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert openmetrics.text.endswith("# EOF\n")
