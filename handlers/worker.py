@@ -4,6 +4,8 @@ It outlives Redis and PostgreSQL outages (arq's polling loop is restarted after 
 background loops retry on their own) with no supervisor. On SIGTERM/SIGINT it stops taking jobs, gives running
 extractions `shutdown_grace` seconds to finish, then cancels the rest, which hand their attempt back without
 using it up.
+
+`arq handlers.worker.WorkerSettings` runs the same jobs and loops under arq's own CLI (see `worker_settings`).
 """
 
 from __future__ import annotations
@@ -104,46 +106,92 @@ async def _poll_forever(worker: Worker) -> None:
             await asyncio.sleep(1.0)
 
 
-async def run_worker(settings: Settings, concurrency: int = 2) -> None:
+def worker_options(settings: Settings, concurrency: int) -> dict[str, Any]:
+    """The arq Worker options of both `cliplog worker` and `arq handlers.worker.WorkerSettings`."""
+    return {
+        "functions": [func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
+        "redis_settings": redis_settings(settings),
+        "max_jobs": concurrency,
+        "job_timeout": settings.attempt_timeout + 120,
+        "poll_delay": 0.2,
+        "keep_result": 3600,
+        "log_results": False,
+        "retry_jobs": False,
+    }
+
+
+async def open_worker(settings: Settings, concurrency: int) -> dict[str, Any]:
+    """The worker's resources and its background loops (the reactor, the reaper, the presence key): arq's ctx."""
     services = await open_services(settings, pool_size=concurrency + 4)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
     reaper.remove_stale_temporaries(services)
-    worker = WakeableWorker(
-        functions=[func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
-        redis_settings=redis_settings(settings),
-        ctx={"services": services, "worker_id": worker_id},
-        handle_signals=False,
-        max_jobs=concurrency,
-        job_timeout=settings.attempt_timeout + 120,
-        poll_delay=0.2,
-        keep_result=3600,
-        log_results=False,
-        retry_jobs=False,
-    )
     background = [
         asyncio.create_task(reactor.follow(services), name="reactor"),
         asyncio.create_task(reaper.follow(services), name="reaper"),
         asyncio.create_task(announce(services, worker_id), name="presence"),
-        asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"),
     ]
+    log.info("worker %s started (concurrency %d)", worker_id, concurrency)
+    return {"services": services, "worker_id": worker_id, "background": background}
+
+
+async def close_worker(ctx: dict[str, Any]) -> None:
+    """Stop what `open_worker` started, every step bounded."""
+    services: Services = ctx["services"]
+    for task in ctx["background"]:
+        task.cancel()
+    await _bounded("background tasks", asyncio.gather(*ctx["background"], return_exceptions=True))
+    await _bounded("presence key", services.redis.delete(PRESENCE_PREFIX + ctx["worker_id"]))
+    await _bounded("connections", services.close())
+    log.info("worker %s stopped", ctx["worker_id"])
+
+
+async def run_worker(settings: Settings, concurrency: int = 2) -> None:
+    ctx = await open_worker(settings, concurrency)
+    worker = WakeableWorker(**worker_options(settings, concurrency), ctx=ctx, handle_signals=False)
+    ctx["background"].append(asyncio.create_task(listen_for_wakes(ctx["services"], worker.wake), name="wake"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker %s started (concurrency %d)", worker_id, concurrency)
     polling = asyncio.create_task(_poll_forever(worker), name="poll")
     try:
         await asyncio.wait([polling, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         await _shut_down(worker, polling, settings.shutdown_grace)
     finally:
-        for task in background:
-            task.cancel()
-        await _bounded("background tasks", asyncio.gather(*background, return_exceptions=True))
-        await _bounded("presence key", services.redis.delete(PRESENCE_PREFIX + worker_id))
-        await _bounded("connections", services.close())
+        await close_worker(ctx)
         if worker._pool is not None:
             await _bounded("queue connection", worker.close())
-        log.info("worker %s stopped", worker_id)
+
+
+def worker_settings(settings: Settings, concurrency: int = 2) -> type:
+    """A settings class for arq's own CLI: the same jobs, loops and SIGTERM hand-back as `cliplog worker`, with
+    the resources in ctx from `on_startup` (see README, "arq's CLI", for what it lacks: wake-ups, and polling
+    again after a Redis outage)."""
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx.update(await open_worker(settings, concurrency))
+
+    return type(
+        "WorkerSettings",
+        (),
+        {
+            **worker_options(settings, concurrency),
+            "on_startup": on_startup,
+            "on_shutdown": close_worker,
+            # arq's SIGTERM handler: stop taking jobs, wait this long, then cancel the rest, which hand back
+            "job_completion_wait": settings.shutdown_grace,
+        },
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """`handlers.worker.WorkerSettings` (`arq handlers.worker.WorkerSettings`), built from the CLIPLOG_*
+    environment when it is asked for, so that importing this module reads no environment."""
+    if name == "WorkerSettings":
+        from runtime.settings import load
+
+        return worker_settings(load())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def _bounded(step: str, awaitable: Any, seconds: float = 5.0) -> None:
