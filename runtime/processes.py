@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from runtime import embedded
 from runtime.settings import find_ffmpeg
@@ -60,8 +61,9 @@ class Process:
     reaches the whole process group (a worker's FFmpeg too)."""
 
     def __init__(
-        self, name: str, args: Sequence[str], env: Mapping[str, str], log: Path | None = None, *, own_session: bool = True
-    ) -> None:
+        self, name: str, args: Sequence[str], env: Mapping[str, str], log: Path | None = None, *,
+        own_session: bool = True,
+    ) -> None:  # fmt: skip
         self.name = name
         self.args = list(args)
         self.env = dict(env)
@@ -74,15 +76,13 @@ class Process:
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self.stopped = False
+        options = {"env": self.env, "stdin": subprocess.DEVNULL, "start_new_session": self.own_session}
         if self.log is None:
-            self.popen = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL, start_new_session=self.own_session)
+            self.popen = subprocess.Popen(self.args, **options)
         else:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             with self.log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-                self.popen = subprocess.Popen(
-                    self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                    start_new_session=self.own_session,
-                )  # fmt: skip
+                self.popen = subprocess.Popen(self.args, stdout=handle, stderr=subprocess.STDOUT, **options)
         return self
 
     def _started(self) -> subprocess.Popen:
@@ -150,7 +150,8 @@ class Process:
                 process.kill()
                 continue
             if process.returncode not in (0, -signal.SIGTERM):
-                log.warning("%s exited with code %s after SIGTERM (see %s)", process.name, process.returncode, process.log)
+                code = process.returncode
+                log.warning("%s exited with code %s after SIGTERM (see %s)", process.name, code, process.log)
 
     def restart(self, grace: float = 30) -> Process:
         if self.running:
@@ -206,7 +207,9 @@ def health_status(url: str, timeout: float = 1) -> int | None:
         return None
 
 
-def wait_healthy(url: str, processes: Iterable[Process] = (), timeout: float = 30, accept: tuple[int, ...] = (200,)) -> None:
+def wait_healthy(
+    url: str, processes: Iterable[Process] = (), timeout: float = 30, accept: tuple[int, ...] = (200,)
+) -> None:
     """Until the API at `url` answers its health check with a status in `accept`. RuntimeError when it does not
     within `timeout` seconds, or when one of `processes` exits meanwhile."""
     processes = list(processes)
@@ -275,7 +278,7 @@ class Postgres:
     """A PostgreSQL of pgserver's (`server`, from `pgserver.get_server`), restartable. pgserver stops it when the
     last process using it exits (cleanup mode 'stop')."""
 
-    def __init__(self, server: object) -> None:
+    def __init__(self, server: Any) -> None:
         self.server = server
 
     @classmethod
@@ -286,11 +289,11 @@ class Postgres:
 
     @property
     def admin_dsn(self) -> str:
-        return self.server.get_uri("postgres")  # type: ignore[attr-defined]
+        return self.server.get_uri("postgres")
 
     @property
     def directory(self) -> Path:
-        return Path(self.server.pgdata)  # type: ignore[attr-defined]
+        return Path(self.server.pgdata)
 
     def database(self, name: str = embedded.DATABASE) -> str:
         """The DSN of database `name` on this server, created if missing."""
@@ -300,7 +303,8 @@ class Postgres:
         """A fast shutdown (every connection is closed) and a start; returns when it accepts connections."""
         from pgserver._commands import pg_ctl
 
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=timeout)  # type: ignore[attr-defined]
+        server = self.server
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=timeout)
 
 
 def write_script(path: Path, body: str) -> Path:
@@ -308,6 +312,9 @@ def write_script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return path
+
+
+P = TypeVar("P", bound="Process")
 
 
 class Cluster:
@@ -373,7 +380,7 @@ class Cluster:
     def _log(self, name: str) -> Path | None:
         return None if self.log_dir is None else self.log_dir / f"{name}.log"
 
-    def add(self, process: Process) -> Process:
+    def add(self, process: P) -> P:
         """Start `process` and keep it with the cluster's (stopped by `close`, watched by `supervise`)."""
         self.processes.append(process.start())
         return process
@@ -383,11 +390,12 @@ class Cluster:
         accept: tuple[int, ...] = (200, 503), timeout: float = 30, **env: str,
     ) -> ApiProcess:  # fmt: skip
         """A `cliplog serve` (on a free port unless `port` is given), healthy by `accept` unless `wait` is false."""
-        api = ApiProcess(name, {**self.env, **env}, self._log(name), host=host, port=port, own_session=self.own_sessions)
-        self.add(api)
+        api = self.add(
+            ApiProcess(name, {**self.env, **env}, self._log(name), host=host, port=port, own_session=self.own_sessions)
+        )
         if wait:
             api.wait_healthy(timeout, accept)
-        return api  # type: ignore[return-value]
+        return api
 
     def worker(self, name: str = "worker", *, concurrency: int = 2, **env: str) -> Process:
         command = cliplog_command("worker", "--concurrency", str(concurrency))

@@ -43,7 +43,9 @@ class Cluster(processes.Cluster):
     """The runtime's cluster with FAST settings, `media/games/match.mp4`, a migrated database with a token for
     `alice`, and an `Api` client for each `serve()`."""
 
-    def __init__(self, root: Path, source: Path, *, database_url: str, postgres: processes.Postgres | None = None) -> None:
+    def __init__(
+        self, root: Path, source: Path, *, database_url: str, postgres: processes.Postgres | None = None
+    ) -> None:
         media = root / "media"
         (media / "games").mkdir(parents=True)
         shutil.copy(source, media / "games" / "match.mp4")
