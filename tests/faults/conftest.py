@@ -16,7 +16,7 @@ import pytest
 
 from api.auth import create_token
 from eventlog.migrate import migrate
-from runtime import embedded, processes
+from runtime import processes
 from runtime.settings import find_ffmpeg
 from tests.e2e.system import Api, make_video
 
@@ -114,9 +114,9 @@ class Cluster(processes.Cluster):
 def cluster(
     request: pytest.FixtureRequest, tmp_path: Path, private_postgres: tuple[object, str], source_video: Path
 ) -> Iterator[Cluster]:
-    server, admin = private_postgres
-    database_url = asyncio.run(embedded.ensure_database(admin, f"fault_{os.urandom(4).hex()}"))
-    system = Cluster(tmp_path, source_video, database_url=database_url, postgres=processes.Postgres(server))
+    postgres = processes.Postgres(private_postgres[0])  # pgserver's server: the tests restart it
+    database_url = postgres.database(f"fault_{os.urandom(4).hex()}")
+    system = Cluster(tmp_path, source_video, database_url=database_url, postgres=postgres)
     try:
         yield system
         report = getattr(request.node, "rep_call", None)
