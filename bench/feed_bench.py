@@ -269,7 +269,7 @@ class Client:
     def __init__(self, kind: str, server: Server, token: str, after: str, subscribers: int = 1) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.feed_bench", "--client", kind, "--url", server.ws, "--token", token,
-             "--after", after, "--subscribers", str(subscribers)],
+             f"--after={after}", "--subscribers", str(subscribers)],  # a cursor may start with "-"
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
 
