@@ -13,14 +13,15 @@
  * The modules, by what they show:
  *   shell.js            the header (breadcrumbs, connection, who is signed in) and the screen-reader announcer
  *   projects-view.js    the projects page
- *   project-view.js     a project's page: wires the four below together
+ *   project-view.js     a project's page, wired from:
  *     clip-list.js        the sidebar: the project's buttons and one card per clip
  *     clip-detail.js      the open clip's panel: facts, state, player.js, clip-history.js ("What happened")
  *     add-clip-form.js    the "Add a clip" dialog
  *     project-clips.js    the clips kept current (load, feed, refresh, retry); draws nothing
- *   clip-state-view.js  one clip's state and its buttons (in a card and in the panel)
- *   clip-state.js, timeline.js   pure rules (tests/js); api.js, feed-client.js   the HTTP API and the feed
- *   dom.js, session.js  DOM helpers; who is signed in
+ *   clip-state-view.js  one clip's state and the buttons that act on it (in its card and in its panel)
+ *   clip-state.js       what a clip shows, and timeline.js its attempts: pure rules (tests/js)
+ *   api.js              the HTTP API; feed-client.js the event feed
+ *   dom.js              DOM helpers; session.js who is signed in
  */
 
 import { Api, ApiError, ID } from "./api.js";
