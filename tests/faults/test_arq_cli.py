@@ -4,12 +4,11 @@ back without using up its attempt (real processes: `cliplog serve` and `python -
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
-from tests.e2e.system import start
+from runtime.processes import Process
 from tests.faults.conftest import Cluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
@@ -17,11 +16,9 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
 CLIP = {"source": "games/match.mp4", "start": 5.0, "end": 9.0}
 
 
-def _arq_worker(cluster: Cluster, name: str, **env: str) -> subprocess.Popen:
+def _arq_worker(cluster: Cluster, name: str, **env: str) -> Process:
     command = [sys.executable, "-m", "arq", "handlers.worker.WorkerSettings"]
-    process = start(command, {**cluster.env, **env}, cluster.root / f"{name}.log")
-    cluster.processes.append(process)
-    return process
+    return cluster.add(Process(name, command, {**cluster.env, **env}, cluster.root / f"{name}.log"))
 
 
 def _alive_workers(cluster: Cluster) -> int:
