@@ -15,11 +15,10 @@ import shutil
 import subprocess
 from typing import Mapping
 
-from api.auth import claim_project
 from domain.clip import Register
-from eventlog.clips import handle
 from runtime.bootstrap import open_services
 from runtime.settings import Settings
+from usecases.clips import register
 
 PROJECT = "demo"
 CLIPS = [
@@ -64,14 +63,7 @@ async def add_demo(settings: Settings, user: str) -> None:
     services = await open_services(settings, pool_size=2)
     try:
         for clip_id, command in CLIPS:
-            await handle(
-                services.pool,
-                PROJECT,
-                clip_id,
-                command,
-                services.context,
-                after_append=lambda conn, _: claim_project(conn, PROJECT, user),
-            )
+            await register(services.pool, PROJECT, clip_id, command, services.context, user=user)
     finally:
         await services.close()
 

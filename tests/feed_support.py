@@ -13,11 +13,12 @@ import asyncpg
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from api.auth import claim_project
+from eventlog.projects import claim_project
 from api.views import event_view
 from domain.clip import Register
 from domain.events import ExtractionRequested, ExtractionStarted
-from eventlog import clips, store
+from eventlog import store
+from usecases import clips
 from runtime.bootstrap import utcnow
 from runtime.settings import Settings
 

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from domain.clip import Complete, Fail, Start
-from eventlog.clips import handle
+from usecases.clips import handle
 from runtime.bootstrap import utcnow
 from runtime.settings import Settings
 

@@ -10,7 +10,7 @@ import pytest
 
 from api.ui_routes import find_videos
 from domain.clip import Fail, Start
-from eventlog.clips import handle
+from usecases.clips import handle
 from runtime.bootstrap import utcnow
 from runtime.settings import Settings
 

@@ -1,4 +1,6 @@
-"""The clip repository: load a clip's state, decide, append its events and its projection row in one transaction.
+"""The clip use cases: load a clip's state, decide, append its events and write its projection row, in one
+transaction (`handle`); registering a clip claims its project in that transaction (`register`), starting an attempt
+takes its lease in it (`start_attempt`).
 
 A version conflict means another writer got there first: the command is decided again on the fresh state (so a
 late worker result turns into StaleAttempt, and a double click into a no-op).
@@ -11,9 +13,9 @@ from typing import Awaitable, Callable
 import asyncpg
 import msgspec
 
-from domain.clip import ClipState, Command, Context, decide, evolve
+from domain.clip import ClipState, Command, Context, Register, Start, decide, evolve
 from domain.errors import VersionConflict
-from eventlog import store
+from eventlog import leases, projects, store
 from projections import clip_status
 
 ExtraWrite = Callable[[asyncpg.Connection, ClipState], Awaitable[None]]
@@ -77,3 +79,26 @@ async def handle(
             await store.notify(conn, position)
             return Handled(new_state, position, appended)
     raise AssertionError("unreachable")
+
+
+async def register(
+    pool: asyncpg.Pool, project_id: str, clip_id: str, command: Register, context: Callable[[], Context], *, user: str
+) -> Handled:
+    """Register a clip; its project becomes `user`'s in the same transaction unless someone else has it (404)."""
+    return await handle(
+        pool, project_id, clip_id, command, context, after_append=lambda conn, _: projects.claim_project(conn, project_id, user)
+    )
+
+
+async def start_attempt(
+    pool: asyncpg.Pool, project_id: str, clip_id: str, command: Start, context: Callable[[], Context]
+) -> Handled:
+    """Start an attempt and take its lease in the same transaction (the reaper judges a running attempt by it)."""
+    return await handle(
+        pool,
+        project_id,
+        clip_id,
+        command,
+        context,
+        after_append=lambda conn, new_state: leases.renew_lease(conn, new_state, command.worker_id),
+    )
