@@ -17,6 +17,7 @@ from api.auth import bearer, user_for_token
 from api.clips import ClipsController
 from api.deps import ServicesDep
 from api.health import health, metrics
+from api.views import RawJsonSchema
 from runtime.bootstrap import Services, open_services
 from runtime.settings import Settings
 
@@ -55,5 +56,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan, feed.lifespan],  # the feed's broker starts after the services, stops before them
         openapi_config=OpenAPIConfig(title="cliplog", version="1", path="/schema/ui"),
+        plugins=[RawJsonSchema()],
         debug=False,
     )

@@ -9,10 +9,10 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import check_id, require_project
 from api.files import ranged_file
-from api.views import ClipView, EventView, RegisterClip, clip_view, event_view
+from api.views import ClipView, EventView, RegisterClip, clip_view
 from domain.clip import ClipState, Register, Retry
 from domain.errors import Conflict, InvalidInput, NotFound
-from eventlog import store
+from eventlog import pages, store
 from projections import clip_status
 from api.deps import ServicesDep, UserDep
 from runtime.bootstrap import Services, utcnow
@@ -84,7 +84,7 @@ class ClipsController(Controller):
     async def history(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[EventView]:
         await _registered(services, project_id, clip_id, user)
         epoch = await store.epoch(services.pool)
-        return [event_view(e, epoch) for e in await store.read_stream(services.pool, project_id, clip_id)]
+        return await pages.read_stream(services.pool, epoch, project_id, clip_id)
 
     @get("/{clip_id:str}/file", summary="The extracted clip (video/mp4, HTTP Range supported)", media_type="video/mp4")
     async def file(

@@ -2,7 +2,7 @@
 
 Both read the caller's projects only, from an opaque cursor (`eventlog.cursor`: the log's epoch, a position and
 a fingerprint of the event there). The WebSocket sends the backlog after the cursor from the database, then the
-live events the process's `FeedBroker` (eventlog/feed.py) hands it; see that module for why the switch has no gap
+live events the process's `FeedBroker` (eventlog/broker.py) hands it; see that module for why the switch has no gap
 and no duplicate. No pooled connection is held for the life of a socket or a long poll: every read acquires one
 and gives it back (as Litestar's `stream_di_hog_fix` example does), and waiting happens on the broker.
 
@@ -43,7 +43,8 @@ from api.deps import ServicesDep, UserDep
 from api.views import EventPage
 from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
 from eventlog import cursor
-from eventlog.feed import UNAVAILABLE, FeedBroker, FeedEvent, Subscription, head, locate, read_page
+from eventlog.broker import LISTENER_NAME, UNAVAILABLE, FeedBroker, Subscription
+from eventlog.pages import EventView, head, locate, read_page
 from runtime.bootstrap import Services, require_database_url
 from runtime.settings import ConfigError
 
@@ -92,13 +93,8 @@ class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
 # Wire format ----------------------------------------------------------------------------------------------------
 
 
-class WirePage(msgspec.Struct):
-    events: list[FeedEvent]
-    next_cursor: str
-
-
 class EventMessage(msgspec.Struct, tag="event", tag_field="type"):
-    event: FeedEvent
+    event: EventView
 
 
 class ResetMessage(msgspec.Struct, tag="reset", tag_field="type"):
@@ -109,7 +105,7 @@ _encode = msgspec.json.Encoder().encode
 PING_MESSAGE = {"type": "websocket.send", "text": '{"type":"ping"}'}
 
 
-def render(event: FeedEvent) -> dict[str, Any]:
+def render(event: EventView) -> dict[str, Any]:
     """An event's ASGI message (built once; uvicorn only reads it, so every subscriber sends the same dict)."""
     return {"type": "websocket.send", "text": _encode(EventMessage(event)).decode()}
 
@@ -124,7 +120,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     config = FeedConfig.from_env()
     broker = FeedBroker(
         services.pool,
-        require_database_url(services.settings),
+        lambda: asyncpg.connect(
+            require_database_url(services.settings), timeout=5, server_settings={"application_name": LISTENER_NAME}
+        ),
         render,
         buffer=config.buffer,
         poll_interval=config.poll_interval,
@@ -187,7 +185,7 @@ async def _project_filter(services: Services, project_id: str | None, user: str)
 
 async def _read(
     services: Services, epoch: UUID, position: int, limit: int, user: str, project: str | None, final: int | None
-) -> list[FeedEvent]:
+) -> list[EventView]:
     """Up to `limit` events after `position`: below `final` without the safe-horizon check, beyond it with."""
     if final is None or position >= final:
         return await read_page(services.pool, epoch, position, limit, user=user, project_id=project)
@@ -231,7 +229,7 @@ async def _page(
     project_id: str | None,
     limit: int,
     wait: float,
-) -> WirePage:
+) -> EventPage:
     project = await _project_filter(services, project_id, user)
     epoch, position, given, final = await resolve_after(services, broker, start)
     if wait <= 0:
@@ -253,7 +251,7 @@ async def _page(
                     raise CursorFromAnotherLog(sub.reset)
         finally:
             broker.unsubscribe(sub)
-    return WirePage(events=events, next_cursor=events[-1].cursor if events else given)
+    return EventPage(events=events, next_cursor=events[-1].cursor if events else given)
 
 
 # GET /api/events/ws ---------------------------------------------------------------------------------------------

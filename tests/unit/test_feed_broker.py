@@ -12,7 +12,8 @@ from api.feed import FeedConfig
 import msgspec
 
 from eventlog import cursor
-from eventlog.feed import FeedBroker, FeedEvent
+from eventlog.broker import FeedBroker
+from eventlog.pages import EventView
 from runtime.settings import ConfigError
 
 T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
@@ -21,19 +22,19 @@ T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
 EPOCH = uuid.uuid4()
 
 
-def event(position: int, project: str) -> FeedEvent:
-    return FeedEvent(position, cursor.encode(EPOCH, position, position), "extraction.requested", project, "c", position,
+def event(position: int, project: str) -> EventView:
+    return EventView(position, cursor.encode(EPOCH, position, position), "extraction.requested", project, "c", position,
                      T0, "pending", msgspec.Raw(b"{}"))
 
 
 def broker(buffer: int = 1000) -> FeedBroker:
     rendered: list[int] = []
 
-    def render(e: FeedEvent) -> str:
+    def render(e: EventView) -> str:
         rendered.append(e.position)
         return f"m{e.position}"
 
-    b = FeedBroker(None, "postgresql://unused", render, buffer=buffer)  # type: ignore[arg-type]
+    b = FeedBroker(None, None, render, buffer=buffer)  # type: ignore[arg-type]
     b.head, b.epoch = 10, uuid.uuid4()
     b._owners.update({"a1": "alice", "a2": "alice", "b1": "bob"})
     b.rendered = rendered  # type: ignore[attr-defined]
