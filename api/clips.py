@@ -15,9 +15,9 @@ from domain.errors import Conflict, InvalidInput, NotFound
 from eventlog import pages, store
 from projections import clip_status
 from api.deps import ServicesDep, UserDep
-from runtime.bootstrap import Services, utcnow
 from runtime.media import resolve_inside
 from usecases.clips import handle, register
+from usecases.services import Services, utcnow
 
 MAX_NAME = 200
 MAX_SOURCE = 1024

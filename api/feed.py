@@ -15,9 +15,8 @@ WebSocket close codes (API.md, plus the additions documented in docs/feed.md):
 overflowed: reconnect from the last cursor), 4410 cursor from another log (after a `reset` message), 4503
 PostgreSQL unavailable (reconnect later), 1012 server restarting.
 
-Tunables, by environment variable: `CLIPLOG_WS_PING_INTERVAL` (15 s of silence before a ping),
-`CLIPLOG_FEED_BUFFER` (1000 events buffered per subscriber), `CLIPLOG_FEED_POLL_INTERVAL` (1 s between the
-broker's safety-net polls of the log).
+Tunables: `CLIPLOG_WS_PING_INTERVAL`, `CLIPLOG_FEED_BUFFER`, `CLIPLOG_FEED_POLL_INTERVAL` (`runtime.settings`;
+documented in docs/feed.md).
 """
 
 from __future__ import annotations
@@ -25,9 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 from contextlib import asynccontextmanager, suppress
-from typing import Annotated, Any, AsyncIterator, Literal, Mapping
+from typing import Annotated, Any, AsyncIterator, Literal
 from uuid import UUID
 
 import asyncpg
@@ -43,10 +41,9 @@ from api.deps import ServicesDep, UserDep
 from api.views import EventPage
 from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
 from eventlog import cursor
-from eventlog.broker import LISTENER_NAME, UNAVAILABLE, FeedBroker, Subscription
+from eventlog.broker import UNAVAILABLE, FeedBroker, Subscription
 from eventlog.pages import EventView, head, locate, read_page
-from runtime.bootstrap import Services, require_database_url
-from runtime.settings import ConfigError
+from usecases.services import Services
 
 log = logging.getLogger("cliplog.feed")
 
@@ -61,33 +58,6 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4408
 CLOSE_RESET = 4410
 CLOSE_UNAVAILABLE = 4503
-
-
-class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
-    ping_interval: float = 15.0
-    buffer: int = 1000
-    poll_interval: float = 1.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> FeedConfig:
-        env = os.environ if env is None else env
-        values: dict[str, float | int] = {}
-        for variable, field, kind in (
-            ("CLIPLOG_WS_PING_INTERVAL", "ping_interval", float),
-            ("CLIPLOG_FEED_BUFFER", "buffer", int),
-            ("CLIPLOG_FEED_POLL_INTERVAL", "poll_interval", float),
-        ):
-            raw = env.get(variable)
-            if not raw:
-                continue
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{variable} must be greater than 0 (got {raw})")
-            values[field] = value
-        return cls(**values)  # type: ignore[arg-type]
 
 
 # Wire format ----------------------------------------------------------------------------------------------------
@@ -117,16 +87,14 @@ def render(event: EventView) -> dict[str, Any]:
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     """Start this process's broker (after `app.state.services` exists) and stop it before the services close."""
     services: Services = app.state.services
-    config = FeedConfig.from_env()
+    settings = services.settings
     broker = FeedBroker(
         services.pool,
-        lambda: asyncpg.connect(
-            require_database_url(services.settings), timeout=5, server_settings={"application_name": LISTENER_NAME}
-        ),
+        services.connect_listener,
         render,
-        buffer=config.buffer,
-        poll_interval=config.poll_interval,
-        idle_after=config.ping_interval,
+        buffer=settings.feed_buffer,
+        poll_interval=settings.feed_poll_interval,
+        idle_after=settings.ws_ping_interval,
     )
     app.state.feed = broker
     await broker.start()

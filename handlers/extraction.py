@@ -20,10 +20,10 @@ from domain.policy import is_retryable
 from eventlog.leases import renew_lease
 from handlers import ffmpeg, mp4
 from projections import clip_status
-from runtime.bootstrap import DEPENDENCY_ERRORS, Services, utcnow
 from runtime.media import resolve_inside
 from runtime.settings import Settings
 from usecases.clips import handle, start_attempt
+from usecases.services import DEPENDENCY_ERRORS, Services, utcnow
 
 log = logging.getLogger("cliplog.extraction")
 

@@ -20,8 +20,8 @@ from domain.clip import TimeOut
 from domain.errors import StaleAttempt
 from handlers import reactor
 from handlers.extraction import TEMP_PREFIX
-from runtime.bootstrap import Services, utcnow
 from usecases.clips import handle
+from usecases.services import Services, utcnow
 
 log = logging.getLogger("cliplog.reaper")
 

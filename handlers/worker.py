@@ -16,14 +16,12 @@ import signal
 import socket
 from typing import Any
 
-from arq.connections import create_pool
 from arq.worker import Worker, func
 
 from handlers import reactor, reaper
 from handlers.extraction import extract
 from runtime.aio import reraise_if_cancelled, wait_event
-from runtime.bootstrap import DEPENDENCY_ERRORS, Services, open_services, redis_settings
-from runtime.settings import Settings
+from usecases.services import DEPENDENCY_ERRORS, Services
 
 log = logging.getLogger("cliplog.worker")
 
@@ -56,8 +54,8 @@ class WakeableWorker(Worker):
 
     async def main(self) -> None:
         if self._pool is None:
-            self._pool = await create_pool(
-                self.redis_settings, default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
+            self._pool = await self.ctx["services"].connect_queue(
+                default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
             )
         self.ctx["redis"] = self.pool
         while True:
@@ -104,13 +102,13 @@ async def _poll_forever(worker: Worker) -> None:
             await asyncio.sleep(1.0)
 
 
-async def run_worker(settings: Settings, concurrency: int = 2) -> None:
-    services = await open_services(settings, pool_size=concurrency + 4)
+async def run_worker(services: Services, concurrency: int = 2) -> None:
+    """Run until SIGTERM/SIGINT, then close `services`."""
+    settings = services.settings
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
     reaper.remove_stale_temporaries(services)
     worker = WakeableWorker(
         functions=[func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
-        redis_settings=redis_settings(settings),
         ctx={"services": services, "worker_id": worker_id},
         handle_signals=False,
         max_jobs=concurrency,

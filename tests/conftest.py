@@ -252,7 +252,7 @@ async def app_client(database_url: str, pool: asyncpg.Pool, tmp_path):  # noqa: 
     session database and the test Redis, signed in as `user`, with its media root at `tmp_path / "media"`."""
     from litestar.testing import AsyncTestClient
 
-    from api.app import create_app
+    from runtime.bootstrap import web_app
     from api.auth import create_token
     from runtime.settings import Settings
 
@@ -269,7 +269,7 @@ async def app_client(database_url: str, pool: asyncpg.Pool, tmp_path):  # noqa: 
             output_root=tmp_path / "clips",
             **overrides,  # type: ignore[arg-type]
         )
-        client = AsyncTestClient(app=create_app(settings), raise_server_exceptions=False)
+        client = AsyncTestClient(app=web_app(settings), raise_server_exceptions=False)
         await client.__aenter__()
         client.headers["Authorization"] = f"Bearer {await create_token(pool, user)}"
         clients.append(client)

@@ -18,7 +18,7 @@ from domain.clip import Register
 from domain.events import ExtractionRequested, ExtractionStarted
 from eventlog import cursor, store
 from usecases import clips
-from runtime.bootstrap import utcnow
+from usecases.services import utcnow
 from runtime.settings import Settings
 
 SETTINGS = Settings()

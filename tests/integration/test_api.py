@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
+from runtime.bootstrap import web_app
 from domain.clip import Complete, Fail, Start
 from usecases.clips import handle
-from runtime.bootstrap import utcnow
+from usecases.services import utcnow
 from runtime.settings import Settings
 
 
@@ -206,7 +206,7 @@ async def test_database_down_gives_503_not_500(media: Path, tmp_path: Path) -> N
         database_url="postgresql://postgres@127.0.0.1:1/nowhere", redis_url="redis://127.0.0.1:1/0",
         media_root=media, output_root=tmp_path / "clips",
     )
-    async with AsyncTestClient(app=create_app(settings), raise_server_exceptions=False) as client:
+    async with AsyncTestClient(app=web_app(settings), raise_server_exceptions=False) as client:
         client.headers["Authorization"] = "Bearer whatever"
         response = await client.get("/api/clips/projects/p1/clips")
         assert response.status_code == 503 and "unavailable" in response.json()["detail"]

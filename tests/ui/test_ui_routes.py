@@ -11,7 +11,7 @@ import pytest
 from api.ui_routes import find_videos
 from domain.clip import Fail, Start
 from usecases.clips import handle
-from runtime.bootstrap import utcnow
+from usecases.services import utcnow
 from runtime.settings import Settings
 
 

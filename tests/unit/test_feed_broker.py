@@ -8,13 +8,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from api.feed import FeedConfig
 import msgspec
 
 from eventlog import cursor
 from eventlog.broker import FeedBroker
 from eventlog.pages import EventView
-from runtime.settings import ConfigError
+from runtime.settings import ConfigError, Settings, load
 
 T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
 
@@ -118,13 +117,14 @@ async def test_subscribers_before_the_database_was_reached_start_at_the_first_he
     assert not sub.wants(event(5, "a1"))
 
 
-def test_feed_config_from_environment():
-    assert FeedConfig.from_env({}) == FeedConfig(ping_interval=15.0, buffer=1000, poll_interval=1.0)
-    config = FeedConfig.from_env(
-        {"CLIPLOG_WS_PING_INTERVAL": "0.5", "CLIPLOG_FEED_BUFFER": "50", "CLIPLOG_FEED_POLL_INTERVAL": "2"}
-    )
-    assert config == FeedConfig(ping_interval=0.5, buffer=50, poll_interval=2.0)
+def test_feed_settings_from_environment():
+    def feed(settings: Settings) -> tuple[float, int, float]:
+        return settings.ws_ping_interval, settings.feed_buffer, settings.feed_poll_interval
+
+    assert feed(load({})) == (15.0, 1000, 1.0)
+    config = load({"CLIPLOG_WS_PING_INTERVAL": "0.5", "CLIPLOG_FEED_BUFFER": "50", "CLIPLOG_FEED_POLL_INTERVAL": "2"})
+    assert feed(config) == (0.5, 50, 2.0)
     for bad in ({"CLIPLOG_WS_PING_INTERVAL": "0"}, {"CLIPLOG_FEED_BUFFER": "1.5"}, {"CLIPLOG_WS_PING_INTERVAL": "nan"},
                 {"CLIPLOG_FEED_POLL_INTERVAL": "-1"}, {"CLIPLOG_FEED_BUFFER": "lots"}):
         with pytest.raises(ConfigError):
-            FeedConfig.from_env(bad)
+            load(bad)
