@@ -10,7 +10,7 @@ from litestar.datastructures import State
 
 from api.feed import subscriber_count
 from handlers import reactor
-from handlers.worker import PRESENCE_PREFIX
+from handlers.presence import PRESENCE_PREFIX
 from api.deps import ServicesDep
 from usecases.services import Services
 

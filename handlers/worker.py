@@ -20,13 +20,11 @@ from arq.worker import Worker, func
 
 from handlers import reactor, reaper
 from handlers.extraction import extract
+from handlers.presence import PRESENCE_PREFIX, PRESENCE_TTL
 from runtime.aio import reraise_if_cancelled, wait_event
 from usecases.services import DEPENDENCY_ERRORS, Services
 
 log = logging.getLogger("cliplog.worker")
-
-PRESENCE_PREFIX = "cliplog:worker:"
-PRESENCE_TTL = 15
 
 
 async def announce(services: Services, worker_id: str) -> None:
