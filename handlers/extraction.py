@@ -17,12 +17,11 @@ from pathlib import Path
 from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, TimeOut
 from domain.errors import StaleAttempt
 from domain.policy import is_retryable
-from eventlog.leases import renew_lease
 from handlers import ffmpeg, mp4
 from projections import clip_status
 from runtime.media import resolve_inside
 from runtime.settings import Settings
-from usecases.clips import handle, start_attempt
+from usecases.clips import handle, renew_lease, start_attempt
 from usecases.services import DEPENDENCY_ERRORS, Services, utcnow
 
 log = logging.getLogger("cliplog.extraction")

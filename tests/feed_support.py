@@ -13,11 +13,11 @@ import asyncpg
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from eventlog.projects import claim_project
 from domain.clip import Register
 from domain.events import ExtractionRequested, ExtractionStarted
 from eventlog import cursor, store
 from usecases import clips
+from usecases.clips import claim_project
 from usecases.services import utcnow
 from runtime.settings import Settings
 

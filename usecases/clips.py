@@ -1,6 +1,6 @@
 """The clip use cases: load a clip's state, decide, append its events and write its projection row, in one
 transaction (`handle`); registering a clip claims its project in that transaction (`register`), starting an attempt
-takes its lease in it (`start_attempt`).
+takes its lease in it (`start_attempt`), which the worker then renews (`renew_lease`).
 
 A version conflict means another writer got there first: the command is decided again on the fresh state (so a
 late worker result turns into StaleAttempt, and a double click into a no-op).
@@ -14,8 +14,8 @@ import asyncpg
 import msgspec
 
 from domain.clip import ClipState, Command, Context, Register, Start, decide, evolve
-from domain.errors import VersionConflict
-from eventlog import leases, projects, store
+from domain.errors import NotFound, VersionConflict
+from eventlog import store
 from projections import clip_status
 
 ExtraWrite = Callable[[asyncpg.Connection, ClipState], Awaitable[None]]
@@ -86,7 +86,7 @@ async def register(
 ) -> Handled:
     """Register a clip; its project becomes `user`'s in the same transaction unless someone else has it (404)."""
     return await handle(
-        pool, project_id, clip_id, command, context, after_append=lambda conn, _: projects.claim_project(conn, project_id, user)
+        pool, project_id, clip_id, command, context, after_append=lambda conn, _: claim_project(conn, project_id, user)
     )
 
 
@@ -100,5 +100,35 @@ async def start_attempt(
         clip_id,
         command,
         context,
-        after_append=lambda conn, new_state: leases.renew_lease(conn, new_state, command.worker_id),
+        after_append=lambda conn, new_state: renew_lease(conn, new_state, command.worker_id),
     )
+
+
+async def claim_project(conn: asyncpg.Connection, project_id: str, user: str) -> None:
+    """Within the registering transaction: the project becomes `user`'s unless someone else has it (404)."""
+    await conn.execute(
+        "INSERT INTO projects (project_id, owner) VALUES ($1, $2) ON CONFLICT (project_id) DO NOTHING", project_id, user
+    )
+    if await conn.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id) != user:
+        raise NotFound(f"project {project_id!r} not found")
+
+
+async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, worker_id: str) -> bool:
+    """Renew the attempt's lease; False when it is no longer the clip's running attempt (the reaper or a person
+    timed it out), so the worker can stop working on it."""
+    result = await db.execute(
+        """
+        INSERT INTO leases (project_id, clip_id, run, attempt, worker_id, renewed_at)
+        SELECT $1, $2, $3, $4, $5, now()
+        WHERE EXISTS (SELECT 1 FROM clips WHERE project_id = $1 AND clip_id = $2 AND run = $3 AND attempt = $4
+                                             AND status = 'running')
+        ON CONFLICT (project_id, clip_id) DO UPDATE
+        SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now()
+        """,
+        state.project_id,
+        state.clip_id,
+        state.run,
+        state.attempt,
+        worker_id,
+    )
+    return result.endswith(" 1")
