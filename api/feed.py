@@ -41,7 +41,7 @@ from api.deps import ServicesDep, UserDep
 from api.views import EventPage
 from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
 from eventlog import cursor
-from eventlog.broker import UNAVAILABLE, FeedBroker, Subscription
+from eventlog.broker import UNAVAILABLE, FeedBroker, Subscription, render
 from eventlog.pages import EventView, head, locate, read_page
 from usecases.services import Services
 
@@ -60,11 +60,7 @@ CLOSE_RESET = 4410
 CLOSE_UNAVAILABLE = 4503
 
 
-# Wire format ----------------------------------------------------------------------------------------------------
-
-
-class EventMessage(msgspec.Struct, tag="event", tag_field="type"):
-    event: EventView
+# Wire format (an event's message is `eventlog.broker.render`'s) -------------------------------------------------
 
 
 class ResetMessage(msgspec.Struct, tag="reset", tag_field="type"):
@@ -73,11 +69,6 @@ class ResetMessage(msgspec.Struct, tag="reset", tag_field="type"):
 
 _encode = msgspec.json.Encoder().encode
 PING_MESSAGE = {"type": "websocket.send", "text": '{"type":"ping"}'}
-
-
-def render(event: EventView) -> dict[str, Any]:
-    """An event's ASGI message (built once; uvicorn only reads it, so every subscriber sends the same dict)."""
-    return {"type": "websocket.send", "text": _encode(EventMessage(event)).decode()}
 
 
 # Wiring (app lifespan, metrics) ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from domain.errors import Unavailable
 from eventlog import cursor, store
@@ -46,6 +47,20 @@ UNAVAILABLE = store.DATABASE_UNAVAILABLE
 
 LISTENER_NAME = "cliplog-feed-listener"
 RESET_DETAIL = "the event log was reset or restored under this subscription: reload, then follow from the head"
+
+
+class EventMessage(msgspec.Struct, tag="event", tag_field="type"):
+    """The WebSocket message that carries an event: `{"type": "event", "event": {...}}`."""
+
+    event: EventView
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def render(event: EventView) -> dict[str, Any]:
+    """An event's ASGI message (built once; uvicorn only reads it, so every subscriber sends the same dict)."""
+    return {"type": "websocket.send", "text": _encode(EventMessage(event)).decode()}
 
 
 # Subscriptions ---------------------------------------------------------------------------------------------------
