@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
-from uuid import UUID
 
 import msgspec
 from litestar.openapi.spec import OpenAPIType, Schema
