@@ -5,19 +5,19 @@ clients, and the processes built on them (the web app, the worker). Nothing belo
 from __future__ import annotations
 
 import functools
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 from urllib.parse import urlparse
 
 import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from litestar import Litestar
 
-from api.app import create_app
 from eventlog.broker import LISTENER_NAME
 from eventlog.store import init_connection
-from handlers.worker import run_worker
 from runtime.settings import ConfigError, Settings
 from usecases.services import Services
+
+if TYPE_CHECKING:
+    from litestar import Litestar
 
 
 def require_database_url(settings: Settings) -> str:
@@ -78,9 +78,13 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
 
 def web_app(settings: Settings) -> Litestar:
     """`cliplog serve`'s application: its services are opened when it starts and closed when it stops."""
+    from api.app import create_app  # here, so that a worker or a one-off command does not load the web app
+
     return create_app(functools.partial(open_services, settings, pool_size=20))
 
 
 async def worker(settings: Settings, concurrency: int = 2) -> None:
     """`cliplog worker`: runs until SIGTERM/SIGINT."""
+    from handlers.worker import run_worker
+
     await run_worker(await open_services(settings, pool_size=concurrency + 4), concurrency)
