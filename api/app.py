@@ -1,10 +1,10 @@
-"""The Litestar application: one factory, dependencies from `runtime.bootstrap`."""
+"""The Litestar application: one factory; its services come from the wiring (`runtime.bootstrap.web_app`)."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from litestar import Litestar, Request, get
 from litestar.datastructures import State
@@ -17,8 +17,8 @@ from api.auth import bearer, user_for_token
 from api.clips import ClipsController
 from api.deps import ServicesDep
 from api.health import health, metrics
-from runtime.bootstrap import Services, open_services
-from runtime.settings import Settings
+from api.views import RawJsonSchema
+from usecases.services import Services
 
 STATIC = Path(__file__).parent / "static"
 
@@ -36,15 +36,18 @@ def openapi_document(request: Request) -> dict:
     return request.app.openapi_schema.to_schema()
 
 
-def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+def create_app(services: Services | Callable[[], Awaitable[Services]]) -> Litestar:
+    """The app on `services`, or on the services `services()` opens when the app starts (and closed when it stops)."""
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.services = services or await open_services(settings, pool_size=20)
+        opened = services if isinstance(services, Services) else await services()
+        app.state.services = opened
         try:
             yield
         finally:
-            if services is None:
-                await app.state.services.close()
+            if opened is not services:
+                await opened.close()
 
     route_handlers: list = [ClipsController, health, metrics, openapi_document, *feed.ROUTES, *ui_routes.ROUTES]
     if STATIC.is_dir():
@@ -55,5 +58,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan, feed.lifespan],  # the feed's broker starts after the services, stops before them
         openapi_config=OpenAPIConfig(title="cliplog", version="1", path="/schema/ui"),
+        plugins=[RawJsonSchema()],
         debug=False,
     )

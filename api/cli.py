@@ -25,9 +25,9 @@ def _settings() -> Settings:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    from runtime.bootstrap import require_database_url
+    from runtime.bootstrap import connect
 
-    return await asyncpg.connect(require_database_url(settings))
+    return await connect(settings)
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -66,10 +66,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from runtime.bootstrap import web_app
 
     settings = _settings()
-    app = create_app(settings)
+    app = web_app(settings)
     gc.collect()
     gc.freeze()  # the start-up objects (modules, the app) leave the garbage collector's full passes: shorter pauses
     uvicorn.run(
@@ -85,9 +85,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from handlers.worker import run_worker
+    from runtime.bootstrap import worker
 
-    asyncio.run(run_worker(_settings(), args.concurrency))
+    asyncio.run(worker(_settings(), args.concurrency))
     return 0
 
 
@@ -247,8 +247,13 @@ async def _prepare_dev(settings: Settings, demo: bool) -> str:
         await conn.close()
     if demo:
         from api.demo import add_demo
+        from runtime.bootstrap import open_services
 
-        await add_demo(settings, user="dev")
+        services = await open_services(settings, pool_size=2)
+        try:
+            await add_demo(services, user="dev")
+        finally:
+            await services.close()
     return token
 
 

@@ -14,9 +14,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from api.feed import subscriber_count
 from handlers import reactor
-from handlers.worker import PRESENCE_PREFIX
+from handlers.presence import PRESENCE_PREFIX
 from api.deps import ServicesDep
-from runtime.bootstrap import Services
+from usecases.services import Services
 
 WINDOW_SECONDS = 3600
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -16,7 +16,7 @@ connected (a full collection over 1,000 connections would stall them all at once
 Delay (per round, the cases interleaved: floor, WS 1, WS 100, WS 1000, WS 1000 with the asyncio client, long poll):
   floor      two asyncpg connections of this process: `SELECT pg_notify(...)` on one, the LISTEN callback on the
              other; from just before the statement to the callback (one round trip and the delivery).
-  WebSocket  the writer appends one event per transaction as `eventlog.clips.handle` does (BEGIN; append; COMMIT;
+  WebSocket  the writer appends one event per transaction as `usecases.clips.handle` does (BEGIN; append; COMMIT;
              then `store.notify` in its own statement); from the moment COMMIT returned to the moment each
              subscriber got the event. Subscribers are asyncio protocols on websockets' sans-I/O `ClientProtocol`,
              stamping arrival in `data_received`; one extra row uses websockets' asyncio client instead (arrival:

@@ -4,8 +4,6 @@ It outlives Redis and PostgreSQL outages (arq's polling loop is restarted after 
 background loops retry on their own) with no supervisor. On SIGTERM/SIGINT it stops taking jobs, gives running
 extractions `shutdown_grace` seconds to finish, then cancels the rest, which hand their attempt back without
 using it up.
-
-`arq handlers.worker.WorkerSettings` runs the same jobs and loops under arq's own CLI (see `worker_settings`).
 """
 
 from __future__ import annotations
@@ -16,21 +14,19 @@ import os
 import secrets
 import signal
 import socket
-from typing import Any
+from typing import Any, Awaitable, Callable
 
-from arq.connections import create_pool
+from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from handlers import reactor, reaper
 from handlers.extraction import extract
+from handlers.presence import PRESENCE_PREFIX, PRESENCE_TTL
 from runtime.aio import reraise_if_cancelled, wait_event
-from runtime.bootstrap import DEPENDENCY_ERRORS, Services, open_services, redis_settings
 from runtime.settings import Settings
+from usecases.services import DEPENDENCY_ERRORS, Services
 
 log = logging.getLogger("cliplog.worker")
-
-PRESENCE_PREFIX = "cliplog:worker:"
-PRESENCE_TTL = 15
 
 
 async def announce(services: Services, worker_id: str) -> None:
@@ -58,8 +54,8 @@ class WakeableWorker(Worker):
 
     async def main(self) -> None:
         if self._pool is None:
-            self._pool = await create_pool(
-                self.redis_settings, default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
+            self._pool = await self.ctx["services"].connect_queue(
+                default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
             )
         self.ctx["redis"] = self.pool
         while True:
@@ -107,10 +103,9 @@ async def _poll_forever(worker: Worker) -> None:
 
 
 def worker_options(settings: Settings, concurrency: int) -> dict[str, Any]:
-    """The arq Worker options of both `cliplog worker` and `arq handlers.worker.WorkerSettings`."""
+    """The arq Worker options of both `cliplog worker` and arq's CLI (`arq runtime.bootstrap.WorkerSettings`)."""
     return {
         "functions": [func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
-        "redis_settings": redis_settings(settings),
         "max_jobs": concurrency,
         "job_timeout": settings.attempt_timeout + 120,
         "poll_delay": 0.2,
@@ -120,9 +115,8 @@ def worker_options(settings: Settings, concurrency: int) -> dict[str, Any]:
     }
 
 
-async def open_worker(settings: Settings, concurrency: int) -> dict[str, Any]:
+def open_worker(services: Services, concurrency: int) -> dict[str, Any]:
     """The worker's resources and its background loops (the reactor, the reaper, the presence key): arq's ctx."""
-    services = await open_services(settings, pool_size=concurrency + 4)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
     reaper.remove_stale_temporaries(services)
     background = [
@@ -135,7 +129,7 @@ async def open_worker(settings: Settings, concurrency: int) -> dict[str, Any]:
 
 
 async def close_worker(ctx: dict[str, Any]) -> None:
-    """Stop what `open_worker` started, every step bounded."""
+    """Stop what `open_worker` started and close its services, every step bounded."""
     services: Services = ctx["services"]
     for task in ctx["background"]:
         task.cancel()
@@ -145,10 +139,12 @@ async def close_worker(ctx: dict[str, Any]) -> None:
     log.info("worker %s stopped", ctx["worker_id"])
 
 
-async def run_worker(settings: Settings, concurrency: int = 2) -> None:
-    ctx = await open_worker(settings, concurrency)
+async def run_worker(services: Services, concurrency: int = 2) -> None:
+    """Run until SIGTERM/SIGINT, then close `services`."""
+    settings = services.settings
+    ctx = open_worker(services, concurrency)
     worker = WakeableWorker(**worker_options(settings, concurrency), ctx=ctx, handle_signals=False)
-    ctx["background"].append(asyncio.create_task(listen_for_wakes(ctx["services"], worker.wake), name="wake"))
+    ctx["background"].append(asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -163,35 +159,29 @@ async def run_worker(settings: Settings, concurrency: int = 2) -> None:
             await _bounded("queue connection", worker.close())
 
 
-def worker_settings(settings: Settings, concurrency: int = 2) -> type:
+def worker_settings(
+    settings: Settings, open_services: Callable[[], Awaitable[Services]], redis_settings: RedisSettings,
+    concurrency: int = 2,
+) -> type:  # fmt: skip
     """A settings class for arq's own CLI: the same jobs, loops and SIGTERM hand-back as `cliplog worker`, with
     the resources in ctx from `on_startup` (see README, "arq's CLI", for what it lacks: wake-ups, and polling
-    again after a Redis outage)."""
+    again after a Redis outage). `runtime.bootstrap.WorkerSettings` is this, wired from the environment."""
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        ctx.update(await open_worker(settings, concurrency))
+        ctx.update(open_worker(await open_services(), concurrency))
 
     return type(
         "WorkerSettings",
         (),
         {
             **worker_options(settings, concurrency),
+            "redis_settings": redis_settings,
             "on_startup": on_startup,
             "on_shutdown": close_worker,
             # arq's SIGTERM handler: stop taking jobs, wait this long, then cancel the rest, which hand back
             "job_completion_wait": settings.shutdown_grace,
         },
     )
-
-
-def __getattr__(name: str) -> Any:
-    """`handlers.worker.WorkerSettings` (`arq handlers.worker.WorkerSettings`), built from the CLIPLOG_*
-    environment when it is asked for, so that importing this module reads no environment."""
-    if name == "WorkerSettings":
-        from runtime.settings import load
-
-        return worker_settings(load())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def _bounded(step: str, awaitable: Any, seconds: float = 5.0) -> None:

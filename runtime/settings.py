@@ -1,4 +1,6 @@
-"""Configuration from CLIPLOG_* environment variables (see API.md). Bad values fail at start with a clear message."""
+"""Configuration from CLIPLOG_* environment variables: every setting of every process, in one `Settings`. Bad values
+fail at start with a clear message. Each variable is documented once: API.md's in API.md (additions in README.md),
+the feed's tunables in docs/feed.md."""
 
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reaper_interval: float = 5.0
     requeue_after: float = 30.0
     shutdown_grace: float = 20.0
+    ws_ping_interval: float = 15.0
+    feed_buffer: int = 1000
+    feed_poll_interval: float = 1.0
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -68,6 +73,9 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_REAPER_INTERVAL": ("reaper_interval", float),
     "CLIPLOG_REQUEUE_AFTER": ("requeue_after", float),
     "CLIPLOG_SHUTDOWN_GRACE": ("shutdown_grace", float),
+    "CLIPLOG_WS_PING_INTERVAL": ("ws_ping_interval", float),
+    "CLIPLOG_FEED_BUFFER": ("feed_buffer", int),
+    "CLIPLOG_FEED_POLL_INTERVAL": ("feed_poll_interval", float),
 }
 
 

@@ -290,7 +290,7 @@ async def app_client(database_url: str, redis_url: str, pool: asyncpg.Pool, tmp_
     session database and `redis_url`, signed in as `user`, with its media root at `tmp_path / "media"`."""
     from litestar.testing import AsyncTestClient
 
-    from api.app import create_app
+    from runtime.bootstrap import web_app
     from api.auth import create_token
     from runtime.settings import Settings
 
@@ -307,7 +307,7 @@ async def app_client(database_url: str, redis_url: str, pool: asyncpg.Pool, tmp_
             output_root=tmp_path / "clips",
             **overrides,  # type: ignore[arg-type]
         )
-        client = AsyncTestClient(app=create_app(settings), raise_server_exceptions=False)
+        client = AsyncTestClient(app=web_app(settings), raise_server_exceptions=False)
         await client.__aenter__()
         client.headers["Authorization"] = f"Bearer {await create_token(pool, user)}"
         clients.append(client)

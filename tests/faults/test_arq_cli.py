@@ -1,4 +1,4 @@
-"""`arq handlers.worker.WorkerSettings`: arq's own CLI runs the worker with the reactor, the reaper and the presence
+"""`arq runtime.bootstrap.WorkerSettings`: arq's own CLI runs the worker with the reactor, the reaper and the presence
 key started from `on_startup` and stopped from `on_shutdown`, and arq's SIGTERM handler hands a running extraction
 back without using up its attempt (real processes: `cliplog serve` and `python -m arq`)."""
 
@@ -17,7 +17,7 @@ CLIP = {"source": "games/match.mp4", "start": 5.0, "end": 9.0}
 
 
 def _arq_worker(cluster: Cluster, name: str, **env: str) -> Process:
-    command = [sys.executable, "-m", "arq", "handlers.worker.WorkerSettings"]
+    command = [sys.executable, "-m", "arq", "runtime.bootstrap.WorkerSettings"]
     return cluster.add(Process(name, command, {**cluster.env, **env}, cluster.root / f"{name}.log"))
 
 

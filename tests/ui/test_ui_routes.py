@@ -10,8 +10,8 @@ import pytest
 
 from api.ui_routes import find_videos
 from domain.clip import Fail, Start
-from eventlog.clips import handle
-from runtime.bootstrap import utcnow
+from usecases.clips import handle
+from usecases.services import utcnow
 from runtime.settings import Settings
 from tests.e2e.system import ROOT
 
