@@ -66,21 +66,14 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.server import config
     from runtime.bootstrap import web_app
 
     settings = _settings()
-    app = web_app(settings)
+    server = uvicorn.Server(config(web_app(settings), settings, host=args.host, port=args.port))
     gc.collect()
     gc.freeze()  # the start-up objects (modules, the app) leave the garbage collector's full passes: shorter pauses
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        ws_ping_interval=None,
-        ws_per_message_deflate=False,  # small messages: deflate would cost a zlib context (tens of KB) per socket
-        timeout_graceful_shutdown=5,  # long polls and sockets are resumable: do not hold a deploy for them
-    )
+    server.run()
     return 0
 
 

@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     requeue_after: float = 30.0
     shutdown_grace: float = 20.0
     ws_ping_interval: float = 15.0
+    ws_send_timeout: float = 10.0
     feed_buffer: int = 1000
     feed_poll_interval: float = 1.0
 
@@ -74,6 +75,7 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_REQUEUE_AFTER": ("requeue_after", float),
     "CLIPLOG_SHUTDOWN_GRACE": ("shutdown_grace", float),
     "CLIPLOG_WS_PING_INTERVAL": ("ws_ping_interval", float),
+    "CLIPLOG_WS_SEND_TIMEOUT": ("ws_send_timeout", float),
     "CLIPLOG_FEED_BUFFER": ("feed_buffer", int),
     "CLIPLOG_FEED_POLL_INTERVAL": ("feed_poll_interval", float),
 }
