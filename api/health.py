@@ -12,6 +12,8 @@ from api.feed import subscriber_count
 from handlers import reactor
 from handlers.worker import PRESENCE_PREFIX
 from api.deps import ServicesDep
+from eventlog import store
+from eventlog.store import HorizonHolder
 from runtime.bootstrap import Services
 
 WINDOW_SECONDS = 3600
@@ -50,6 +52,11 @@ class Reactor(msgspec.Struct):
     lag_events: int
 
 
+class Feed(msgspec.Struct):
+    horizon_lag_seconds: float
+    held_by: HorizonHolder | None
+
+
 class Rates(msgspec.Struct):
     window_seconds: int
     completed: int
@@ -67,6 +74,7 @@ class Health(msgspec.Struct):
     workers: Workers | None = None
     queue: Queue | None = None
     reactor: Reactor | None = None
+    feed: Feed | None = None
     rates: Rates | None = None
 
 
@@ -104,6 +112,11 @@ async def _queue(services: Services) -> Queue:
         """
     )
     return Queue(**{k: (float(v) if k == "oldest_pending_seconds" else int(v)) for k, v in dict(row).items()})
+
+
+async def _feed(services: Services) -> Feed:
+    horizon = await store.horizon_status(services.pool)
+    return Feed(horizon_lag_seconds=horizon.lag_seconds, held_by=horizon.held_by)
 
 
 async def _rates(services: Services) -> Rates:
@@ -150,6 +163,7 @@ async def health(services: ServicesDep) -> Response[Health]:
         workers=Workers(alive=alive),
         queue=queue,
         reactor=Reactor(lag_events=lag),
+        feed=await _feed(services),
         rates=await _rates(services),
     )
     return Response(result, status_code=200)
