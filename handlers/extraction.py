@@ -167,8 +167,20 @@ async def _heartbeat(services: Services, state: ClipState, worker_id: str, produ
             return
 
 
-async def extract(services: Services, project_id: str, clip_id: str, run: int, attempt: int, worker_id: str) -> str:
-    """Run one attempt. Returns what happened: started work ends in an appended outcome or a discarded result."""
+async def extract(
+    services: Services,
+    project_id: str,
+    clip_id: str,
+    run: int,
+    attempt: int,
+    worker_id: str,
+    shutting_down: asyncio.Event | None = None,
+) -> str:
+    """Run one attempt. Returns what happened: started work ends in an appended outcome or a discarded result.
+
+    Cancelled while `shutting_down` is set (the worker got SIGTERM), the attempt is handed back without using it
+    up; cancelled otherwise (arq's job_timeout), it has used its time and is recorded as timed out, so a job that
+    keeps being cancelled ends after `max_attempts` like any other."""
     state = await clip_status.load(services.pool, project_id, clip_id)
     if (state.run, state.attempt) != (run, attempt) or state.started or state.status not in ("pending", "retrying"):
         return "stale"
@@ -190,6 +202,7 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
     state = started.state
     began = time.monotonic()
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
+    cancelled = False  # by the worker's shutdown or the queue: record the outcome quickly
     production = asyncio.create_task(produce_clip(services, state, max(0.0, time_left)))
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
@@ -198,8 +211,14 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
         job = asyncio.current_task()
         if job is None or not job.cancelling():
             return "superseded"  # the heartbeat stopped it: its outcome is already recorded
-        job.uncancel()  # the worker is shutting down: give the attempt back
-        command = HandBack(run=run, attempt=attempt, elapsed_seconds=_since(began))
+        job.uncancel()
+        if shutting_down is not None and shutting_down.is_set():  # a deploy: give the attempt back
+            command = HandBack(run=run, attempt=attempt, elapsed_seconds=_since(began))
+        else:
+            log.warning("attempt %s.%s of %s/%s was cancelled by the queue (job timeout); timing it out", run,
+                        attempt, project_id, clip_id)
+            command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
+        cancelled = True
     except ffmpeg.Deadline:
         command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
     except ffmpeg.ExtractionError as error:
@@ -224,7 +243,7 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
     finally:
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
-    patience = 5.0 if isinstance(command, HandBack) else time_left + services.settings.lease_timeout
+    patience = 5.0 if cancelled else time_left + services.settings.lease_timeout
     try:
         await record(services, project_id, clip_id, command, give_up_after=patience)
     except StaleAttempt:

@@ -14,8 +14,6 @@ import logging
 import time
 from datetime import timedelta
 
-from arq.constants import default_queue_name
-
 from domain.clip import TimeOut
 from domain.errors import StaleAttempt
 from eventlog.clips import handle
@@ -71,14 +69,16 @@ async def requeue_lost_jobs(services: Services) -> int:
         now - timedelta(seconds=settings.requeue_after),
     )
     count = 0
+    queue = await reactor.job_queue(services.pool) if rows else None
     for row in rows:
-        base = reactor.job_id(row["project_id"], row["clip_id"], row["run"], row["attempt"])
+        assert queue is not None
+        base = queue.job_id(row["project_id"], row["clip_id"], row["run"], row["attempt"])
         generation = int((now - row["not_before"]).total_seconds() // settings.requeue_after)
         earlier = [base] + [f"{base}:again{n}" for n in range(max(1, generation - 50), generation + 1)]
-        if any(score is not None for score in await services.redis.zmscore(default_queue_name, earlier)):
+        if any(score is not None for score in await services.redis.zmscore(queue.name, earlier)):
             continue  # still waiting for a free worker
         enqueued = await reactor.enqueue_attempt(
-            services.redis, row["project_id"], row["clip_id"], row["run"], row["attempt"], None,
+            services.redis, queue, row["project_id"], row["clip_id"], row["run"], row["attempt"], None,
             job=f"{base}:again{generation}",
         )
         if enqueued:

@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 from typing import Any
+from uuid import UUID
 
 from arq.connections import create_pool
 from arq.worker import Worker, func
@@ -31,11 +32,16 @@ PRESENCE_PREFIX = "cliplog:worker:"
 PRESENCE_TTL = 15
 
 
-async def announce(services: Services, worker_id: str) -> None:
+def presence_prefix(epoch: UUID | None) -> str:
+    """Presence keys of the workers of the log `epoch` (of any log for None, when the database is unknown)."""
+    return PRESENCE_PREFIX + (f"{epoch}:" if epoch is not None else "")
+
+
+async def announce(services: Services, presence_key: str) -> None:
     """Keep a short-lived presence key in Redis so health can count the live workers."""
     while True:
         try:
-            await services.redis.set(PRESENCE_PREFIX + worker_id, "1", ex=PRESENCE_TTL)
+            await services.redis.set(presence_key, "1", ex=PRESENCE_TTL)
         except Exception as error:
             log.warning("cannot announce worker presence: %s", error)
         await asyncio.sleep(PRESENCE_TTL / 3)
@@ -87,7 +93,7 @@ async def listen_for_wakes(services: Services, wake: asyncio.Event) -> None:
 
 
 async def extract_job(ctx: dict[str, Any], project_id: str, clip_id: str, run: int, attempt: int) -> str:
-    return await extract(ctx["services"], project_id, clip_id, run, attempt, ctx["worker_id"])
+    return await extract(ctx["services"], project_id, clip_id, run, attempt, ctx["worker_id"], ctx["shutting_down"])
 
 
 async def _poll_forever(worker: Worker) -> None:
@@ -104,26 +110,38 @@ async def _poll_forever(worker: Worker) -> None:
             await asyncio.sleep(1.0)
 
 
-async def run_worker(settings: Settings, concurrency: int = 2) -> None:
-    services = await open_services(settings, pool_size=concurrency + 4)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-    reaper.remove_stale_temporaries(services)
-    worker = WakeableWorker(
+def make_worker(
+    services: Services, worker_id: str, queue: reactor.JobQueue, *, concurrency: int, job_timeout: float
+) -> WakeableWorker:
+    """The arq worker running the extraction jobs of `queue`; `ctx["shutting_down"]` is set when it stops for good."""
+    return WakeableWorker(
         functions=[func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
-        redis_settings=redis_settings(settings),
-        ctx={"services": services, "worker_id": worker_id},
+        queue_name=queue.name,
+        redis_settings=redis_settings(services.settings),
+        ctx={"services": services, "worker_id": worker_id, "shutting_down": asyncio.Event()},
         handle_signals=False,
         max_jobs=concurrency,
-        job_timeout=settings.attempt_timeout + 120,
+        job_timeout=job_timeout,
         poll_delay=0.2,
         keep_result=3600,
         log_results=False,
         retry_jobs=False,
     )
+
+
+async def run_worker(settings: Settings, concurrency: int = 2) -> None:
+    services = await open_services(settings, pool_size=concurrency + 4)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+    reaper.remove_stale_temporaries(services)
+    queue = await _log_queue(services)
+    presence = presence_prefix(queue.epoch) + worker_id
+    worker = make_worker(
+        services, worker_id, queue, concurrency=concurrency, job_timeout=settings.attempt_timeout + 120
+    )
     background = [
         asyncio.create_task(reactor.follow(services), name="reactor"),
         asyncio.create_task(reaper.follow(services), name="reaper"),
-        asyncio.create_task(announce(services, worker_id), name="presence"),
+        asyncio.create_task(announce(services, presence), name="presence"),
         asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"),
     ]
     stop = asyncio.Event()
@@ -139,11 +157,24 @@ async def run_worker(settings: Settings, concurrency: int = 2) -> None:
         for task in background:
             task.cancel()
         await _bounded("background tasks", asyncio.gather(*background, return_exceptions=True))
-        await _bounded("presence key", services.redis.delete(PRESENCE_PREFIX + worker_id))
+        await _bounded("presence key", services.redis.delete(presence))
         await _bounded("connections", services.close())
         if worker._pool is not None:
             await _bounded("queue connection", worker.close())
         log.info("worker %s stopped", worker_id)
+
+
+async def _log_queue(services: Services) -> reactor.JobQueue:
+    """The queue named by the log's identity, waiting for PostgreSQL if it is not reachable yet."""
+    while True:
+        try:
+            queue = await reactor.job_queue(services.pool)
+            log.info("taking jobs from %s", queue.name)
+            return queue
+        except DEPENDENCY_ERRORS as error:
+            reraise_if_cancelled()
+            log.warning("cannot read the log's identity (%s: %s); trying again in 1 s", type(error).__name__, error)
+            await asyncio.sleep(1.0)
 
 
 async def _bounded(step: str, awaitable: Any, seconds: float = 5.0) -> None:
@@ -164,6 +195,7 @@ async def _shut_down(worker: Worker, polling: asyncio.Task, grace: float) -> Non
     if running:
         log.info("waiting up to %g s for %d running extraction(s)", grace, len(running))
         _, unfinished = await asyncio.wait(running, timeout=grace)
+        worker.ctx["shutting_down"].set()
         for task in unfinished:
             task.cancel()  # the job hands its attempt back
         if unfinished:

@@ -1,0 +1,168 @@
+"""The worker in this process: arq's real Worker (`handlers.worker.make_worker`) with the reactor, on a database of
+its own and the test Redis, running real FFmpeg or FFmpeg stand-ins (shell scripts)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from domain.clip import ClipState, Register
+from eventlog import clips, store
+from handlers import reactor
+from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
+from projections import clip_status
+from runtime.bootstrap import Services, open_services
+from runtime.settings import Settings, find_ffmpeg
+from tests.e2e.system import make_video
+
+REDIS_URL = os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+FFMPEG = find_ffmpeg(os.environ)
+
+
+@pytest.fixture(scope="module")
+def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("worker-media")
+    make_video(FFMPEG, root / "match.mp4", seconds=12)
+    return root
+
+
+def script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+@pytest.fixture
+async def settings_for(make_database, source_root: Path, tmp_path: Path) -> Callable[..., Awaitable[Settings]]:
+    """`await settings_for(**overrides)`: settings on a new migrated database (nothing else follows its log)."""
+
+    async def make(**overrides: object) -> Settings:
+        values: dict[str, object] = dict(
+            database_url=await make_database(migrated=True),
+            redis_url=REDIS_URL,
+            data_dir=tmp_path,
+            media_root=source_root,
+            output_root=tmp_path / "clips",
+            ffmpeg=FFMPEG,
+            heartbeat_interval=0.5,
+            lease_timeout=30.0,
+            retry_base=0.1,
+            retry_max=0.2,
+        )
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, *, job_timeout: float | None = None, name: str = "test-worker"
+) -> AsyncIterator[Services]:
+    """A worker (one job at a time) and the reactor, as `cliplog worker` runs them, until the block ends; then the
+    worker shuts down as on SIGTERM."""
+    services = await open_services(settings, pool_size=8)
+    queue = await reactor.job_queue(services.pool)
+    worker = make_worker(services, name, queue, concurrency=1,
+                         job_timeout=job_timeout or settings.attempt_timeout + 120)
+    following = asyncio.create_task(reactor.follow(services))
+    polling = asyncio.create_task(_poll_forever(worker))
+    try:
+        yield services
+    finally:
+        await _shut_down(worker, polling, grace=0.1)
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        if worker._pool is not None:  # noqa: SLF001 - arq's own close() still calls redis' deprecated close()
+            await worker.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+async def register(services: Services, clip: str, **fields: object) -> None:
+    command = Register(**{"source": "match.mp4", "start": 1.0, "end": 3.0, **fields})  # type: ignore[arg-type]
+    await clips.handle(services.pool, "p", clip, command, services.context)
+
+
+async def settled(services: Services, clip: str, timeout: float = 30) -> ClipState:
+    """The clip's state once it is completed or failed (or, past `timeout`, whatever it is then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await clip_status.load(services.pool, "p", clip)
+        if state.status in ("completed", "failed") or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.05)
+
+
+async def outcomes(services: Services, clip: str) -> list[tuple[int, str, str | None]]:
+    """`(attempt, type, code or detector)` of the clip's outcome events."""
+    return [
+        (e.data["attempt"], e.type.removeprefix("extraction."), e.data.get("code") or e.data.get("detected_by"))
+        for e in await store.read_stream(services.pool, "p", clip)
+        if e.type in ("extraction.failed", "extraction.timed_out", "extraction.completed")
+    ]
+
+
+# 4. A job cancelled by arq's job_timeout is not a shutdown -------------------------------------------------------
+
+
+async def test_a_job_cancelled_by_the_queue_timeout_uses_up_its_attempt_and_the_clip_fails(settings_for, tmp_path):
+    hang = script(tmp_path / "hang.sh", "exec sleep 60\n")
+    settings = await settings_for(ffmpeg=hang, attempt_timeout=60.0, max_attempts=2)
+    async with running_worker(settings, job_timeout=1.0) as services:
+        await register(services, "c1")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "timed_out", "worker"), (2, "timed_out", "worker")]
+    assert (state.status, state.attempt, state.max_attempts) == ("failed", 2, 2)
+    assert state.last_error is not None and state.last_error.code == "timed_out"
+
+
+# 9. Two deployments sharing one Redis database -------------------------------------------------------------------
+
+
+async def test_two_deployments_on_one_redis_database_each_run_their_own_jobs(settings_for):
+    first, second = await settings_for(), await settings_for()
+    assert first.redis_url == second.redis_url and first.database_url != second.database_url
+    async with running_worker(first, name="first-worker") as one, running_worker(second, name="second-worker") as two:
+        # the same project and clip names in both logs, as two copies of one product would have
+        for services in (one, two):
+            for clip in ("c1", "c2", "c3"):
+                await register(services, clip)
+        deadline = time.monotonic() + 30
+        states = {
+            (name, clip): await settled(services, clip, timeout=deadline - time.monotonic())
+            for name, services in (("first-worker", one), ("second-worker", two))
+            for clip in ("c1", "c2", "c3")
+        }
+    assert {key: (state.status, state.worker_id, state.attempt) for key, state in states.items()} == {
+        key: ("completed", key[0], 1) for key in states
+    }
+
+
+async def test_health_counts_only_the_workers_of_its_own_deployment(settings_for):
+    from litestar.testing import AsyncTestClient
+
+    from api.app import create_app
+
+    first, second = await settings_for(), await settings_for()
+    async with running_worker(second, name="second-worker") as two:
+        presence = presence_prefix(await store.epoch(two.pool)) + "second-worker"
+        announcing = asyncio.create_task(announce(two, presence))
+        try:
+            while not await two.redis.exists(presence):
+                await asyncio.sleep(0.01)
+            alive = {}
+            for name, settings in (("first", first), ("second", second)):
+                async with AsyncTestClient(app=create_app(settings)) as http:
+                    alive[name] = (await http.get("/api/extraction/health")).json()["workers"]["alive"]
+        finally:
+            announcing.cancel()
+            await asyncio.gather(announcing, return_exceptions=True)
+            await two.redis.delete(presence)
+    assert alive == {"first": 0, "second": 1}
