@@ -12,13 +12,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from arq.constants import in_progress_key_prefix
+from arq.worker import Worker, func
 
 from domain.clip import ClipState, Register
 from eventlog import clips, store
-from handlers import reactor
+from handlers import reactor, reaper
 from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
 from projections import clip_status
-from runtime.bootstrap import Services, open_services
+from runtime.bootstrap import Services, open_services, redis_settings
 from runtime.settings import Settings, find_ffmpeg
 from tests.e2e.system import make_video
 
@@ -166,3 +168,47 @@ async def test_health_counts_only_the_workers_of_its_own_deployment(settings_for
             await asyncio.gather(announcing, return_exceptions=True)
             await two.redis.delete(presence)
     assert alive == {"first": 0, "second": 1}
+
+
+# 8. A worker that died between taking a job and starting its attempt ------------------------------------------
+
+
+async def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_enqueued_again_within_requeue_after(
+    settings_for,
+):
+    settings = await settings_for(requeue_after=1.0, reaper_interval=0.2)
+    services = await open_services(settings, pool_size=4)
+    queue = await reactor.job_queue(services.pool)
+    taken, never = asyncio.Event(), asyncio.Event()
+
+    async def dies_before_starting(ctx: dict, *args: object) -> None:
+        taken.set()
+        await never.wait()  # this worker is gone: it never starts the attempt, never finishes the job
+
+    doomed = Worker(functions=[func(dies_before_starting, name=reactor.EXTRACT_JOB)], queue_name=queue.name,
+                    redis_settings=redis_settings(settings), handle_signals=False, poll_delay=0.05)
+    doomed_polling = asyncio.create_task(doomed.main())
+    try:
+        await register(services, "c1")
+        await reactor.react_once(services)  # the reactor's enqueue
+        async with asyncio.timeout(10):
+            await taken.wait()
+        doomed_polling.cancel()  # it takes nothing more; its job stays "in progress" in Redis
+        await asyncio.gather(doomed_polling, return_exceptions=True)
+        job = queue.job_id("p", "c1", 1, 1)
+        assert await services.redis.exists(in_progress_key_prefix + job)
+        assert await services.redis.pttl(in_progress_key_prefix + job) > 60_000  # arq's job_timeout + 10 s
+
+        reaping = asyncio.create_task(reaper.follow(services))
+        try:
+            async with running_worker(settings) as healthy:
+                state = await settled(healthy, "c1", timeout=15)
+        finally:
+            reaping.cancel()
+            await asyncio.gather(reaping, return_exceptions=True)
+        assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
+    finally:
+        never.set()
+        await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
+        await doomed.pool.aclose(close_connection_pool=True)
+        await services.close()
