@@ -42,17 +42,22 @@ _SOURCE_INFO_LIMIT = 512
 async def source_info(path: Path, settings: Settings, timeout: float) -> ffmpeg.MediaInfo:
     """Probe a source once per version of the file (clips of one source share it): the MP4 boxes when they can be
     read, else FFmpeg."""
-    stat = path.stat()
+    stat = await asyncio.to_thread(path.stat)
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     info = _SOURCE_INFO.get(key)
     if info is None:
-        info = mp4.read_info(path) or await ffmpeg.probe(
+        info = await read_mp4_info(path) or await ffmpeg.probe(
             path, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=timeout
         )
         if len(_SOURCE_INFO) >= _SOURCE_INFO_LIMIT:
             _SOURCE_INFO.pop(next(iter(_SOURCE_INFO)))
         _SOURCE_INFO[key] = info
     return info
+
+
+async def read_mp4_info(path: Path) -> ffmpeg.MediaInfo | None:
+    """`mp4.read_info` in a thread: it reads a moov box of up to 64 MiB, which must not stall the heartbeats."""
+    return await asyncio.to_thread(mp4.read_info, path)
 
 
 def duration_tolerance(mode: str, expected: float) -> float:
@@ -80,7 +85,7 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
             f"which is {info.duration:.1f} s long.",
         )
     final = settings.output_root / output_name(state)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
     temporary = final.parent / f"{TEMP_PREFIX}{state.clip_id}.r{state.run}a{state.attempt}.{secrets.token_hex(4)}.mp4"
     try:
         await ffmpeg.cut(
@@ -92,7 +97,7 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
             target=temporary,
             timeout=max(0.1, deadline - time.monotonic()),
         )
-        result = mp4.read_info(temporary) or await ffmpeg.probe(
+        result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
         )
         expected = min(state.end, info.duration or state.end) - state.start
@@ -102,30 +107,31 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
                 f"FFmpeg produced a clip of {result.duration:.2f} s instead of {expected:.2f} s"
                 + ("" if result.has_video else " with no video"),
             )
-        _fsync(temporary)
-        os.replace(temporary, final)
+        await asyncio.to_thread(_publish, temporary, final)
     except ffmpeg.ExtractionError as error:
         if error.code == "not_a_video":  # the temporary output could not be read: the cut is broken, not the source
             raise ffmpeg.ExtractionError("output_invalid", error.message) from None
         raise
     finally:
-        temporary.unlink(missing_ok=True)
+        await asyncio.to_thread(temporary.unlink, missing_ok=True)
     return Complete(
         run=state.run,
         attempt=state.attempt,
-        bytes=final.stat().st_size,
+        bytes=(await asyncio.to_thread(final.stat)).st_size,
         duration_seconds=round(result.duration, 3),
         elapsed_seconds=round(time.monotonic() - began, 3),
         output=output_name(state),
     )
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _publish(temporary: Path, final: Path) -> None:
+    """Make the validated file durable, then give it its final name (blocking: run it in a thread)."""
+    fd = os.open(temporary, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(temporary, final)
 
 
 async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, worker_id: str) -> bool:
@@ -252,7 +258,7 @@ async def extract(
             current = await clip_status.load(services.pool, project_id, clip_id)
             if current.status == "completed" and current.output == command.output:
                 return "complete"
-            (services.settings.output_root / command.output).unlink(missing_ok=True)
+            await asyncio.to_thread((services.settings.output_root / command.output).unlink, missing_ok=True)
         return "discarded"
     return type(command).__name__.lower()
 

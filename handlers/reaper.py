@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import timedelta
@@ -113,7 +114,7 @@ def remove_stale_temporaries(services: Services) -> int:
 async def reap_once(services: Services) -> bool:
     await time_out_lost_attempts(services)
     await requeue_lost_jobs(services)
-    remove_stale_temporaries(services)
+    await asyncio.to_thread(remove_stale_temporaries, services)  # a glob and a stat per file: slow storage blocks
     return False  # one pass per period
 
 

@@ -132,7 +132,7 @@ def make_worker(
 async def run_worker(settings: Settings, concurrency: int = 2) -> None:
     services = await open_services(settings, pool_size=concurrency + 4)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-    reaper.remove_stale_temporaries(services)
+    await asyncio.to_thread(reaper.remove_stale_temporaries, services)
     queue = await _log_queue(services)
     presence = presence_prefix(queue.epoch) + worker_id
     worker = make_worker(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from arq.worker import Worker, func
 
 from domain.clip import ClipState, Register
 from eventlog import clips, store
-from handlers import reactor, reaper
+from handlers import extraction, reactor, reaper
 from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
 from projections import clip_status
 from runtime.bootstrap import Services, open_services, redis_settings
@@ -212,3 +213,34 @@ async def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_enqueued_
         await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
         await doomed.pool.aclose(close_connection_pool=True)
         await services.close()
+
+
+# 6. No blocking file I/O on the worker's event loop ---------------------------------------------------------------
+
+
+async def test_reading_a_source_that_blocks_does_not_block_the_event_loop(settings_for, tmp_path):
+    """A source whose reads block (a FIFO no one writes yet stands in for slow storage: opening it blocks). The
+    writer end is opened only once the event loop has run other work meanwhile, or after 5 s if it could not."""
+    settings = await settings_for(media_root=tmp_path)
+    fifo = tmp_path / "slow.mp4"
+    os.mkfifo(fifo)
+    loop_ran = threading.Event()
+    released_by_loop: list[bool] = []
+
+    def slow_storage() -> None:
+        released_by_loop.append(loop_ran.wait(5))
+        with open(fifo, "wb"):
+            pass  # the reader's open returns; it reads an empty file
+
+    storage = threading.Thread(target=slow_storage)
+    storage.start()
+    probing = asyncio.create_task(extraction.source_info(fifo, settings, timeout=5))
+    try:
+        for _ in range(10):
+            await asyncio.sleep(0)  # the probe starts and blocks on the FIFO ... in a thread, not here
+        loop_ran.set()
+    finally:
+        await asyncio.to_thread(storage.join)
+        probing.cancel()
+        await asyncio.gather(probing, return_exceptions=True)
+    assert released_by_loop == [True]
