@@ -60,9 +60,16 @@ async def read_mp4_info(path: Path) -> ffmpeg.MediaInfo | None:
     return await asyncio.to_thread(mp4.read_info, path)
 
 
-def duration_tolerance(mode: str, expected: float) -> float:
-    # A stream copy starts at the keyframe before `start`, so it may run a GOP longer than asked.
-    return 0.5 if mode == "accurate" else max(2.5, expected * 0.25)
+DURATION_TOLERANCE = 0.5  # seconds either way: frame and audio-packet boundaries, composition offsets
+
+
+def expected_duration(state: ClipState, source: ffmpeg.MediaInfo) -> tuple[float, float]:
+    """The shortest and longest result a correct cut of `state` can have. A stream copy starts at the keyframe at
+    or before `start` (from the source's keyframe index; at 0 s when there is none), so it may run up to a whole
+    GOP longer than asked; an accurate cut is as long as asked."""
+    end = min(state.end, source.duration or state.end)
+    first = source.keyframe_at_or_before(state.start) if state.mode == "copy" else state.start
+    return end - state.start - DURATION_TOLERANCE, end - first + DURATION_TOLERANCE
 
 
 async def produce_clip(services: Services, state: ClipState, time_left: float) -> Complete:
@@ -100,12 +107,12 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
         result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
         )
-        expected = min(state.end, info.duration or state.end) - state.start
-        if not result.has_video or abs(result.duration - expected) > duration_tolerance(state.mode, expected):
+        shortest, longest = expected_duration(state, info)
+        if not result.has_video or not shortest <= result.duration <= longest:
             raise ffmpeg.ExtractionError(
                 "output_invalid",
-                f"FFmpeg produced a clip of {result.duration:.2f} s instead of {expected:.2f} s"
-                + ("" if result.has_video else " with no video"),
+                f"FFmpeg produced a clip of {result.duration:.2f} s where {shortest:.2f}–{longest:.2f} s was "
+                "expected" + ("" if result.has_video else ", with no video"),
             )
         await asyncio.to_thread(_publish, temporary, final)
     except ffmpeg.ExtractionError as error:

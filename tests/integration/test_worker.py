@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +19,7 @@ from arq.worker import Worker, func
 
 from domain.clip import ClipState, Register
 from eventlog import clips, store
-from handlers import extraction, reactor, reaper
+from handlers import extraction, mp4, reactor, reaper
 from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
 from projections import clip_status
 from runtime.bootstrap import Services, open_services, redis_settings
@@ -33,6 +34,7 @@ FFMPEG = find_ffmpeg(os.environ)
 def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("worker-media")
     make_video(FFMPEG, root / "match.mp4", seconds=12)
+    make_video(FFMPEG, root / "sparse.mp4", seconds=30, gop=208)  # a keyframe every 8.32 s
     return root
 
 
@@ -244,3 +246,51 @@ async def test_reading_a_source_that_blocks_does_not_block_the_event_loop(settin
         probing.cancel()
         await asyncio.gather(probing, return_exceptions=True)
     assert released_by_loop == [True]
+
+
+# 5. Copy mode on a source whose keyframes are far apart --------------------------------------------------------
+
+
+def keyframes_by_ffprobe(path: Path) -> list[float]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey", "-show_entries",
+         "frame=pts_time", "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True,
+    ).stdout
+    return [float(line.strip().rstrip(",")) for line in out.split()]
+
+
+def test_the_mp4_reader_finds_the_keyframes_ffprobe_finds(source_root):
+    info = mp4.read_info(source_root / "sparse.mp4")
+    assert info is not None and info.keyframes is not None
+    expected = keyframes_by_ffprobe(source_root / "sparse.mp4")
+    assert len(expected) >= 3 and expected[1] - expected[0] > 8  # the source is what this test needs
+    assert info.keyframes == pytest.approx(expected, abs=0.05)
+
+
+@pytest.mark.parametrize(("start", "end"), [(5.0, 7.0), (9.0, 11.0), (14.0, 16.0)])
+async def test_a_copy_cut_far_from_a_keyframe_completes_at_the_first_attempt(settings_for, start, end):
+    settings = await settings_for()
+    async with running_worker(settings) as services:
+        await register(services, "c1", source="sparse.mp4", start=start, end=end, mode="copy")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
+    info = mp4.read_info(settings.output_root / state.output)
+    keyframe = max(k for k in keyframes_by_ffprobe(settings.media_root / "sparse.mp4") if k <= start)
+    # a stream copy starts at the keyframe at or before `start`, up to 8.3 s earlier than asked
+    assert info is not None and info.duration == pytest.approx(end - keyframe, abs=0.5)
+    assert state.duration_seconds == pytest.approx(info.duration, abs=0.001)
+
+
+async def test_a_result_that_fails_validation_is_not_retried(settings_for, tmp_path):
+    """The same FFmpeg on the same source gives the same wrong result: one attempt, then failed."""
+    wrong = script(tmp_path / "short.sh", f"""for arg; do case "$arg" in */.tmp-*) target="$arg";; esac; done
+exec "{FFMPEG}" -hide_banner -loglevel error -nostdin -y -f lavfi -i testsrc2=size=64x64:rate=25 -t 0.3 \
+    -c:v libx264 -preset ultrafast -f mp4 "$target"
+""")
+    settings = await settings_for(ffmpeg=wrong)
+    async with running_worker(settings) as services:
+        await register(services, "c1", start=1.0, end=3.0, mode="accurate")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "failed", "output_invalid")]
+    assert state.status == "failed" and state.last_error is not None and state.last_error.retryable is False
+    assert "1.50–2.50 s was expected" in state.last_error.message
