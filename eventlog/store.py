@@ -1,9 +1,10 @@
 """The append-only event log on asyncpg.
 
-Appending: `cliplog_allocate_positions` (migrations/001) is the first write of every appending transaction. It
+Appending: `cliplog_allocate_positions` (migrations/001, 005) is the first write of every appending transaction. It
 takes the transaction id and the event positions together under a lock held for microseconds, so positions
 follow transaction-id order, and the lock is not held through commit (which would serialise every fsync, as a
-table lock does). `(stream, version)` is unique: an append at a stale expected version fails and writes nothing.
+table lock does); it also takes a shared advisory lock held until the transaction ends, which marks it as an
+appender for the readers' horizon (shared: appenders do not wait for each other). `(stream, version)` is unique: an append at a stale expected version fails and writes nothing.
 
 Reading in position order: a transaction that allocated a low position may commit after one holding a higher
 position. Readers therefore read only rows whose transaction id is below the oldest appending transaction still
