@@ -17,26 +17,22 @@ from api.auth import claim_project
 from domain.clip import Complete, Start
 from domain.events import ExtractionRequested
 from eventlog import clips, cursor, store
+from eventlog.migrate import MIGRATIONS_DIR
 from runtime.bootstrap import utcnow
 from tests.feed_support import context, open_socket, receive_events, register, ws_url
 
 BLOCKER_SECONDS = 30  # the operator's transaction stays open this long at most (or until the test is done)
 
-# The horizon of migrations/004 (what readers used before 005), to show the operator's transaction would have held it.
-OLD_HORIZON = """
-WITH snapshot AS (SELECT pg_current_snapshot() AS s),
-foreign_xids AS (
-    SELECT backend_xid AS x FROM pg_stat_activity
-    WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()
-    UNION ALL
-    SELECT transaction FROM pg_prepared_xacts WHERE database <> current_database()
-)
-SELECT coalesce(
-    (SELECT min(running) FROM snapshot, pg_snapshot_xip(snapshot.s) AS running
-     WHERE xid(running) NOT IN (SELECT x FROM foreign_xids WHERE x IS NOT NULL)),
-    (SELECT pg_snapshot_xmax(s) FROM snapshot)
-)
-"""
+
+async def old_horizon(pool: asyncpg.Pool) -> int:
+    """The horizon of migrations/004, which readers used before 005 (created under another name, then dropped)."""
+    definition = (MIGRATIONS_DIR / "004_safe_horizon.sql").read_text()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(definition.replace("cliplog_safe_horizon()", "cliplog_safe_horizon_004()"))
+        try:
+            return await conn.fetchval("SELECT cliplog_safe_horizon_004()")
+        finally:
+            await conn.execute("DROP FUNCTION cliplog_safe_horizon_004()")
 
 
 def requested() -> ExtractionRequested:
@@ -90,7 +86,7 @@ async def test_an_open_write_transaction_on_another_table_does_not_hold_the_feed
         # The old horizons are stuck at the operator's transaction, below every event just delivered; ours passed them.
         newest = await pool.fetchval("SELECT max(txid) FROM events WHERE project_id = $1", project)
         assert blocker < newest
-        assert await pool.fetchval(OLD_HORIZON) <= blocker
+        assert await old_horizon(pool) <= blocker
         assert await pool.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())") <= blocker
         assert await pool.fetchval("SELECT cliplog_safe_horizon()") > newest
         assert await store.head_position(pool) >= positions[-1]
