@@ -124,6 +124,9 @@ async def test_a_job_cancelled_by_the_queue_timeout_uses_up_its_attempt_and_the_
         await register(services, "c1")
         state = await settled(services, "c1")
         assert await outcomes(services, "c1") == [(1, "timed_out", "worker"), (2, "timed_out", "worker")]
+        elapsed = [e.data["elapsed_seconds"] for e in await store.read_stream(services.pool, "p", "c1")
+                   if e.type == "extraction.timed_out"]
+    assert all(s < 30 for s in elapsed), elapsed  # stopped by arq's 1 s job timeout, not the 60 s attempt deadline
     assert (state.status, state.attempt, state.max_attempts) == ("failed", 2, 2)
     assert state.last_error is not None and state.last_error.code == "timed_out"
 
