@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -31,6 +32,15 @@ TEMP_PREFIX = ".tmp-"
 
 def output_name(state: ClipState) -> str:
     return f"{state.project_id}/{state.clip_id}.r{state.run}a{state.attempt}.mp4"
+
+
+_OUTPUT_NAME = re.compile(r"(?P<project>[A-Za-z0-9_-]{1,64})/(?P<clip>[A-Za-z0-9_-]{1,64})\.r[0-9]+a[0-9]+\.mp4")
+
+
+def output_clip(name: str) -> tuple[str, str] | None:
+    """`(project_id, clip_id)` of an output named by `output_name`; None for any other name."""
+    match = _OUTPUT_NAME.fullmatch(name)
+    return (match["project"], match["clip"]) if match else None
 
 
 _SOURCE_INFO: dict[tuple[str, int, int], ffmpeg.MediaInfo] = {}
