@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ from api.clips import ClipsController
 from api.deps import ServicesDep
 from api.health import health, metrics
 from api.views import RawJsonSchema
+from handlers import metrics as metrics_projection
 from usecases.services import Services
 
 STATIC = Path(__file__).parent / "static"
@@ -43,9 +45,14 @@ def create_app(services: Services | Callable[[], Awaitable[Services]]) -> Litest
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         opened = services if isinstance(services, Services) else await services()
         app.state.services = opened
+        # the metrics projection's follower (one leads across all workers and API instances): /metrics stays
+        # current where no worker runs
+        follower = asyncio.create_task(metrics_projection.follow(opened), name="metrics")
         try:
             yield
         finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
             if opened is not services:
                 await opened.close()
 

@@ -149,8 +149,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Rebuild the clip projection from the log in memory and compare it with the stored one."""
+    """Rebuild the clip and metrics projections from the log in memory and compare them with the stored ones."""
     from eventlog.store import init_connection
+    from projections import metrics
     from projections.clip_status import rebuild_differences
 
     async def run() -> int:
@@ -158,13 +159,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         await init_connection(conn)
         try:
             report = await rebuild_differences(conn)
+            counters = await metrics.rebuild_differences(conn)
         finally:
             await conn.close()
         for kind, keys in sorted(report.items()):
             for project_id, clip_id in sorted(keys):
                 print(f"{kind}: {project_id}/{clip_id}")
         print("the projection equals a rebuild from the log" if not report else "the projection differs from the log")
-        return 1 if report else 0
+        for metric, label, stored, rebuilt in counters:
+            print(f"metrics {metric}{{{label}}}: stored {stored:g}, rebuilt from the log {rebuilt:g}")
+        print("the metrics projection equals a rebuild from the log up to its checkpoint" if not counters
+              else "the metrics projection differs from the log")  # fmt: skip
+        return 1 if report or counters else 0
 
     return asyncio.run(run())
 

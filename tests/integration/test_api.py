@@ -39,6 +39,17 @@ async def event_count(pool: asyncpg.Pool, project: str) -> int:
 CLIP = {"source": "games/match.mp4", "start": 300.0, "end": 310.0}
 
 
+async def metrics_projected(pool: asyncpg.Pool, timeout: float = 20) -> None:
+    """Until the metrics projection (asynchronous: its follower runs in the app) has counted the whole log."""
+    import asyncio
+
+    from projections import metrics
+
+    async with asyncio.timeout(timeout):
+        while await metrics.lag(pool):
+            await asyncio.sleep(0.02)
+
+
 async def test_register_is_idempotent_and_conflicts_on_other_fields(client_factory, pool, ids) -> None:
     client = await client_factory()
     project, clip = ids.project(), ids.clip()
@@ -238,6 +249,7 @@ async def test_the_duration_histogram_counts_what_the_log_holds(client_factory, 
     await handle(pool, project, clip, Start(run=1, attempt=1, worker_id="w"), ctx)
     done = Complete(run=1, attempt=1, bytes=1, duration_seconds=10, elapsed_seconds=0.05, output="x.mp4")
     await handle(pool, project, clip, done, ctx)
+    await metrics_projected(pool)
     durations = [r["d"] for r in await pool.fetch(
         "SELECT (data->>'elapsed_seconds')::float8 AS d FROM events WHERE type = 'extraction.completed'"
     )]
@@ -280,6 +292,7 @@ async def test_hand_backs_are_not_counted_as_failed_attempts(client_factory, poo
         )
         return health["rates"]["failed"], float(lines['cliplog_extraction_attempts_total{outcome="failed"}'])
 
+    await metrics_projected(pool)
     before = await failed_counts()
     project = ids.project()
     for clip in ("deployed", "broken"):
@@ -290,6 +303,7 @@ async def test_hand_backs_are_not_counted_as_failed_attempts(client_factory, poo
     assert await pool.fetchval(
         "SELECT count(*) FROM events WHERE project_id = $1 AND type = 'extraction.failed'", project
     ) == 2
+    await metrics_projected(pool)
     after = await failed_counts()
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)  # the real failure only
 

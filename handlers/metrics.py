@@ -1,0 +1,20 @@
+"""The metrics projection's follower: one at a time across every worker and API process (a PostgreSQL advisory lock
+on its own connection, like the reactor), it projects the log into `projections/metrics.py`'s tables as events
+arrive (woken by NOTIFY, and every second)."""
+
+from __future__ import annotations
+
+from handlers import reactor
+from projections import metrics
+from usecases.services import Services
+
+LEADER_LOCK = 72631
+
+
+async def project_once(services: Services) -> bool:
+    """One batch; True while there is more to read."""
+    return await metrics.catch_up(services.pool) == metrics.BATCH
+
+
+async def follow(services: Services) -> None:
+    await reactor.run_as_leader(services, LEADER_LOCK, project_once, 1.0, "metrics")
