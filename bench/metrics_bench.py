@@ -4,13 +4,14 @@ Both read the metrics projection (projections/metrics.py), so their cost should 
 is the 1,000,000-event latency within 2x of the 10,000-event one. For scale, each round also times the queries the
 two routes ran before the projection (a scan of the log, copied here as they were), on the same database.
 
-How: a scratch database `cliplog_metrics_<hex>` on `--dsn` (dropped at the end), a private Redis, one real
-`cliplog serve` (which runs the projection's follower). The log is filled in SQL with clips of three events each
+How: per size a scratch database `cliplog_metrics_<hex>` on `--dsn` (dropped at the end) and one real `cliplog serve`
+on it (which runs the projection's follower), and a private Redis. The log is filled in SQL with clips of three events each
 (requested, started, then completed 80% / failed 15% / timed out 5%, with durations of 0-20 s; every clip ends
 completed or failed, so the queue's index of unfinished clips stays empty), recorded over the
-last 30 days, plus their rows in `clips`. After each fill the bench waits until the follower has projected the
-whole log (timed: the catch-up rate), runs VACUUM ANALYZE and CHECKPOINT, then alternates rounds: `--requests`
-sequential GETs of each route (after 20 unmeasured ones), then one run of the old queries. Reported: medians over
+last 30 days, plus their rows in `clips`. After the fill the bench waits until the follower has projected the
+whole log (timed, with the API's start: the catch-up rate), runs VACUUM ANALYZE and CHECKPOINT. Then the rounds
+alternate between the sizes (A B A B ..., so that the machine's drift hits both): `--requests` sequential GETs of
+each route (after 20 unmeasured ones), then one run of the old queries. Reported: medians over
 the rounds of each round's p50 and p99 (with min-max), and the ratios 1,000,000 / 10,000.
 
 `python -m bench.metrics_bench [--dsn DSN] [--quick]` (quick: 10,000 and 100,000 events, 3 rounds).
@@ -135,57 +136,61 @@ async def old_queries_ms(conn: asyncpg.Connection) -> float:
     return (time.perf_counter() - began) * 1000
 
 
-async def measure(args: argparse.Namespace, dsn: str, redis_url: str, workdir: Path) -> dict[int, dict[str, list]]:
+async def prepare(dsn: str, size: int, redis_url: str, workdir: Path) -> tuple[asyncpg.Connection, ApiProcess, float]:
+    """A database holding `size` events, a `cliplog serve` on it, and how long its follower took to project them."""
     conn = await asyncpg.connect(dsn)
+    await migrate(conn)
+    log(f"filling a log of {size:,} events")
+    await fill(conn, 1, size // 3)
+    env = {**os.environ, "CLIPLOG_DATABASE_URL": dsn, "CLIPLOG_REDIS_URL": redis_url,
+           "CLIPLOG_DATA_DIR": str(workdir), "CLIPLOG_LOG_LEVEL": "WARNING"}  # fmt: skip
+    began = time.perf_counter()
+    api = ApiProcess(f"serve-{size}", env, workdir / f"serve-{size}.log").start().wait_healthy()
+    while await metrics.lag(conn):
+        await asyncio.sleep(0.05)
+    catch_up = time.perf_counter() - began
+    log(f"its follower projected it in {catch_up:.1f} s (including the API's start)")
+    await conn.execute("VACUUM ANALYZE")
+    await conn.execute("CHECKPOINT")
+    return conn, api, catch_up
+
+
+async def measure(args: argparse.Namespace, dsns: dict[int, str], redis_url: str, workdir: Path) -> dict[int, dict[str, list]]:
+    """One database and one API per size; the rounds alternate between them (A B A B ...)."""
+    prepared: dict[int, tuple[asyncpg.Connection, ApiProcess, float]] = {}
     results: dict[int, dict[str, list]] = {}
-    api = None
     try:
-        await migrate(conn)
-        filled = 0
-        env = {**os.environ, "CLIPLOG_DATABASE_URL": dsn, "CLIPLOG_REDIS_URL": redis_url,
-               "CLIPLOG_DATA_DIR": str(workdir), "CLIPLOG_LOG_LEVEL": "WARNING"}  # fmt: skip
-        api = ApiProcess("serve", env, workdir / "serve.log").start().wait_healthy()
-        async with httpx.AsyncClient(base_url=api.url, timeout=60) as client:
-            for size in args.sizes:
-                clips = size // 3
-                log(f"filling the log to {size:,} events")
-                await fill(conn, filled + 1, clips)
-                filled = clips
-                began = time.perf_counter()
-                while await metrics.lag(conn):
-                    await asyncio.sleep(0.05)
-                catch_up = time.perf_counter() - began
-                log(f"the follower projected the log in {catch_up:.1f} s")
-                await conn.execute("VACUUM ANALYZE")
-                await conn.execute("CHECKPOINT")
-                row: dict[str, list] = {"metrics_p50": [], "metrics_p99": [], "health_p50": [], "health_p99": [],
-                                        "old_ms": [], "events": [await conn.fetchval("SELECT count(*) FROM events")],
-                                        "catch_up": [catch_up]}  # fmt: skip
-                for round_ in range(args.rounds):
+        for size, dsn in dsns.items():
+            prepared[size] = await prepare(dsn, size, redis_url, workdir)
+            conn, _, catch_up = prepared[size]
+            results[size] = {"metrics_p50": [], "metrics_p99": [], "health_p50": [], "health_p99": [], "old_ms": [],
+                             "events": [await conn.fetchval("SELECT count(*) FROM events")], "catch_up": [catch_up]}
+        for round_ in range(args.rounds):
+            for size, (conn, api, _) in prepared.items():
+                row = results[size]
+                async with httpx.AsyncClient(base_url=api.url, timeout=60) as client:
                     for route, key in (("/metrics", "metrics"), ("/api/extraction/health", "health")):
                         times = await timed_gets(client, route, args.requests)
                         row[f"{key}_p50"].append(statistics.median(times))
                         row[f"{key}_p99"].append(p(times, 99))
-                    row["old_ms"].append(await old_queries_ms(conn))
-                    log(f"  round {round_ + 1}: /metrics p50 {fmt(row['metrics_p50'][-1])} ms, "
-                        f"health p50 {fmt(row['health_p50'][-1])} ms, old queries {fmt(row['old_ms'][-1])} ms")
-                results[size] = row
+                row["old_ms"].append(await old_queries_ms(conn))
+                log(f"  round {round_ + 1}, {size:,} events: /metrics p50 {fmt(row['metrics_p50'][-1])} ms, "
+                    f"health p50 {fmt(row['health_p50'][-1])} ms, old queries {fmt(row['old_ms'][-1])} ms")
     finally:
-        if api is not None:
+        for conn, api, _ in prepared.values():
             api.stop(15)
-        await conn.close()
+            await conn.close()
     return results
 
 
 def report(results: dict[int, dict[str, list]]) -> None:
     sizes = sorted(results)
-    print("| events in the log | catch-up (events/s) | /metrics p50 ms | /metrics p99 ms | health p50 ms | "
+    print("| events in the log | projected in s (with the API's start) | /metrics p50 ms | /metrics p99 ms | health p50 ms | "
           "health p99 ms | old log-scan queries ms |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         r = results[size]
-        rate = r["events"][0] / r["catch_up"][0] if r["catch_up"][0] > 0 else float("inf")
-        print(f"| {r['events'][0]:,} | {fmt(rate)} | {cell(r['metrics_p50'])} | {cell(r['metrics_p99'])} | "
+        print(f"| {r['events'][0]:,} | {fmt(r['catch_up'][0])} | {cell(r['metrics_p50'])} | {cell(r['metrics_p99'])} | "
               f"{cell(r['health_p50'])} | {cell(r['health_p99'])} | {cell(r['old_ms'])} |")
     small, large = results[sizes[0]], results[sizes[-1]]
 
@@ -210,20 +215,22 @@ def main() -> int:
 
     async def run() -> dict[int, dict[str, list]]:
         admin = await asyncpg.connect(args.dsn)
-        name = f"cliplog_metrics_{secrets.token_hex(4)}"
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        names = {size: f"cliplog_metrics_{secrets.token_hex(4)}" for size in args.sizes}
         workdir = Path(tempfile.mkdtemp(prefix="cliplog-metrics-bench-"))
         redis = Redis(workdir / "redis").start()
         try:
-            dsn = args.dsn.rsplit("/", 1)[0] + "/" + name
-            return await measure(args, dsn, redis.url, workdir)
+            for name in names.values():
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            dsns = {size: args.dsn.rsplit("/", 1)[0] + "/" + name for size, name in names.items()}
+            return await measure(args, dsns, redis.url, workdir)
         finally:
             redis.stop()
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                name,
-            )
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            for name in names.values():
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    name,
+                )
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
             await admin.close()
 
     report(asyncio.run(run()))
