@@ -39,3 +39,19 @@ RETRYABLE: dict[str, bool] = {
 
 def is_retryable(code: str) -> bool:
     return RETRYABLE.get(code, True)
+
+
+# The deadline of one attempt, scaled to its work (measured by `python -m bench.deadline_bench`; see the README's
+# "How a clip never gets stuck"). A cut costs a process start, a probe and the cut itself; the time a second of clip
+# costs depends on the mode. The deadline allows START_FLOOR_SECONDS for the fixed part (process start and probe, on
+# a loaded machine or a remote source) plus HEADROOM times the measured cost of the clip's length, and never more
+# than the cap (CLIPLOG_ATTEMPT_TIMEOUT).
+START_FLOOR_SECONDS = 30.0
+HEADROOM = 10.0
+SECONDS_PER_CLIP_SECOND: dict[str, float] = {"copy": 0.01, "accurate": 0.3}
+
+
+def attempt_deadline_seconds(length: float, mode: str, cap: float) -> float:
+    """Seconds an attempt to cut `length` seconds in `mode` may take: the floor plus the scaled work, capped."""
+    per_second = SECONDS_PER_CLIP_SECOND.get(mode, SECONDS_PER_CLIP_SECOND["accurate"])
+    return min(cap, START_FLOOR_SECONDS + HEADROOM * per_second * max(0.0, length))
