@@ -41,14 +41,17 @@ def is_retryable(code: str) -> bool:
     return RETRYABLE.get(code, True)
 
 
-# The deadline of one attempt, scaled to its work (measured by `python -m bench.deadline_bench`; see the README's
-# "How a clip never gets stuck"). A cut costs a process start, a probe and the cut itself; the time a second of clip
-# costs depends on the mode. The deadline allows START_FLOOR_SECONDS for the fixed part (process start and probe, on
-# a loaded machine or a remote source) plus HEADROOM times the measured cost of the clip's length, and never more
-# than the cap (CLIPLOG_ATTEMPT_TIMEOUT).
+# The deadline of one attempt, scaled to its work. A cut costs a process start and a probe, then a time per second of
+# clip that depends on the mode. Measured here (`python -m bench.deadline_bench`, 720p H.264 source, 2 shared cores
+# under other load, 2026-12-01): a copy costs 0.07 s for 2-10 s clips and 0.23 s for 60 s (0.0024 s per clip second);
+# an accurate re-encode 0.6 s for 2 s, 3.9 s for 10 s, 41 s (max 45 s) for 60 s (0.64-0.69 s per clip second). The
+# deadline allows START_FLOOR_SECONDS for the fixed part (process start and probe on a loaded machine or a remote
+# source) plus HEADROOM times the measured cost of the clip's length (a 1080p source has 2.25 times the pixels of
+# 720p, and the load varies by another half), and never more than the cap (CLIPLOG_ATTEMPT_TIMEOUT). A hung FFmpeg
+# is caught long before by its lease or its progress; the deadline is the last bound.
 START_FLOOR_SECONDS = 30.0
-HEADROOM = 10.0
-SECONDS_PER_CLIP_SECOND: dict[str, float] = {"copy": 0.01, "accurate": 0.3}
+HEADROOM = 4.0
+SECONDS_PER_CLIP_SECOND: dict[str, float] = {"copy": 0.005, "accurate": 0.7}
 
 
 def attempt_deadline_seconds(length: float, mode: str, cap: float) -> float:
