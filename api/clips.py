@@ -49,6 +49,14 @@ async def _registered(services: Services, project_id: str, clip_id: str, user: s
     return clip_status.state_from_json(row["state"]), row["position"]
 
 
+async def _persons_command(services: Services, project_id: str, clip_id: str, user: str, command: Command) -> Response[ClipView]:
+    """A person's command on one clip: 202 with the clip when it appended, 200 with it when there was nothing to do."""
+    await _registered(services, project_id, clip_id, user)
+    handled = await handle(services.pool, project_id, clip_id, command, services.context)
+    view = clip_view(handled.state, handled.position, utcnow(), services.settings)
+    return Response(view, status_code=202 if handled.appended else 200)
+
+
 class ClipsController(Controller):
     path = "/api/clips/projects/{project_id:str}/clips"
     tags = ["clips"]
@@ -108,17 +116,11 @@ class ClipsController(Controller):
 
     @post("/{clip_id:str}/retry-extraction", summary="Start a new run with a fresh attempt budget")
     async def retry(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
-        await _registered(services, project_id, clip_id, user)
-        handled = await handle(services.pool, project_id, clip_id, Retry(), services.context)
-        view = clip_view(handled.state, handled.position, utcnow(), services.settings)
-        return Response(view, status_code=202 if handled.appended else 200)
+        return await _persons_command(services, project_id, clip_id, user, Retry())
 
     @post("/{clip_id:str}/cancel", summary="Cancel a pending, retrying or running clip")
     async def cancel(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
-        await _registered(services, project_id, clip_id, user)
-        handled = await handle(services.pool, project_id, clip_id, Cancel(), services.context)
-        view = clip_view(handled.state, handled.position, utcnow(), services.settings)
-        return Response(view, status_code=202 if handled.appended else 200)
+        return await _persons_command(services, project_id, clip_id, user, Cancel())
 
     @get("/{clip_id:str}/events", summary="The clip's whole history, oldest first")
     async def history(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[EventView]:

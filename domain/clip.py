@@ -446,29 +446,22 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
                 duration_seconds=event.duration_seconds,
             )
         case ExtractionFailed():
-            error = ErrorInfo(
-                code=event.code,
-                message=event.message,
-                retryable=event.retryable,
-                command=event.command,
-                stderr_tail=event.stderr_tail,
-            )
+            error = _error(event, event.code, event.message, event.retryable)
             if event.code == HANDED_BACK:  # a hand-back request follows in the same append
                 return msgspec.structs.replace(state, **common, status="pending", status_since=at, last_error=error)
             return _after_outcome(state, common, at, error, retryable=event.retryable)
         case ExtractionTimedOut():
-            error = ErrorInfo(
-                code="timed_out",
-                message=TIMEOUT_MESSAGES[event.detected_by],
-                retryable=True,
-                command=event.command,
-                stderr_tail=event.stderr_tail,
-            )
+            error = _error(event, "timed_out", TIMEOUT_MESSAGES[event.detected_by], True)
             return _after_outcome(state, common, at, error, retryable=event.detected_by != "user")
         case ExtractionCancelled():
             # The last error stays: it says what happened before the person stopped the clip.
             return msgspec.structs.replace(state, **common, status="cancelled", status_since=at)
     raise TypeError(f"unknown event {event!r}")
+
+
+def _error(event: ExtractionFailed | ExtractionTimedOut, code: str, message: str, retryable: bool) -> ErrorInfo:
+    """The clip's last error after `event`, with what FFmpeg was run with and said, when the event has it."""
+    return ErrorInfo(code, message, retryable, command=event.command, stderr_tail=event.stderr_tail)
 
 
 def _after_outcome(state: ClipState, common: dict, at: datetime, error: ErrorInfo, *, retryable: bool) -> ClipState:
