@@ -301,3 +301,16 @@ async def test_metrics_count_cancelled_clips_and_attempts(client, pool, ids) -> 
     assert float(lines['cliplog_extraction_attempts_total{outcome="cancelled"}']) == await pool.fetchval(
         "SELECT count(*) FROM events WHERE type = 'extraction.cancelled'"
     )
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [{}, {"content": b"", "headers": {"Content-Type": "application/json"}}, {"json": None}, {"json": {}}],
+    ids=["no-body", "empty-json-body", "null", "empty-object"],
+)
+async def test_the_bulk_routes_body_is_optional(client, pool, ids, request_body) -> None:
+    project = ids.project()
+    await make_clip(client, pool, project, "failed", "failed")
+    response = await client.post(f"/api/clips/projects/{project}/retry-failed", **request_body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"changed": 1, "skipped": []}
