@@ -8,7 +8,7 @@ grow with the log (`python -m bench.metrics_bench`)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+from typing import Iterable, get_args
 from uuid import UUID
 
 import msgspec
@@ -19,6 +19,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from api.feed import subscriber_count
+from api.views import ClipStatus
 from handlers import reactor
 from handlers.presence import presence_prefix
 from api.deps import ServicesDep
@@ -159,7 +160,7 @@ async def health(services: ServicesDep) -> Response[Health]:
 class MetricValues(msgspec.Struct, frozen=True, kw_only=True):
     """What one scrape read from the log, the projection and this process."""
 
-    outcomes: dict[str, int]  # finished attempts by outcome (completed, failed, timed_out)
+    outcomes: dict[str, int]  # finished attempts by outcome (completed, failed, timed_out, cancelled)
     duration_buckets: list[int]  # cumulative counts of completed attempts per bound of BUCKETS
     duration_sum: float
     duration_count: int
@@ -172,7 +173,7 @@ def metric_families(values: MetricValues) -> list[Metric]:
     attempts = CounterMetricFamily(
         "cliplog_extraction_attempts", "Finished extraction attempts by outcome.", labels=["outcome"]
     )
-    for outcome in ("completed", "failed", "timed_out"):
+    for outcome in ("completed", "failed", "timed_out", "cancelled"):
         attempts.add_metric([outcome], values.outcomes.get(outcome, 0))
     buckets = [(f"{bound:g}", n) for bound, n in zip(BUCKETS, values.duration_buckets)]
     duration = HistogramMetricFamily(
@@ -182,7 +183,7 @@ def metric_families(values: MetricValues) -> list[Metric]:
         sum_value=values.duration_sum,
     )
     clips = GaugeMetricFamily("cliplog_clips", "Clips by status.", labels=["status"])
-    for status in ("pending", "running", "retrying", "completed", "failed"):
+    for status in get_args(ClipStatus):
         clips.add_metric([status], values.clips.get(status, 0))
     subscribers = GaugeMetricFamily(
         "cliplog_feed_subscribers", "WebSocket feed subscribers on this instance.", value=values.feed_subscribers
@@ -213,11 +214,11 @@ def exposition(values: MetricValues, accept: str | None) -> tuple[bytes, str]:
 async def _metric_values(services: Services, state: State) -> MetricValues:
     projected = await metrics_projection.read(services.pool)
     return MetricValues(
-        outcomes={o: int(projected.get("attempts", o)) for o in ("completed", "failed", "timed_out")},
+        outcomes={o: int(projected.get("attempts", o)) for o in metrics_projection.OUTCOMES},
         duration_buckets=[int(projected.get("duration_le", f"{bound:g}")) for bound in BUCKETS],
         duration_sum=projected.get("duration", "sum"),
         duration_count=int(projected.get("duration", "count")),
-        clips={s: int(projected.get("clips", s)) for s in ("pending", "running", "retrying", "completed", "failed")},
+        clips={s: int(projected.get("clips", s)) for s in get_args(ClipStatus)},
         feed_subscribers=subscriber_count(state),
         reactor_lag=await reactor.lag(services),
     )

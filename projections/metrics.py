@@ -32,6 +32,7 @@ CHECKPOINT = "metrics"
 WINDOW_SECONDS = 3600
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 BATCH = 5000
+OUTCOMES = ("completed", "failed", "timed_out", "cancelled")
 
 Key = tuple[str, str]  # (metric, label)
 
@@ -44,11 +45,9 @@ class Tally(msgspec.Struct, frozen=True):
 
 
 def outcome(event: StoredEvent) -> str | None:
-    """The finished attempt's outcome (`completed`, `failed`, `timed_out`), None for any other event."""
-    if event.type == "extraction.completed":
-        return "completed"
-    if event.type == "extraction.timed_out":
-        return "timed_out"
+    """The finished attempt's outcome (one of OUTCOMES), None for any other event."""
+    if event.type in ("extraction.completed", "extraction.timed_out", "extraction.cancelled"):
+        return event.type.removeprefix("extraction.")
     if event.type == "extraction.failed" and event.data.get("code") != HANDED_BACK:
         return "failed"
     return None

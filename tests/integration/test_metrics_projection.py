@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import pytest
 
-from domain.clip import Complete, Fail, HandBack, Register, Retry, Start, TimeOut
+from domain.clip import Cancel, Complete, Fail, HandBack, Register, Retry, Start, TimeOut
 from projections import metrics
 from runtime.settings import Settings
 from usecases.clips import handle
@@ -39,12 +39,14 @@ async def story(pool: asyncpg.Pool, project: str, clip: str, kind: str, now: dat
         await run(HandBack(run=1, attempt=1))
     elif kind == "timed_out":
         await run(TimeOut(run=1, attempt=1, detected_by="reaper"))
+    elif kind == "cancelled":
+        await run(Cancel())
     elif kind == "retried":
         await run(Fail(run=1, attempt=1, code="source_missing", message="x", retryable=False), Retry(),
                   Start(run=2, attempt=1, worker_id="w"), done(2, 42.0))  # fmt: skip
 
 
-KINDS = ["completed", "failed", "handed_back", "timed_out", "retried"]
+KINDS = ["completed", "failed", "handed_back", "timed_out", "cancelled", "retried"]
 
 
 async def caught_up(pool: asyncpg.Pool) -> None:
@@ -59,8 +61,8 @@ async def test_the_projection_counts_what_the_log_and_the_clip_projection_hold(p
     await caught_up(pool)
     snapshot = await metrics.read(pool)
     assert snapshot.position == await pool.fetchval("SELECT max(position) FROM events")
-    assert {o: snapshot.get("attempts", o) for o in ("completed", "failed", "timed_out")} == {
-        "completed": 2, "failed": 2, "timed_out": 1
+    assert {o: snapshot.get("attempts", o) for o in metrics.OUTCOMES} == {
+        "completed": 2, "failed": 2, "timed_out": 1, "cancelled": 1
     }  # fmt: skip
     clips = {r["status"]: r["n"] for r in await pool.fetch("SELECT status, count(*) AS n FROM clips GROUP BY status")}
     assert {s: snapshot.get("clips", s) for s in clips} == clips
@@ -109,7 +111,8 @@ async def test_concurrent_followers_count_every_event_exactly_once(pool, clean_d
     await caught_up(pool)
     async with pool.acquire() as conn:
         assert await metrics.rebuild_differences(conn) == []
-    assert (await metrics.read(pool)).get("attempts", "completed") == 10
+    completed = sum(KINDS[i % len(KINDS)] in ("completed", "retried") for i in range(25))
+    assert (await metrics.read(pool)).get("attempts", "completed") == completed
 
 
 async def test_a_reset_projection_is_rebuilt_from_the_log(pool, clean_db, ids):
