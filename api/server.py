@@ -27,6 +27,8 @@ class _AbortLater:
     def __init__(self, transport: asyncio.Transport, after: float) -> None:
         self._transport = transport
         self._after = after
+        self.write = transport.write  # the hot path: an attribute, not a `__getattr__` call per message
+        self.is_closing = transport.is_closing
 
     def close(self) -> None:
         self._transport.close()

@@ -157,7 +157,8 @@ async def read(db: asyncpg.Pool | asyncpg.Connection) -> Snapshot:
         CHECKPOINT,
     )
     counts = {(r["metric"], r["label"]): r["value"] for r in rows}
-    return Snapshot(counts, int(counts.pop(("checkpoint", ""), 0)))
+    position = int(counts.pop(("checkpoint", ""), 0))
+    return Snapshot({key: value for key, value in counts.items() if value}, position)  # a zero row is no row
 
 
 class Rates(msgspec.Struct, frozen=True):

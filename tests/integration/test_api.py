@@ -16,6 +16,7 @@ from domain.clip import Complete, Fail, HandBack, Start
 from usecases.clips import handle
 from usecases.services import utcnow
 from runtime.settings import Settings
+from tests.projected import metrics_projected
 
 
 
@@ -38,16 +39,6 @@ async def event_count(pool: asyncpg.Pool, project: str) -> int:
 
 CLIP = {"source": "games/match.mp4", "start": 300.0, "end": 310.0}
 
-
-async def metrics_projected(pool: asyncpg.Pool, timeout: float = 20) -> None:
-    """Until the metrics projection (asynchronous: its follower runs in the app) has counted the whole log."""
-    import asyncio
-
-    from projections import metrics
-
-    async with asyncio.timeout(timeout):
-        while await metrics.lag(pool):
-            await asyncio.sleep(0.02)
 
 
 async def test_register_is_idempotent_and_conflicts_on_other_fields(client_factory, pool, ids) -> None:
