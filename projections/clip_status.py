@@ -7,12 +7,14 @@ every stream from the log and must produce the same rows (`rebuild_differences`)
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from datetime import datetime
+from typing import Iterable, Sequence
 
 import asyncpg
 import msgspec
 
 from domain.clip import ClipState
+from eventlog import store
 from eventlog.store import StoredEvent
 
 _decoder = msgspec.json.Decoder(ClipState)
@@ -27,6 +29,31 @@ ON CONFLICT (project_id, clip_id) DO UPDATE SET
     position = EXCLUDED.position, updated_at = EXCLUDED.updated_at, state = EXCLUDED.state
 WHERE clips.version = $14
 """
+
+
+COLUMNS = ("project_id", "clip_id", "version", "status", "run", "attempt", "not_before", "deadline_at", "status_since",
+           "position", "created_at", "updated_at", "state")  # fmt: skip
+_encode = msgspec.json.encode
+
+
+def _text(value: object) -> bytes:
+    if value is None:
+        return b""  # NULL in store.RAW_TEXT_COPY
+    if isinstance(value, datetime):
+        return value.isoformat().encode()
+    return str(value).encode()
+
+
+def copy_line(state: ClipState, position: int) -> bytes:
+    """The clip's row as one line for `store.copy_lines`, in COLUMNS order."""
+    fields = (state.project_id, state.clip_id, state.version, state.status, state.run, state.attempt,
+              state.not_before, state.deadline_at, state.status_since, position, state.created_at, state.updated_at)  # fmt: skip
+    return store.RAW_TEXT_DELIMITER.join([*map(_text, fields), _encode(state)]) + b"\n"
+
+
+async def copy_rows(conn: asyncpg.Connection, table: str, rows: Iterable[tuple[ClipState, int]]) -> None:
+    """Write `(state, position)` rows into `table` (`clips`, or a table like it) with COPY."""
+    await store.copy_lines(conn, table, COLUMNS, (copy_line(state, position) for state, position in rows))
 
 
 def state_from_json(value: dict | str | bytes) -> ClipState:
