@@ -136,7 +136,7 @@ async def append_bulk(conn: asyncpg.Connection, count: int, stage: Callable[[str
     try:
         await conn.execute(
             f"INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data, "
-            f"clip_status, recorded_at) SELECT $1 + ord, $2::xid8, stream, project_id, clip_id, version, type, "
+            f"clip_status, recorded_at) SELECT $1 + ord, $2::text::xid8, stream, project_id, clip_id, version, type, "
             f"schema_version, data, clip_status, recorded_at FROM {table}",
             first,
             txid,

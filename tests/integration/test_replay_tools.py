@@ -150,3 +150,75 @@ async def test_replay_stops_where_asked(pool: asyncpg.Pool, database_url: str, h
     assert f"{len(positions) // 2 + 1} event(s) replayed" in out.stdout
     printed = [int(line.split()[0]) for line in out.stdout.splitlines() if f" {histories}/" in line]
     assert printed == positions[: len(positions) // 2 + 1]
+
+
+def _without_positions(replayed: str) -> list[str]:
+    """A replay's lines without the log's positions (an import gives the events new ones)."""
+    return [line.split(None, 1)[1] if line[:8].strip().isdigit() else line for line in replayed.splitlines()]
+
+
+async def test_export_import_into_an_empty_database_then_check_and_replay_agree(
+    pool: asyncpg.Pool, database_url: str, make_database, histories: str, tmp_path: Path  # noqa: ANN001
+) -> None:
+    out = tmp_path / "p.jsonl"
+    cliplog("export", "--project", histories, "--output", str(out), database_url=database_url)
+    empty = await make_database(migrated=True)
+    done = cliplog("import", str(out), database_url=empty)
+    assert f"imported {len(list(export.read(out)[1]))} event(s) of {len(EXPECTED_BECAUSE)} clip(s)" in done.stdout
+    assert "the projection equals a rebuild" in cliplog("check", database_url=empty).stdout
+    source = cliplog("replay", "--project", histories, database_url=database_url).stdout
+    target = cliplog("replay", "--project", histories, database_url=empty).stdout
+    assert _without_positions(target) == _without_positions(source)
+    conn = await asyncpg.connect(empty)
+    try:
+        assert await conn.fetchval("SELECT owner FROM projects WHERE project_id = $1", histories) == "alice"
+        before = await conn.fetchval("SELECT count(*) FROM events")
+        assert await conn.fetchval("SELECT epoch FROM log_identity") != export.read(out)[0].epoch
+
+        again = cliplog("import", str(out), database_url=empty, check=False)
+        assert again.returncode != 0
+        assert "already holds 6 of the export's streams" in again.stderr and "--as-project" in again.stderr
+        assert "Traceback" not in again.stderr
+        assert await conn.fetchval("SELECT count(*) FROM events") == before
+
+        renamed = cliplog("import", str(out), "--as-project", "copy-1", "--owner", "bob", database_url=empty)
+        assert "into copy-1 (owner bob)" in renamed.stdout
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE project_id = 'copy-1'") == before
+        assert await conn.fetchval("SELECT owner FROM projects WHERE project_id = 'copy-1'") == "bob"
+        assert "the projection equals a rebuild" in cliplog("check", database_url=empty).stdout
+        taken = cliplog("import", str(out), "--as-project", "copy-1", database_url=empty, check=False)
+        assert taken.returncode != 0 and "is not a new project id" in taken.stderr
+    finally:
+        await conn.close()
+
+
+async def test_a_broken_or_partial_export_is_refused_and_writes_nothing(
+    database_url: str, make_database, histories: str, tmp_path: Path  # noqa: ANN001
+) -> None:
+    out = tmp_path / "p.jsonl"
+    cliplog("export", "--project", histories, "--output", str(out), database_url=database_url)
+    lines = out.read_bytes().splitlines(keepends=True)
+    empty = await make_database(migrated=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(lines[:-1]))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b"".join([*lines[:3], b'{"position": "x"}\n', *lines[3:]]))
+    header = msgspec.json.decode(lines[0])
+    after = cliplog("export", "--project", histories, "--after", header["range"]["upto_cursor"], "--output",
+                    str(tmp_path / "none.jsonl"), database_url=database_url)  # fmt: skip
+    assert "exported 0 event(s)" in after.stderr
+    for path, message in ((cut, "is cut short"), (broken, "line 4: not an exported event"),
+                          (tmp_path / "missing.jsonl", "cannot read")):  # fmt: skip
+        refused = cliplog("import", str(path), database_url=empty, check=False)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    partial = tmp_path / "partial.jsonl"
+    partial.write_bytes(lines[0] + b"".join(lines[5:]))
+    refused = cliplog("import", str(partial), database_url=empty, check=False)
+    assert refused.returncode != 0 and "only whole streams can be imported" in refused.stderr
+    conn = await asyncpg.connect(empty)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM events") == 0
+        assert await conn.fetchval("SELECT count(*) FROM clips") == 0
+        assert await conn.fetchval("SELECT count(*) FROM projects") == 0
+    finally:
+        await conn.close()
