@@ -303,10 +303,46 @@ def cmd_import(args: argparse.Namespace) -> int:
     return _run_tool(run)
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """Recompute the projections from the log and swap them in (projections/rebuild.py); --check: only compare."""
+    import time
+
+    from eventlog.store import init_connection
+    from projections.rebuild import drift, rebuild
+    from runtime.progress import Progress
+
+    async def run() -> int:
+        conn = await _connect(_settings())
+        try:
+            await init_connection(conn)
+            with Progress("check" if args.check else "rebuild") as progress:
+                if args.check:
+                    found = await drift(conn, on_count=progress.total, on_progress=progress.advance)
+                else:
+                    done = await rebuild(conn, on_count=progress.total, on_progress=progress.advance,
+                                         clock=time.monotonic)  # fmt: skip
+        finally:
+            await conn.close()
+        if not args.check:
+            print(f"rebuilt clips: {done.clips} clip(s) from {done.events} event(s); the swap took "
+                  f"{(done.swap_ended - done.swap_started) * 1000:.0f} ms ({done.tail_under_lock} event(s) "
+                  "folded under its lock)")  # fmt: skip
+            return 0
+        for d in found:
+            print(f"{d.kind}: {d.project_id}/{d.clip_id}")
+            for field, (stored, rebuilt) in d.fields.items():
+                print(f"    {field}: stored {stored!r}, rebuilt {rebuilt!r}")
+        print("no drift: the projection equals a rebuild from the log" if not found
+              else f"drift in {len(found)} clip(s): `cliplog rebuild` replaces the projection")  # fmt: skip
+        return 1 if found else 0
+
+    return _run_tool(run)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Rebuild the clip projection from the log in memory and compare it with the stored one."""
     from eventlog.store import init_connection
-    from projections.clip_status import rebuild_differences
+    from projections.rebuild import rebuild_differences
 
     async def run() -> int:
         conn = await _connect(_settings())
@@ -463,6 +499,10 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--as-project", default=None, help="put the export's project under this new project id")
     load.add_argument("--owner", default=None, help="the user who owns the imported project (default: the export's)")
     load.set_defaults(run=cmd_import)
+
+    rebuild = commands.add_parser("rebuild", help="recompute the projections from the log and swap them in, live")
+    rebuild.add_argument("--check", action="store_true", help="only print the drift (exit 1 if any)")
+    rebuild.set_defaults(run=cmd_rebuild)
 
     commands.add_parser("check", help="compare the clip projection with a rebuild from the log").set_defaults(
         run=cmd_check
