@@ -97,28 +97,31 @@ async def rebuild(
         raise RuntimeError("another rebuild is running")
     try:
         folded: Folded = {}
+        counted = [0, 0]  # events folded in all, and under the swap's lock
+
+        def count(under_lock: bool) -> Progress:
+            def add(n: int) -> None:
+                counted[0] += n
+                counted[1] += n if under_lock else 0
+                on_progress(n)
+
+            return add
+
         upto = await store.head_position(conn)
         on_count(await conn.fetchval("SELECT count(*) FROM events WHERE position <= $1", upto))
-        await fold(conn, folded, 0, upto, on_progress)
+        await fold(conn, folded, 0, upto, count(False))
         await conn.execute(f"DROP TABLE IF EXISTS {NEW_TABLE}")
         await conn.execute(f"CREATE TABLE {NEW_TABLE} (LIKE clips INCLUDING ALL)")
         await clip_status.copy_rows(conn, NEW_TABLE, folded.values())
         await conn.execute(f"ANALYZE {NEW_TABLE}")
         # What was appended meanwhile, still without a lock: the tail under the lock stays short.
         caught_up = await store.head_position(conn)
-        await _upsert(conn, folded, await fold(conn, folded, upto, caught_up, on_progress))
+        await _upsert(conn, folded, await fold(conn, folded, upto, caught_up, count(False)))
         started = clock()
         async with conn.transaction():
             await conn.execute("LOCK TABLE events IN SHARE MODE")
             head = await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
-            tail = 0
-
-            def count_tail(n: int) -> None:
-                nonlocal tail
-                tail += n
-                on_progress(n)
-
-            await _upsert(conn, folded, await fold(conn, folded, caught_up, head, count_tail))
+            await _upsert(conn, folded, await fold(conn, folded, caught_up, head, count(True)))
             await conn.execute("LOCK TABLE clips IN ACCESS EXCLUSIVE MODE")
             old_names = await _index_names(conn, "clips")
             new_names = await _index_names(conn, NEW_TABLE)
@@ -128,8 +131,7 @@ async def rebuild(
             for shape, name in new_names.items():
                 if shape in old_names and old_names[shape] != name:
                     await conn.execute(f'ALTER INDEX "{name}" RENAME TO "{old_names[shape]}"')
-        events = await conn.fetchval("SELECT count(*) FROM events WHERE position <= $1", head)
-        return Rebuilt(events, len(folded), tail, started, clock())
+        return Rebuilt(counted[0], len(folded), counted[1], started, clock())
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
 
