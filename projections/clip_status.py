@@ -35,14 +35,6 @@ COLUMNS = ("project_id", "clip_id", "version", "status", "run", "attempt", "not_
 _encode = msgspec.json.encode
 
 
-def _text(value: object) -> bytes:
-    if value is None:
-        return b""  # NULL in store.RAW_TEXT_COPY
-    if isinstance(value, datetime):
-        return value.isoformat().encode()
-    return str(value).encode()
-
-
 def values(state: ClipState, position: int) -> tuple:
     """The clip's row, in COLUMNS order (the state as builtins, as `save` writes it)."""
     return (state.project_id, state.clip_id, state.version, state.status, state.run, state.attempt, state.not_before,
@@ -50,10 +42,17 @@ def values(state: ClipState, position: int) -> tuple:
             msgspec.to_builtins(state))  # fmt: skip
 
 
+def _time(value: datetime | None) -> bytes:
+    return b"" if value is None else value.isoformat().encode()  # b"": NULL in store.RAW_TEXT_COPY
+
+
 def copy_line(state: ClipState, position: int) -> bytes:
-    """The clip's row as one line for `store.copy_lines`, in COLUMNS order."""
-    *columns, _ = values(state, position)
-    return store.RAW_TEXT_DELIMITER.join([*map(_text, columns), _encode(state)]) + b"\n"
+    """The clip's row (`values`) as one line for `store.copy_lines` (a rebuild writes one per clip: kept lean)."""
+    return store.RAW_TEXT_DELIMITER.join((
+        state.project_id.encode(), state.clip_id.encode(), b"%d" % state.version, state.status.encode(),
+        b"%d" % state.run, b"%d" % state.attempt, _time(state.not_before), _time(state.deadline_at),
+        _time(state.status_since), b"%d" % position, _time(state.created_at), _time(state.updated_at), _encode(state),
+    )) + b"\n"  # fmt: skip
 
 
 async def copy_rows(conn: asyncpg.Connection, table: str, rows: Iterable[tuple[ClipState, int]]) -> None:

@@ -12,7 +12,8 @@ The projections: the clip-status table `clips` (projections/clip_status.py), the
    event is committed and every row written, and nothing moves.
 2. The tail (the events since the last fold) is folded into `clips_rebuild`.
 3. `LOCK TABLE clips IN ACCESS EXCLUSIVE MODE` (readers wait milliseconds), rename `clips` away and
-   `clips_rebuild` to `clips`, drop the old table, give the new indexes the old names. Readers and appenders that
+   `clips_rebuild` to `clips`, drop the old table, give the new indexes (built after the copy, like the old
+   table's) the old names. Readers and appenders that
    waited go on against the new table: PostgreSQL looks a name up again once the lock it waited for is granted, and
    re-plans a prepared statement whose table changed (the columns are the same, so it keeps its result type).
 
@@ -21,6 +22,7 @@ The lock order (events, then clips) is every appender's, so the swap cannot dead
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable
 
 import asyncpg
@@ -35,7 +37,7 @@ NEW_TABLE = "clips_rebuild"
 _LOCK = 72617  # one rebuild at a time (advisory lock key; 72616 is the position allocator's)
 _PAGE = 20_000
 _READ = (
-    "SELECT position, stream, project_id, clip_id, type, schema_version, data::text, recorded_at FROM events "
+    "SELECT position, stream, type, schema_version, data::text, recorded_at FROM events "
     "WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3"
 )
 
@@ -46,16 +48,24 @@ Progress = Callable[[int], None]
 async def fold(
     conn: asyncpg.Connection, folded: Folded, after: int, upto: int, on_progress: Progress = lambda n: None
 ) -> set[str]:
-    """Fold the events in `(after, upto]` into `folded`; the streams that changed."""
+    """Fold the events in `(after, upto]` into `folded`; the streams that changed. The next page is read while this
+    one is folded (the database and this process work at the same time)."""
     changed: set[str] = set()
-    position = after
-    while rows := await conn.fetch(_READ, position, upto, _PAGE):
-        for position, stream, project_id, clip_id, type_, version, data, at in rows:
-            previous = folded.get(stream)
-            state = previous[0] if previous else ClipState(project_id=project_id, clip_id=clip_id)
-            folded[stream] = (evolve(state, decode_json(type_, version, data), at), position)
-            changed.add(stream)
+    get, decode = folded.get, decode_json
+    rows = await conn.fetch(_READ, after, upto, _PAGE)
+    while rows:
+        following = asyncio.ensure_future(conn.fetch(_READ, rows[-1][0], upto, _PAGE)) if len(rows) == _PAGE else None
+        for position, stream, type_, version, data, at in rows:
+            previous = get(stream)
+            if previous is None:
+                project_id, clip_id = stream.split("/", 1)  # ids never hold a "/" (API.md)
+                state = ClipState(project_id=project_id, clip_id=clip_id)
+            else:
+                state = previous[0]
+            folded[stream] = (evolve(state, decode(type_, version, data), at), position)
+        changed.update(r[1] for r in rows)
         on_progress(len(rows))
+        rows = await following if following is not None else []
     return changed
 
 
@@ -67,14 +77,30 @@ async def _upsert(conn: asyncpg.Connection, folded: Folded, streams: set[str]) -
     await clip_status.copy_rows(conn, NEW_TABLE, (folded[s] for s in streams))
 
 
-async def _index_names(conn: asyncpg.Connection, table: str) -> dict[str, str]:
-    """The table's indexes by what they index (`btree (project_id, clip_id)`, with a WHERE clause if partial)."""
-    rows = await conn.fetch(
-        "SELECT regexp_replace(pg_get_indexdef(x.indexrelid), '^.* USING ', '') AS shape, i.relname AS name "
-        "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1::regclass",
-        table,
-    )
-    return {r["shape"]: r["name"] for r in rows}
+async def _copy_indexes(conn: asyncpg.Connection, source: str, target: str) -> None:
+    """Give `target` the indexes and the primary key or unique constraints of `source`, named `<name>_rebuild`."""
+    for name, definition, constraint in await conn.fetch(
+        "SELECT i.relname, pg_get_indexdef(x.indexrelid), pg_get_constraintdef(c.oid) FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid "
+        "AND c.conrelid = x.indrelid WHERE x.indrelid = $1::regclass",
+        source,
+    ):
+        if constraint is not None:
+            await conn.execute(f'ALTER TABLE {target} ADD CONSTRAINT "{name}_rebuild" {constraint}')
+        else:
+            shape = definition.split(" USING ", 1)[1]
+            unique = "UNIQUE " if definition.startswith("CREATE UNIQUE") else ""
+            await conn.execute(f'CREATE {unique}INDEX "{name}_rebuild" ON {target} USING {shape}')
+
+
+async def _take_index_names(conn: asyncpg.Connection, target: str) -> None:
+    """After the swap: the new table's `<name>_rebuild` indexes (and constraints) take their names back."""
+    for (name,) in await conn.fetch(
+        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = $1::regclass "
+        "AND i.relname LIKE '%\\_rebuild'",
+        target,
+    ):
+        await conn.execute(f'ALTER INDEX "{name}" RENAME TO "{name.removesuffix("_rebuild")}"')
 
 
 class Rebuilt(msgspec.Struct, frozen=True):
@@ -108,12 +134,15 @@ async def rebuild(
             return add
 
         upto = await store.head_position(conn)
-        on_count(await conn.fetchval("SELECT count(*) FROM events WHERE position <= $1", upto))
+        on_count(upto)  # about the number of events (a rolled-back append leaves a gap in the positions)
         await fold(conn, folded, 0, upto, count(False))
         await conn.execute(f"DROP TABLE IF EXISTS {NEW_TABLE}")
-        await conn.execute(f"CREATE TABLE {NEW_TABLE} (LIKE clips INCLUDING ALL)")
+        # The rows first, then the indexes (built once, not row by row), then the planner's statistics (of the
+        # columns queries filter on: not of the jsonb state, whose sampling would cost more than the copy).
+        await conn.execute(f"CREATE TABLE {NEW_TABLE} (LIKE clips INCLUDING ALL EXCLUDING INDEXES)")
         await clip_status.copy_rows(conn, NEW_TABLE, folded.values())
-        await conn.execute(f"ANALYZE {NEW_TABLE}")
+        await _copy_indexes(conn, "clips", NEW_TABLE)
+        await conn.execute(f"ANALYZE {NEW_TABLE} ({', '.join(c for c in clip_status.COLUMNS if c != 'state')})")
         # What was appended meanwhile, still without a lock: the tail under the lock stays short.
         caught_up = await store.head_position(conn)
         await _upsert(conn, folded, await fold(conn, folded, upto, caught_up, count(False)))
@@ -123,14 +152,10 @@ async def rebuild(
             head = await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
             await _upsert(conn, folded, await fold(conn, folded, caught_up, head, count(True)))
             await conn.execute("LOCK TABLE clips IN ACCESS EXCLUSIVE MODE")
-            old_names = await _index_names(conn, "clips")
-            new_names = await _index_names(conn, NEW_TABLE)
             await conn.execute("ALTER TABLE clips RENAME TO clips_replaced")
             await conn.execute(f"ALTER TABLE {NEW_TABLE} RENAME TO clips")
             await conn.execute("DROP TABLE clips_replaced")
-            for shape, name in new_names.items():
-                if shape in old_names and old_names[shape] != name:
-                    await conn.execute(f'ALTER INDEX "{name}" RENAME TO "{old_names[shape]}"')
+            await _take_index_names(conn, "clips")
         return Rebuilt(counted[0], len(folded), counted[1], started, clock())
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)

@@ -146,6 +146,7 @@ async def test_a_rebuild_while_writers_append_and_reads_wait_on_the_swap(
         "WHERE NOT granted AND application_name = $1", WRITER), "every writer to wait")  # fmt: skip
     queued_at = time.monotonic()
     written_before = len(written)
+    released_at = time.monotonic()  # the swap cannot end before this
     await holder.execute("COMMIT")
     done = await rebuilding
     assert done.events >= CLIPS * EVENTS_PER_CLIP and done.tail_under_lock >= 0
@@ -156,7 +157,9 @@ async def test_a_rebuild_while_writers_append_and_reads_wait_on_the_swap(
     await http.aclose()
 
     assert reads and all(status == 200 for _, _, status in reads), {s for _, _, s in reads}
-    overlapping = [r for r in reads if r[0] < queued_at and r[1] > done.swap_ended - 0.001]
+    # in flight while the swap waited for its lock and swapped: begun before we saw them queue, ended after it let go
+    overlapping = [r for r in reads if r[0] < queued_at and r[1] > released_at]
+    assert done.swap_started < queued_at < released_at < done.swap_ended
     assert overlapping, "no read was in flight across the swap"
     assert len(written) > written_before
     await live_equals_a_fold(pool)
