@@ -137,19 +137,13 @@ async def write(
     return header
 
 
-class RawEvent(msgspec.Struct, frozen=True):
-    """An event line with `data` kept as the JSON text it was exported as (an import passes it through)."""
-
-    position: int
-    stream: str
-    project_id: str
-    clip_id: str
-    version: int
-    type: str
-    schema_version: int
-    data: msgspec.Raw
-    clip_status: str
-    recorded_at: datetime
+# An event line with `data` kept as the JSON text it was exported as (an import passes it through): StoredEvent's
+# fields, `data` as msgspec.Raw.
+RawEvent = msgspec.defstruct(
+    "RawEvent",
+    [(f.name, msgspec.Raw if f.name == "data" else f.type) for f in msgspec.structs.fields(StoredEvent)],
+    frozen=True,
+)
 
 
 _header_decoder = msgspec.json.Decoder(Header)
