@@ -374,14 +374,15 @@ TIMEOUT_MESSAGES: dict[str, str] = {
 
 def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
     """The state right after `event`, recorded at `at`."""
-    common = {"version": state.version + 1, "updated_at": at}
+    version = state.version + 1
     match event:
         case ExtractionRequested():
             first = not state.registered
             status: Status = "retrying" if event.reason == "auto_retry" else "pending"
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status=status,
                 name=event.name,
                 source=event.source,
@@ -404,7 +405,8 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
         case ExtractionStarted():
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status="running",
                 started=True,
                 status_since=at,
@@ -415,7 +417,8 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
         case ExtractionCompleted():
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status="completed",
                 status_since=at,
                 last_error=None,
@@ -425,10 +428,10 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
             )
         case ExtractionFailed():
             error = ErrorInfo(code=event.code, message=event.message, retryable=event.retryable)
-            return _after_outcome(state, common, at, error, retry_decision(state, event))
+            return _after_outcome(state, version, at, error, retry_decision(state, event))
         case ExtractionTimedOut():
             error = ErrorInfo(code="timed_out", message=TIMEOUT_MESSAGES[event.detected_by], retryable=True)
-            return _after_outcome(state, common, at, error, retry_decision(state, event))
+            return _after_outcome(state, version, at, error, retry_decision(state, event))
     raise TypeError(f"unknown event {event!r}")
 
 
@@ -436,9 +439,11 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
 _STATUS_AFTER: dict[str, Status] = {"retryable": "retrying", "handed_back": "pending"}
 
 
-def _after_outcome(state: ClipState, common: dict, at: datetime, error: ErrorInfo, decision: Decision) -> ClipState:
+def _after_outcome(state: ClipState, version: int, at: datetime, error: ErrorInfo, decision: Decision) -> ClipState:
     status = _STATUS_AFTER.get(decision.why, "failed")
-    return msgspec.structs.replace(state, **common, status=status, status_since=at, last_error=error)
+    return msgspec.structs.replace(
+        state, version=version, updated_at=at, status=status, status_since=at, last_error=error
+    )
 
 
 def fold(initial: ClipState, history: Iterable[tuple[ExtractionEvent, datetime]]) -> ClipState:
