@@ -11,6 +11,7 @@ import msgspec
 
 from domain.clip import TIMEOUT_MESSAGES, ClipState, Status, evolve, retry_decision
 from domain.events import (
+    ExtractionCancelled,
     ExtractionCompleted,
     ExtractionEvent,
     ExtractionFailed,
@@ -86,9 +87,11 @@ def explain(before: ClipState, event: ExtractionEvent, after: ClipState, at: dat
                 f"extracted: {event.bytes} bytes, {event.duration_seconds:g} s of video in "
                 f"{event.elapsed_seconds:g} s; nothing more to do"
             )
-        case ExtractionFailed() | ExtractionTimedOut():
+        case ExtractionFailed() | ExtractionTimedOut() | ExtractionCancelled():
             decision = retry_decision(before, event)
             because, text = decision.why, decision.explain()
+            if isinstance(event, ExtractionCancelled):
+                text = f"cancelled by the {event.by} at attempt {before.attempt} of {before.max_attempts}; {text}"
             if isinstance(event, ExtractionTimedOut):
                 text = f"timed out, detected by the {event.detected_by} ({TIMEOUT_MESSAGES[event.detected_by]}); {text}"
         case _:
