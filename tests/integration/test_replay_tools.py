@@ -211,6 +211,16 @@ async def test_a_broken_or_partial_export_is_refused_and_writes_nothing(
     after = cliplog("export", "--project", histories, "--after", header["range"]["upto_cursor"], "--output",
                     str(tmp_path / "none.jsonl"), database_url=database_url)  # fmt: skip
     assert "exported 0 event(s)" in after.stderr
+    # an export that fails leaves no file behind, not even its temporary one
+    target = tmp_path / "exports" / "bad.jsonl"
+    target.parent.mkdir()
+    bad = cliplog("export", "--all", "--after", "not-a-cursor", "--output", str(target), database_url=database_url,
+                  check=False)  # fmt: skip
+    assert bad.returncode == 2 and "is not a cursor from this feed" in bad.stderr and "Traceback" not in bad.stderr
+    assert list(target.parent.iterdir()) == []
+    nowhere = cliplog("export", "--all", "--output", str(tmp_path / "no" / "dir.jsonl"), database_url=database_url,
+                      check=False)  # fmt: skip
+    assert nowhere.returncode == 2 and "No such file or directory" in nowhere.stderr
     for path, message in ((cut, "is cut short"), (broken, "line 4: not an exported event"),
                           (tmp_path / "missing.jsonl", "cannot read")):  # fmt: skip
         refused = cliplog("import", str(path), database_url=empty, check=False)
