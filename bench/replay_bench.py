@@ -8,6 +8,7 @@ synthetic log of `tests.histories`: 6 events a clip) and drops it at the end.
 
 Interleaved for R rounds (A B A B ...), medians with min and max:
   rebuild    `projections.rebuild.rebuild`: fold every event through `evolve`, COPY the rows into a new table, swap
+  fold       `projections.rebuild.fold` alone: the rebuild's reading, decoding and folding, nothing written
   raw read   the baseline: the same rows read by keyset pages of the same size (`SELECT` of the same columns), each
              event's data decoded by msgspec into its event struct (`domain.events.decode_json`), nothing else
   export     `eventlog.export.write` of the whole log (JSON lines built by PostgreSQL) into a byte-counting sink
@@ -44,7 +45,7 @@ from domain.events import SCHEMA_VERSION, decode_json, encode_data, type_of
 from eventlog import export
 from eventlog.migrate import migrate
 from eventlog.store import StoredEvent, init_connection, stream_name
-from projections.rebuild import _PAGE, rebuild
+from projections.rebuild import _PAGE, fold, rebuild
 from projections.replay import describe, explain, read_all, replay
 from tests.histories import T0, write_log
 from usecases.imports import import_file
@@ -156,7 +157,7 @@ async def bench(args: argparse.Namespace) -> str:
             await import_file(conn, work / "stream.jsonl")
             total = count + stream
             await conn.execute("VACUUM ANALYZE events")
-            rates: dict[str, list[float]] = {k: [] for k in ("rebuild", "raw", "export", "copy")}
+            rates: dict[str, list[float]] = {k: [] for k in ("rebuild", "fold", "raw", "export", "copy")}
             cpu: dict[str, list[float]] = {k: [] for k in rates}  # this process's CPU µs per event
             replays: dict[str, list[float]] = {"db": [], "file": []}
             export_bytes = copy_bytes = 0
@@ -166,6 +167,10 @@ async def bench(args: argparse.Namespace) -> str:
                 done = await rebuild(conn, clock=time.monotonic)
                 rates["rebuild"].append(done.events / (time.perf_counter() - t))
                 cpu["rebuild"].append((time.process_time() - c) / total * 1e6)
+                t, c = time.perf_counter(), time.process_time()
+                await fold(conn, {}, 0, total)
+                rates["fold"].append(total / (time.perf_counter() - t))
+                cpu["fold"].append((time.process_time() - c) / total * 1e6)
                 t, c = time.perf_counter(), time.process_time()
                 read = await raw_read(conn)
                 rates["raw"].append(read / (time.perf_counter() - t))
@@ -209,6 +214,8 @@ async def bench(args: argparse.Namespace) -> str:
         f"| rebuild (fold, COPY into a new table, swap) | {cell(rates['rebuild'])} | "
         f"{_ratio(rates['rebuild'], rates['raw'])} of raw read (target 0.5: {'met' if target else 'NOT met'}) | "
         f"{cell(cpu['rebuild'])} |",
+        f"| its fold alone (read, decode, `evolve`; nothing written) | {cell(rates['fold'])} | "
+        f"{_ratio(rates['fold'], rates['raw'])} of raw read | {cell(cpu['fold'])} |",
         f"| raw read (keyset SELECT + msgspec decode) | {cell(rates['raw'])} | 1 | {cell(cpu['raw'])} |",
         f"| export (JSON lines, {export_bytes / total:.0f} B/event) | {cell(rates['export'])} | "
         f"{_ratio(rates['export'], rates['copy'])} of COPY | {cell(cpu['export'])} |",
