@@ -5,8 +5,8 @@ finished attempts by outcome, the completed attempts' duration histogram (cumula
 and count) and clips by status; and `metric_recent_attempts`, the finished attempts of the last `WINDOW_SECONDS`
 (pruned past it). Reading them costs the same whatever the length of the log.
 
-A follower (`handlers/metrics.py`, leader-elected like the reactor) calls `catch_up`: in one transaction it locks
-the checkpoint row, reads the events after it (up to the safe horizon), adds their `tally` to the tables and moves
+A follower (`handlers/metrics.py`, leader-elected like the reactor) calls `catch_up`: in one transaction, under
+an advisory lock (one writer at a time), it reads the checkpoint and the events after it (up to the safe horizon), adds their `tally` to the tables and moves
 the checkpoint, so a batch is counted exactly once, whoever runs it and whenever it crashes. A clip's status
 before an event is the `clip_status` of the clip's previous event (by its stream's version: an index), so the
 clips gauge is a fold of the log too. `tally` is pure; `rebuild_differences` folds the whole log with it and
@@ -112,19 +112,27 @@ ON CONFLICT (position) DO NOTHING
 """
 
 _PRUNE = "DELETE FROM metric_recent_attempts WHERE recorded_at <= now() - make_interval(secs => $1)"
+_STALE = "SELECT EXISTS (SELECT 1 FROM metric_recent_attempts WHERE recorded_at <= now() - make_interval(secs => $1))"
+
+
+WRITER_LOCK = 72632  # one batch at a time, whoever runs it (a transaction-level advisory lock)
 
 
 async def catch_up(pool: asyncpg.Pool, batch: int = BATCH) -> int:
     """Project the next `batch` events after the checkpoint, in one transaction with the checkpoint; returns how
-    many were read (fewer than `batch`: caught up)."""
+    many were read (fewer than `batch`: caught up).
+
+    Writers take turns on an advisory lock rather than a row lock, and write only after reading: the transaction
+    gets its id (a row lock would take one at once) for the few milliseconds of its writes. A transaction with an id
+    that ends while a reader computes the safe horizon holds that reader back until its next read (migration 005),
+    so a follower woken by every append should hold one as briefly as it can."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING", CHECKPOINT
-        )
-        position = await conn.fetchval("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE", CHECKPOINT)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITER_LOCK)
+        position = await conn.fetchval("SELECT position FROM checkpoints WHERE name = $1", CHECKPOINT) or 0
         events = await store.read_after(conn, position, batch)
-        await conn.execute(_PRUNE, WINDOW_SECONDS)
         if not events:
+            if await conn.fetchval(_STALE, WINDOW_SECONDS):
+                await conn.execute(_PRUNE, WINDOW_SECONDS)
             return 0
         done = tally(events, await _previous_statuses(conn, events))
         if done.counts:
@@ -135,7 +143,13 @@ async def catch_up(pool: asyncpg.Pool, batch: int = BATCH) -> int:
         if done.attempts:
             columns = list(zip(*done.attempts))
             await conn.execute(_ADD_ATTEMPTS, *map(list, columns), WINDOW_SECONDS)
-        await conn.execute("UPDATE checkpoints SET position = $2 WHERE name = $1", CHECKPOINT, events[-1].position)
+        await conn.execute(_PRUNE, WINDOW_SECONDS)
+        await conn.execute(
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+            CHECKPOINT,
+            events[-1].position,
+        )
         return len(events)
 
 
