@@ -22,6 +22,7 @@ from domain.events import (
     ExtractionTimedOut,
     Mode,
     Reason,
+    TimeoutReason,
 )
 from domain.policy import RetryPolicy, backoff_seconds
 
@@ -130,6 +131,7 @@ class TimeOut(msgspec.Struct, frozen=True, kw_only=True):
     run: int
     attempt: int
     detected_by: Detector
+    reason: TimeoutReason
     elapsed_seconds: float = 0.0
 
 
@@ -192,6 +194,7 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
                 run=command.run,
                 attempt=command.attempt,
                 detected_by=command.detected_by,
+                reason=command.reason,
                 deadline_at=state.deadline_at,
                 elapsed_seconds=command.elapsed_seconds,
             )
@@ -320,6 +323,7 @@ def _manual_retry(state: ClipState, ctx: Context) -> list[ExtractionEvent]:
                 run=state.run,
                 attempt=state.attempt,
                 detected_by="user",
+                reason="user",
                 deadline_at=state.deadline_at,
                 elapsed_seconds=_elapsed(state.started_at, ctx.now),
             )
@@ -354,9 +358,12 @@ def _require_current(state: ClipState, run: int, attempt: int, *, started: bool)
 
 # evolve ---------------------------------------------------------------------------------------------------
 
+# By reason. "deadline", "lease" and "user" keep the words the clip got when the message was chosen by detector
+# (worker, reaper, user), so the events of older versions (upcast to these reasons) still fold to the same state.
 TIMEOUT_MESSAGES: dict[str, str] = {
-    "worker": "the extraction took longer than the time allowed for one attempt and was stopped",
-    "reaper": "the worker running the extraction stopped responding (lost or past its deadline)",
+    "deadline": "the extraction took longer than the time allowed for one attempt and was stopped",
+    "lease": "the worker running the extraction stopped responding (lost or past its deadline)",
+    "stalled": "FFmpeg stopped making progress and was stopped",
     "user": "the extraction was taking longer than expected and was stopped by a retry",
 }
 
@@ -418,7 +425,7 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
                 return msgspec.structs.replace(state, **common, status="pending", status_since=at, last_error=error)
             return _after_outcome(state, common, at, error, retryable=event.retryable)
         case ExtractionTimedOut():
-            error = ErrorInfo(code="timed_out", message=TIMEOUT_MESSAGES[event.detected_by], retryable=True)
+            error = ErrorInfo(code="timed_out", message=TIMEOUT_MESSAGES[event.reason], retryable=True)
             return _after_outcome(state, common, at, error, retryable=event.detected_by != "user")
     raise TypeError(f"unknown event {event!r}")
 

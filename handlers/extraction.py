@@ -18,6 +18,7 @@ from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, Tim
 from domain.errors import StaleAttempt
 from domain.policy import is_retryable
 from handlers import ffmpeg, mp4
+from handlers.progress import ProgressReporter
 from projections import clip_status
 from runtime.media import resolve_inside
 from runtime.settings import Settings
@@ -58,8 +59,11 @@ def duration_tolerance(mode: str, expected: float) -> float:
     return 0.5 if mode == "accurate" else max(2.5, expected * 0.25)
 
 
-async def produce_clip(services: Services, state: ClipState, time_left: float) -> Complete:
-    """Cut `state`'s current attempt into its final file. Raises ffmpeg.ExtractionError or ffmpeg.Deadline."""
+async def produce_clip(
+    services: Services, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None = None
+) -> Complete:
+    """Cut `state`'s current attempt into its final file, handing FFmpeg's progress reports to `on_report`. Raises
+    ffmpeg.ExtractionError, ffmpeg.Deadline or (no progress for CLIPLOG_STALL_AFTER seconds) ffmpeg.Stalled."""
     settings = services.settings
     began = time.monotonic()
     deadline = began + time_left
@@ -89,6 +93,7 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
             mode=state.mode,
             target=temporary,
             timeout=max(0.1, deadline - time.monotonic()),
+            watch=ffmpeg.Watch(on_report or (lambda _: None), settings.stall_after),
         )
         result = mp4.read_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
@@ -160,7 +165,8 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
     state = started.state
     began = time.monotonic()
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
-    production = asyncio.create_task(produce_clip(services, state, max(0.0, time_left)))
+    reporter = ProgressReporter(services, state)
+    production = asyncio.create_task(produce_clip(services, state, max(0.0, time_left), reporter.on_report))
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
         command: Command = await production
@@ -171,7 +177,9 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
         job.uncancel()  # the worker is shutting down: give the attempt back
         command = HandBack(run=run, attempt=attempt, elapsed_seconds=_since(began))
     except ffmpeg.Deadline:
-        command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
+        command = TimeOut(run=run, attempt=attempt, detected_by="worker", reason="deadline", elapsed_seconds=_since(began))
+    except ffmpeg.Stalled:
+        command = TimeOut(run=run, attempt=attempt, detected_by="worker", reason="stalled", elapsed_seconds=_since(began))
     except ffmpeg.ExtractionError as error:
         command = Fail(
             run=run,
@@ -194,6 +202,7 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
     finally:
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
+        await reporter.close()
     patience = 5.0 if isinstance(command, HandBack) else time_left + services.settings.lease_timeout
     try:
         await record(services, project_id, clip_id, command, give_up_after=patience)

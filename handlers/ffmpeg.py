@@ -2,6 +2,11 @@
 
 Every FFmpeg run is started in its own process group and the whole group is killed on timeout or cancellation,
 so a wrapper script or a child blocked on its input cannot outlive the attempt.
+
+A cut runs with `-progress pipe:1`: FFmpeg writes a block of `key=value` lines to its stdout about every 0.5 s
+(`out_time_us`, `frame`, `speed`, ..., ending with `progress=continue` or `progress=end`). Each block is handed to
+the caller as a `Report`, and a run whose reports stop advancing (no new `out_time`, `frame` or `total_size`) for
+`stall_after` seconds is killed like one past its deadline, raising `Stalled`.
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ import ctypes
 import json
 import os
 import re
+import logging
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import ffmpeg as ffmpeg_python
 import msgspec
 
+log = logging.getLogger("cliplog.ffmpeg")
 
 class MediaInfo(msgspec.Struct, frozen=True):
     duration: float
@@ -37,6 +46,83 @@ class Deadline(Exception):
     """The process ran past its time and was killed."""
 
 
+class Stalled(Exception):
+    """FFmpeg reported no progress for `stall_after` seconds and was killed."""
+
+
+class Report(msgspec.Struct, frozen=True):
+    """One block of FFmpeg's `-progress` output: seconds of output written, frames, speed (× real time), and
+    whether it is the last (`progress=end`). None where FFmpeg says N/A."""
+
+    out_time: float | None
+    frame: int | None
+    speed: float | None
+    total_size: int | None
+    done: bool
+
+    def advanced_from(self, previous: Report | None) -> bool:
+        """Whether this block shows work done since `previous` (the first block with any output counts)."""
+        mark = (self.out_time or 0.0, self.frame or 0, self.total_size or 0)
+        before = (0.0, 0, 0) if previous is None else (previous.out_time or 0.0, previous.frame or 0, previous.total_size or 0)
+        return any(now > then for now, then in zip(mark, before))
+
+
+def _number(text: str | None, kind: type) -> float | int | None:
+    if text is None:
+        return None
+    try:
+        value = kind(text.strip().rstrip("x"))
+    except ValueError:
+        return None
+    return value if value == value and value >= 0 else None  # N/A, nan, negative: unknown
+
+
+def parse_report(fields: dict[str, str]) -> Report:
+    """A `Report` from one block's `key=value` pairs."""
+    out_us = _number(fields.get("out_time_us"), int)
+    return Report(
+        out_time=out_us / 1e6 if out_us is not None else None,
+        frame=_number(fields.get("frame"), int),  # type: ignore[arg-type]
+        speed=_number(fields.get("speed"), float),
+        total_size=_number(fields.get("total_size"), int),  # type: ignore[arg-type]
+        done=fields.get("progress") == "end",
+    )
+
+
+OnReport = Callable[[Report], None]
+
+
+class Watch:
+    """Reads `-progress` blocks from a stream, hands each to `on_report`, and remembers when work last advanced."""
+
+    def __init__(self, on_report: OnReport, stall_after: float) -> None:
+        self.on_report = on_report
+        self.stall_after = stall_after
+        self.last: Report | None = None
+        self.advanced_at = time.monotonic()  # the process start counts as progress
+
+    @property
+    def stalled_at(self) -> float:
+        return self.advanced_at + self.stall_after
+
+    async def read(self, stream: asyncio.StreamReader) -> None:
+        fields: dict[str, str] = {}
+        while line := await stream.readline():
+            key, _, value = line.decode(errors="replace").strip().partition("=")
+            fields[key] = value
+            if key != "progress":
+                continue
+            report = parse_report(fields)
+            fields = {}
+            if report.advanced_from(self.last):
+                self.advanced_at = time.monotonic()
+            self.last = report
+            try:
+                self.on_report(report)
+            except Exception:  # noqa: BLE001 - a broken listener must not break the cut
+                log.exception("progress listener failed")
+
+
 class ProcessResult(msgspec.Struct, frozen=True):
     returncode: int
     stdout: bytes
@@ -51,8 +137,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-async def run_process(args: list[str], timeout: float) -> ProcessResult:
-    """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline) or cancellation."""
+async def run_process(args: list[str], timeout: float, watch: Watch | None = None) -> ProcessResult:
+    """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline) or cancellation. With
+    `watch`, stdout is FFmpeg's `-progress` output, read as it comes (the result's stdout is then empty), and the
+    group is also killed when the watch sees no progress for its `stall_after` seconds (raises Stalled)."""
     process = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -62,8 +150,11 @@ async def run_process(args: list[str], timeout: float) -> ProcessResult:
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError) as error:
+        if watch is None:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        else:
+            stdout, stderr = await _watched(process, timeout, watch)
+    except (asyncio.TimeoutError, asyncio.CancelledError, Stalled) as error:
         _kill_group(process.pid)
         await asyncio.shield(_reap(process))
         if isinstance(error, asyncio.TimeoutError):
@@ -72,6 +163,30 @@ async def run_process(args: list[str], timeout: float) -> ProcessResult:
     # The leader exited; make sure nothing it started lingers (a wrapper's children).
     _kill_group(process.pid)
     return ProcessResult(process.returncode or 0, stdout, stderr)
+
+
+async def _watched(process: asyncio.subprocess.Process, timeout: float, watch: Watch) -> tuple[bytes, bytes]:
+    """`communicate()` with stdout read by `watch`; TimeoutError past `timeout`, Stalled when the watch says so."""
+    assert process.stdout is not None and process.stderr is not None
+    finished = asyncio.ensure_future(
+        asyncio.gather(watch.read(process.stdout), process.stderr.read(), process.wait())
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise asyncio.TimeoutError
+            if now >= watch.stalled_at:
+                raise Stalled(f"FFmpeg reported no progress for {watch.stall_after:g} s and was stopped")
+            await asyncio.wait([finished], timeout=min(deadline, watch.stalled_at) - now)
+            if finished.done():
+                _, stderr, _ = finished.result()
+                return b"", stderr
+    finally:
+        if not finished.done():
+            finished.cancel()
+            await asyncio.gather(finished, return_exceptions=True)
 
 
 def _kill_group(pid: int) -> None:
@@ -133,9 +248,12 @@ async def probe(path: Path, *, ffmpeg: str, ffprobe: str | None, timeout: float 
     return MediaInfo(duration=duration, has_video=re.search(rb"Stream #\S+.*: Video:", result.stderr) is not None)
 
 
-def cut_command(ffmpeg: str, source: Path, start: float, end: float, mode: str, target: Path) -> list[str]:
+def cut_command(
+    ffmpeg: str, source: Path, start: float, end: float, mode: str, target: Path, *, progress: bool = False
+) -> list[str]:
     """The FFmpeg arguments for one clip: input seeking (never reads the source before `start`), then either a
-    stream copy (fast, starts at the keyframe before `start`) or a frame-accurate re-encode."""
+    stream copy (fast, starts at the keyframe before `start`) or a frame-accurate re-encode. `progress`: FFmpeg
+    writes its `-progress` blocks to stdout."""
     stream = ffmpeg_python.input(str(source), ss=f"{start:.3f}", t=f"{end - start:.3f}")
     if mode == "accurate":
         output = stream.output(
@@ -145,14 +263,18 @@ def cut_command(ffmpeg: str, source: Path, start: float, end: float, mode: str, 
         output = stream.output(
             str(target), c="copy", avoid_negative_ts="make_zero", movflags="+faststart", f="mp4"
         )
-    return output.global_args("-hide_banner", "-nostdin", "-loglevel", "error").overwrite_output().compile(cmd=ffmpeg)
+    flags = ["-hide_banner", "-nostdin", "-loglevel", "error", *(["-progress", "pipe:1"] if progress else [])]
+    return output.global_args(*flags).overwrite_output().compile(cmd=ffmpeg)
 
 
 async def cut(
-    *, ffmpeg: str, source: Path, start: float, end: float, mode: str, target: Path, timeout: float
-) -> None:
-    """Run the cut. Raises Deadline past `timeout`, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure."""
-    result = await run_process(cut_command(ffmpeg, source, start, end, mode, target), timeout)
+    *, ffmpeg: str, source: Path, start: float, end: float, mode: str, target: Path, timeout: float,
+    watch: Watch | None = None,
+) -> None:  # fmt: skip
+    """Run the cut. Raises Deadline past `timeout`, Stalled when `watch` sees no progress for its `stall_after`
+    seconds, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure."""
+    command = cut_command(ffmpeg, source, start, end, mode, target, progress=watch is not None)
+    result = await run_process(command, timeout, watch)
     if result.returncode < 0:
         name = signal.Signals(-result.returncode).name if -result.returncode in signal.valid_signals() else "?"
         raise ExtractionError("ffmpeg_killed", f"FFmpeg was killed by signal {name} while cutting the clip")

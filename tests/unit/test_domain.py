@@ -59,7 +59,7 @@ def failed() -> ClipState:
 
 def retrying() -> ClipState:
     state = running()
-    return apply(state, TimeOut(run=1, attempt=1, detected_by="reaper"), ctx(1))[0]
+    return apply(state, TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease"), ctx(1))[0]
 
 
 # Registration -------------------------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_a_non_retryable_failure_fails_the_clip_at_once():
 
 
 def test_a_timeout_reported_as_by_the_user_is_not_retried_automatically():
-    state, events = apply(running(), TimeOut(run=1, attempt=1, detected_by="user"), ctx(1))
+    state, events = apply(running(), TimeOut(run=1, attempt=1, detected_by="user", reason="user"), ctx(1))
     assert [type(e) for e in events] == [ExtractionTimedOut]
     assert state.status == "failed"
 
