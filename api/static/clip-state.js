@@ -12,6 +12,8 @@
  *   failed      "Extraction failed" + error in words  failed; offers "Retry extraction"
  *   extracted   "Extracted"                           completed; the page shows a player for file_url
  * Only waiting, extracting and retrying show a spinner, and each of them turns into `slow` after a bounded time.
+ * An extracting clip also shows its live progress (percent and ETA, from ClipView.progress or the feed's progress
+ * messages); a waiting one says where it is in the queue (ClipView.queue_position, queue_eta_seconds).
  */
 
 export const KINDS = Object.freeze(["waiting", "extracting", "retrying", "slow", "failed", "extracted"]);
@@ -109,6 +111,7 @@ export function clipName(clip) {
  *   canRetry     offers "Retry extraction" (failed, slow)
  *   canRetryNow  offers "Retry now" (retrying: run at once instead of waiting)
  *   busy         shows a spinner (bounded: waiting, extracting, retrying only)
+ *   progress     extracting: progressOf(clip) ({percent, text}) or null
  */
 export function clipState(clip, now, config) {
   const slowAfter = Number(config?.slow_after ?? 300);
@@ -122,6 +125,7 @@ export function clipState(clip, now, config) {
     canRetry: false,
     canRetryNow: false,
     busy: false,
+    progress: null,
   };
   switch (clip.status) {
     case "completed": {
@@ -170,6 +174,7 @@ export function clipState(clip, now, config) {
       result.label = LABELS.extracting;
       result.time = formatDuration(elapsed);
       result.busy = true;
+      result.progress = progressOf(clip);
       if (clip.attempt > 1) result.detail = `Attempt ${clip.attempt} of ${clip.max_attempts}.`;
       return result;
     }
@@ -181,6 +186,7 @@ export function clipState(clip, now, config) {
       }
       result.kind = "waiting";
       result.label = LABELS.waiting;
+      result.detail = queueSentence(clip);
       result.busy = true;
       return result;
     }
@@ -201,6 +207,24 @@ function slow(result, clip, detail) {
   result.canRetry = true;
   if (clip.last_error) result.error = clip.last_error.message;
   return result;
+}
+
+/** A running clip's progress: {percent (0..100), text ("42% · about 3s left")}, or null when none is known. */
+export function progressOf(clip) {
+  const progress = clip.status === "running" ? clip.progress : null;
+  if (!progress || typeof progress.percent !== "number") return null;
+  const percent = Math.max(0, Math.min(100, progress.percent));
+  const eta = typeof progress.eta_seconds === "number" ? ` · about ${formatCountdown(progress.eta_seconds)} left` : "";
+  return { percent, text: `${Math.floor(percent)}%${eta}` };
+}
+
+/** Where a pending clip is in the queue, in words ("2 clips ahead of it · ready in about 12s"), or null. */
+export function queueSentence(clip) {
+  if (clip.status !== "pending" || typeof clip.queue_position !== "number") return null;
+  const n = clip.queue_position;
+  const place = n === 0 ? "Next in the queue" : `${n} clip${n === 1 ? "" : "s"} ahead of it in the queue`;
+  const eta = typeof clip.queue_eta_seconds === "number" ? ` · ready in about ${formatCountdown(clip.queue_eta_seconds)}` : "";
+  return place + eta;
 }
 
 /** The summary a screen reader hears when a clip changes state: "Goal: Extraction failed". */
