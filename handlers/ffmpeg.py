@@ -12,6 +12,7 @@ the caller as a `Report`, and a run whose reports stop advancing (no new `out_ti
 from __future__ import annotations
 
 import asyncio
+import bisect
 import ctypes
 import json
 import os
@@ -31,6 +32,12 @@ log = logging.getLogger("cliplog.ffmpeg")
 class MediaInfo(msgspec.Struct, frozen=True):
     duration: float
     has_video: bool
+    keyframes: tuple[float, ...] | None = None  # video keyframe times in seconds, ascending; None: not known
+
+    def keyframe_at_or_before(self, seconds: float) -> float:
+        """Where a stream copy from `seconds` starts: the last keyframe at or before it (0 when not known)."""
+        at = bisect.bisect_right(self.keyframes or (), seconds + 0.001)
+        return self.keyframes[at - 1] if self.keyframes and at else 0.0
 
 
 class ExtractionError(Exception):
