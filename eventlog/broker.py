@@ -281,9 +281,9 @@ class FeedBroker:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        for task in [*self._tasks, *self._lookups]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._lookups, return_exceptions=True)
         self._tasks = []
         for sub in self._all():
             sub.close()

@@ -41,34 +41,34 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
 _encode = msgspec.json.Encoder().encode
 decode_message = msgspec.json.Decoder(ProgressMessage).decode
 
+# One statement, its own transaction: `set_config(..., true)` lasts until that transaction's commit, which then does
+# not wait for the WAL flush; the NOTIFY is sent at the same commit.
 _RECORD = """
-WITH written AS (
+WITH no_flush AS (SELECT set_config('synchronous_commit', 'off', true)),
+written AS (
     UPDATE leases SET progress_percent = $5, progress_speed = $6, progress_eta_seconds = $7, progress_at = now()
     WHERE project_id = $1 AND clip_id = $2 AND run = $3 AND attempt = $4
     RETURNING 1
 )
-SELECT pg_notify($8, $9) FROM written
+SELECT pg_notify($8, $9) FROM written, no_flush
 """
 
 
 async def record(pool: asyncpg.Pool, message: ProgressMessage, speed: float | None) -> bool:
     """Store `message`'s progress in its attempt's lease row and announce it; False when the lease row is another
     attempt's (the attempt is over: nothing is written or sent)."""
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = off")
-            row = await conn.fetchrow(
-                _RECORD,
-                message.project_id,
-                message.clip_id,
-                message.run,
-                message.attempt,
-                message.percent,
-                speed,
-                message.eta_seconds,
-                PROGRESS_CHANNEL,
-                _encode(message).decode(),
-            )
+    row = await pool.fetchrow(
+        _RECORD,
+        message.project_id,
+        message.clip_id,
+        message.run,
+        message.attempt,
+        message.percent,
+        speed,
+        message.eta_seconds,
+        PROGRESS_CHANNEL,
+        _encode(message).decode(),
+    )
     return row is not None
 
 

@@ -49,7 +49,6 @@ class ProgressReporter:
         self.length = state.end - state.start
         self.began = time.monotonic()
         self.percent = 0.0  # never goes back
-        self.written = 0  # progress writes made
         self._latest: tuple[ProgressMessage, float | None] | None = None
         self._wake = asyncio.Event()
         self._final = asyncio.Event()
@@ -81,7 +80,6 @@ class ProgressReporter:
             try:
                 if not await record(self.services.pool, message, speed):
                     return  # the attempt is over
-                self.written += 1
             except Exception as error:  # noqa: BLE001 - progress is best effort; the lease is what counts
                 log.warning("progress of %s/%s not written: %s", message.project_id, message.clip_id, error)
             if message.percent >= 100.0:
