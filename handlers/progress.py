@@ -2,8 +2,10 @@
 the clip done, the speed and an ETA, and written beside the lease (eventlog/progress.py) at most once a second.
 
 The writer is a task of its own, so a slow database never holds up the reading of FFmpeg's output, and only the
-latest value is written. FFmpeg's last report (`progress=end`, 100 %) is written at once, and `close` waits for it
-(at most `FLUSH_TIMEOUT`), so the 100 % reaches the feed before the attempt's outcome.
+latest value is written. The first write is due `INTERVAL` after the cut started: a cut that ends sooner (a stream
+copy takes about 0.1 s) writes nothing, since its outcome follows at once. After that, FFmpeg's last report
+(`progress=end`, 100 %) is written at once, and `close` waits for it (at most `FLUSH_TIMEOUT`), so the 100 % reaches
+the feed before the attempt's outcome.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class ProgressReporter:
             self._final.set()
 
     async def _write_loop(self) -> None:
+        if await wait_event(self._final, self.interval):
+            return  # done within the first interval: nothing to show
         while True:
             await self._wake.wait()
             self._wake.clear()

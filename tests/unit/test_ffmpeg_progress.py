@@ -71,3 +71,49 @@ async def test_the_watch_hands_over_each_block_and_keeps_its_clock_on_a_repeated
 )
 def test_percent_speed_and_eta_of_a_10_second_clip(report: Report, expected: tuple) -> None:
     assert estimate(report, length=10.0, elapsed=2.0) == expected
+
+
+class _Pool:
+    """Records the progress writes `eventlog.progress.record` would make (the pool is all it uses)."""
+
+    def __init__(self) -> None:
+        self.percents: list[float] = []
+
+    async def fetchrow(self, _sql: str, *args: object) -> object:
+        self.percents.append(args[4])  # type: ignore[arg-type]
+        return object()
+
+
+def _reporter(interval: float):  # noqa: ANN202
+    from domain.clip import ClipState
+    from handlers.progress import ProgressReporter
+
+    pool = _Pool()
+    services = type("S", (), {"pool": pool})()
+    state = ClipState(project_id="p", clip_id="c", run=1, attempt=1, start=0.0, end=10.0)
+    return ProgressReporter(services, state, interval=interval), pool  # type: ignore[arg-type]
+
+
+def _report(out_time: float, done: bool = False) -> Report:
+    return Report(out_time=out_time, frame=int(out_time * 25), speed=2.0, total_size=1, done=done)
+
+
+async def test_a_cut_done_within_the_first_interval_writes_no_progress():
+    reporter, pool = _reporter(interval=0.2)
+    reporter.on_report(_report(1.0))
+    reporter.on_report(_report(10.0, done=True))
+    await reporter.close()
+    assert pool.percents == []
+
+
+async def test_a_longer_cut_writes_the_latest_at_most_once_an_interval_then_its_100_at_once():
+    reporter, pool = _reporter(interval=0.2)
+    for t in (1.0, 2.0, 3.0):  # all before the first write is due: only the latest counts
+        reporter.on_report(_report(t))
+    async with asyncio.timeout(5):
+        while not pool.percents:  # the first write, due after the interval
+            await asyncio.sleep(0.01)
+    reporter.on_report(_report(4.0))  # due an interval after the first write
+    reporter.on_report(_report(9.9, done=True))  # the last report: written without waiting for the interval
+    await reporter.close()
+    assert pool.percents == [30.0, 100.0]
