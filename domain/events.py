@@ -17,6 +17,7 @@ Detector = Literal["worker", "reaper", "user"]
 # Why an attempt was timed out: it passed its deadline, its worker's lease expired, FFmpeg stopped making progress
 # for CLIPLOG_STALL_AFTER seconds, or a person retried it while it was slow.
 TimeoutReason = Literal["deadline", "lease", "stalled", "user"]
+Canceller = Literal["user"]
 
 
 class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -52,6 +53,8 @@ class ExtractionFailed(Event, tag="extraction.failed"):
     message: str
     retryable: bool
     elapsed_seconds: float = 0.0
+    command: list[str] | None = None  # the FFmpeg arguments, secrets redacted (handlers/ffmpeg.py redact)
+    stderr_tail: str | None = None  # its last lines of stderr
 
 
 class ExtractionTimedOut(Event, tag="extraction.timed_out"):
@@ -59,13 +62,29 @@ class ExtractionTimedOut(Event, tag="extraction.timed_out"):
     reason: TimeoutReason
     deadline_at: datetime | None = None
     elapsed_seconds: float = 0.0
+    command: list[str] | None = None
+    stderr_tail: str | None = None
+
+
+class ExtractionCancelled(Event, tag="extraction.cancelled"):
+    """A person cancelled the attempt (pending, retrying or running): the clip is `cancelled` until a person retries."""
+
+    by: Canceller = "user"
+    elapsed_seconds: float = 0.0
 
 
 ExtractionEvent = Union[
-    ExtractionRequested, ExtractionStarted, ExtractionCompleted, ExtractionFailed, ExtractionTimedOut
+    ExtractionRequested,
+    ExtractionStarted,
+    ExtractionCompleted,
+    ExtractionFailed,
+    ExtractionTimedOut,
+    ExtractionCancelled,
 ]
 
+# The events that end a started attempt; a cancel ends an attempt whether it started or not.
 OUTCOMES = (ExtractionCompleted, ExtractionFailed, ExtractionTimedOut)
+ENDINGS = (*OUTCOMES, ExtractionCancelled)
 
 # Bump a type's version here when its data changes shape, and add an upcaster from the old version.
 SCHEMA_VERSION: dict[str, int] = {
@@ -74,6 +93,7 @@ SCHEMA_VERSION: dict[str, int] = {
     "extraction.completed": 1,
     "extraction.failed": 1,
     "extraction.timed_out": 2,
+    "extraction.cancelled": 1,
 }
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

@@ -6,7 +6,11 @@ so a wrapper script or a child blocked on its input cannot outlive the attempt.
 A cut runs with `-progress pipe:1`: FFmpeg writes a block of `key=value` lines to its stdout about every 0.5 s
 (`out_time_us`, `frame`, `speed`, ..., ending with `progress=continue` or `progress=end`). Each block is handed to
 the caller as a `Report`, and a run whose reports stop advancing (no new `out_time`, `frame` or `total_size`) for
-`stall_after` seconds is killed like one past its deadline, raising `Stalled`.
+`stall_after` seconds is killed like one past its deadline, raising `Stalled` (a kind of `Deadline`).
+
+A failed or timed-out run says what was run and what FFmpeg said: its `command` (the arguments, with URLs' query
+strings and credentials and the roots' absolute paths taken out: `redact`) and `stderr_tail` (its last
+STDERR_TAIL_LINES lines, redacted the same way), which the worker records in the attempt's outcome.
 """
 
 from __future__ import annotations
@@ -40,21 +44,44 @@ class MediaInfo(msgspec.Struct, frozen=True):
         return self.keyframes[at - 1] if self.keyframes and at else 0.0
 
 
-class ExtractionError(Exception):
-    """A failure with an error code from domain.policy.RETRYABLE and a message a person understands."""
+STDERR_TAIL_LINES = 20
+_STDERR_KEEP_BYTES = 64 * 1024  # of a run's stderr, only the end is kept
 
-    def __init__(self, code: str, message: str) -> None:
+
+class Shown(msgspec.Struct, frozen=True):
+    """How a run is shown to a person: the absolute paths of `roots` become their names ({"/srv/media": "$MEDIA"})."""
+
+    roots: dict[str, str] = {}
+
+
+class ExtractionError(Exception):
+    """A failure with an error code from domain.policy.RETRYABLE and a message a person understands; `command` and
+    `stderr_tail` when FFmpeg was run (redacted)."""
+
+    def __init__(
+        self, code: str, message: str, *, command: list[str] | None = None, stderr_tail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.command = command
+        self.stderr_tail = stderr_tail
 
 
 class Deadline(Exception):
-    """The process ran past its time and was killed."""
+    """The process ran past its time and was killed; `stderr` is what it wrote until then."""
+
+    def __init__(
+        self, message: str, *, stderr: bytes = b"", command: list[str] | None = None, stderr_tail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+        self.command = command
+        self.stderr_tail = stderr_tail
 
 
-class Stalled(Exception):
-    """FFmpeg reported no progress for `stall_after` seconds and was killed."""
+class Stalled(Deadline):
+    """FFmpeg reported no progress for `stall_after` seconds and was killed (before its deadline)."""
 
 
 class Report(msgspec.Struct, frozen=True):
@@ -136,6 +163,36 @@ class ProcessResult(msgspec.Struct, frozen=True):
     stderr: bytes
 
 
+_URL = re.compile(
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<credentials>[^/@\s?#]*@)?(?P<rest>[^\s?#]*)(?P<query>[?#]\S*?(?=:?(?:\s|$)))?"
+)
+
+
+def _without_secrets(url: re.Match[str]) -> str:
+    return url["scheme"] + (url["rest"] or "") + ("?[redacted]" if url["query"] else "")
+
+
+def _redact_text(text: str, shown: Shown) -> str:
+    """URLs without credentials, query string and fragment (a presigned URL's signature is in its query string);
+    the roots' absolute paths as their names."""
+    text = _URL.sub(_without_secrets, text)
+    for root, name in shown.roots.items():
+        text = text.replace(root.rstrip("/") + "/", name + "/")
+    return text
+
+
+def redact(args: list[str], shown: Shown = Shown()) -> list[str]:
+    """The arguments as a person may see them: the program's name without its folder, then each argument with
+    URLs' secrets and the roots' absolute paths taken out."""
+    return [Path(args[0]).name, *(_redact_text(arg, shown) for arg in args[1:])] if args else []
+
+
+def stderr_tail(stderr: bytes, shown: Shown = Shown(), lines: int = STDERR_TAIL_LINES) -> str | None:
+    """The last `lines` lines of stderr, redacted; None when there were none."""
+    text = stderr.decode(errors="replace").rstrip().splitlines()[-lines:]
+    return _redact_text("\n".join(line.rstrip() for line in text), shown) or None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the child gets SIGKILL when the worker dies, even by SIGKILL, so no FFmpeg outlives its worker."""
     try:
@@ -145,9 +202,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 async def run_process(args: list[str], timeout: float, watch: Watch | None = None) -> ProcessResult:
-    """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline) or cancellation. With
-    `watch`, stdout is FFmpeg's `-progress` output, read as it comes (the result's stdout is then empty), and the
-    group is also killed when the watch sees no progress for its `stall_after` seconds (raises Stalled)."""
+    """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline, with the stderr written
+    until then) or cancellation. With `watch`, stdout is FFmpeg's `-progress` output, read as it comes (the result's
+    stdout is then empty), and the group is also killed when the watch sees no progress for its `stall_after` seconds
+    (raises Stalled, with the stderr too)."""
     process = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -156,44 +214,55 @@ async def run_process(args: list[str], timeout: float, watch: Watch | None = Non
         start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
+    stdout, stderr = bytearray(), bytearray()
+    assert process.stdout is not None and process.stderr is not None
     try:
-        if watch is None:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-        else:
-            stdout, stderr = await _watched(process, timeout, watch)
+        reading = watch.read(process.stdout) if watch is not None else _drain(process.stdout, stdout)
+        await _supervise(
+            asyncio.gather(reading, _drain(process.stderr, stderr, _STDERR_KEEP_BYTES), process.wait()), timeout, watch
+        )
     except (asyncio.TimeoutError, asyncio.CancelledError, Stalled) as error:
         _kill_group(process.pid)
         await asyncio.shield(_reap(process))
         if isinstance(error, asyncio.TimeoutError):
-            raise Deadline(f"{Path(args[0]).name} ran for more than {timeout:g} s and was stopped") from None
+            raise Deadline(f"{Path(args[0]).name} ran for more than {timeout:g} s and was stopped", stderr=bytes(stderr)) from None
+        if isinstance(error, Stalled):
+            raise Stalled(str(error), stderr=bytes(stderr)) from None
         raise
     # The leader exited; make sure nothing it started lingers (a wrapper's children).
     _kill_group(process.pid)
-    return ProcessResult(process.returncode or 0, stdout, stderr)
+    return ProcessResult(process.returncode or 0, bytes(stdout), bytes(stderr))
 
 
-async def _watched(process: asyncio.subprocess.Process, timeout: float, watch: Watch) -> tuple[bytes, bytes]:
-    """`communicate()` with stdout read by `watch`; TimeoutError past `timeout`, Stalled when the watch says so."""
-    assert process.stdout is not None and process.stderr is not None
-    finished = asyncio.ensure_future(
-        asyncio.gather(watch.read(process.stdout), process.stderr.read(), process.wait())
-    )
+async def _drain(stream: asyncio.StreamReader, into: bytearray, keep: int | None = None) -> None:
+    """Read `stream` to its end into `into`, keeping only its last `keep` bytes when given (so what was read is
+    there even when the read is cancelled)."""
+    while chunk := await stream.read(65536):
+        into.extend(chunk)
+        if keep is not None and len(into) > keep:
+            del into[: len(into) - keep]
+
+
+async def _supervise(running: asyncio.Future, timeout: float, watch: Watch | None) -> None:
+    """Until `running` is done: TimeoutError past `timeout`, Stalled when `watch` sees no progress for its
+    `stall_after` seconds; `running` is cancelled when it is left unfinished."""
     deadline = time.monotonic() + timeout
     try:
-        while True:
+        while not running.done():
             now = time.monotonic()
             if now >= deadline:
                 raise asyncio.TimeoutError
-            if now >= watch.stalled_at:
-                raise Stalled(f"FFmpeg reported no progress for {watch.stall_after:g} s and was stopped")
-            await asyncio.wait([finished], timeout=min(deadline, watch.stalled_at) - now)
-            if finished.done():
-                _, stderr, _ = finished.result()
-                return b"", stderr
+            wake = deadline
+            if watch is not None:
+                if now >= watch.stalled_at:
+                    raise Stalled(f"FFmpeg reported no progress for {watch.stall_after:g} s and was stopped")
+                wake = min(wake, watch.stalled_at)
+            await asyncio.wait([running], timeout=wake - now)
+        running.result()
     finally:
-        if not finished.done():
-            finished.cancel()
-            await asyncio.gather(finished, return_exceptions=True)
+        if not running.done():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
 
 
 def _kill_group(pid: int) -> None:
@@ -228,14 +297,20 @@ def _tail(stderr: bytes, lines: int = 2, path: Path | None = None) -> str:
 _DURATION = re.compile(rb"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
-async def probe(path: Path, *, ffmpeg: str, ffprobe: str | None, timeout: float = 30.0) -> MediaInfo:
+async def probe(
+    path: Path, *, ffmpeg: str, ffprobe: str | None, timeout: float = 30.0, shown: Shown = Shown()
+) -> MediaInfo:
     """Duration and presence of video. Raises ExtractionError(not_a_video / source_unreadable)."""
     if ffprobe:
-        result = await run_process(
-            [ffprobe, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)], timeout
-        )
+        args = [ffprobe, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)]
+        result = await run_process(args, timeout)
         if result.returncode != 0:
-            raise ExtractionError("not_a_video", f"{path.name} is not a video FFmpeg can read ({_tail(result.stderr, path=path)}).")
+            raise ExtractionError(
+                "not_a_video",
+                f"{path.name} is not a video FFmpeg can read ({_tail(result.stderr, path=path)}).",
+                command=redact(args, shown),
+                stderr_tail=stderr_tail(result.stderr, shown),
+            )
         try:
             data = json.loads(result.stdout)
             has_video = any(s.get("codec_type") == "video" for s in data.get("streams", []))
@@ -244,10 +319,16 @@ async def probe(path: Path, *, ffmpeg: str, ffprobe: str | None, timeout: float 
             raise ExtractionError("not_a_video", f"{path.name} is not a video FFmpeg can read.") from None
         return MediaInfo(duration=duration, has_video=has_video)
     # No ffprobe (the pip-shipped ffmpeg): `ffmpeg -i` prints the container's header on stderr.
-    result = await run_process([ffmpeg, "-hide_banner", "-nostdin", "-i", str(path)], timeout)
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-i", str(path)]
+    result = await run_process(args, timeout)
     match = _DURATION.search(result.stderr)
     if b"Invalid data found" in result.stderr or b"Stream #" not in result.stderr:
-        raise ExtractionError("not_a_video", f"{path.name} is not a video FFmpeg can read ({_tail(result.stderr, path=path)}).")
+        raise ExtractionError(
+            "not_a_video",
+            f"{path.name} is not a video FFmpeg can read ({_tail(result.stderr, path=path)}).",
+            command=redact(args, shown),
+            stderr_tail=stderr_tail(result.stderr, shown),
+        )
     duration = 0.0
     if match:
         hours, minutes, seconds = match.groups()
@@ -275,17 +356,32 @@ def cut_command(
 
 
 async def cut(
-    *, ffmpeg: str, source: Path, start: float, end: float, mode: str, target: Path, timeout: float,
+    *,
+    ffmpeg: str,
+    source: Path,
+    start: float,
+    end: float,
+    mode: str,
+    target: Path,
+    timeout: float,
+    shown: Shown = Shown(),
     watch: Watch | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Run the cut. Raises Deadline past `timeout`, Stalled when `watch` sees no progress for its `stall_after`
-    seconds, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure."""
-    command = cut_command(ffmpeg, source, start, end, mode, target, progress=watch is not None)
-    result = await run_process(command, timeout, watch)
+    seconds, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure, all with the redacted command and stderr tail
+    (`shown` says which roots to name)."""
+    args = cut_command(ffmpeg, source, start, end, mode, target, progress=watch is not None)
+    try:
+        result = await run_process(args, timeout, watch)
+    except Deadline as deadline:  # or Stalled: the same kind, told apart by the caller
+        raise type(deadline)(
+            str(deadline), stderr=deadline.stderr, command=redact(args, shown), stderr_tail=stderr_tail(deadline.stderr, shown)
+        ) from None
+    said = {"command": redact(args, shown), "stderr_tail": stderr_tail(result.stderr, shown)}
     if result.returncode < 0:
         name = signal.Signals(-result.returncode).name if -result.returncode in signal.valid_signals() else "?"
-        raise ExtractionError("ffmpeg_killed", f"FFmpeg was killed by signal {name} while cutting the clip")
+        raise ExtractionError("ffmpeg_killed", f"FFmpeg was killed by signal {name} while cutting the clip", **said)
     if result.returncode != 0:
         raise ExtractionError(
-            "ffmpeg_exit", f"FFmpeg exited with code {result.returncode}: {_tail(result.stderr)}"
+            "ffmpeg_exit", f"FFmpeg exited with code {result.returncode}: {_tail(result.stderr)}", **said
         )

@@ -61,6 +61,7 @@ def describe(step: Step) -> str:
         + (" (retryable)" if data.get("retryable") else " (not retryable)"),
         "extraction.timed_out": lambda: (f"{data['reason']}, " if data.get("reason") else "")
         + f"detected by {data.get('detected_by')} after {data.get('elapsed_seconds')} s",
+        "extraction.cancelled": lambda: f"by {data.get('by')} after {data.get('elapsed_seconds')} s",
     }.get(e.type, lambda: "")()
     when = e.recorded_at.isoformat(timespec="milliseconds") if isinstance(e.recorded_at, datetime) else e.recorded_at
     flag = f"  !! recorded as {step.mismatch}" if step.mismatch else ""

@@ -5,7 +5,8 @@
  * fetch fails is fetched again until it works. The feed's progress messages update a running clip's `progress`
  * (when they are for its current run and attempt) without a fetch; pending clips are read again when another clip
  * of the project starts or ends, and every QUEUE_REFRESH seconds, so their place in the queue stays current. The
- * requests that act on a clip (retry) are here too. Draws nothing: every clip it takes goes to `onClip`.
+ * requests that act on clips (retry, cancel, retry all failed) are here too. Draws nothing: every clip it takes goes
+ * to `onClip`.
  *
  * For tests and the curious, `window.cliplogDebug` holds `applied` (how many times each event position was applied:
  * always 1), `modes` (the feed's modes in order) and `fetches` (clip refreshes).
@@ -219,13 +220,33 @@ export class ProjectClips {
   }
 
   /** POST retry-extraction; a refusal is rethrown (ApiError) after the clip is fetched again. */
-  async retry(clipId) {
+  retry(clipId) {
+    return this.act(clipId, "retry-extraction");
+  }
+
+  /** POST cancel; a refusal is rethrown (ApiError) after the clip is fetched again. */
+  cancel(clipId) {
+    return this.act(clipId, "cancel");
+  }
+
+  async act(clipId, action) {
     try {
-      const { data } = await session.api.post(`${clipPath(this.projectId, clipId)}/retry-extraction`);
+      const { data } = await session.api.post(`${clipPath(this.projectId, clipId)}/${action}`);
       this.upsert(data);
     } catch (error) {
       this.refresh(clipId);
       throw error;
+    }
+  }
+
+  /** POST the project's retry-failed; resolves to {changed, skipped}. The clips are read again either way (the feed
+   * brings the changes too; this shows them at once). */
+  async retryFailed() {
+    try {
+      const { data } = await session.api.post(`/api/clips/projects/${encodeURIComponent(this.projectId)}/retry-failed`);
+      return data;
+    } finally {
+      this.reloadAll();
     }
   }
 }

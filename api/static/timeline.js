@@ -48,7 +48,7 @@ export function attemptsFrom(events) {
         notBefore: null,
         startedAt: null,
         endedAt: null,
-        outcome: null, // "completed" | "failed" | "timed_out" | null
+        outcome: null, // "completed" | "failed" | "timed_out" | "cancelled" | null
         code: null,
         message: null,
         detectedBy: null,
@@ -91,6 +91,11 @@ export function attemptsFrom(events) {
         attempt.timeoutReason = data.reason ?? null;
         attempt.elapsed = data.elapsed_seconds ?? null;
         break;
+      case "extraction.cancelled":
+        attempt.endedAt = at;
+        attempt.outcome = "cancelled";
+        attempt.elapsed = data.elapsed_seconds ?? null;
+        break;
       default:
         break;
     }
@@ -126,6 +131,9 @@ export function describeAttempt(attempt, now) {
     const after = seconds(attempt.elapsed);
     const cause = TIMEOUT_REASONS[attempt.timeoutReason] ?? TIMEOUT_CAUSES[attempt.detectedBy] ?? "it took too long";
     what = `timed out${after ? ` after ${after}` : ""}: ${cause}`;
+  } else if (attempt.outcome === "cancelled") {
+    const after = attempt.startedAt !== null ? seconds(attempt.elapsed) : null;
+    what = `cancelled by a person ${after ? `after ${after}` : attempt.startedAt !== null ? "while it ran" : "before it started"}`;
   } else if (attempt.superseded) {
     what = attempt.startedAt ? "stopped: replaced by a retry" : "not started: replaced by a retry";
   } else if (attempt.startedAt !== null) {
