@@ -156,7 +156,8 @@ export class ProjectClips {
     this.lastQueueRead = Date.now();
     try {
       const clips = await session.api.get(projectPath(this.projectId));
-      if (this.alive) for (const clip of clips) this.upsert(clip);
+      // Only clips the page has: a new one comes in with its own events and read (retried until it works).
+      if (this.alive) for (const clip of clips) if (this.clips.has(clip.clip_id)) this.upsert(clip);
     } catch (error) {
       console.warn("queue", error);
     }
