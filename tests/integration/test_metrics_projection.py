@@ -38,7 +38,7 @@ async def story(pool: asyncpg.Pool, project: str, clip: str, kind: str, now: dat
     elif kind == "handed_back":  # a deploy: not a failed attempt
         await run(HandBack(run=1, attempt=1))
     elif kind == "timed_out":
-        await run(TimeOut(run=1, attempt=1, detected_by="reaper"))
+        await run(TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease"))
     elif kind == "cancelled":
         await run(Cancel())
     elif kind == "retried":

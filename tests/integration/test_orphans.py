@@ -75,7 +75,8 @@ async def test_the_sweep_removes_old_orphans_and_keeps_fresh_ones_and_every_comp
     await started(services, project, "handed-back")
     await handle(services.pool, project, "handed-back", HandBack(run=1, attempt=1), context)
     await started(services, project, "timed-out")
-    await handle(services.pool, project, "timed-out", TimeOut(run=1, attempt=1, detected_by="reaper"), context)
+    timed_out = TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease")
+    await handle(services.pool, project, "timed-out", timed_out, context)
     orphans = [
         plant(services, f"{project}/handed-back.r1a1.mp4", old),
         plant(services, f"{project}/timed-out.r1a1.mp4", old),
