@@ -1,4 +1,10 @@
-"""The Litestar application: one factory, dependencies from `runtime.bootstrap`."""
+"""The Litestar application: one factory, dependencies from `runtime.bootstrap`.
+
+Every route that needs a token sits on one router with the bearer middleware (`api.auth.BearerAuthentication`:
+checked before the body is read) and the bearer security requirement in the OpenAPI document. Responses are
+compressed (brotli, else gzip) through Litestar's `CompressionConfig`, except the clip files. CORS follows
+`CLIPLOG_CORS_ORIGINS` through Litestar's `CORSConfig` (none by default).
+"""
 
 from __future__ import annotations
 
@@ -6,54 +12,126 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from litestar import Litestar, Request, get
-from litestar.datastructures import State
+from litestar import Litestar, Request, Router
+from litestar.config.compression import CompressionConfig
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
+from litestar.types import Message, Scope
 
-from api import errors, feed, ui_routes
-from api.auth import bearer, user_for_token
+from api import errors, feed, openapi, ui_routes
+from api.auth import BearerAuthentication
 from api.clips import ClipsController
-from api.deps import ServicesDep
+from api.files import answer_not_modified
 from api.health import health, metrics
 from runtime.bootstrap import Services, open_services
 from runtime.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
+# What a browser client sends and reads (CORS): the bearer token, JSON bodies, ranges and validators of files.
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Range", "If-Range", "If-None-Match",
+                "If-Modified-Since"]
+CORS_EXPOSED = ["Content-Range", "Accept-Ranges", "Content-Length", "ETag", "Last-Modified", "Retry-After",
+                "WWW-Authenticate"]
 
 
 def provide_services(state: State) -> Services:
     return state.services
 
 
-async def provide_user(request: Request, services: ServicesDep) -> str:
-    return await user_for_token(services.pool, bearer(request.headers.get("authorization")))
+def provide_user(request: Request) -> str:
+    return request.user  # set by BearerAuthentication
 
 
-@get("/schema", include_in_schema=False, sync_to_thread=False)
+@openapi.get_or_head("/schema", include_in_schema=False, sync_to_thread=False)
 def openapi_document(request: Request) -> dict:
     return request.app.openapi_schema.to_schema()
+
+
+@openapi.get_or_head("/schema/asyncapi", include_in_schema=False, sync_to_thread=False)
+def asyncapi_document(request: Request) -> dict:
+    return openapi.asyncapi(request, feed.MESSAGES, feed.QUERY)
+
+
+async def head_without_body(message: Message, scope: Scope) -> None:
+    """HEAD is GET without the body, whatever the ASGI server does with one."""
+    if message["type"] == "http.response.body" and scope.get("method") == "HEAD":
+        message["body"] = b""
+
+
+def cors(settings: Settings) -> CORSConfig | None:
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+        allow_headers=CORS_HEADERS,
+        expose_headers=CORS_EXPOSED,
+        allow_credentials=False,  # the token travels in a header, never in cookies
+        max_age=600,
+    )
+
+
+def _complete_allow_headers(app: Litestar) -> Litestar:
+    """Litestar 2's default OPTIONS handler of a path whose handlers were registered one at a time lists only the
+    first one's methods in `Allow` (litestar-org/litestar#4169, fixed in v3): point each at its final route."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            function = handler.fn
+            if getattr(function, "__name__", "") != "options_handler":
+                continue
+            for cell in function.__closure__ or ():
+                if isinstance(cell.cell_contents, HTTPRoute):
+                    cell.cell_contents = route
+    return app
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.services = services or await open_services(settings, pool_size=20)
+        openapi.refine(app.openapi_schema)
         try:
             yield
         finally:
             if services is None:
                 await app.state.services.close()
 
-    route_handlers: list = [ClipsController, health, metrics, openapi_document, *feed.ROUTES, *ui_routes.ROUTES]
+    authenticated = Router(
+        path="/",
+        route_handlers=[ClipsController, *feed.ROUTES, *ui_routes.ROUTES],
+        middleware=[DefineMiddleware(BearerAuthentication, scopes={"http"})],
+        security=openapi.SECURITY,
+    )
+    route_handlers: list = [authenticated, health, metrics, openapi_document, asyncapi_document]
     if STATIC.is_dir():
-        route_handlers.append(create_static_files_router(path="/", directories=[STATIC], html_mode=True))
-    return Litestar(
+        route_handlers.append(
+            create_static_files_router(
+                path="/",
+                directories=[STATIC],
+                html_mode=True,
+                cache_control=CacheControlHeader(no_cache=True),  # revalidate: 304 while unchanged
+                middleware=[answer_not_modified],
+            )
+        )
+    app = Litestar(
         route_handlers=route_handlers,
-        dependencies={"services": Provide(provide_services, sync_to_thread=False), "user": Provide(provide_user)},
+        dependencies={"services": Provide(provide_services, sync_to_thread=False),
+                      "user": Provide(provide_user, sync_to_thread=False)},
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan, feed.lifespan],  # the feed's broker starts after the services, stops before them
-        openapi_config=OpenAPIConfig(title="cliplog", version="1", path="/schema/ui"),
+        openapi_config=OpenAPIConfig(title="cliplog", version="1", path="/schema/ui", components=openapi.COMPONENTS),
+        compression_config=CompressionConfig(
+            backend="brotli", brotli_gzip_fallback=True, minimum_size=500, exclude_opt_key="skip_compression"
+        ),
+        cors_config=cors(settings),
+        before_send=[head_without_body],
         debug=False,
     )
+    return _complete_allow_headers(app)

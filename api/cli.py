@@ -66,6 +66,44 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_list(args: argparse.Namespace) -> int:
+    """A user's tokens: an id and the creation time each (the tokens themselves are not stored)."""
+    from api.auth import check_id, list_tokens
+
+    async def run() -> list:
+        check_id(args.user, "USER")
+        conn = await _connect(_settings())
+        try:
+            return await list_tokens(conn, args.user)
+        finally:
+            await conn.close()
+
+    tokens = asyncio.run(run())
+    for info in tokens:
+        print(f"{info.token_id}  {info.created_at.isoformat()}")
+    print(f"{len(tokens)} token(s) for {args.user}", file=sys.stderr)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """Revoke a token, given as the token or as its id from `cliplog token list`."""
+    from api.auth import revoke_token
+
+    async def run():  # noqa: ANN202
+        conn = await _connect(_settings())
+        try:
+            return await revoke_token(conn, args.token)
+        finally:
+            await conn.close()
+
+    revoked = asyncio.run(run())
+    if revoked is None:
+        print("cliplog token revoke: no such token (nothing revoked)", file=sys.stderr)
+        return 1
+    print(f"revoked token {revoked.token_id} of {revoked.user}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -346,6 +384,14 @@ def parser() -> argparse.ArgumentParser:
     create = token_commands.add_parser("create", help="print a new API token for USER")
     create.add_argument("user")
     create.set_defaults(run=cmd_token)
+    listing = token_commands.add_parser("list", help="USER's tokens: an id and the creation time (never the token)")
+    listing.add_argument("user")
+    listing.set_defaults(run=cmd_token_list)
+    revoke = token_commands.add_parser(
+        "revoke", help="revoke TOKEN (the token, or its id from `token list`): at once, open sockets included"
+    )
+    revoke.add_argument("token")
+    revoke.set_defaults(run=cmd_token_revoke)
     return root
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from litestar import Response, get
+from litestar import Response
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.datastructures import State
 
 from api.feed import subscriber_count
 from handlers import reactor
 from handlers.worker import PRESENCE_PREFIX
 from api.deps import ServicesDep
+from api.openapi import errors, get_or_head
 from runtime.bootstrap import Services
 
 WINDOW_SECONDS = 3600
@@ -134,7 +136,12 @@ async def _rates(services: Services) -> Rates:
     )
 
 
-@get("/api/extraction/health", summary="Health of the extraction pipeline (no token needed)", tags=["operations"])
+@get_or_head(
+    "/api/extraction/health",
+    summary="Health of the extraction pipeline (no token needed)",
+    tags=["operations"],
+    responses={503: ResponseSpec(Health, description="down: PostgreSQL is unreachable", generate_examples=False)},
+)
 async def health(services: ServicesDep) -> Response[Health]:
     database = await _database(services)
     redis, alive = await _redis(services)
@@ -155,7 +162,9 @@ async def health(services: ServicesDep) -> Response[Health]:
     return Response(result, status_code=200)
 
 
-@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain; version=0.0.4")
+@get_or_head(
+    "/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain; version=0.0.4", responses=errors()
+)
 async def metrics(services: ServicesDep, state: State) -> str:
     lines: list[str] = []
 
