@@ -12,13 +12,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
 
-from litestar import Litestar, Request, Router
+from litestar import Litestar, Request, Router, head
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.response import File
 from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
@@ -55,6 +56,15 @@ def openapi_document(request: Request) -> dict:
 @openapi.get_or_head("/schema/asyncapi", include_in_schema=False, sync_to_thread=False)
 def asyncapi_document(request: Request) -> dict:
     return openapi.asyncapi(request, feed.MESSAGES, feed.QUERY)
+
+
+UI_CACHE = CacheControlHeader(no_cache=True)  # the UI's files are not fingerprinted: revalidate (304 while unchanged)
+
+
+@head("/", include_in_schema=False, sync_to_thread=False)
+def index_head() -> File:
+    """Litestar's static router answers GET / (html mode) but not HEAD /."""
+    return File(STATIC / "index.html", filename="index.html", media_type="text/html", content_disposition_type="inline")
 
 
 async def head_without_body(message: Message, scope: Scope) -> None:
@@ -111,15 +121,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     )
     route_handlers: list = [authenticated, health, metrics, openapi_document, asyncapi_document]
     if STATIC.is_dir():
-        route_handlers.append(
-            create_static_files_router(
-                path="/",
-                directories=[STATIC],
-                html_mode=True,
-                cache_control=CacheControlHeader(no_cache=True),  # revalidate: 304 while unchanged
-                middleware=[answer_not_modified],
-            )
+        ui = create_static_files_router(
+            path="/", directories=[STATIC], html_mode=True, cache_control=UI_CACHE, middleware=[answer_not_modified]
         )
+        ui.register(index_head)
+        route_handlers.append(ui)
     app = Litestar(
         route_handlers=route_handlers,
         dependencies={"services": Provide(provide_services, sync_to_thread=False),

@@ -83,7 +83,7 @@ _FILE_HEADERS = {
 def refine(document: OpenAPI) -> OpenAPI:
     """What the route decorators cannot say: the headers of the file route's answers, and that its `Range`,
     `If-Range`, `If-None-Match` and `If-Modified-Since` request headers exist."""
-    from litestar.openapi.spec import OpenAPIHeader, Parameter as Param, Schema
+    from litestar.openapi.spec import Example, OpenAPIHeader, Parameter as Param, Schema
 
     for path, item in (document.paths or {}).items():
         if not path.endswith("/file"):
@@ -92,17 +92,19 @@ def refine(document: OpenAPI) -> OpenAPI:
             if operation is None:
                 continue
             known = {p.name for p in operation.parameters or [] if isinstance(p, Param)}
-            for name, description in (
-                ("Range", "one byte range, `bytes=first-last`, `bytes=first-` or `bytes=-suffix`"),
-                ("If-Range", "an ETag or date: the range applies only if the file is still that one"),
-                ("If-None-Match", "ETags the client has: 304 if one matches"),
-                ("If-Modified-Since", "304 if the file has not changed since (ignored with If-None-Match)"),
+            for name, description, examples in (
+                ("Range", "one byte range, `bytes=first-last`, `bytes=first-` or `bytes=-suffix` (other forms: the "
+                 "whole file)", {"first": "bytes=0-1023", "suffix": "bytes=-1024", "beyond": "bytes=999999999-"}),
+                ("If-Range", "an ETag or date: the range applies only if the file is still that one", None),
+                ("If-None-Match", "ETags the client has: 304 if one matches", None),
+                ("If-Modified-Since", "304 if the file has not changed since (ignored with If-None-Match)", None),
             ):
                 if name not in known:
                     operation.parameters = [
                         *(operation.parameters or []),
                         Param(name=name, param_in="header", required=False, description=description,
-                              schema=Schema(type="string")),
+                              schema=Schema(type="string"),
+                              examples={k: Example(value=v) for k, v in examples.items()} if examples else None),
                     ]
             for status, response in (operation.responses or {}).items():
                 headers: dict[str, Any] = {}
