@@ -10,9 +10,9 @@ backoff and jitter, and while the socket is down it long-polls `GET /api/events`
 event is yielded once, in position order (anything at or below the last position is dropped). `after="latest"` is
 resolved to a concrete cursor first, so a reconnection before the first event loses nothing.
 
-Permanent errors end the iteration: `FeedError` (bad token 401/4401, project not visible 404/4404, bad input
-400/4400) and its subclass `CursorReset` (410/4410: the cursor belongs to another log; start again from
-`latest`). Everything else (connection refused, 503/4503, 4408 "too slow", 1012 "server restarting") is retried.
+Permanent errors end the iteration: `FeedError` (bad token 401/4401, origin not allowed 4403, project not
+visible 404/4404, bad input 400/4400) and its subclass `CursorReset` (410/4410: the cursor belongs to another log; start again from
+`latest`). Everything else (connection refused, 503/4503, 4408 "too slow", 4429 "too many sockets", 1012 "server restarting") is retried.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 Mode = str  # "live" | "polling" | "reconnecting" | "offline"
 
-PERMANENT_CLOSE = {4400: 400, 4401: 401, 4404: 404}
+PERMANENT_CLOSE = {4400: 400, 4401: 401, 4403: 403, 4404: 404}
 RESET_CLOSE = 4410
 
 

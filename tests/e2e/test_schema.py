@@ -69,6 +69,7 @@ def _run(args: list[str], log: Path, config: Path = CONFIG) -> tuple[str, list[i
         [*SCHEMATHESIS, "--config-file", str(config), "run", *args, "--no-color", "-w", "1",
          "--report", "har", "--report-har-path", str(har)],
         capture_output=True, text=True, timeout=800, env={**os.environ, "NO_COLOR": "1"},
+        cwd=log.parent,  # its cache (.schemathesis/) stays out of the work tree
     )
     output = result.stdout + result.stderr
     log.write_text(output)
