@@ -14,13 +14,16 @@ import time
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 import asyncpg
 
+from domain.errors import InvalidInput
 from runtime import settings as config
 from runtime.settings import ConfigError, Settings
 
 log = logging.getLogger("cliplog")
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -49,18 +52,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from api.auth import check_id, create_token
+def _on_database(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """`work(conn)` on a connection of its own to the configured database."""
 
-    async def run() -> str:
-        check_id(args.user, "USER")
+    async def run() -> T:
         conn = await _connect(_settings())
         try:
-            return await create_token(conn, args.user)
+            return await work(conn)
         finally:
             await conn.close()
 
-    token = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from api.auth import check_id, create_token
+
+    check_id(args.user, "USER")
+    token = _on_database(lambda conn: create_token(conn, args.user))
     print(f"token for {args.user}:")
     print(token)
     return 0
@@ -70,15 +79,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     """A user's tokens: an id and the creation time each (the tokens themselves are not stored)."""
     from api.auth import check_id, list_tokens
 
-    async def run() -> list:
-        check_id(args.user, "USER")
-        conn = await _connect(_settings())
-        try:
-            return await list_tokens(conn, args.user)
-        finally:
-            await conn.close()
-
-    tokens = asyncio.run(run())
+    check_id(args.user, "USER")
+    tokens = _on_database(lambda conn: list_tokens(conn, args.user))
     for info in tokens:
         print(f"{info.token_id}  {info.created_at.isoformat()}")
     print(f"{len(tokens)} token(s) for {args.user}", file=sys.stderr)
@@ -89,14 +91,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     """Revoke a token, given as the token or as its id from `cliplog token list`."""
     from api.auth import revoke_token
 
-    async def run():  # noqa: ANN202
-        conn = await _connect(_settings())
-        try:
-            return await revoke_token(conn, args.token)
-        finally:
-            await conn.close()
-
-    revoked = asyncio.run(run())
+    revoked = _on_database(lambda conn: revoke_token(conn, args.token))
     if revoked is None:
         print("cliplog token revoke: no such token (nothing revoked)", file=sys.stderr)
         return 1
@@ -404,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except ConfigError as error:
         print(f"cliplog: {error}", file=sys.stderr)
+        return 2
+    except InvalidInput as error:
+        print(f"cliplog: {error.detail}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError) as error:
         print(f"cliplog: cannot reach a service: {type(error).__name__}: {error}", file=sys.stderr)

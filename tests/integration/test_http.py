@@ -290,6 +290,8 @@ def test_token_list_and_revoke_commands(api_env, database_url: str, ids) -> None
     assert cliplog("token", "list", user).stdout.strip() == ""
     missing = cliplog("token", "revoke", "no-such-token")
     assert missing.returncode == 1 and "no such token" in missing.stderr
+    bad = cliplog("token", "list", "bad id")
+    assert bad.returncode == 2 and "USER must match" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # What /schema and /schema/asyncapi declare -------------------------------------------------------------------------
