@@ -19,6 +19,7 @@ from typing import Awaitable, Callable, TypeVar
 import asyncpg
 
 from domain.errors import InvalidInput
+from domain.events import UndecodableEvent
 from runtime import settings as config
 from runtime.settings import ConfigError, Settings
 
@@ -403,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidInput as error:
         print(f"cliplog: {error.detail}", file=sys.stderr)
         return 2
+    except UndecodableEvent as error:  # replay, check: stopped at an event this version cannot read
+        print(f"cliplog: stopped: {error}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError) as error:
         print(f"cliplog: cannot reach a service: {type(error).__name__}: {error}", file=sys.stderr)
         return 3

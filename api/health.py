@@ -50,6 +50,9 @@ class Queue(msgspec.Struct):
 
 class Reactor(msgspec.Struct):
     lag_events: int
+    # Set when the reactor stopped before an event it cannot decode (it never skips one): its position and why.
+    stopped_at: int | None = None
+    stopped_reason: str | None = None
 
 
 class Rates(msgspec.Struct):
@@ -149,14 +152,19 @@ async def health(services: ServicesDep) -> Response[Health]:
         return Response(Health(status="down", database=database, redis=redis), status_code=503)
     queue = await _queue(services)
     lag = await reactor.lag(services)
-    degraded = not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000
+    stopped = await reactor.stopped(services)
+    degraded = not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000 or stopped is not None
     result = Health(
         status="degraded" if degraded else "ok",
         database=database,
         redis=redis,
         workers=Workers(alive=alive),
         queue=queue,
-        reactor=Reactor(lag_events=lag),
+        reactor=Reactor(
+            lag_events=lag,
+            stopped_at=stopped.position if stopped else None,
+            stopped_reason=stopped.reason if stopped else None,
+        ),
         rates=await _rates(services),
     )
     return Response(result, status_code=200)

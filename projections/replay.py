@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from domain.clip import ClipState, evolve
+from domain.events import UndecodableEvent
 from eventlog import store
 from eventlog.store import StoredEvent
 
@@ -22,11 +23,18 @@ class Step(msgspec.Struct, frozen=True):
 
 
 def replay(events: Iterable[StoredEvent]) -> Iterable[Step]:
-    """Each event with the clip's state right after it (events in position order, any mix of clips)."""
+    """Each event with the clip's state right after it (events in position order, any mix of clips). An event this
+    code cannot decode stops the fold there (UndecodableEvent naming it): skipping it would give wrong states."""
     states: dict[str, ClipState] = {}
     for event in events:
         state = states.get(event.stream) or ClipState(project_id=event.project_id, clip_id=event.clip_id)
-        state = evolve(state, event.decoded(), event.recorded_at)
+        try:
+            decoded = event.decoded()
+        except UndecodableEvent as error:
+            raise UndecodableEvent(
+                f"event {event.position} ({event.stream} v{event.version}) cannot be decoded: {error}"
+            ) from error
+        state = evolve(state, decoded, event.recorded_at)
         states[event.stream] = state
         mismatch = None if event.clip_status == state.status else event.clip_status
         yield Step(event, state, mismatch)
