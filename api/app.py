@@ -1,4 +1,4 @@
-"""The Litestar application: one factory, dependencies from `runtime.bootstrap`.
+"""The Litestar application: one factory; its services come from the wiring (`runtime.bootstrap.web_app`).
 
 Every route that needs a token sits on one router with the bearer middleware (`api.auth.BearerAuthentication`:
 checked before the body is read) and the bearer security requirement in the OpenAPI document. Responses are
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from litestar import Litestar, Request, Router, head
 from litestar.config.compression import CompressionConfig
@@ -29,8 +29,8 @@ from api.auth import BearerAuthentication
 from api.clips import ClipsController
 from api.files import answer_not_modified
 from api.health import health, metrics
-from runtime.bootstrap import Services, open_services
-from runtime.settings import Settings
+from api.views import RawJsonSchema
+from usecases.services import Services
 
 STATIC = Path(__file__).parent / "static"
 # What a browser client sends and reads (CORS): the bearer token, JSON bodies, ranges and validators of files.
@@ -73,11 +73,11 @@ async def head_without_body(message: Message, scope: Scope) -> None:
         message["body"] = b""
 
 
-def cors(settings: Settings) -> CORSConfig | None:
-    if not settings.cors_origins:
+def cors(origins: tuple[str, ...]) -> CORSConfig | None:
+    if not origins:
         return None
     return CORSConfig(
-        allow_origins=list(settings.cors_origins),
+        allow_origins=list(origins),
         allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
         allow_headers=CORS_HEADERS,
         expose_headers=CORS_EXPOSED,
@@ -102,16 +102,24 @@ def _complete_allow_headers(app: Litestar) -> Litestar:
     return app
 
 
-def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+def create_app(
+    services: Services | Callable[[], Awaitable[Services]], *, cors_origins: tuple[str, ...] | None = None
+) -> Litestar:
+    """The app on `services`, or on the services `services()` opens when the app starts (and closed when it stops).
+    `cors_origins`: CLIPLOG_CORS_ORIGINS (by default those of `services`' settings, when they are given)."""
+    if cors_origins is None:
+        cors_origins = services.settings.cors_origins if isinstance(services, Services) else ()
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.services = services or await open_services(settings, pool_size=20)
+        opened = services if isinstance(services, Services) else await services()
+        app.state.services = opened
         openapi.refine(app.openapi_schema)
         try:
             yield
         finally:
-            if services is None:
-                await app.state.services.close()
+            if opened is not services:
+                await opened.close()
 
     authenticated = Router(
         path="/",
@@ -133,10 +141,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan, feed.lifespan],  # the feed's broker starts after the services, stops before them
         openapi_config=OpenAPIConfig(title="cliplog", version="1", path="/schema/ui", components=openapi.COMPONENTS),
+        plugins=[RawJsonSchema()],
         compression_config=CompressionConfig(
             backend="brotli", brotli_gzip_fallback=True, minimum_size=500, exclude_opt_key="skip_compression"
         ),
-        cors_config=cors(settings),
+        cors_config=cors(cors_origins),
         before_send=[head_without_body],
         debug=False,
     )

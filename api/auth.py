@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-
 from datetime import datetime
 
 import asyncpg
@@ -105,15 +104,6 @@ async def require_project(db: asyncpg.Connection | asyncpg.Pool, project_id: str
 
 async def owned_projects(db: asyncpg.Connection | asyncpg.Pool, user: str) -> list[str]:
     return [r["project_id"] for r in await db.fetch("SELECT project_id FROM projects WHERE owner = $1", user)]
-
-
-async def claim_project(conn: asyncpg.Connection, project_id: str, user: str) -> None:
-    """Within the registering transaction: the project becomes `user`'s unless someone else has it (404)."""
-    await conn.execute(
-        "INSERT INTO projects (project_id, owner) VALUES ($1, $2) ON CONFLICT (project_id) DO NOTHING", project_id, user
-    )
-    if await conn.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id) != user:
-        raise NotFound(f"project {project_id!r} not found")
 
 
 class BearerAuthentication(AbstractAuthenticationMiddleware):

@@ -8,10 +8,7 @@ import gc
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
@@ -32,9 +29,9 @@ def _settings() -> Settings:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    from runtime.bootstrap import require_database_url
+    from runtime.bootstrap import connect
 
-    return await asyncpg.connect(require_database_url(settings))
+    return await connect(settings)
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -103,10 +100,10 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from runtime.bootstrap import web_app
 
     settings = _settings()
-    app = create_app(settings)
+    app = web_app(settings)
     gc.collect()
     gc.freeze()  # the start-up objects (modules, the app) leave the garbage collector's full passes: shorter pauses
     uvicorn.run(
@@ -122,9 +119,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from handlers.worker import run_worker
+    from runtime.bootstrap import worker
 
-    asyncio.run(run_worker(_settings(), args.concurrency))
+    asyncio.run(worker(_settings(), args.concurrency))
     return 0
 
 
@@ -216,30 +213,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 # cliplog dev -----------------------------------------------------------------------------------------------
 
 
-def _wait_healthy(url: str, children: list[subprocess.Popen], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            if child.poll() is not None:
-                raise RuntimeError(f"{' '.join(child.args[-3:])} exited with code {child.returncode} during start-up")
-        try:
-            with urllib.request.urlopen(url + "/api/extraction/health", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the API did not answer at {url} within {timeout:g} s")
-
-
 def cmd_dev(args: argparse.Namespace) -> int:
-    from runtime import embedded
+    """Embedded PostgreSQL and Redis unless CLIPLOG_DATABASE_URL / CLIPLOG_REDIS_URL are set, the API and
+    `--workers` workers, each started again when it exits, all stopped on SIGINT/SIGTERM (runtime/processes.py)."""
+    from runtime.processes import Cluster, port_free
 
     data_dir = Path(args.data_dir or os.environ.get("CLIPLOG_DATA_DIR") or ".cliplog").absolute()
-    data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, CLIPLOG_DATA_DIR=str(data_dir))
-    redis_process: subprocess.Popen | None = None
-    children: list[subprocess.Popen] = []
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -248,75 +228,45 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    if not _port_free(args.host, args.port):
+    if not port_free(args.host, args.port):
         print(f"cliplog dev: port {args.port} on {args.host} is in use; choose another with --port", file=sys.stderr)
         return 1
+    cluster: Cluster | None = None
     try:
-        if not env.get("CLIPLOG_DATABASE_URL"):
-            admin_dsn, _server = embedded.start_postgres(data_dir / "postgres")
-            env["CLIPLOG_DATABASE_URL"] = asyncio.run(embedded.ensure_database(admin_dsn))
-            print(f"embedded PostgreSQL: {data_dir / 'postgres'}", flush=True)
-        if not env.get("CLIPLOG_REDIS_URL"):
-            env["CLIPLOG_REDIS_URL"], redis_process = embedded.start_redis(data_dir / "redis")
-            print(f"embedded Redis: {env['CLIPLOG_REDIS_URL']}", flush=True)
-        settings = config.load(env)
+        cluster = Cluster(
+            data_dir, base_env=env, database_url=env.get("CLIPLOG_DATABASE_URL") or None,
+            redis_url=env.get("CLIPLOG_REDIS_URL") or None, inherit_output=True, own_sessions=False,
+        )  # fmt: skip
+        if cluster.postgres is not None:
+            print(f"embedded PostgreSQL: {cluster.postgres.directory}", flush=True)
+        if cluster.redis is not None:
+            print(f"embedded Redis: {cluster.redis.url}", flush=True)
+        settings = config.load(cluster.env)
         settings.media_root.mkdir(parents=True, exist_ok=True)
         settings.output_root.mkdir(parents=True, exist_ok=True)
         token = asyncio.run(_prepare_dev(settings, demo=args.demo))
         if args.demo:  # demo only: an FFmpeg wrapper that hangs once, and a short attempt timeout (see api/demo.py)
             from api.demo import demo_environment
 
-            env.update(demo_environment(settings, env))
-            print(f"demo: one clip hangs once; attempts time out after {env['CLIPLOG_ATTEMPT_TIMEOUT']} s", flush=True)
-        command = [sys.executable, "-m", "api.cli"]
-        children.append(subprocess.Popen([*command, "serve", "--host", args.host, "--port", str(args.port)], env=env))
-        for _ in range(args.workers):
-            children.append(subprocess.Popen([*command, "worker"], env=env))
-        url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-        _wait_healthy(url, children)
+            cluster.env.update(demo_environment(settings, cluster.env))
+            timeout = cluster.env["CLIPLOG_ATTEMPT_TIMEOUT"]
+            print(f"demo: one clip hangs once; attempts time out after {timeout} s", flush=True)
+        api = cluster.serve(host=args.host, port=args.port, wait=False)
+        for index in range(args.workers):
+            cluster.worker(f"worker-{index + 1}")
+        cluster.wait_healthy(api)
         print(f"media folder: {settings.media_root}", flush=True)
-        print(f"cliplog is running: open {url}/?token={token}", flush=True)
+        print(f"cliplog is running: open {api.url}/?token={token}", flush=True)
         print(f"API token (user 'dev'): {token}", flush=True)
-        while not stopping:
-            for index, child in enumerate(children):
-                if child.poll() is not None and not stopping:
-                    log.warning("%s exited with %s; restarting it", child.args[3], child.returncode)
-                    children[index] = subprocess.Popen(child.args, env=env)
-            time.sleep(0.2)
+        cluster.supervise(until=lambda: stopping)
         print("stopping…", flush=True)
         return 0
     except (ConfigError, RuntimeError) as error:
         print(f"cliplog dev: {error}", file=sys.stderr)
         return 1
     finally:
-        _stop_all(children, grace=config.load(env).shutdown_grace + 5 if "CLIPLOG_DATABASE_URL" in env else 5)
-        if redis_process is not None:
-            redis_process.terminate()
-            redis_process.wait(10)
-
-
-def _port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _stop_all(children: list[subprocess.Popen], grace: float) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        if cluster is not None:
+            cluster.close(grace=config.load(cluster.env).shutdown_grace + 5)
 
 
 async def _prepare_dev(settings: Settings, demo: bool) -> str:
@@ -331,8 +281,13 @@ async def _prepare_dev(settings: Settings, demo: bool) -> str:
         await conn.close()
     if demo:
         from api.demo import add_demo
+        from runtime.bootstrap import open_services
 
-        await add_demo(settings, user="dev")
+        services = await open_services(settings, pool_size=2)
+        try:
+            await add_demo(services, user="dev")
+        finally:
+            await services.close()
     return token
 
 

@@ -8,18 +8,18 @@ from litestar import Controller, Request, Response, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
-from api.auth import check_id, claim_project, require_project
+from api.auth import check_id, require_project
 from api.files import local_file, serve
 from api.openapi import ClipId, ProjectId, errors, get_or_head
-from api.views import ClipView, EventView, RegisterClip, clip_view, event_view
+from api.views import ClipView, EventView, RegisterClip, clip_view
 from domain.clip import ClipState, Register, Retry
 from domain.errors import Conflict, InvalidInput, NotFound
-from eventlog import store
-from eventlog.clips import handle
+from eventlog import pages, store
 from projections import clip_status
 from api.deps import ServicesDep, UserDep
-from runtime.bootstrap import Services, utcnow
 from runtime.media import resolve_inside
+from usecases.clips import handle, register
+from usecases.services import Services, utcnow
 
 MAX_NAME = 200
 MAX_SOURCE = 1024
@@ -65,14 +65,7 @@ class ClipsController(Controller):
         if owner is not None and owner != user:
             raise NotFound(f"project {project_id!r} not found")
         command = Register(source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name)
-        handled = await handle(
-            services.pool,
-            project_id,
-            clip_id,
-            command,
-            services.context,
-            after_append=lambda conn, _: claim_project(conn, project_id, user),
-        )
+        handled = await register(services.pool, project_id, clip_id, command, services.context, user=user)
         view = clip_view(handled.state, handled.position, utcnow(), services.settings)
         return Response(view, status_code=201 if handled.appended else 200)
 
@@ -109,7 +102,7 @@ class ClipsController(Controller):
     async def history(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> list[EventView]:
         await _registered(services, project_id, clip_id, user)
         epoch = await store.epoch(services.pool)
-        return [event_view(e, epoch) for e in await store.read_stream(services.pool, project_id, clip_id)]
+        return await pages.read_stream(services.pool, epoch, project_id, clip_id)
 
     @get_or_head(
         "/{clip_id:str}/file",

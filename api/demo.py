@@ -15,11 +15,10 @@ import shutil
 import subprocess
 from typing import Mapping
 
-from api.auth import claim_project
 from domain.clip import Register
-from eventlog.clips import handle
-from runtime.bootstrap import open_services
 from runtime.settings import Settings
+from usecases.clips import register
+from usecases.services import Services
 
 PROJECT = "demo"
 CLIPS = [
@@ -59,21 +58,10 @@ def make_sources(settings: Settings) -> None:
         broken.write_bytes(b"not a video, just bytes\n" * 512)
 
 
-async def add_demo(settings: Settings, user: str) -> None:
-    make_sources(settings)
-    services = await open_services(settings, pool_size=2)
-    try:
-        for clip_id, command in CLIPS:
-            await handle(
-                services.pool,
-                PROJECT,
-                clip_id,
-                command,
-                services.context,
-                after_append=lambda conn, _: claim_project(conn, PROJECT, user),
-            )
-    finally:
-        await services.close()
+async def add_demo(services: Services, user: str) -> None:
+    make_sources(services.settings)
+    for clip_id, command in CLIPS:
+        await register(services.pool, PROJECT, clip_id, command, services.context, user=user)
 
 
 def demo_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar.di import NamedDependency
 
-from runtime.bootstrap import Services
+from usecases.services import Services
 
 ServicesDep = NamedDependency[Services]  # the process's wired services
 UserDep = NamedDependency[str]  # the caller, from the bearer token

@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException
 
 from api.auth import Unauthorized
 from domain import errors
-from runtime.bootstrap import DEPENDENCY_ERRORS
+from usecases.services import DEPENDENCY_ERRORS
 
 log = logging.getLogger("cliplog.api")
 

@@ -2,7 +2,7 @@
 
 Both read the caller's projects only, from an opaque cursor (`eventlog.cursor`: the log's epoch, a position and
 a fingerprint of the event there). The WebSocket sends the backlog after the cursor from the database, then the
-live events the process's `FeedBroker` (eventlog/feed.py) hands it; see that module for why the switch has no gap
+live events the process's `FeedBroker` (eventlog/broker.py) hands it; see that module for why the switch has no gap
 and no duplicate. No pooled connection is held for the life of a socket or a long poll: every read acquires one
 and gives it back (as Litestar's `stream_di_hog_fix` example does), and waiting happens on the broker.
 
@@ -16,19 +16,16 @@ WebSocket close codes (API.md, plus the additions documented in docs/feed.md):
 overflowed: reconnect from the last cursor), 4410 cursor from another log (after a `reset` message), 4503
 PostgreSQL unavailable (reconnect later), 1012 server restarting.
 
-Tunables, by environment variable: `CLIPLOG_WS_PING_INTERVAL` (15 s of silence before a ping),
-`CLIPLOG_FEED_BUFFER` (1000 events buffered per subscriber), `CLIPLOG_FEED_POLL_INTERVAL` (1 s between the
-broker's safety-net polls of the log).
+Tunables: `CLIPLOG_WS_PING_INTERVAL`, `CLIPLOG_FEED_BUFFER`, `CLIPLOG_FEED_POLL_INTERVAL` (`runtime.settings`;
+documented in docs/feed.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import os
 from contextlib import asynccontextmanager, suppress
-from typing import Annotated, Any, AsyncIterator, Literal, Mapping
+from typing import Annotated, Any, AsyncIterator, Literal
 from uuid import UUID
 
 import asyncpg
@@ -46,9 +43,9 @@ from api.sockets import OpenSockets, origin_allowed
 from api.views import EventPage
 from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
 from eventlog import cursor
-from eventlog.feed import UNAVAILABLE, FeedBroker, FeedEvent, Subscription, head, locate, read_page
-from runtime.bootstrap import Services, require_database_url
-from runtime.settings import ConfigError
+from eventlog.broker import UNAVAILABLE, EventMessage, FeedBroker, Subscription, render
+from eventlog.pages import EventView, head, locate, read_page
+from usecases.services import Services
 
 log = logging.getLogger("cliplog.feed")
 
@@ -67,43 +64,7 @@ CLOSE_TOO_MANY = 4429
 CLOSE_UNAVAILABLE = 4503
 
 
-class FeedConfig(msgspec.Struct, frozen=True, kw_only=True):
-    ping_interval: float = 15.0
-    buffer: int = 1000
-    poll_interval: float = 1.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> FeedConfig:
-        env = os.environ if env is None else env
-        values: dict[str, float | int] = {}
-        for variable, field, kind in (
-            ("CLIPLOG_WS_PING_INTERVAL", "ping_interval", float),
-            ("CLIPLOG_FEED_BUFFER", "buffer", int),
-            ("CLIPLOG_FEED_POLL_INTERVAL", "poll_interval", float),
-        ):
-            raw = env.get(variable)
-            if not raw:
-                continue
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{variable}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{variable} must be greater than 0 (got {raw})")
-            values[field] = value
-        return cls(**values)  # type: ignore[arg-type]
-
-
-# Wire format ----------------------------------------------------------------------------------------------------
-
-
-class WirePage(msgspec.Struct):
-    events: list[FeedEvent]
-    next_cursor: str
-
-
-class EventMessage(msgspec.Struct, tag="event", tag_field="type"):
-    event: FeedEvent
+# Wire format (an event's message is `eventlog.broker.render`'s) -------------------------------------------------
 
 
 class ResetMessage(msgspec.Struct, tag="reset", tag_field="type"):
@@ -130,11 +91,6 @@ _encode = msgspec.json.Encoder().encode
 PING_MESSAGE = {"type": "websocket.send", "text": _encode(PingMessage()).decode()}
 
 
-def render(event: FeedEvent) -> dict[str, Any]:
-    """An event's ASGI message (built once; uvicorn only reads it, so every subscriber sends the same dict)."""
-    return {"type": "websocket.send", "text": _encode(EventMessage(event)).decode()}
-
-
 # Wiring (app lifespan, metrics) ---------------------------------------------------------------------------------
 
 
@@ -142,14 +98,14 @@ def render(event: FeedEvent) -> dict[str, Any]:
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     """Start this process's broker (after `app.state.services` exists) and stop it before the services close."""
     services: Services = app.state.services
-    config = FeedConfig.from_env()
+    settings = services.settings
     broker = FeedBroker(
         services.pool,
-        require_database_url(services.settings),
+        services.connect_listener,
         render,
-        buffer=config.buffer,
-        poll_interval=config.poll_interval,
-        idle_after=config.ping_interval,
+        buffer=settings.feed_buffer,
+        poll_interval=settings.feed_poll_interval,
+        idle_after=settings.ws_ping_interval,
     )
     app.state.feed = broker
     app.state.sockets = sockets = OpenSockets(services.settings.ws_per_token)
@@ -205,7 +161,7 @@ async def _project_filter(services: Services, project_id: str | None, user: str)
 
 async def _read(
     services: Services, epoch: UUID, position: int, limit: int, user: str, project: str | None, final: int | None
-) -> list[FeedEvent]:
+) -> list[EventView]:
     """Up to `limit` events after `position`: below `final` without the safe-horizon check, beyond it with."""
     if final is None or position >= final:
         return await read_page(services.pool, epoch, position, limit, user=user, project_id=project)
@@ -253,7 +209,7 @@ async def _page(
     project_id: str | None,
     limit: int,
     wait: float,
-) -> WirePage:
+) -> EventPage:
     project = await _project_filter(services, project_id, user)
     epoch, position, given, final = await resolve_after(services, broker, start)
     if wait <= 0:
@@ -275,7 +231,7 @@ async def _page(
                     raise CursorFromAnotherLog(sub.reset)
         finally:
             broker.unsubscribe(sub)
-    return WirePage(events=events, next_cursor=events[-1].cursor if events else given)
+    return EventPage(events=events, next_cursor=events[-1].cursor if events else given)
 
 
 # GET /api/events/ws ---------------------------------------------------------------------------------------------

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Iterable
 
 import msgspec
-from litestar import Response
+from litestar import Request, Response
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.datastructures import State
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from api.feed import subscriber_count
 from handlers import reactor
-from handlers.worker import PRESENCE_PREFIX
+from handlers.presence import PRESENCE_PREFIX
 from api.deps import ServicesDep
 from api.openapi import errors, get_or_head
-from runtime.bootstrap import Services
+from usecases.services import Services
 
 WINDOW_SECONDS = 3600
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -170,17 +174,61 @@ async def health(services: ServicesDep) -> Response[Health]:
     return Response(result, status_code=200)
 
 
-@get_or_head(
-    "/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain; version=0.0.4", responses=errors()
-)
-async def metrics(services: ServicesDep, state: State) -> str:
-    lines: list[str] = []
+class MetricValues(msgspec.Struct, frozen=True, kw_only=True):
+    """What one scrape read from the log, the projection and this process."""
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+    outcomes: dict[str, int]  # finished attempts by outcome (completed, failed, timed_out)
+    duration_buckets: list[int]  # cumulative counts of completed attempts per bound of BUCKETS
+    duration_sum: float
+    duration_count: int
+    clips: dict[str, int]  # clips by status
+    feed_subscribers: int
+    reactor_lag: int
 
+
+def metric_families(values: MetricValues) -> list[Metric]:
+    attempts = CounterMetricFamily(
+        "cliplog_extraction_attempts", "Finished extraction attempts by outcome.", labels=["outcome"]
+    )
+    for outcome in ("completed", "failed", "timed_out"):
+        attempts.add_metric([outcome], values.outcomes.get(outcome, 0))
+    buckets = [(f"{bound:g}", n) for bound, n in zip(BUCKETS, values.duration_buckets)]
+    duration = HistogramMetricFamily(
+        "cliplog_extraction_duration_seconds",
+        "Time to extract a clip, for completed attempts.",
+        buckets=[*buckets, ("+Inf", values.duration_count)],
+        sum_value=values.duration_sum,
+    )
+    clips = GaugeMetricFamily("cliplog_clips", "Clips by status.", labels=["status"])
+    for status in ("pending", "running", "retrying", "completed", "failed"):
+        clips.add_metric([status], values.clips.get(status, 0))
+    subscribers = GaugeMetricFamily(
+        "cliplog_feed_subscribers", "WebSocket feed subscribers on this instance.", value=values.feed_subscribers
+    )
+    lag = GaugeMetricFamily("cliplog_reactor_lag_events", "Events the reactor has not handled yet.", value=values.reactor_lag)
+    return [attempts, duration, clips, subscribers, lag]
+
+
+class _Scrape:
+    """A collector of the families one request read (the registry below lives for that request only)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def exposition(values: MetricValues, accept: str | None) -> tuple[bytes, str]:
+    """The scrape written by prometheus-client in the format the `Accept` header asks for (Prometheus text 0.0.4
+    by default, OpenMetrics on request), and its content type."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scrape(metric_families(values)))
+    encode, content_type = choose_encoder(accept or "")
+    return encode(registry), content_type
+
+
+async def _metric_values(services: Services, state: State) -> MetricValues:
     outcomes = {
         r["type"].removeprefix("extraction."): r["n"]
         for r in await services.pool.fetch(
@@ -188,26 +236,20 @@ async def metrics(services: ServicesDep, state: State) -> str:
             "('extraction.completed', 'extraction.failed', 'extraction.timed_out') GROUP BY type"
         )
     }
-    metric(
-        "cliplog_extraction_attempts_total",
-        "counter",
-        "Finished extraction attempts by outcome.",
-        [(f'{{outcome="{o}"}}', outcomes.get(o, 0)) for o in ("completed", "failed", "timed_out")],
+    durations = await services.pool.fetchrow(_DURATION_HISTOGRAM, list(BUCKETS))
+    clips = {r["status"]: r["n"] for r in await services.pool.fetch("SELECT status, count(*) AS n FROM clips GROUP BY status")}
+    return MetricValues(
+        outcomes=outcomes,
+        duration_buckets=list(durations["buckets"]),
+        duration_sum=durations["total"],
+        duration_count=durations["n"],
+        clips=clips,
+        feed_subscribers=subscriber_count(state),
+        reactor_lag=await reactor.lag(services),
     )
-    row = await services.pool.fetchrow(_DURATION_HISTOGRAM, list(BUCKETS))
-    samples = [(f'_bucket{{le="{b:g}"}}', n) for b, n in zip(BUCKETS, row["buckets"])]
-    samples += [('_bucket{le="+Inf"}', row["n"]), ("_sum", row["total"]), ("_count", row["n"])]
-    lines.append("# HELP cliplog_extraction_duration_seconds Time to extract a clip, for completed attempts.")
-    lines.append("# TYPE cliplog_extraction_duration_seconds histogram")
-    lines.extend(f"cliplog_extraction_duration_seconds{suffix} {value:g}" for suffix, value in samples)
-    counts = {r["status"]: r["n"] for r in await services.pool.fetch("SELECT status, count(*) AS n FROM clips GROUP BY status")}
-    metric(
-        "cliplog_clips",
-        "gauge",
-        "Clips by status.",
-        [(f'{{status="{s}"}}', counts.get(s, 0)) for s in ("pending", "running", "retrying", "completed", "failed")],
-    )
-    subscribers = subscriber_count(state)
-    metric("cliplog_feed_subscribers", "gauge", "WebSocket feed subscribers on this instance.", [("", subscribers)])
-    metric("cliplog_reactor_lag_events", "gauge", "Events the reactor has not handled yet.", [("", await reactor.lag(services))])
-    return "\n".join(lines) + "\n"
+
+
+@get_or_head("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain", responses=errors())
+async def metrics(services: ServicesDep, state: State, request: Request) -> Response[bytes]:
+    body, content_type = exposition(await _metric_values(services, state), request.headers.get("accept"))
+    return Response(body, media_type=content_type, headers={"content-type": content_type})  # as is: no second charset

@@ -15,7 +15,8 @@ import msgspec
 from litestar import Request, route
 from litestar.enums import HttpMethod
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Components, OpenAPI, SecurityScheme
+from litestar.openapi.spec import Components, Example, OpenAPI, OpenAPIHeader, OpenAPIResponse, Schema, SecurityScheme
+from litestar.openapi.spec import Parameter as OpenAPIParameter
 from litestar.params import Parameter
 
 ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"
@@ -68,59 +69,56 @@ def get_or_head(path: str | None = None, **kwargs: Any) -> Any:
     return route(path, http_method=[HttpMethod.GET, HttpMethod.HEAD], **kwargs)
 
 
-def _header(description: str) -> dict[str, Any]:
-    return {"description": description, "schema": {"type": "string"}}
-
-
-_FILE_HEADERS = {
-    "ETag": _header("a strong validator of this file"),
-    "Last-Modified": _header("when the file was written"),
-    "Cache-Control": _header("private, max-age=31536000, immutable"),
-    "Accept-Ranges": _header("bytes"),
+# The file route's request headers (name, description, examples) and answer headers (name -> description).
+_FILE_REQUEST_HEADERS = (
+    ("Range", "one byte range, `bytes=first-last`, `bytes=first-` or `bytes=-suffix` (other forms: the whole file)",
+     {"first": "bytes=0-1023", "suffix": "bytes=-1024", "beyond": "bytes=999999999-"}),
+    ("If-Range", "an ETag or date: the range applies only if the file is still that one", {}),
+    ("If-None-Match", "ETags the client has: 304 if one matches", {}),
+    ("If-Modified-Since", "304 if the file has not changed since (ignored with If-None-Match)", {}),
+)
+_VALIDATORS = {
+    "ETag": "a strong validator of this file",
+    "Last-Modified": "when the file was written",
+    "Cache-Control": "private, max-age=31536000, immutable",
+    "Accept-Ranges": "bytes",
+}
+_FILE_ANSWER_HEADERS = {
+    "200": {**_VALIDATORS, "Content-Length": "bytes in this answer"},
+    "206": {**_VALIDATORS, "Content-Length": "bytes in this answer", "Content-Range": "`bytes first-last/size`"},
+    "304": _VALIDATORS,
+    "416": {"Content-Range": "`bytes */size`"},
 }
 
 
 def refine(document: OpenAPI) -> OpenAPI:
-    """What the route decorators cannot say: the headers of the file route's answers, and that its `Range`,
-    `If-Range`, `If-None-Match` and `If-Modified-Since` request headers exist."""
-    from litestar.openapi.spec import Example, OpenAPIHeader, Parameter as Param, Schema
-
+    """What the route decorators cannot say: the file route's request headers (`Range`, `If-Range`,
+    `If-None-Match`, `If-Modified-Since`) and the headers of its answers."""
     for path, item in (document.paths or {}).items():
         if not path.endswith("/file"):
             continue
         for operation in (item.get, item.head):
             if operation is None:
                 continue
-            known = {p.name for p in operation.parameters or [] if isinstance(p, Param)}
-            for name, description, examples in (
-                ("Range", "one byte range, `bytes=first-last`, `bytes=first-` or `bytes=-suffix` (other forms: the "
-                 "whole file)", {"first": "bytes=0-1023", "suffix": "bytes=-1024", "beyond": "bytes=999999999-"}),
-                ("If-Range", "an ETag or date: the range applies only if the file is still that one", None),
-                ("If-None-Match", "ETags the client has: 304 if one matches", None),
-                ("If-Modified-Since", "304 if the file has not changed since (ignored with If-None-Match)", None),
-            ):
-                if name not in known:
-                    operation.parameters = [
-                        *(operation.parameters or []),
-                        Param(name=name, param_in="header", required=False, description=description,
-                              schema=Schema(type="string"),
-                              examples={k: Example(value=v) for k, v in examples.items()} if examples else None),
-                    ]
-            for status, response in (operation.responses or {}).items():
-                headers: dict[str, Any] = {}
-                if status in ("200", "206", "304"):
-                    headers.update(_FILE_HEADERS)
-                if status in ("200", "206"):
-                    headers["Content-Length"] = _header("bytes in this answer")
-                if status in ("206", "416"):
-                    headers["Content-Range"] = _header(
-                        "`bytes first-last/size`" if status == "206" else "`bytes */size`"
+            known = {p.name for p in operation.parameters or [] if isinstance(p, OpenAPIParameter)}
+            operation.parameters = [
+                *(operation.parameters or []),
+                *(
+                    OpenAPIParameter(
+                        name=name, param_in="header", required=False, description=description,
+                        schema=Schema(type="string"),
+                        examples={k: Example(value=v) for k, v in examples.items()} or None,
                     )
-                if headers:
+                    for name, description, examples in _FILE_REQUEST_HEADERS
+                    if name not in known
+                ),
+            ]
+            for status, response in (operation.responses or {}).items():
+                headers = _FILE_ANSWER_HEADERS.get(status)
+                if headers and isinstance(response, OpenAPIResponse):
                     response.headers = {
                         **(response.headers or {}),
-                        **{k: OpenAPIHeader(description=v["description"], schema=Schema(type="string"))
-                           for k, v in headers.items()},
+                        **{k: OpenAPIHeader(description=v, schema=Schema(type="string")) for k, v in headers.items()},
                     }
     return document
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from eventlog.feed import UNAVAILABLE, Subscription
+from eventlog.broker import UNAVAILABLE, Subscription
 
 log = logging.getLogger("cliplog.feed")
 

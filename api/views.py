@@ -1,17 +1,30 @@
-"""The shapes the API sends: one msgspec schema serves the server, the OpenAPI document and the UI."""
+"""The shapes the API sends: one msgspec schema serves the server, the OpenAPI document and the UI. An event's shape,
+`EventView`, is the feed reader's own (eventlog/pages.py): pages, a clip's history and the WebSocket send it."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from uuid import UUID
 
 import msgspec
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.plugins import OpenAPISchemaPlugin
+from litestar.typing import FieldDefinition
 
 from domain.clip import ClipState
-from eventlog import cursor
-from eventlog.store import StoredEvent
+from eventlog.pages import EventView
 from runtime.settings import Settings
+
+class RawJsonSchema(OpenAPISchemaPlugin):
+    """`msgspec.Raw` in the OpenAPI document: the JSON text of an event's `data`, passed through as it is stored, is
+    an object."""
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return field_definition.annotation is msgspec.Raw
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        return Schema(type=OpenAPIType.OBJECT, additional_properties=Schema())
+
 
 ClipStatus = Literal["pending", "running", "retrying", "completed", "failed"]
 
@@ -50,19 +63,9 @@ class ClipView(msgspec.Struct):
     bytes: int | None = None
 
 
-class EventView(msgspec.Struct):
-    position: int
-    cursor: str
-    type: str
-    project_id: str
-    clip_id: str
-    version: int
-    recorded_at: datetime
-    clip_status: str
-    data: dict[str, Any]
-
-
 class EventPage(msgspec.Struct):
+    """A page of `GET /api/events`."""
+
     events: list[EventView]
     next_cursor: str
 
@@ -110,19 +113,4 @@ def clip_view(state: ClipState, position: int, now: datetime, settings: Settings
         created_at=state.created_at,
         duration_seconds=state.duration_seconds if state.status == "completed" else None,
         bytes=state.bytes if state.status == "completed" else None,
-    )
-
-
-def event_view(event: StoredEvent, epoch: UUID) -> EventView:
-    print_ = cursor.fingerprint(event.stream, event.version, event.recorded_at)
-    return EventView(
-        position=event.position,
-        cursor=cursor.encode(epoch, event.position, print_),
-        type=event.type,
-        project_id=event.project_id,
-        clip_id=event.clip_id,
-        version=event.version,
-        recorded_at=event.recorded_at,
-        clip_status=event.clip_status,
-        data=event.data,
     )

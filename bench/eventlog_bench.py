@@ -7,7 +7,7 @@ database `cliplog_bench_<hex>` next to it, migrates it with `eventlog.migrate.mi
 
 Writes (one event per transaction, 1 and 8 concurrent writers, each run a fixed duration, CHECKPOINT before each):
   A  cliplog   `eventlog.store.append` in `async with conn.transaction()`, a connection acquired from an asyncpg
-               pool (init=eventlog.store.init_connection) per transaction, as `eventlog.clips.handle` does. Each
+               pool (init=eventlog.store.init_connection) per transaction, as `usecases.clips.handle` does. Each
                writer writes clips one after another, each clip its own stream of 6 real domain events built by
                `decide`/`evolve` (requested, started, timed_out, requested (auto retry), started, completed),
                each at its expected version.

@@ -16,7 +16,7 @@ connected (a full collection over 1,000 connections would stall them all at once
 Delay (per round, the cases interleaved: floor, WS 1, WS 100, WS 1000, WS 1000 with the asyncio client, long poll):
   floor      two asyncpg connections of this process: `SELECT pg_notify(...)` on one, the LISTEN callback on the
              other; from just before the statement to the callback (one round trip and the delivery).
-  WebSocket  the writer appends one event per transaction as `eventlog.clips.handle` does (BEGIN; append; COMMIT;
+  WebSocket  the writer appends one event per transaction as `usecases.clips.handle` does (BEGIN; append; COMMIT;
              then `store.notify` in its own statement); from the moment COMMIT returned to the moment each
              subscriber got the event. Subscribers are asyncio protocols on websockets' sans-I/O `ClientProtocol`,
              stamping arrival in `data_received`; one extra row uses websockets' asyncio client instead (arrival:
@@ -48,7 +48,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -66,6 +65,8 @@ import msgspec
 import psutil
 
 from bench.common import apply_defaults, cell
+from runtime.embedded import free_port
+from runtime.processes import ApiProcess
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,13 +234,10 @@ async def client_main(args: argparse.Namespace) -> None:
 # The API process -----------------------------------------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, dsn: str, workdir: Path) -> None:
-        from runtime.embedded import free_port
+class Server(ApiProcess):
+    """`cliplog serve` on a free port (runtime.processes), on `dsn`, its log in `workdir`."""
 
-        self.port = free_port()
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}"
+    def __init__(self, dsn: str, workdir: Path) -> None:
         (workdir / "media").mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -248,40 +246,21 @@ class Server:
             "CLIPLOG_DATA_DIR": str(workdir),
             "CLIPLOG_LOG_LEVEL": "WARNING",
         }
-        self.log_path = workdir / f"serve-{self.port}.log"
-        with self.log_path.open("ab") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port)],
-                env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        port = free_port()
+        super().__init__("serve", env, workdir / f"serve-{port}.log", port=port)
+        self.http = self.url
+        self.ws = self.ws_url
+        self.start()
 
     async def ready(self, timeout: float = 30) -> Server:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as http:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"cliplog serve exited:\n{self.log_path.read_text()}")
-                try:
-                    if (await http.get(self.http + "/api/extraction/health", timeout=1)).status_code in (200, 503):
-                        return self
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError("cliplog serve did not start")
+        await asyncio.to_thread(self.wait_healthy, timeout)
+        return self
 
     def rss(self) -> int:
-        return psutil.Process(self.process.pid).memory_info().rss
+        return psutil.Process(self.pid).memory_info().rss
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+    def stop(self, grace: float = 20) -> int:
+        return super().stop(grace)
 
 
 class Client:
@@ -290,7 +269,7 @@ class Client:
     def __init__(self, kind: str, server: Server, token: str, after: str, subscribers: int = 1) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.feed_bench", "--client", kind, "--url", server.ws, "--token", token,
-             "--after", after, "--subscribers", str(subscribers)],
+             f"--after={after}", "--subscribers", str(subscribers)],  # a cursor may start with "-"
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
 
@@ -616,7 +595,7 @@ async def bench(args: argparse.Namespace) -> str:
         await admin.execute("INSERT INTO projects (project_id, owner) VALUES ($1, $2)", LIVE_PROJECT, USER)
         pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, init=store.init_connection)
         server = await Server(dsn, workdir).ready()
-        log(f"cliplog serve on {server.http} (pid {server.process.pid})")
+        log(f"cliplog serve on {server.http} (pid {server.pid})")
 
         log("warming up")
         await floor_run(dsn, 5)

@@ -4,7 +4,7 @@
 
 DSN is an admin connection (default postgresql://postgres@127.0.0.1:5432/test). The bench creates a scratch
 database `cliplog_pipe_<hex>` next to it, migrates it with `eventlog.migrate.migrate`, creates an API token with
-`api.auth.create_token`, starts a private Redis (`runtime.embedded.start_redis`, a free port), one `cliplog serve`
+`api.auth.create_token`, starts a private Redis (`runtime.processes.Cluster`, a free port), one `cliplog serve`
 and the workers it needs (`python -m api.cli ...`, each in its own session), and removes all of it at the end, even
 when it fails. The processes get CLIPLOG_DATABASE_URL, CLIPLOG_REDIS_URL, CLIPLOG_DATA_DIR (a temporary folder
 whose media/ holds a generated 60 s 1280x720 source, 25 fps, a keyframe every 2 s, made once per run) and
@@ -46,7 +46,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -69,11 +68,10 @@ from api.auth import create_token
 from eventlog.migrate import migrate
 from handlers.ffmpeg import cut_command
 from handlers.reactor import job_id
-from runtime import embedded
+from runtime import processes
 from runtime.settings import find_ffmpeg
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "bench/match.mp4"  # relative to the media root
 SOURCE_SECONDS = 60
 CLIP_SECONDS = 10.0
@@ -168,136 +166,34 @@ def postgres_processes(database: str) -> list[psutil.Process]:
 # The cluster ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
+class BenchCluster(processes.Cluster):
+    """The runtime's cluster (a private Redis; each process in its own session, its log in `root/logs`) on the
+    scratch database, with its processes grouped for the CPU meter."""
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-class Cluster:
-    """`cliplog serve`, workers and a private Redis, with a scratch database; the processes run in their own
-    sessions (`start_new_session`) so a process group can be killed as a whole."""
-
-    def __init__(self, root: Path, database: str, database_url: str, token: str, ffmpeg: str) -> None:
-        self.root = root
+    def __init__(self, root: Path, database: str, database_url: str, ffmpeg: str) -> None:
+        env = {"CLIPLOG_LOG_LEVEL": "INFO"}
+        super().__init__(root, database_url=database_url, ffmpeg=ffmpeg, env=env, log_dir=root / "logs")
         self.database = database
-        self.database_url = database_url
-        self.token = token
-        self.ffmpeg = ffmpeg
-        self.logs = root / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.redis_port = embedded.free_port()
-        self.redis_url, self.redis = embedded.start_redis(root / "redis", self.redis_port)
-        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLOG_")}
-        self.base_env.update(
-            CLIPLOG_DATABASE_URL=database_url,
-            CLIPLOG_REDIS_URL=self.redis_url,
-            CLIPLOG_DATA_DIR=str(root),
-            CLIPLOG_FFMPEG=ffmpeg,
-            CLIPLOG_LOG_LEVEL="INFO",
-        )
-        self.processes: list[Proc] = []
-        self.api: Proc | None = None
-        self.base_url = ""
+        self.api: processes.ApiProcess | None = None
 
-    def _start(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
-        path = self.logs / f"{name}.log"
-        with path.open("ab") as handle:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", *args],
-                env={**self.base_env, **env},
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, path)
-        self.processes.append(proc)
-        return proc
+    async def wait_log(self, proc: processes.Process, patterns: Sequence[str], timeout: float = 30) -> None:
+        await asyncio.to_thread(proc.wait_log, patterns, timeout)
 
-    async def serve(self) -> str:
-        port = embedded.free_port()
-        self.api = self._start("serve", ["serve", "--host", "127.0.0.1", "--port", str(port)], {})
-        self.base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        async with httpx.AsyncClient(timeout=2) as http:
-            while time.monotonic() < deadline:
-                if self.api.popen.poll() is not None:
-                    code = self.api.popen.returncode
-                    raise RuntimeError(f"cliplog serve exited with {code}:\n{self.api.text()[-3000:]}")
-                try:
-                    if (await http.get(self.base_url + "/api/extraction/health")).status_code in (200, 503):
-                        return self.base_url
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"cliplog serve did not answer within 30 s:\n{self.api.text()[-3000:]}")
-
-    def worker(self, name: str, env: dict[str, str] | None = None, concurrency: int = 1) -> Proc:
-        return self._start(name, ["worker", "--concurrency", str(concurrency)], env or {})
-
-    async def wait_log(self, proc: Proc, patterns: Sequence[str], timeout: float = 30) -> None:
-        """Until every regex in `patterns` appears in the process's log."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = proc.text()
-            if all(re.search(p, text) for p in patterns):
-                return
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{text[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{proc.name}: no {patterns} in its log within {timeout:g} s:\n{text[-3000:]}")
-            await asyncio.sleep(0.05)
-
-    async def stop(self, proc: Proc, timeout: float = 30) -> None:
-        if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while proc.popen.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if proc.popen.poll() is None:
-                log(f"{proc.name} did not stop within {timeout:g} s of SIGTERM: killed")
-                self.kill(proc)
-            elif proc.popen.returncode not in (0, -signal.SIGTERM):
-                log(f"warning: {proc.name} exited with code {proc.popen.returncode} after SIGTERM (see {proc.log})")
-        if proc in self.processes:
-            self.processes.remove(proc)
-
-    def kill(self, proc: Proc) -> None:
-        """SIGKILL the process's whole group (its session), as a crash or an OOM kill would."""
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.popen.wait()
+    async def stop(self, proc: processes.Process, timeout: float = 30) -> None:
+        await asyncio.to_thread(proc.stop, timeout)
 
     def cpu_groups(self) -> dict[str, list[psutil.Process]]:
         groups: dict[str, list[psutil.Process]] = {"api": [], "workers": []}
         groups["postgres"] = postgres_processes(self.database)
         for proc in self.processes:
-            if proc.popen.poll() is None:
+            if proc.running:
                 try:
                     groups["api" if proc is self.api else "workers"].append(psutil.Process(proc.pid))
                 except psutil.NoSuchProcess:
                     pass
-        groups["redis"] = [psutil.Process(self.redis.pid)]
+        groups["redis"] = [psutil.Process(self.redis.pid)] if self.redis is not None else []
         groups["client"] = [psutil.Process()]
         return groups
-
-    async def close(self) -> None:
-        for proc in list(self.processes):
-            await self.stop(proc, timeout=15)
-        self.redis.kill()
-        self.redis.wait()
 
 
 def make_source(ffmpeg: str, target: Path) -> Path:
@@ -599,7 +495,7 @@ async def probe_feed(client: Client, project: str) -> str | None:
 
 
 async def run_latency(
-    cluster: Cluster, client: Client, db: asyncpg.Connection, redis: ArqRedis, source: Path, rounds: int,
+    cluster: BenchCluster, client: Client, db: asyncpg.Connection, redis: ArqRedis, source: Path, rounds: int,
     observers: list[str],
 ) -> dict[str, list[LatencyRun]]:  # fmt: skip
     scratch = cluster.root / "bare"
@@ -696,7 +592,7 @@ def batch_start(i: int) -> float:
     return round((i * 3.1) % (SOURCE_SECONDS - CLIP_SECONDS - 1), 2)
 
 
-async def bare_batch(cluster: Cluster, source: Path, batch: int, parallel: int) -> ThroughputRun:
+async def bare_batch(cluster: BenchCluster, source: Path, batch: int, parallel: int) -> ThroughputRun:
     """The machine's ceiling: the same cuts as a service batch, `parallel` bare FFmpeg processes at a time."""
     scratch = cluster.root / "bare-batch"
     scratch.mkdir(exist_ok=True)
@@ -728,11 +624,11 @@ async def bare_batch(cluster: Cluster, source: Path, batch: int, parallel: int) 
 
 
 async def throughput_run(
-    cluster: Cluster, client: Client, db: asyncpg.Connection, workers: int, batch: int, project: str, observe: str
+    cluster: BenchCluster, client: Client, db: asyncpg.Connection, workers: int, batch: int, project: str, observe: str
 ) -> ThroughputRun:
-    extra: Proc | None = None
+    extra: processes.Process | None = None
     if workers == 2:
-        extra = cluster.worker(f"b-{project}")
+        extra = cluster.worker(f"b-{project}", concurrency=1)
         await cluster.wait_log(extra, [r"worker \S+ started"])
         await asyncio.sleep(0.3)  # its polling loop starts right after that line
     try:
@@ -865,12 +761,6 @@ def render_throughput(runs: dict[str, list[ThroughputRun]], batch: int) -> list[
 # 3. Detection after SIGKILL -----------------------------------------------------------------------------------
 
 
-def write_wrapper(path: Path, ffmpeg: str) -> Path:
-    path.write_text(f'#!/bin/sh\nsleep {WRAPPER_SLEEP}\nexec "{ffmpeg}" "$@"\n')
-    path.chmod(0o755)
-    return path
-
-
 async def victim_running(
     client: Client, db: asyncpg.Connection, project: str, pid: int, timeout: float = 20
 ) -> tuple[str, int]:
@@ -897,13 +787,13 @@ async def victim_running(
 
 
 async def detection_run(
-    cluster: Cluster, client: Client, db: asyncpg.Connection, env: dict[str, str], wrapper: Path,
+    cluster: BenchCluster, client: Client, db: asyncpg.Connection, env: dict[str, str], wrapper: str,
     k: int, rng: random.Random,
 ) -> DetectionRun:  # fmt: skip
     heartbeat = float(env["CLIPLOG_HEARTBEAT_INTERVAL"])
     lease = float(env["CLIPLOG_LEASE_TIMEOUT"])
     reaper = float(env["CLIPLOG_REAPER_INTERVAL"])
-    victim = cluster.worker(f"victim-{k}", {**env, "CLIPLOG_FFMPEG": str(wrapper)})
+    victim = cluster.worker(f"victim-{k}", concurrency=1, **{**env, "CLIPLOG_FFMPEG": wrapper})
     try:
         await cluster.wait_log(victim, [r"worker \S+ started"])
         await asyncio.sleep(0.3)
@@ -911,7 +801,7 @@ async def detection_run(
         clip_id, tries = await victim_running(client, db, project, victim.pid)
         await asyncio.sleep(rng.uniform(0, heartbeat))
         killed_at = time.time()
-        cluster.kill(victim)
+        victim.kill()
     finally:
         await cluster.stop(victim)
     renewed = await db.fetchval(
@@ -942,10 +832,10 @@ async def detection_run(
 
 
 async def run_detection(
-    cluster: Cluster, client: Client, db: asyncpg.Connection, env: dict[str, str], runs: int
+    cluster: BenchCluster, client: Client, db: asyncpg.Connection, env: dict[str, str], runs: int
 ) -> list[DetectionRun]:
-    wrapper = write_wrapper(cluster.root / "slow-ffmpeg.sh", cluster.ffmpeg)
-    survivor = cluster.worker("survivor", env)
+    wrapper = cluster.wrapper("slow-ffmpeg", f'sleep {WRAPPER_SLEEP}\nexec "$REAL" "$@"\n')
+    survivor = cluster.worker("survivor", concurrency=1, **env)
     await cluster.wait_log(survivor, [r"worker \S+ started", r"reactor: leading", r"reaper: leading"], timeout=60)
     rng = random.Random(20261128)
     results = []
@@ -1015,7 +905,7 @@ async def bench(args: argparse.Namespace) -> str:
     dsn = _with_database(args.dsn, database)
     workdir = Path(tempfile.mkdtemp(prefix="cliplog-pipeline-bench-"))
     admin: asyncpg.Connection | None = None
-    cluster: Cluster | None = None
+    cluster: BenchCluster | None = None
     client: Client | None = None
     redis: ArqRedis | None = None
     ok = False
@@ -1027,12 +917,12 @@ async def bench(args: argparse.Namespace) -> str:
         t = time.perf_counter()
         source = make_source(ffmpeg, workdir / "media" / SOURCE)
         log(f"generated {source} ({source.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f} s")
-        cluster = Cluster(workdir, database, dsn, token, ffmpeg)
-        base_url = await cluster.serve()
-        client = Client(base_url, token)
+        cluster = BenchCluster(workdir, database, dsn, ffmpeg)
+        cluster.api = await asyncio.to_thread(cluster.serve)
+        client = Client(cluster.api.url, token)
         redis = ArqRedis.from_url(cluster.redis_url)
-        log(f"cliplog serve at {base_url}, Redis on port {cluster.redis_port}, logs in {cluster.logs}")
-        worker_a = cluster.worker("a")
+        log(f"cliplog serve at {cluster.api.url}, Redis at {cluster.redis_url}, logs in {cluster.log_dir}")
+        worker_a = cluster.worker("a", concurrency=1)
         await cluster.wait_log(worker_a, [r"worker \S+ started", r"reactor: leading", r"reaper: leading"], timeout=60)
 
         # Warm-up (connections, statements, page cache), then check the feed.
@@ -1139,7 +1029,7 @@ async def bench(args: argparse.Namespace) -> str:
         if redis is not None:
             await redis.aclose()
         if cluster is not None:
-            await cluster.close()
+            await asyncio.to_thread(cluster.close)
         if admin is not None:
             await admin.close()
         await root.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -14,17 +14,15 @@ import secrets
 import time
 from pathlib import Path
 
-import asyncpg
-
 from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, TimeOut
 from domain.errors import StaleAttempt
 from domain.policy import is_retryable
-from eventlog.clips import handle
 from handlers import ffmpeg, mp4
 from projections import clip_status
-from runtime.bootstrap import DEPENDENCY_ERRORS, Services, utcnow
 from runtime.media import resolve_inside
 from runtime.settings import Settings
+from usecases.clips import handle, renew_lease, start_attempt
+from usecases.services import DEPENDENCY_ERRORS, Services, utcnow
 
 log = logging.getLogger("cliplog.extraction")
 
@@ -128,29 +126,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, worker_id: str) -> bool:
-    """Renew the attempt's lease; False when it is no longer the clip's running attempt (the reaper or a person
-    timed it out), so the worker can stop working on it."""
-    result = await db.execute(
-        """
-        INSERT INTO leases (project_id, clip_id, run, attempt, worker_id, renewed_at)
-        SELECT $1, $2, $3, $4, $5, now()
-        WHERE EXISTS (SELECT 1 FROM clips WHERE project_id = $1 AND clip_id = $2 AND run = $3 AND attempt = $4
-                                             AND status = 'running')
-        ON CONFLICT (project_id, clip_id) DO UPDATE
-        SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now()
-        """,
-        state.project_id,
-        state.clip_id,
-        state.run,
-        state.attempt,
-        worker_id,
-    )
-
-
-    return result.endswith(" 1")
-
-
 async def _heartbeat(services: Services, state: ClipState, worker_id: str, production: asyncio.Task) -> None:
     """Renew the lease; stop the production (and its FFmpeg) as soon as the attempt is no longer current."""
     while True:
@@ -177,13 +152,8 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
         if wait > 0:
             await asyncio.sleep(wait)
     try:
-        started = await handle(
-            services.pool,
-            project_id,
-            clip_id,
-            Start(run=run, attempt=attempt, worker_id=worker_id),
-            services.context,
-            after_append=lambda conn, new_state: renew_lease(conn, new_state, worker_id),
+        started = await start_attempt(
+            services.pool, project_id, clip_id, Start(run=run, attempt=attempt, worker_id=worker_id), services.context
         )
     except StaleAttempt:
         return "stale"

@@ -12,14 +12,13 @@ import asyncio
 import logging
 from datetime import datetime
 
-import asyncpg
 import msgspec
 from arq.connections import ArqRedis
 
 from domain.events import ExtractionRequested, UndecodableEvent
 from eventlog import store
 from runtime.aio import reraise_if_cancelled, wait_event
-from runtime.bootstrap import Services
+from usecases.services import Services
 
 log = logging.getLogger("cliplog.reactor")
 
@@ -142,12 +141,7 @@ async def run_as_leader(  # noqa: ANN001
     while True:
         conn = None
         try:
-            conn = await asyncpg.connect(
-                services.settings.database_url,
-                timeout=10,
-                command_timeout=10,  # a half-open connection must not silence the leader for hours
-                server_settings={"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"},
-            )
+            conn = await services.connect_leader()
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
                 await asyncio.sleep(min(period, 2.0))
             wake = asyncio.Event()

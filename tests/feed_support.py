@@ -13,12 +13,12 @@ import asyncpg
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from api.auth import claim_project
-from api.views import event_view
 from domain.clip import Register
 from domain.events import ExtractionRequested, ExtractionStarted
-from eventlog import clips, store
-from runtime.bootstrap import utcnow
+from eventlog import cursor, store
+from usecases import clips
+from usecases.clips import claim_project
+from usecases.services import utcnow
 from runtime.settings import Settings
 
 SETTINGS = Settings()
@@ -82,8 +82,9 @@ async def expected_positions(pool: asyncpg.Pool, user: str, after: int = 0, proj
 
 async def cursor_at(pool: asyncpg.Pool, position: int) -> str:
     """The cursor the feed gives for the event at `position`."""
-    row = await pool.fetchrow(f"SELECT {store._COLUMNS} FROM events WHERE position = $1", position)  # noqa: SLF001
-    return event_view(store.StoredEvent(*row), await store.epoch(pool)).cursor
+    row = await pool.fetchrow("SELECT stream, version, recorded_at FROM events WHERE position = $1", position)
+    print_ = cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
+    return cursor.encode(await store.epoch(pool), position, print_)
 
 
 def ws_url(base: str, token: str | None = None, **params: str | None) -> str:

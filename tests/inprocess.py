@@ -1,4 +1,4 @@
-"""`cliplog serve` inside the test process: the real app (`api.app.create_app`) under uvicorn, in a thread with its
+"""`cliplog serve` inside the test process: the real app (`runtime.bootstrap.web_app`) under uvicorn, in a thread with its
 own event loop, on a free port. Tests talk to it over real HTTP and WebSockets, and can reach into `app.state`
 (the feed broker, its settings) to tune or inspect it."""
 
@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import uvicorn
 
-from api.app import create_app
+from runtime.bootstrap import web_app
 from runtime import settings as config
 
 T = TypeVar("T")
@@ -25,7 +25,7 @@ class InProcessServer:
         quickly, as a slow consumer over a real network would). `port`: 0 for a free one, or the port of a server
         stopped before (a restart, as clients see it)."""
         self.settings = config.load(env)
-        self.app = create_app(self.settings)
+        self.app = web_app(self.settings)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if send_buffer is not None:

@@ -66,5 +66,8 @@ export class Api {
   }
 }
 
+/** What a project_id or clip_id may be (API.md; api/auth.py ID_PATTERN). */
+export const ID = /^[A-Za-z0-9_-]{1,64}$/;
+
 export const projectPath = (projectId) => `/api/clips/projects/${encodeURIComponent(projectId)}/clips`;
 export const clipPath = (projectId, clipId) => `${projectPath(projectId)}/${encodeURIComponent(clipId)}`;

@@ -86,6 +86,19 @@ export function formatCountdown(seconds) {
   return h > 0 ? `${h}h ${m}m` : `${m}m ${s}s`;
 }
 
+/** 12 -> "0:12", 31.5 -> "0:31.5" (a position in the source video). */
+export function position(seconds) {
+  const whole = Math.floor(seconds);
+  const fraction = Math.round((seconds - whole) * 1000) / 1000;
+  const text = formatDuration(whole);
+  return fraction ? `${text}${String(fraction).slice(1)}` : text;
+}
+
+/** What a clip is called on the page: its name, or its id when it has none. */
+export function clipName(clip) {
+  return clip.name || clip.clip_id;
+}
+
 /**
  * The state to show for `clip` at `now` (milliseconds, the page's clock) with `config` ({slow_after} in seconds).
  * Returns {kind, label, time, detail, error, advice, canRetry, canRetryNow, busy, nextChangeAt}:

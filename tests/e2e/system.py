@@ -1,40 +1,17 @@
-"""Real cliplog processes for end-to-end and fault tests, and an HTTP client that speaks the API."""
+"""For end-to-end, fault and browser tests: an HTTP client that speaks the API, and a test video. The processes
+themselves are started by `runtime.processes`."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import httpx
 
-from runtime.embedded import free_port
-
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("completed", "failed")
-
-
-def cliplog_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "api.cli", *args]
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(args, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class Api:
@@ -92,18 +69,6 @@ class Api:
             time.sleep(0.1)
 
 
-def wait_healthy(base_url: str, timeout: float = 30, accept: tuple[int, ...] = (200,)) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base_url + "/api/extraction/health", timeout=2).status_code in accept:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{base_url} did not become healthy within {timeout:g} s")
-
-
 def make_video(ffmpeg: str, target: Path, seconds: float = 30, gop: int = 25) -> Path:
     """A test source: a moving test pattern with a tone, one keyframe a second."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -120,4 +85,4 @@ def make_video(ffmpeg: str, target: Path, seconds: float = 30, gop: int = 25) ->
     return target
 
 
-__all__ = ["Api", "cliplog_command", "free_port", "make_video", "start", "stop", "wait_healthy"]
+__all__ = ["ROOT", "TERMINAL", "Api", "make_video"]

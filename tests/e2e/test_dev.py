@@ -13,8 +13,10 @@ import httpx
 import pytest
 
 from handlers.ffmpeg import probe
+from runtime.embedded import free_port
+from runtime.processes import Process, cliplog_command, environment_without_cliplog
 from runtime.settings import find_ffmpeg, find_ffprobe
-from tests.e2e.system import Api, cliplog_command, free_port, make_video, start, stop
+from tests.e2e.system import Api, make_video
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,19 +27,14 @@ def dev(tmp_path_factory: pytest.TempPathFactory):
     ffmpeg = find_ffmpeg(os.environ)
     make_video(ffmpeg, data_dir / "media" / "games" / "match.mp4", seconds=30)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLOG_")}
-    env["CLIPLOG_DEV_TOKEN"] = "e2e-dev-token"
+    env = {**environment_without_cliplog(), "CLIPLOG_DEV_TOKEN": "e2e-dev-token"}
     log = data_dir / "dev.log"
-    process = start(cliplog_command("dev", "--port", str(port), "--data-dir", str(data_dir)), env, log)
-    deadline = time.monotonic() + 90
-    while "cliplog is running" not in log.read_text(errors="replace"):
-        assert process.poll() is None, f"cliplog dev exited early:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"cliplog dev did not start:\n{log.read_text()}"
-        time.sleep(0.2)
+    process = Process("cliplog dev", cliplog_command("dev", "--port", str(port), "--data-dir", str(data_dir)), env, log)
+    process.start().wait_log(["cliplog is running"], timeout=90)
     api = Api(f"http://127.0.0.1:{port}", "e2e-dev-token")
     yield api, data_dir, log, process
     api.close()
-    stop(process, timeout=60)
+    process.stop(60)
 
 
 def _duration(path: Path) -> float:
@@ -74,14 +71,11 @@ def test_register_extract_download(dev, tmp_path: Path, mode: str, start: float,
 
 def test_dev_stops_everything_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLOG_")}
     log = tmp_path / "dev.log"
-    process = start(cliplog_command("dev", "--port", str(port), "--data-dir", str(tmp_path / "data")), env, log)
-    deadline = time.monotonic() + 90
-    while "cliplog is running" not in log.read_text(errors="replace"):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
-    stop(process, timeout=60)
+    command = cliplog_command("dev", "--port", str(port), "--data-dir", str(tmp_path / "data"))
+    process = Process("cliplog dev", command, environment_without_cliplog(), log).start()
+    process.wait_log(["cliplog is running"], timeout=90)
+    process.stop(60)
     assert process.returncode == 0, log.read_text()
     time.sleep(1)
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
@@ -95,9 +89,8 @@ def test_dev_refuses_a_port_in_use(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLOG_")}
         result = subprocess.run(
             cliplog_command("dev", "--port", str(port), "--data-dir", str(tmp_path / "data")),
-            env=env, capture_output=True, text=True, timeout=60,
+            env=environment_without_cliplog(), capture_output=True, text=True, timeout=60,
         )
     assert result.returncode == 1 and f"port {port}" in result.stderr and "in use" in result.stderr

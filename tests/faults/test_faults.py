@@ -10,7 +10,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.faults.conftest import Cluster, kill
+from tests.faults.conftest import Cluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
 
@@ -73,7 +73,7 @@ def test_sigkilled_worker_is_detected_by_the_reaper_and_another_worker_completes
     _register(cluster, ["orphan"])
     api.wait_for("p1", ["orphan"], until=lambda c: c["status"] == "running", timeout=20)
     killed_at = time.time()
-    kill(doomed)
+    doomed.kill()
     cluster.worker("rescuer")
     clip = api.wait_for("p1", ["orphan"], timeout=30)["orphan"]
     assert clip["status"] == "completed" and clip["attempt"] == 2
@@ -94,9 +94,9 @@ def test_redis_losing_its_data_loses_no_clip(cluster: Cluster, fault: str) -> No
     _register(cluster, clip_ids)
     api.wait_for("p1", clip_ids[:1], until=lambda c: c["status"] != "pending", timeout=20)
     if fault == "flush":
-        cluster.flush_redis()
+        cluster.redis.flush()
     else:
-        cluster.restart_redis(down_for=1.0)
+        cluster.redis.restart(down_for=1.0)
     clips = api.wait_for("p1", clip_ids, timeout=60)
     assert {c["status"] for c in clips.values()} == {"completed"}
     cluster.check_log()
@@ -124,7 +124,7 @@ def test_postgres_restart_mid_run_gives_503s_meanwhile_and_loses_nothing(cluster
     prober.start()
     try:
         time.sleep(0.3)
-        cluster.restart_postgres()
+        cluster.postgres.restart()
         time.sleep(0.5)
     finally:
         done.set()

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
+from runtime.bootstrap import web_app
 from domain.clip import Complete, Fail, Start
-from eventlog.clips import handle
-from runtime.bootstrap import utcnow
+from usecases.clips import handle
+from usecases.services import utcnow
 from runtime.settings import Settings
 
 
@@ -206,7 +206,7 @@ async def test_database_down_gives_503_not_500(media: Path, tmp_path: Path) -> N
         database_url="postgresql://postgres@127.0.0.1:1/nowhere", redis_url="redis://127.0.0.1:1/0",
         media_root=media, output_root=tmp_path / "clips",
     )
-    async with AsyncTestClient(app=create_app(settings), raise_server_exceptions=False) as client:
+    async with AsyncTestClient(app=web_app(settings), raise_server_exceptions=False) as client:
         client.headers["Authorization"] = "Bearer whatever"
         response = await client.get("/api/clips/projects/p1/clips")
         assert response.status_code == 503 and "unavailable" in response.json()["detail"]
@@ -215,11 +215,12 @@ async def test_database_down_gives_503_not_500(media: Path, tmp_path: Path) -> N
 
 
 async def test_hostile_cursors_and_ranges_are_clear_errors(client_factory, ids) -> None:
-    import base64
-    import struct
+    import uuid
+
+    from eventlog import cursor
 
     client = await client_factory()
-    huge = base64.urlsafe_b64encode(struct.pack(">8sQI", b"\0" * 8, 2**64 - 1, 0)).decode().rstrip("=")
+    huge = cursor.encode(uuid.UUID(int=0), 2**64 - 1, 0)  # a position past PostgreSQL's bigint
     for after in (huge, "!!!", "x" * 5000):
         response = await client.get("/api/events", params={"after": after})
         assert response.status_code == 400, (after[:20], response.text)
@@ -246,3 +247,23 @@ async def test_the_duration_histogram_counts_what_the_log_holds(client_factory, 
     assert float(lines['cliplog_extraction_duration_seconds_bucket{le="0.1"}']) == sum(d <= 0.1 for d in durations)
     assert float(lines['cliplog_extraction_duration_seconds_bucket{le="600"}']) == sum(d <= 600 for d in durations)
     assert float(lines["cliplog_extraction_duration_seconds_count"]) == len(durations)
+
+
+async def test_metrics_are_prometheus_text_a_scraper_parses(client_factory) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = await client_factory()
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f.type for f in text_string_to_metric_families(response.text)}
+    assert families == {
+        "cliplog_extraction_attempts": "counter",
+        "cliplog_extraction_duration_seconds": "histogram",
+        "cliplog_clips": "gauge",
+        "cliplog_feed_subscribers": "gauge",
+        "cliplog_reactor_lag_events": "gauge",
+    }
+    openmetrics = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert openmetrics.text.endswith("# EOF\n")

@@ -13,7 +13,8 @@ import pytest
 from domain.clip import ClipState, Complete, Context, Fail, Register, Retry, Start, TimeOut, decide, evolve
 from domain.errors import StaleAttempt, VersionConflict
 from domain.events import ExtractionRequested, ExtractionStarted
-from eventlog import clips, store
+from eventlog import store
+from usecases import clips
 from eventlog.migrate import MIGRATIONS_DIR, migrate
 from projections import clip_status
 

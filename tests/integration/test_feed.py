@@ -441,7 +441,7 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
     `eventlog.cursor` exactly (whole seconds, microseconds, the session's time zone), or every cursor would 410."""
     from datetime import datetime, timedelta, timezone
 
-    from eventlog.feed import _COLUMNS, _events
+    from eventlog.pages import _COLUMNS, _events
 
     conn = await connect()
     await conn.execute("SET TIME ZONE 'America/New_York'")

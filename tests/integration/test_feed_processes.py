@@ -21,62 +21,26 @@ import pytest
 from api.auth import create_token
 from eventlog import store
 from eventlog.migrate import migrate
-from runtime.embedded import free_port
+from runtime.processes import ApiProcess, Postgres, Process
 from tests.feed_support import open_socket, receive_events, register, ws_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Serve:
-    """`python -m api.cli serve --port P` as a child process."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.log = log
-        with log.open("ab") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port)],
-                env={**os.environ, **env},
-                cwd=ROOT,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout: float = 30) -> Serve:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"cliplog serve exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/api/extraction/health", timeout=1).status_code in (200, 503):
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"cliplog serve did not answer:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+def serve(env: dict[str, str], log: Path) -> ApiProcess:
+    """`cliplog serve` on a free port as a child process, healthy."""
+    return ApiProcess("serve", {**os.environ, **env}, log).start().wait_healthy()
 
 
 @pytest.fixture
-def two_servers(database_url, api_env, tmp_path) -> Iterator[tuple[Serve, Serve]]:
+def two_servers(database_url, api_env, tmp_path) -> Iterator[tuple[ApiProcess, ApiProcess]]:
     env = api_env(database_url, CLIPLOG_FEED_POLL_INTERVAL="30")  # only NOTIFY wakes them quickly
-    servers = [Serve(env, tmp_path / "a.log"), Serve(env, tmp_path / "b.log")]
+    servers = [ApiProcess("a", {**os.environ, **env}, tmp_path / "a.log").start()]
     try:
-        yield servers[0].wait_ready(), servers[1].wait_ready()
+        servers.append(ApiProcess("b", {**os.environ, **env}, tmp_path / "b.log").start())
+        yield servers[0].wait_healthy(), servers[1].wait_healthy()
     finally:
-        for server in servers:
-            server.stop()
+        Process.stop_many(servers, 15)
 
 
 async def test_an_event_appended_anywhere_reaches_subscribers_of_every_instance(two_servers, pool, ids, make_user):
@@ -155,8 +119,6 @@ async def test_cliplog_tail_prints_one_json_event_per_line(two_servers, pool, id
 
 
 async def test_subscribers_live_through_a_postgres_restart(private_postgres, api_env, tmp_path, ids):
-    from pgserver._commands import pg_ctl
-
     server, dsn = private_postgres
     conn = await asyncpg.connect(dsn)
     try:
@@ -164,16 +126,14 @@ async def test_subscribers_live_through_a_postgres_restart(private_postgres, api
         token = await create_token(conn, "restarted")
     finally:
         await conn.close()
-    api = Serve(api_env(dsn, CLIPLOG_WS_PING_INTERVAL="0.5"), tmp_path / "serve.log").wait_ready()
+    api = serve(api_env(dsn, CLIPLOG_WS_PING_INTERVAL="0.5"), tmp_path / "serve.log")
     db = await asyncpg.create_pool(dsn, min_size=0, max_size=2, init=store.init_connection)
     try:
         project = ids.project()
         first = await register(db, project, "restarted")
         async with await open_socket(ws_url(api.ws_url, token)) as ws:
             assert [e["position"] for e in await receive_events(ws, first)] == [first]
-            await asyncio.to_thread(
-                pg_ctl, ["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30
-            )
+            await asyncio.to_thread(Postgres(server).restart)
             await db.expire_connections()
             async with asyncio.timeout(20):
                 while True:  # the restart itself takes a moment to be usable
@@ -187,5 +147,5 @@ async def test_subscribers_live_through_a_postgres_restart(private_postgres, api
             assert [e["position"] for e in events] == [second]
     finally:
         await db.close()
-        api.stop()
+        api.stop(15)
     assert "Traceback" not in api.log.read_text(), api.log.read_text()

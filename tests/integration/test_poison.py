@@ -18,9 +18,10 @@ from domain import events as ev
 from eventlog import store
 from handlers import reactor
 from projections.replay import replay
-from runtime.bootstrap import Services, open_services
+from runtime.bootstrap import open_services
 from runtime.settings import Settings
 from tests.feed_support import register
+from usecases.services import Services
 
 DEADLINE = (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat()
 STARTED = {"run": 1, "attempt": 1, "worker_id": "w", "deadline_at": DEADLINE}

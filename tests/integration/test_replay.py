@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from domain.clip import Context, Fail, Register, Start
-from eventlog.clips import handle
+from usecases.clips import handle
 from projections.replay import describe, read_all, replay
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from runtime.processes import Process
 from tests.e2e.system import ROOT, Api
 from tests.faults.conftest import Cluster, source_video  # noqa: F401 - the session's test video (a fixture)
 
@@ -63,8 +64,8 @@ exec "$REAL" "$@"
 class UiCluster(Cluster):
     """A Cluster with the browser tests' FFmpeg wrapper and a helper to open the page."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, root: Path, source: Path, *, database_url: str) -> None:
+        super().__init__(root, source, database_url=database_url)
         self.ffmpeg_wrapper = self.wrapper("ui-ffmpeg", WRAPPER)
         self.media = self.root / "media"
 
@@ -81,7 +82,7 @@ class UiCluster(Cluster):
     def serve_ui(self, **env: str) -> Api:
         return self.serve(**{**UI_ENV, **env})
 
-    def ui_worker(self, **env: str):  # noqa: ANN201 - subprocess.Popen
+    def ui_worker(self, **env: str) -> Process:
         return self.worker(**{**UI_ENV, "CLIPLOG_FFMPEG": self.ffmpeg_wrapper, **env})
 
     def url(self, fragment: str = "/", api: Api | None = None, token: str | None = None) -> str:
@@ -96,7 +97,7 @@ async def ui_database_url(make_database: Callable[..., Awaitable[str]]) -> str:
 
 @pytest.fixture
 def cluster(tmp_path: Path, ui_database_url: str, source_video: Path) -> Iterator[UiCluster]:  # noqa: F811
-    system = UiCluster(tmp_path, None, None, source_video, database_url=ui_database_url)
+    system = UiCluster(tmp_path, source_video, database_url=ui_database_url)
     try:
         yield system
     finally:

@@ -105,3 +105,34 @@ def test_each_state_appears_and_retry_turns_a_failed_clip_into_one_that_plays(cl
     positions = {str(e["position"]) for clip_id in CLIPS for e in api.history(PROJECT, clip_id)}
     registered = {str(e["position"]) for clip_id in CLIPS for e in api.history(PROJECT, clip_id)[:1]}
     assert positions - registered <= set(counts), (positions - registered) - set(counts)
+
+
+def test_a_refused_retry_says_why_and_shows_the_clip_as_it_is(cluster: UiCluster, page) -> None:
+    """A page that missed the clip's changes (its feed is blocked) offers "Retry extraction" on a clip that is already
+    extracted: the API refuses (409), the card says so, fetches the clip again and shows it extracted, and keyboard
+    focus stays on the clip when the button goes away."""
+    project = "refused"
+    cluster.add_media("games/broken.mp4", b"not a video, just bytes\n" * 256)
+    api = cluster.serve_ui()
+    cluster.ui_worker()
+    response = api.register(project, clip_id="broken", **CLIPS["broken"])
+    assert response.status_code == 201, response.text
+    assert api.wait_for(project, ["broken"])["broken"]["status"] == "failed"
+
+    page.route_web_socket("**/api/events/ws**", lambda ws: ws.close(code=1011, reason="blocked by the test"))
+    page.route(re.compile(r"/api/events\?.*wait="), lambda route: route.abort("connectionrefused"))
+    page.goto(cluster.url(f"/projects/{project}"))
+    broken = clip_card(page, "Corrupt upload")
+    expect(broken).to_have_accessible_description(state_pattern("Extraction failed"))
+
+    cluster.add_media("games/broken.mp4")
+    assert api.retry(project, "broken").status_code == 202
+    assert api.wait_for(project, ["broken"])["broken"]["status"] == "completed"
+    expect(broken).to_have_accessible_description(state_pattern("Extraction failed"))  # the page has not heard
+
+    broken.get_by_role("button", name="Retry extraction").click()
+    expect(broken.get_by_role("alert")).to_have_text(re.compile(r"^Retry refused: \S"))
+    expect(broken).to_have_accessible_description(state_pattern("Extracted"))
+    expect(broken.get_by_role("button", name="Retry extraction")).to_be_hidden()
+    expect(broken.get_by_role("link", name="Corrupt upload")).to_be_focused()
+    screenshot(page, "retry-refused")

@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
 from api.demo import DEMO_ATTEMPT_TIMEOUT, HANGING_SOURCE, demo_environment
+from runtime.embedded import free_port
+from runtime.processes import Process, cliplog_command, environment_without_cliplog
 from runtime.settings import Settings, find_ffmpeg
-from tests.e2e.system import cliplog_command, free_port, start, stop
 from tests.ui.conftest import clip_card, screenshot, state_pattern
 
 
@@ -41,7 +41,7 @@ def test_demo_ffmpeg_wrapper_hangs_once_on_its_source_and_passes_through_otherwi
 @pytest.mark.timeout(150)
 def test_dev_demo_opens_signed_in_and_shows_every_outcome(tmp_path: Path, page) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLOG_")}
+    env = environment_without_cliplog()
     env.update(
         CLIPLOG_DEV_TOKEN="demo-token",
         CLIPLOG_ATTEMPT_TIMEOUT="3",  # the demo's own default is 15 s; set, it is kept
@@ -49,13 +49,10 @@ def test_dev_demo_opens_signed_in_and_shows_every_outcome(tmp_path: Path, page) 
         CLIPLOG_RETRY_MAX="2",
     )
     log = tmp_path / "dev.log"
-    process = start(cliplog_command("dev", "--demo", "--port", str(port), "--data-dir", str(tmp_path / "data")), env, log)
+    command = cliplog_command("dev", "--demo", "--port", str(port), "--data-dir", str(tmp_path / "data"))
+    process = Process("cliplog dev --demo", command, env, log).start()
     try:
-        deadline = time.monotonic() + 90
-        while "cliplog is running" not in log.read_text(errors="replace"):
-            assert process.poll() is None, f"cliplog dev exited early:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"cliplog dev did not start:\n{log.read_text()}"
-            time.sleep(0.2)
+        process.wait_log(["cliplog is running"], timeout=90)
         text = log.read_text()
         assert "attempts time out after 3 s" in text
         url = re.search(r"open (http://\S+/\?token=\S+)", text).group(1)
@@ -87,5 +84,5 @@ def test_dev_demo_opens_signed_in_and_shows_every_outcome(tmp_path: Path, page) 
         expect(attempts.nth(1)).to_contain_text("(automatic retry): extracted")
         screenshot(page, "demo")
     finally:
-        stop(process, timeout=60)
+        process.stop(60)
     assert process.returncode == 0, log.read_text()[-3000:]

@@ -10,9 +10,10 @@ import pytest
 
 from api.ui_routes import find_videos
 from domain.clip import Fail, Start
-from eventlog.clips import handle
-from runtime.bootstrap import utcnow
+from usecases.clips import handle
+from usecases.services import utcnow
 from runtime.settings import Settings
+from tests.e2e.system import ROOT
 
 
 
@@ -108,7 +109,8 @@ async def test_the_page_and_its_modules_are_served(client_for) -> None:
     client = await client_for("alice")
     page = await client.get("/")
     assert page.status_code == 200 and 'src="/app.js"' in page.text
-    for module in ("app.js", "api.js", "clip-state.js", "timeline.js", "feed-client.js"):
+    named = {"app.js", "api.js", "clip-state.js", "timeline.js", "feed-client.js"}
+    for module in sorted(named | {path.name for path in (ROOT / "api" / "static").glob("*.js")}):
         response = await client.get(f"/{module}")
         assert response.status_code == 200, module
         assert "javascript" in response.headers["content-type"], (module, response.headers["content-type"])

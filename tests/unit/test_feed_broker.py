@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from api.feed import FeedConfig
 import msgspec
 
 from eventlog import cursor
-from eventlog.feed import FeedBroker, FeedEvent
-from runtime.settings import ConfigError
+from eventlog.broker import FeedBroker
+from eventlog.pages import EventView
+from runtime.settings import ConfigError, Settings, load
 
 T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
 
@@ -21,19 +21,19 @@ T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
 EPOCH = uuid.uuid4()
 
 
-def event(position: int, project: str) -> FeedEvent:
-    return FeedEvent(position, cursor.encode(EPOCH, position, position), "extraction.requested", project, "c", position,
+def event(position: int, project: str) -> EventView:
+    return EventView(position, cursor.encode(EPOCH, position, position), "extraction.requested", project, "c", position,
                      T0, "pending", msgspec.Raw(b"{}"))
 
 
 def broker(buffer: int = 1000) -> FeedBroker:
     rendered: list[int] = []
 
-    def render(e: FeedEvent) -> str:
+    def render(e: EventView) -> str:
         rendered.append(e.position)
         return f"m{e.position}"
 
-    b = FeedBroker(None, "postgresql://unused", render, buffer=buffer)  # type: ignore[arg-type]
+    b = FeedBroker(None, None, render, buffer=buffer)  # type: ignore[arg-type]
     b.head, b.epoch = 10, uuid.uuid4()
     b._owners.update({"a1": "alice", "a2": "alice", "b1": "bob"})
     b.rendered = rendered  # type: ignore[attr-defined]
@@ -117,13 +117,14 @@ async def test_subscribers_before_the_database_was_reached_start_at_the_first_he
     assert not sub.wants(event(5, "a1"))
 
 
-def test_feed_config_from_environment():
-    assert FeedConfig.from_env({}) == FeedConfig(ping_interval=15.0, buffer=1000, poll_interval=1.0)
-    config = FeedConfig.from_env(
-        {"CLIPLOG_WS_PING_INTERVAL": "0.5", "CLIPLOG_FEED_BUFFER": "50", "CLIPLOG_FEED_POLL_INTERVAL": "2"}
-    )
-    assert config == FeedConfig(ping_interval=0.5, buffer=50, poll_interval=2.0)
+def test_feed_settings_from_environment():
+    def feed(settings: Settings) -> tuple[float, int, float]:
+        return settings.ws_ping_interval, settings.feed_buffer, settings.feed_poll_interval
+
+    assert feed(load({})) == (15.0, 1000, 1.0)
+    config = load({"CLIPLOG_WS_PING_INTERVAL": "0.5", "CLIPLOG_FEED_BUFFER": "50", "CLIPLOG_FEED_POLL_INTERVAL": "2"})
+    assert feed(config) == (0.5, 50, 2.0)
     for bad in ({"CLIPLOG_WS_PING_INTERVAL": "0"}, {"CLIPLOG_FEED_BUFFER": "1.5"}, {"CLIPLOG_WS_PING_INTERVAL": "nan"},
                 {"CLIPLOG_FEED_POLL_INTERVAL": "-1"}, {"CLIPLOG_FEED_BUFFER": "lots"}):
         with pytest.raises(ConfigError):
-            FeedConfig.from_env(bad)
+            load(bad)

@@ -1,18 +1,7 @@
-"""The feed's reader side: user-scoped pages of the log, and the per-process broker that fans new events out.
+"""The feed's broker: one `FeedBroker` per API process follows the whole log and hands new events to that
+process's subscribers:
 
-Pages
------
-`read_page` reads the events of one user's projects (or of one project) after a position, in position order.
-Ownership is joined in the same statement as the events, so a project claimed in the same transaction as its first
-event is seen together with that event (reading the project list first could skip it for good). Without `upto`
-the page stops at the safe horizon (see `eventlog.store`); with `upto` it reads `(after, upto]`, a range the
-broker has already passed, where every transaction has finished and nothing can appear any more.
-
-The broker
-----------
-One `FeedBroker` per API process follows the whole log and hands new events to that process's subscribers:
-
-- a dedicated asyncpg connection LISTENs on `store.NOTIFY_CHANNEL`, only to wake the broker up (reconnected with
+- a dedicated asyncpg connection (made by the `connect` it is given) LISTENs on `store.NOTIFY_CHANNEL`, only to wake the broker up (reconnected with
   backoff when PostgreSQL restarts or the connection dies; checked with a `SELECT 1` now and then);
 - a pump re-reads the log by position (`read_all`, pages of 1000) after every wake-up, and at least every
   `poll_interval` seconds, because a NOTIFY is sent after commit and is lost with its sender. When a NOTIFY names a
@@ -39,21 +28,18 @@ cursor, exactly once. If the live buffer overflows while the backlog is still be
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import logging
 import random
-import struct
-import zlib
-from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from domain.errors import CursorFromAnotherLog, Unavailable
+from domain.errors import Unavailable
 from eventlog import cursor, store
+from eventlog.pages import EventView, head, read_all
 
 log = logging.getLogger("cliplog.feed")
 
@@ -62,142 +48,19 @@ UNAVAILABLE = store.DATABASE_UNAVAILABLE
 LISTENER_NAME = "cliplog-feed-listener"
 RESET_DETAIL = "the event log was reset or restored under this subscription: reload, then follow from the head"
 
-_SAFE = store._SAFE  # noqa: SLF001 - the store's safe horizon
 
-# The text `eventlog.cursor.fingerprint` hashes, `stream:version:<recorded_at.isoformat()>`, built by PostgreSQL
-# (an asyncpg timestamptz is a UTC datetime, whose isoformat drops a zero microsecond part): hashing it costs a
-# tenth of formatting the datetime in Python. tests/integration/test_feed.py checks that the two agree.
-FINGERPRINT_TEXT = (
-    "stream || ':' || version || ':' || to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
-    "CASE WHEN date_part('microseconds', recorded_at)::bigint % 1000000 = 0 THEN '' "
-    "ELSE to_char(recorded_at AT TIME ZONE 'UTC', '.US') END || '+00:00'"
-)
-_COLUMNS = f"position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, {FINGERPRINT_TEXT}"
-_CURSOR = struct.Struct(">8sQI")  # eventlog.cursor's layout
+class EventMessage(msgspec.Struct, tag="event", tag_field="type"):
+    """The WebSocket message that carries an event: `{"type": "event", "event": {...}}`."""
+
+    event: EventView
 
 
-class FeedEvent(msgspec.Struct, frozen=True):
-    """An event as the feed sends it (`api.views.EventView`'s fields, in its order), with `data` the JSON text
-    PostgreSQL holds: read once, never decoded and re-encoded."""
-
-    position: int
-    cursor: str
-    type: str
-    project_id: str
-    clip_id: str
-    version: int
-    recorded_at: datetime
-    clip_status: str
-    data: msgspec.Raw
-
-    @property
-    def fingerprint(self) -> int:
-        return cursor.decode(self.cursor).fingerprint
+_encode = msgspec.json.Encoder().encode
 
 
-def _events(rows: Sequence[asyncpg.Record], epoch: UUID) -> list[FeedEvent]:
-    """Rows of `_COLUMNS` as events with their cursors (`eventlog.cursor.encode`, inlined: this is the hot loop)."""
-    prefix, pack, b64, crc32, raw = epoch.bytes[:8], _CURSOR.pack, base64.urlsafe_b64encode, zlib.crc32, msgspec.Raw
-    return [
-        FeedEvent(r[0], b64(pack(prefix, r[0], crc32(r[8].encode()))).decode().rstrip("="), r[1], r[2], r[3], r[4],
-                  r[5], r[6], raw(r[7]))
-        for r in rows
-    ]
-
-
-_OWNED = "project_id IN (SELECT project_id FROM projects WHERE owner = $3)"
-_PAGE_SQL = {
-    (False, False): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} AND {_OWNED} "
-    "ORDER BY position LIMIT $2",
-    (True, False): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} AND project_id = $3 "
-    "ORDER BY position LIMIT $2",
-    (False, True): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $4 AND {_OWNED} "
-    "ORDER BY position LIMIT $2",
-    (True, True): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $4 AND project_id = $3 "
-    "ORDER BY position LIMIT $2",
-}
-_ALL_SQL = f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} ORDER BY position LIMIT $2"
-
-
-async def read_page(
-    db: asyncpg.Connection | asyncpg.Pool,
-    epoch: UUID,
-    after: int,
-    limit: int,
-    *,
-    user: str,
-    project_id: str | None = None,
-    upto: int | None = None,
-) -> list[FeedEvent]:
-    """`user`'s events (or `project_id`'s, whose ownership the caller checked) after `after`, in position order,
-    with cursors of the log `epoch`."""
-    sql = _PAGE_SQL[(project_id is not None, upto is not None)]
-    args: list[object] = [after, limit, project_id if project_id is not None else user]
-    if upto is not None:
-        args.append(upto)
-    return _events(await db.fetch(sql, *args), epoch)
-
-
-async def read_all(db: asyncpg.Connection | asyncpg.Pool, epoch: UUID, after: int, limit: int) -> list[FeedEvent]:
-    """Every event after `after` up to the safe horizon (what the broker follows)."""
-    return _events(await db.fetch(_ALL_SQL, after, limit), epoch)
-
-
-async def head(db: asyncpg.Connection | asyncpg.Pool) -> tuple[int, int]:
-    """`(position, fingerprint)` of the last event below the safe horizon; `(0, 0)` for an empty log."""
-    row = await db.fetchrow(
-        f"SELECT position, stream, version, recorded_at FROM events WHERE {_SAFE} ORDER BY position DESC LIMIT 1"
-    )
-    if row is None:
-        return 0, 0
-    return row["position"], cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
-
-
-class Located(msgspec.Struct, frozen=True):
-    epoch: UUID
-    position: int  # the cursor's position, checked against this log
-    final: int | None  # a position up to which every transaction has finished (None: unknown)
-
-
-async def locate(
-    db: asyncpg.Connection | asyncpg.Pool, after: cursor.Cursor | None, known: tuple[UUID, int, int] | None
-) -> Located:
-    """The log's epoch, and `after` checked against it (CursorFromAnotherLog
-    otherwise), in one query; with
-    `known` = `(epoch, position, fingerprint)` of a position the broker passed, also whether that still holds (then
-    everything up to it is final and can be read without the safe horizon)."""
-    position = after.position if after is not None else 0
-    known_position = known[1] if known is not None else 0
-    row = await db.fetchrow(
-        "SELECT l.epoch, c.stream AS c_stream, c.version AS c_version, c.recorded_at AS c_at, "
-        "k.stream AS k_stream, k.version AS k_version, k.recorded_at AS k_at FROM log_identity l "
-        "LEFT JOIN events c ON c.position = $1 LEFT JOIN events k ON k.position = $2",
-        position,
-        known_position,
-    )
-    if row is None:
-        raise Unavailable("the event log has no identity yet: run `cliplog migrate`")
-    epoch: UUID = row["epoch"]
-    if after is not None:
-        if after.epoch_prefix != epoch.bytes[:8]:
-            raise CursorFromAnotherLog(
-                "this cursor comes from another event log (the database was reset or replaced)"
-            )
-        if after.position and (
-            row["c_stream"] is None
-            or cursor.fingerprint(row["c_stream"], row["c_version"], row["c_at"]) != after.fingerprint
-        ):
-            raise CursorFromAnotherLog(
-                "this cursor points at an event this log does not hold (the database was restored or reset)"
-            )
-    final = None
-    if known is not None and known[0] == epoch:
-        if known_position == 0 or (
-            row["k_stream"] is not None
-            and cursor.fingerprint(row["k_stream"], row["k_version"], row["k_at"]) == known[2]
-        ):
-            final = known_position
-    return Located(epoch, position, final)
+def render(event: EventView) -> dict[str, Any]:
+    """An event's ASGI message (built once; uvicorn only reads it, so every subscriber sends the same dict)."""
+    return {"type": "websocket.send", "text": _encode(EventMessage(event)).decode()}
 
 
 # Subscriptions ---------------------------------------------------------------------------------------------------
@@ -228,7 +91,7 @@ class Subscription:
         self._poked = False  # a matching event arrived since the last `take` (what a long poll waits for)
         self._waiter: asyncio.Future[None] | None = None
 
-    def wants(self, event: FeedEvent) -> bool:
+    def wants(self, event: EventView) -> bool:
         return (
             self.start is not None
             and event.position > self.start
@@ -304,8 +167,8 @@ class FeedBroker:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        dsn: str,
-        render: Callable[[FeedEvent], Any],
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        render: Callable[[EventView], Any],
         *,
         buffer: int = 1000,
         poll_interval: float = 1.0,
@@ -314,7 +177,7 @@ class FeedBroker:
         page: int = 1000,
     ) -> None:
         self.pool = pool
-        self.dsn = dsn
+        self.connect = connect
         self.render = render
         self.buffer = buffer
         self.poll_interval = poll_interval
@@ -423,9 +286,7 @@ class FeedBroker:
         while not self._stopping:
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(
-                    self.dsn, timeout=5, server_settings={"application_name": LISTENER_NAME}
-                )
+                conn = await self.connect()
                 self._listener = conn
                 conn.add_termination_listener(lambda _c: lost.set())
                 await conn.add_listener(store.NOTIFY_CHANNEL, self._on_notify)
@@ -535,7 +396,7 @@ class FeedBroker:
             if len(events) < self.page:
                 return
 
-    async def _learn_owners(self, events: Sequence[FeedEvent]) -> None:
+    async def _learn_owners(self, events: Sequence[EventView]) -> None:
         unknown = {e.project_id for e in events if e.project_id not in self._owners}
         if not unknown:
             return
@@ -547,7 +408,7 @@ class FeedBroker:
         for row in rows:
             self._owners[row["project_id"]] = row["owner"]  # a project's owner never changes
 
-    def deliver(self, events: Sequence[FeedEvent]) -> None:
+    def deliver(self, events: Sequence[EventView]) -> None:
         """Hand `events` (the next contiguous part of the log) to the matching subscribers; never awaits."""
         if not events:
             return

@@ -1,0 +1,152 @@
+"""Pages of the log as the feed reads them: events with their cursors, and where a cursor stands in this log.
+
+`read_page` reads the events of one user's projects (or of one project) after a position, in position order.
+Ownership is joined in the same statement as the events, so a project claimed in the same transaction as its first
+event is seen together with that event (reading the project list first could skip it for good). Without `upto`
+the page stops at the safe horizon (see `eventlog.store`); with `upto` it reads `(after, upto]`, a range the
+broker has already passed, where every transaction has finished and nothing can appear any more.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Sequence
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from domain.errors import CursorFromAnotherLog, Unavailable
+from eventlog import cursor, store
+
+_SAFE = store._SAFE  # noqa: SLF001 - the store's safe horizon
+_COLUMNS = f"position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, {cursor.FINGERPRINT_TEXT}"
+
+
+class EventView(msgspec.Struct, frozen=True):
+    """An event as every reader gets it (the pages of `GET /api/events`, a clip's history, the WebSocket feed): the
+    one schema `/schema` publishes. `data` is the JSON text PostgreSQL holds: read once, never decoded and
+    re-encoded."""
+
+    position: int
+    cursor: str
+    type: str
+    project_id: str
+    clip_id: str
+    version: int
+    recorded_at: datetime
+    clip_status: str
+    data: msgspec.Raw
+
+    @property
+    def fingerprint(self) -> int:
+        return cursor.decode(self.cursor).fingerprint
+
+
+def _events(rows: Sequence[asyncpg.Record], epoch: UUID) -> list[EventView]:
+    """Rows of `_COLUMNS` as events with their cursors (this is the hot loop)."""
+    mint, raw = cursor.minter(epoch), msgspec.Raw
+    return [EventView(r[0], mint(r[0], r[8]), r[1], r[2], r[3], r[4], r[5], r[6], raw(r[7])) for r in rows]
+
+
+_OWNED = "project_id IN (SELECT project_id FROM projects WHERE owner = $3)"
+_PAGE_SQL = {
+    (False, False): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} AND {_OWNED} "
+    "ORDER BY position LIMIT $2",
+    (True, False): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} AND project_id = $3 "
+    "ORDER BY position LIMIT $2",
+    (False, True): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $4 AND {_OWNED} "
+    "ORDER BY position LIMIT $2",
+    (True, True): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $4 AND project_id = $3 "
+    "ORDER BY position LIMIT $2",
+}
+_STREAM_SQL = f"SELECT {_COLUMNS} FROM events WHERE stream = $1 ORDER BY version"
+_ALL_SQL = f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} ORDER BY position LIMIT $2"
+
+
+async def read_page(
+    db: asyncpg.Connection | asyncpg.Pool,
+    epoch: UUID,
+    after: int,
+    limit: int,
+    *,
+    user: str,
+    project_id: str | None = None,
+    upto: int | None = None,
+) -> list[EventView]:
+    """`user`'s events (or `project_id`'s, whose ownership the caller checked) after `after`, in position order,
+    with cursors of the log `epoch`."""
+    sql = _PAGE_SQL[(project_id is not None, upto is not None)]
+    args: list[object] = [after, limit, project_id if project_id is not None else user]
+    if upto is not None:
+        args.append(upto)
+    return _events(await db.fetch(sql, *args), epoch)
+
+
+async def read_stream(
+    db: asyncpg.Connection | asyncpg.Pool, epoch: UUID, project_id: str, clip_id: str
+) -> list[EventView]:
+    """A clip's whole history, oldest first."""
+    return _events(await db.fetch(_STREAM_SQL, store.stream_name(project_id, clip_id)), epoch)
+
+
+async def read_all(db: asyncpg.Connection | asyncpg.Pool, epoch: UUID, after: int, limit: int) -> list[EventView]:
+    """Every event after `after` up to the safe horizon (what the broker follows)."""
+    return _events(await db.fetch(_ALL_SQL, after, limit), epoch)
+
+
+async def head(db: asyncpg.Connection | asyncpg.Pool) -> tuple[int, int]:
+    """`(position, fingerprint)` of the last event below the safe horizon; `(0, 0)` for an empty log."""
+    row = await db.fetchrow(
+        f"SELECT position, stream, version, recorded_at FROM events WHERE {_SAFE} ORDER BY position DESC LIMIT 1"
+    )
+    if row is None:
+        return 0, 0
+    return row["position"], cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
+
+
+class Located(msgspec.Struct, frozen=True):
+    epoch: UUID
+    position: int  # the cursor's position, checked against this log
+    final: int | None  # a position up to which every transaction has finished (None: unknown)
+
+
+async def locate(
+    db: asyncpg.Connection | asyncpg.Pool, after: cursor.Cursor | None, known: tuple[UUID, int, int] | None
+) -> Located:
+    """The log's epoch, and `after` checked against it (CursorFromAnotherLog
+    otherwise), in one query; with
+    `known` = `(epoch, position, fingerprint)` of a position the broker passed, also whether that still holds (then
+    everything up to it is final and can be read without the safe horizon)."""
+    position = after.position if after is not None else 0
+    known_position = known[1] if known is not None else 0
+    row = await db.fetchrow(
+        "SELECT l.epoch, c.stream AS c_stream, c.version AS c_version, c.recorded_at AS c_at, "
+        "k.stream AS k_stream, k.version AS k_version, k.recorded_at AS k_at FROM log_identity l "
+        "LEFT JOIN events c ON c.position = $1 LEFT JOIN events k ON k.position = $2",
+        position,
+        known_position,
+    )
+    if row is None:
+        raise Unavailable("the event log has no identity yet: run `cliplog migrate`")
+    epoch: UUID = row["epoch"]
+    if after is not None:
+        if not after.of_log(epoch):
+            raise CursorFromAnotherLog(
+                "this cursor comes from another event log (the database was reset or replaced)"
+            )
+        if after.position and (
+            row["c_stream"] is None
+            or cursor.fingerprint(row["c_stream"], row["c_version"], row["c_at"]) != after.fingerprint
+        ):
+            raise CursorFromAnotherLog(
+                "this cursor points at an event this log does not hold (the database was restored or reset)"
+            )
+    final = None
+    if known is not None and known[0] == epoch:
+        if known_position == 0 or (
+            row["k_stream"] is not None
+            and cursor.fingerprint(row["k_stream"], row["k_version"], row["k_at"]) == known[2]
+        ):
+            final = known_position
+    return Located(epoch, position, final)

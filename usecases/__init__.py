@@ -1,0 +1,1 @@
+"""The application service: what the API and the workers ask of the clip log (load, decide, append, project)."""

@@ -1,0 +1,134 @@
+"""The clip use cases: load a clip's state, decide, append its events and write its projection row, in one
+transaction (`handle`); registering a clip claims its project in that transaction (`register`), starting an attempt
+takes its lease in it (`start_attempt`), which the worker then renews (`renew_lease`).
+
+A version conflict means another writer got there first: the command is decided again on the fresh state (so a
+late worker result turns into StaleAttempt, and a double click into a no-op).
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+import asyncpg
+import msgspec
+
+from domain.clip import ClipState, Command, Context, Register, Start, decide, evolve
+from domain.errors import NotFound, VersionConflict
+from eventlog import store
+from projections import clip_status
+
+ExtraWrite = Callable[[asyncpg.Connection, ClipState], Awaitable[None]]
+
+
+class Handled(msgspec.Struct, frozen=True):
+    state: ClipState
+    position: int
+    appended: list[store.StoredEvent]
+
+
+async def handle(
+    pool: asyncpg.Pool,
+    project_id: str,
+    clip_id: str,
+    command: Command,
+    context: Callable[[], Context],
+    *,
+    after_append: ExtraWrite | None = None,
+    attempts: int = 5,
+) -> Handled:
+    """Run `command` against the clip; `after_append` runs in the same transaction, after the events."""
+    for remaining in range(attempts - 1, -1, -1):
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
+            )
+            state = (
+                clip_status.state_from_json(row["state"])
+                if row
+                else ClipState(project_id=project_id, clip_id=clip_id)
+            )
+            ctx = context()
+            events = decide(state, command, ctx)
+            if not events:
+                return Handled(state, row["position"] if row else 0, [])
+            pairs = []
+            new_state = state
+            for event in events:
+                new_state = evolve(new_state, event, ctx.now)
+                pairs.append((event, new_state.status))
+            try:
+                async with conn.transaction():
+                    appended = await store.append(
+                        conn,
+                        project_id=project_id,
+                        clip_id=clip_id,
+                        expected_version=state.version,
+                        events=pairs,
+                        recorded_at=ctx.now,
+                    )
+                    position = appended[-1].position
+                    if not await clip_status.save(conn, new_state, state.version, position):
+                        raise VersionConflict(store.stream_name(project_id, clip_id), state.version)
+                    if after_append is not None:
+                        await after_append(conn, new_state)
+            except VersionConflict:
+                if remaining == 0:
+                    raise
+                continue
+            await store.notify(conn, position)
+            return Handled(new_state, position, appended)
+    raise AssertionError("unreachable")
+
+
+async def register(
+    pool: asyncpg.Pool, project_id: str, clip_id: str, command: Register, context: Callable[[], Context], *, user: str
+) -> Handled:
+    """Register a clip; its project becomes `user`'s in the same transaction unless someone else has it (404)."""
+    return await handle(
+        pool, project_id, clip_id, command, context, after_append=lambda conn, _: claim_project(conn, project_id, user)
+    )
+
+
+async def start_attempt(
+    pool: asyncpg.Pool, project_id: str, clip_id: str, command: Start, context: Callable[[], Context]
+) -> Handled:
+    """Start an attempt and take its lease in the same transaction (the reaper judges a running attempt by it)."""
+    return await handle(
+        pool,
+        project_id,
+        clip_id,
+        command,
+        context,
+        after_append=lambda conn, new_state: renew_lease(conn, new_state, command.worker_id),
+    )
+
+
+async def claim_project(conn: asyncpg.Connection, project_id: str, user: str) -> None:
+    """Within the registering transaction: the project becomes `user`'s unless someone else has it (404)."""
+    await conn.execute(
+        "INSERT INTO projects (project_id, owner) VALUES ($1, $2) ON CONFLICT (project_id) DO NOTHING", project_id, user
+    )
+    if await conn.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id) != user:
+        raise NotFound(f"project {project_id!r} not found")
+
+
+async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, worker_id: str) -> bool:
+    """Renew the attempt's lease; False when it is no longer the clip's running attempt (the reaper or a person
+    timed it out), so the worker can stop working on it."""
+    result = await db.execute(
+        """
+        INSERT INTO leases (project_id, clip_id, run, attempt, worker_id, renewed_at)
+        SELECT $1, $2, $3, $4, $5, now()
+        WHERE EXISTS (SELECT 1 FROM clips WHERE project_id = $1 AND clip_id = $2 AND run = $3 AND attempt = $4
+                                             AND status = 'running')
+        ON CONFLICT (project_id, clip_id) DO UPDATE
+        SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now()
+        """,
+        state.project_id,
+        state.clip_id,
+        state.run,
+        state.attempt,
+        worker_id,
+    )
+    return result.endswith(" 1")
