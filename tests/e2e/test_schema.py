@@ -24,7 +24,7 @@ from api.auth import create_token
 from eventlog.store import init_connection
 from runtime import settings as config
 from tests.clip_support import completed_clip
-from tests.e2e.system import cliplog_command, free_port, start, stop, wait_healthy
+from runtime.processes import ApiProcess
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -40,15 +40,13 @@ async def served(make_database, api_env, tmp_path_factory: pytest.TempPathFactor
     env = {**os.environ, **api_env(database_url)}
     settings = config.load(env)
     token, file_url = await _prepare(database_url, settings.output_root)
-    port = free_port()
     log = tmp_path_factory.mktemp("schema") / "serve.log"
-    process = start(cliplog_command("serve", "--port", str(port)), env, log)
+    api = ApiProcess("serve", env, log).start()
     try:
-        url = f"http://127.0.0.1:{port}"
-        await asyncio.to_thread(wait_healthy, url, 30)
-        yield url, token, file_url
+        await asyncio.to_thread(api.wait_healthy, 30, (200,))
+        yield api.url, token, file_url
     finally:
-        stop(process)
+        api.stop()
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
