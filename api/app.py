@@ -27,7 +27,7 @@ from litestar.types import Message, Scope
 from api import errors, feed, openapi, ui_routes
 from api.auth import BearerAuthentication
 from api.clips import ClipsController
-from api.files import answer_not_modified
+from api.files import answer_not_modified, typed_head
 from api.health import health, metrics
 from api.views import RawJsonSchema
 from usecases.services import Services
@@ -130,7 +130,8 @@ def create_app(
     route_handlers: list = [authenticated, health, metrics, openapi_document, asyncapi_document]
     if STATIC.is_dir():
         ui = create_static_files_router(
-            path="/", directories=[STATIC], html_mode=True, cache_control=UI_CACHE, middleware=[answer_not_modified]
+            path="/", directories=[STATIC], html_mode=True, cache_control=UI_CACHE,
+            middleware=[answer_not_modified, typed_head],
         )
         ui.register(index_head)
         route_handlers.append(ui)
