@@ -6,7 +6,6 @@ and everything after it. Real PostgreSQL and Redis; the API under uvicorn in thi
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator
 
@@ -33,8 +32,7 @@ POISONS = {
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def services(database_url: str) -> AsyncIterator[Services]:
-    redis_url = os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+async def services(database_url: str, redis_url: str) -> AsyncIterator[Services]:
     opened = await open_services(Settings(database_url=database_url, redis_url=redis_url), pool_size=4)
     try:
         yield opened
