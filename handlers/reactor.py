@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
+from uuid import UUID
 
+import asyncpg
 import msgspec
 from arq.connections import ArqRedis
 
@@ -28,12 +30,27 @@ EXTRACT_JOB = "extract"
 WAKE_CHANNEL = "cliplog:wake"  # published after enqueueing: idle workers pick the job up at once
 
 
-def job_id(project_id: str, clip_id: str, run: int, attempt: int) -> str:
-    return f"extract:{project_id}/{clip_id}:{run}:{attempt}"
+class JobQueue(msgspec.Struct, frozen=True):
+    """The arq queue of one log. Its name and its job ids carry the log's identity (`log_identity.epoch`), so two
+    deployments that share a Redis database by mistake never take (or block) each other's jobs."""
+
+    epoch: UUID
+
+    @property
+    def name(self) -> str:
+        return f"cliplog:queue:{self.epoch}"
+
+    def job_id(self, project_id: str, clip_id: str, run: int, attempt: int) -> str:
+        return f"extract:{self.epoch}:{project_id}/{clip_id}:{run}:{attempt}"
+
+
+async def job_queue(db: asyncpg.Connection | asyncpg.Pool) -> JobQueue:
+    return JobQueue(await store.epoch(db))
 
 
 async def enqueue_attempt(
     redis: ArqRedis,
+    queue: JobQueue,
     project_id: str,
     clip_id: str,
     run: int,
@@ -50,7 +67,8 @@ async def enqueue_attempt(
         clip_id,
         run,
         attempt,
-        _job_id=job or job_id(project_id, clip_id, run, attempt),
+        _job_id=job or queue.job_id(project_id, clip_id, run, attempt),
+        _queue_name=queue.name,
         _defer_until=not_before,
     )
     if job is not None:
@@ -65,8 +83,12 @@ async def react_once(services: Services, batch: int = 500) -> int:
     stops just before it, records where and why in its checkpoint row (`health` shows it, the log says it once),
     and tries again at every wake-up, going on by itself once the event can be read (an upgraded worker)."""
     assert services.redis is not None
-    position = await services.pool.fetchval("SELECT position FROM checkpoints WHERE name = $1", CHECKPOINT) or 0
-    events = await store.read_after(services.pool, position, batch)
+    row = await services.pool.fetchrow(
+        "SELECT (SELECT position FROM checkpoints WHERE name = $1) AS position, (SELECT epoch FROM log_identity)",
+        CHECKPOINT,
+    )
+    queue = JobQueue(row["epoch"])
+    events = await store.read_after(services.pool, row["position"] or 0, batch)
     handled = 0
     poison: UndecodableEvent | None = None
     for event in events:
@@ -77,7 +99,7 @@ async def react_once(services: Services, batch: int = 500) -> int:
             await _stop_at(services, event, str(error))
             break
         if isinstance(data, ExtractionRequested):
-            await enqueue_attempt(services.redis, event.project_id, event.clip_id, data.run, data.attempt, data.not_before)
+            await enqueue_attempt(services.redis, queue, event.project_id, event.clip_id, data.run, data.attempt, data.not_before)
         handled += 1
     if handled:
         await services.pool.execute(

@@ -51,7 +51,8 @@ async def append_raw(pool, project: str, clip: str, event_type: str, version: in
 
 
 async def job_exists(services: Services, project: str, clip: str) -> bool:
-    return bool(await services.redis.exists(f"arq:job:{reactor.job_id(project, clip, 1, 1)}"))  # type: ignore[union-attr]
+    queue = await reactor.job_queue(services.pool)
+    return bool(await services.redis.exists(f"arq:job:{queue.job_id(project, clip, 1, 1)}"))  # type: ignore[union-attr]
 
 
 async def health(api_server) -> dict:  # noqa: ANN001
