@@ -26,7 +26,7 @@ from litestar.types import Message, Scope
 
 from api import errors, feed, openapi, ui_routes
 from api.auth import BearerAuthentication
-from api.clips import ClipsController
+from api.clips import ClipsController, ProjectActionsController
 from api.files import answer_not_modified, typed_head
 from api.health import health, metrics
 from api.views import RawJsonSchema
@@ -123,7 +123,7 @@ def create_app(
 
     authenticated = Router(
         path="/",
-        route_handlers=[ClipsController, *feed.ROUTES, *ui_routes.ROUTES],
+        route_handlers=[ClipsController, ProjectActionsController, *feed.ROUTES, *ui_routes.ROUTES],
         middleware=[DefineMiddleware(BearerAuthentication, scopes={"http"})],
         security=openapi.SECURITY,
     )
