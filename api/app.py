@@ -114,7 +114,7 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         opened = services if isinstance(services, Services) else await services()
         app.state.services = opened
-        openapi.refine(app.openapi_schema)
+        openapi.refine(app.openapi_schema, app.routes)
         try:
             yield
         finally:

@@ -9,7 +9,7 @@ from the structs `api.feed` sends, so the document cannot drift from the wire fo
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Iterable
 
 import msgspec
 from litestar import Request, route
@@ -18,6 +18,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Components, Example, OpenAPI, OpenAPIHeader, OpenAPIResponse, Schema, SecurityScheme
 from litestar.openapi.spec import Parameter as OpenAPIParameter
 from litestar.params import Parameter
+from litestar.routes import BaseRoute, HTTPRoute
+from litestar.types import Empty
 
 ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"
 BEARER = "bearer"
@@ -91,9 +93,12 @@ _FILE_ANSWER_HEADERS = {
 }
 
 
-def refine(document: OpenAPI) -> OpenAPI:
-    """What the route decorators cannot say: the file route's request headers (`Range`, `If-Range`,
-    `If-None-Match`, `If-Modified-Since`) and the headers of its answers."""
+def refine(document: OpenAPI, routes: Iterable[BaseRoute] = ()) -> OpenAPI:
+    """What Litestar does not derive: the file route's request headers (`Range`, `If-Range`, `If-None-Match`,
+    `If-Modified-Since`) and the headers of its answers; and, from the handlers of `routes`, that a body with a
+    default may be left out (`required: false`) and that a body struct with `forbid_unknown_fields` takes no other
+    property (`additionalProperties: false`)."""
+    _bodies(document, routes)
     for path, item in (document.paths or {}).items():
         if not path.endswith("/file"):
             continue
@@ -121,6 +126,26 @@ def refine(document: OpenAPI) -> OpenAPI:
                         **{k: OpenAPIHeader(description=v, schema=Schema(type="string")) for k, v in headers.items()},
                     }
     return document
+
+
+def _bodies(document: OpenAPI, routes: Iterable[BaseRoute]) -> None:
+    schemas = document.components.schemas if document.components and document.components.schemas else {}
+    for route in routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        item = (document.paths or {}).get(route.path_format)
+        for method, (handler, _) in route.route_handler_map.items():
+            data = handler.parsed_fn_signature.parameters.get("data")
+            operation = getattr(item, method.lower(), None) if item is not None else None
+            if data is None or operation is None or operation.request_body is None:
+                continue
+            if data.default is not Empty or data.is_optional:
+                operation.request_body.required = False
+            for kind in (data, *data.inner_types):
+                config = getattr(kind.annotation, "__struct_config__", None)
+                schema = schemas.get(getattr(kind.annotation, "__name__", ""))
+                if config is not None and config.forbid_unknown_fields and isinstance(schema, Schema):
+                    schema.additional_properties = False
 
 
 # AsyncAPI ---------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 Three runs: every operation with a valid token; the file routes with the ids of a real completed clip (so that
 Range, If-Range, If-None-Match and If-Modified-Since reach the file logic); every operation with an invalid token.
-`CLIPLOG_SCHEMATHESIS_EXAMPLES` (default 100) sets schemathesis' `--max-examples`; docs/http.md has a longer run.
+`CLIPLOG_SCHEMATHESIS_EXAMPLES` (default 50) sets schemathesis' `--max-examples`; docs/http.md has a longer run.
 What the document cannot express (a source must exist on disk, cursors are opaque) is in schemathesis.toml.
 """
 
@@ -29,7 +29,7 @@ from runtime.processes import ApiProcess
 pytestmark = pytest.mark.timeout(900)
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-EXAMPLES = os.environ.get("CLIPLOG_SCHEMATHESIS_EXAMPLES", "100")  # about 4,000 requests, under a minute here
+EXAMPLES = os.environ.get("CLIPLOG_SCHEMATHESIS_EXAMPLES", "50")  # about 3,000 requests: a minute or two here
 SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]
 
 

@@ -330,6 +330,10 @@ async def test_the_document_declares_auth_statuses_and_constraints(api_server):
     assert "ETag" in file_responses["200"]["headers"]
     headers = {p["name"] for p in operations[("get", clips + "/{clip_id}/file")]["parameters"] if p["in"] == "header"}
     assert {"Range", "If-Range", "If-None-Match", "If-Modified-Since"} <= headers
+    assert operations[("post", "/api/clips/projects/{project_id}/cancel-all")]["requestBody"]["required"] is False
+    assert operations[("post", clips)]["requestBody"]["required"] is True
+    for closed in ("RegisterClip", "StatusFilter"):  # forbid_unknown_fields
+        assert document["components"]["schemas"][closed]["additionalProperties"] is False, closed
     query = {p["name"]: p["schema"] for p in operations[("get", "/api/events")]["parameters"]}
     assert (query["limit"]["minimum"], query["limit"]["maximum"]) == (1, 1000)
     assert (query["wait"]["minimum"], query["wait"]["maximum"]) == (0, 30)
