@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain.errors import InvalidInput
-from domain.events import SCHEMA_VERSION, ExtractionEvent, UndecodableEvent, decode
+from domain.events import SCHEMA_VERSION, ExtractionEvent, UndecodableEvent, decode, decode_json
 from eventlog import cursor
 
 json_values = st.recursive(
@@ -48,14 +48,17 @@ def test_any_stored_event_row_decodes_or_is_undecodable(event_type: str, version
     _decodes_or_says_why(event_type, version, data)
 
 
-@given(types, st.integers(0, 3), st.binary(max_size=200))
+@given(types, st.integers(-1, 3), st.binary(max_size=200) | json_values.map(msgspec.json.encode)
+       | near_events.map(msgspec.json.encode))
 def test_any_stored_bytes_decode_or_are_undecodable(event_type: str, version: int, raw: bytes) -> None:
-    """`data` as PostgreSQL hands it over is JSON text; whatever it holds, the decoder answers clearly."""
+    """`decode_json` (the bulk readers' path, from the JSON text PostgreSQL hands over): whatever the bytes, an
+    event or UndecodableEvent."""
     try:
-        data = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return  # not JSON at all: PostgreSQL's jsonb never holds it
-    _decodes_or_says_why(event_type, version, data)
+        event = decode_json(event_type, version, raw)
+    except UndecodableEvent as error:
+        assert str(error)
+    else:
+        assert isinstance(event, ExtractionEvent.__args__)  # type: ignore[attr-defined]
 
 
 cursor_like = st.builds(
