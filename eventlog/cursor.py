@@ -28,11 +28,17 @@ _LAYOUT = struct.Struct(">8sQI")
 # The text `fingerprint` hashes, `stream:version:<recorded_at.isoformat()>`, built by PostgreSQL (an asyncpg
 # timestamptz is a UTC datetime, whose isoformat drops a zero microsecond part): hashing it costs a tenth of
 # formatting the datetime in Python. tests/integration/test_feed.py checks that the two agree.
-FINGERPRINT_TEXT = (
-    "stream || ':' || version || ':' || to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
-    "CASE WHEN date_part('microseconds', recorded_at)::bigint % 1000000 = 0 THEN '' "
-    "ELSE to_char(recorded_at AT TIME ZONE 'UTC', '.US') END || '+00:00'"
-)
+def utc_timestamp_sql(column: str, zone: str) -> str:
+    """SQL text of the timestamptz `column` in UTC as Python writes it: seconds, `.` and six digits of microseconds
+    unless they are zero, then `zone` (`+00:00` as `isoformat`, `Z` as msgspec's JSON)."""
+    return (
+        f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
+        f"CASE WHEN date_part('microseconds', {column})::bigint % 1000000 = 0 THEN '' "
+        f"ELSE to_char({column} AT TIME ZONE 'UTC', '.US') END || '{zone}'"
+    )
+
+
+FINGERPRINT_TEXT = "stream || ':' || version || ':' || " + utc_timestamp_sql("recorded_at", "+00:00")
 
 
 class Cursor(msgspec.Struct, frozen=True):
