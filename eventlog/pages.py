@@ -96,23 +96,28 @@ def _page_query(
 
 # An event's JSON exactly as msgspec encodes its `EventView`, built by PostgreSQL but for the cursor: the rows hold
 # the position, the fingerprint's text and the JSON after the cursor; `_json_events` mints the cursor
-# (`eventlog.cursor`, the one place that knows its layout) and joins the three. Nothing is decoded in Python.
+# (`eventlog.cursor`, the one place that knows its layout) and joins the three. Nothing is decoded in Python. The
+# page is selected first (`e`, with the time's text formatted once for both the fingerprint and `recorded_at`).
 _JSON_AFTER_CURSOR = {
     "type": "to_json(type)::text",
     "project_id": "to_json(project_id)::text",
     "clip_id": "to_json(clip_id)::text",
     "version": "version::text",
-    "recorded_at": "'\"' || " + cursor.utc_timestamp_sql("recorded_at", "Z") + " || '\"'",
+    "recorded_at": "'\"' || at || 'Z\"'",
     "clip_status": "to_json(clip_status)::text",
     "data": "data::text",
 }
 assert EventView.__struct_fields__ == ("position", "cursor", *_JSON_AFTER_CURSOR)
-_JSON_COLUMNS = (
-    f"position, {cursor.FINGERPRINT_TEXT}, "
-    + " || ".join(f"',\"{name}\":' || {sql}" for name, sql in _JSON_AFTER_CURSOR.items())
-    + " || '}'"
+_JSON_INNER = (
+    "position, stream, type, project_id, clip_id, version, clip_status, data, "
+    f"{cursor.utc_timestamp_sql('recorded_at')} AS at"
 )
-_JSON_PAGE_SQL = _page_sql(_JSON_COLUMNS)
+_JSON_OUTER = (
+    f"SELECT position, {cursor.fingerprint_text_sql('stream', 'version', 'at')}, "
+    + " || ".join(f"',\"{name}\":' || {sql}" for name, sql in _JSON_AFTER_CURSOR.items())
+    + " || '}' FROM "
+)
+_JSON_PAGE_SQL = {key: f"{_JSON_OUTER}({sql}) e ORDER BY position" for key, sql in _page_sql(_JSON_INNER).items()}
 
 
 class JsonEvents(msgspec.Struct):
