@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -89,6 +89,65 @@ RETURNING position
 """
 
 _SAFE = "txid < (SELECT cliplog_safe_horizon())"
+
+# COPY options that move text as it is, both ways: CSV with a quote and a delimiter that the values never hold raw
+# (ids are [A-Za-z0-9_-], JSON text escapes every control character), so nothing is quoted or escaped. An empty
+# field is NULL. Bulk writers (import, rebuild) and the export use it.
+RAW_TEXT_COPY: dict[str, str] = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
+RAW_TEXT_DELIMITER = b"\x02"
+
+
+async def copy_lines(conn: asyncpg.Connection, table: str, columns: Sequence[str], lines: Iterable[bytes]) -> None:
+    """COPY `lines` (fields joined by RAW_TEXT_DELIMITER, each ending in a newline) into `table`, in ~1 MB chunks."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        batch: list[bytes] = []
+        size = 0
+        for line in lines:
+            batch.append(line)
+            size += len(line)
+            if size >= 1 << 20:
+                yield b"".join(batch)
+                batch, size = [], 0
+        if batch:
+            yield b"".join(batch)
+
+    await conn.copy_to_table(table, source=chunks(), columns=list(columns), **RAW_TEXT_COPY)
+
+
+# The columns a bulk append stages: the event's place `ord` (0-based) in the batch, and StoredEvent's but position.
+STAGED_COLUMNS = ("ord", "stream", "project_id", "clip_id", "version", "type", "schema_version", "data",
+                  "clip_status", "recorded_at")  # fmt: skip
+
+
+async def append_bulk(conn: asyncpg.Connection, count: int, stage: Callable[[str], Awaitable[None]]) -> int:
+    """Append `count` events of any streams at consecutive positions, in one statement: the bulk form of `append`
+    (an import's), with the same position allocation as the transaction's first write. `stage(table)` fills a
+    temporary table of STAGED_COLUMNS with `ord` 0..count-1; event `ord` gets position `first + ord`. Returns
+    `first`. A stream that already holds one of the versions raises VersionConflict (the transaction must roll
+    back)."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("append_bulk must run inside a transaction")
+    txid, first = await conn.fetchrow("SELECT txid::text, first_position FROM cliplog_allocate_positions($1)", count)
+    table = "cliplog_staged_events"
+    await conn.execute(
+        f"CREATE TEMPORARY TABLE {table} (ord bigint, stream text, project_id text, clip_id text, version integer, "
+        "type text, schema_version smallint, data jsonb, clip_status text, recorded_at timestamptz) ON COMMIT DROP"
+    )
+    await stage(table)
+    try:
+        await conn.execute(
+            f"INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data, "
+            f"clip_status, recorded_at) SELECT $1 + ord, $2::text::xid8, stream, project_id, clip_id, version, type, "
+            f"schema_version, data, clip_status, recorded_at FROM {table}",
+            first,
+            txid,
+        )
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version":
+            raise VersionConflict("(an imported stream)", 0) from None
+        raise
+    return first
 
 
 def _stored(row: asyncpg.Record) -> StoredEvent:
