@@ -160,6 +160,7 @@ async def _read(
 # GET /api/events ------------------------------------------------------------------------------------------------
 
 NDJSON = "application/x-ndjson"
+STREAM_READ = 5000  # events per read of the NDJSON stream
 
 
 def page_json(events: JsonEvents, given: str) -> bytes:
@@ -237,25 +238,37 @@ async def _stream_events(
     start: cursor.Cursor | Literal["latest"] | None,
     project_id: str | None,
 ) -> Stream:
-    """The NDJSON stream: pages of `MAX_LIMIT` up to the head as of now. The first page is read before the answer
-    starts (so a bad cursor or an unavailable database is a JSON error); each page takes a pooled connection and
-    gives it back. A stream cut short (the database went away) ends early: continue from its last event's cursor."""
+    """The NDJSON stream: reads of `STREAM_READ` events up to the head as of now, the next one under way while this
+    one is sent. The first is read before the answer starts (so a bad cursor or an unavailable database is a JSON
+    error); each read takes a pooled connection and gives it back. A stream cut short (the database went away) ends
+    early: continue from its last event's cursor."""
     project = await _project_filter(services, project_id, user)
     epoch, position, _, final = await resolve_after(services, broker, start)
     upto, _ = await head(services.pool)
-    first = await _read(services, epoch, position, MAX_LIMIT, user, project, final)
+    first = await _read(services, epoch, position, STREAM_READ, user, project, final)
+
+    def read_after(page: JsonEvents) -> asyncio.Task[JsonEvents] | None:
+        if len(page.events) < STREAM_READ or page.last_position is None or page.last_position >= upto:
+            return None
+        return asyncio.ensure_future(_read(services, epoch, page.last_position, STREAM_READ, user, project, final))
 
     async def lines() -> AsyncIterator[bytes]:
-        page = first
-        while page.events:
-            yield ("\n".join(page.events) + "\n").encode()
-            if len(page.events) < MAX_LIMIT or page.last_position >= upto:
-                return
-            try:
-                page = await _read(services, epoch, page.last_position, MAX_LIMIT, user, project, final)
-            except UNAVAILABLE as error:
-                log.warning("GET /api/events (NDJSON): PostgreSQL unavailable: %s: %s", type(error).__name__, error)
-                return
+        page, following = first, read_after(first)
+        try:
+            while page.events:
+                yield ("\n".join(page.events) + "\n").encode()
+                if following is None:
+                    return
+                try:
+                    page = await following
+                except UNAVAILABLE as error:
+                    log.warning("GET /api/events (NDJSON): PostgreSQL unavailable: %s: %s", type(error).__name__, error)
+                    return
+                following = read_after(page)
+        finally:  # the client went away: stop the read under way
+            if following is not None and not following.done():
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
 
     return Stream(lines(), media_type=NDJSON)
 
