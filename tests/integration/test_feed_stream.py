@@ -4,6 +4,7 @@ the same events, byte for byte, as the pages, from any cursor, for one project o
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Awaitable, Callable
 
@@ -14,6 +15,7 @@ import pytest
 
 from api import feed
 from api.feed import page_json
+from api.feed_client import CursorReset, FeedClient
 from api.views import EventPage
 from eventlog import cursor, pages
 from tests.feed_support import cursor_at
@@ -140,3 +142,31 @@ async def test_a_stream_of_a_project_not_yours_is_404(api_server, pool, ids, mak
     async with httpx.AsyncClient(base_url=api_server.url, headers={"Authorization": f"Bearer {token}"}) as http:
         response = await http.get("/api/events", params={"project_id": project}, headers=NDJSON)
     assert response.status_code == 404 and response.json()["detail"]
+
+
+async def test_the_python_client_catches_up_through_the_stream(
+    api_server: InProcessServer, pool, ids, make_user: MakeUser, monkeypatch
+):
+    monkeypatch.setattr(feed, "STREAM_READ", 700)
+    user, token = await make_user()
+    project = ids.project()
+    positions = await insert_events(pool, project, user, 1500)
+    middle = await cursor_at(pool, positions[99])
+    async with httpx.AsyncClient(base_url=api_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        expected = [msgspec.json.decode(e) for e in await paged(http, middle, project, 1000)]
+    client = FeedClient(api_server.url, token, project_id=project, after=middle)
+    assert [e async for e in client.catch_up()] == expected
+    assert client.cursor == expected[-1]["cursor"]
+    assert [e async for e in client.catch_up()] == []  # caught up: nothing more, the cursor stays
+    assert client.cursor == expected[-1]["cursor"]
+    # `events()` catches up through the stream, then follows the socket: every event once, in order.
+    follower = FeedClient(api_server.url, token, project_id=project, after=None)
+    seen = []
+    async with asyncio.timeout(30):
+        async for event in follower.events():
+            seen.append(event["position"])
+            if len(seen) == len(positions):
+                break
+    assert seen == positions
+    with pytest.raises(CursorReset):
+        [e async for e in FeedClient(api_server.url, token, after="AAAAAAAAAAAAAAAAAAAAAAAAAAA").catch_up()]
