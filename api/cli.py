@@ -186,6 +186,9 @@ def _run_tool(run) -> int:  # noqa: ANN001 - a coroutine function
     except CliplogError as error:
         print(f"cliplog: {error.detail}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        print(f"cliplog: {error.strerror}: {error.filename}", file=sys.stderr)
+        return 2
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -223,7 +226,9 @@ def cmd_history(args: argparse.Namespace) -> int:
             from rich.console import Console
             from rich.table import Table
 
-            table = Table(*headers, title=f"{project}/{clip}: {len(entries)} event(s)", show_lines=True)
+            table = Table(title=f"{project}/{clip}: {len(entries)} event(s)", show_lines=True)
+            for header in headers:  # times whole; the reason gets the most room
+                table.add_column(header, no_wrap=header in ("time", "gap"), overflow="fold", ratio=3 if header == "why" else 1)
             for row in rows:
                 table.add_row(*row)
             Console().print(table)

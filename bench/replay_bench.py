@@ -8,6 +8,7 @@ synthetic log of `tests.histories`: 6 events a clip) and drops it at the end.
 
 Interleaved for R rounds (A B A B ...), medians with min and max:
   rebuild    `projections.rebuild.rebuild`: fold every event through `evolve`, COPY the rows into a new table, swap
+  fold       `projections.rebuild.fold` alone: the rebuild's reading, decoding and folding, nothing written
   raw read   the baseline: the same rows read by keyset pages of the same size (`SELECT` of the same columns), each
              event's data decoded by msgspec into its event struct (`domain.events.decode_json`), nothing else
   export     `eventlog.export.write` of the whole log (JSON lines built by PostgreSQL) into a byte-counting sink
@@ -22,6 +23,7 @@ Targets: rebuild / raw read >= 0.5.
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import secrets
 import statistics
@@ -43,7 +45,7 @@ from domain.events import SCHEMA_VERSION, decode_json, encode_data, type_of
 from eventlog import export
 from eventlog.migrate import migrate
 from eventlog.store import StoredEvent, init_connection, stream_name
-from projections.rebuild import _PAGE, rebuild
+from projections.rebuild import _PAGE, fold, rebuild
 from projections.replay import describe, explain, read_all, replay
 from tests.histories import T0, write_log
 from usecases.imports import import_file
@@ -155,27 +157,36 @@ async def bench(args: argparse.Namespace) -> str:
             await import_file(conn, work / "stream.jsonl")
             total = count + stream
             await conn.execute("VACUUM ANALYZE events")
-            rates: dict[str, list[float]] = {k: [] for k in ("rebuild", "raw", "export", "copy")}
+            rates: dict[str, list[float]] = {k: [] for k in ("rebuild", "fold", "raw", "export", "copy")}
+            cpu: dict[str, list[float]] = {k: [] for k in rates}  # this process's CPU µs per event
             replays: dict[str, list[float]] = {"db": [], "file": []}
             export_bytes = copy_bytes = 0
             for round_ in range(args.rounds):
                 await admin.execute("CHECKPOINT")
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 done = await rebuild(conn, clock=time.monotonic)
                 rates["rebuild"].append(done.events / (time.perf_counter() - t))
-                t = time.perf_counter()
+                cpu["rebuild"].append((time.process_time() - c) / total * 1e6)
+                t, c = time.perf_counter(), time.process_time()
+                await fold(conn, {}, 0, total)
+                rates["fold"].append(total / (time.perf_counter() - t))
+                cpu["fold"].append((time.process_time() - c) / total * 1e6)
+                t, c = time.perf_counter(), time.process_time()
                 read = await raw_read(conn)
                 rates["raw"].append(read / (time.perf_counter() - t))
+                cpu["raw"].append((time.process_time() - c) / total * 1e6)
                 assert read == done.events == total, (read, done.events, total)
                 sink = Sink()
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 header = await export.write(conn, sink, export.Selection(), now=T0)
                 rates["export"].append(header.count / (time.perf_counter() - t))
+                cpu["export"].append((time.process_time() - c) / total * 1e6)
                 export_bytes = sink.bytes
                 sink = Sink()
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 await raw_copy(conn, sink)
                 rates["copy"].append(total / (time.perf_counter() - t))
+                cpu["copy"].append((time.process_time() - c) / total * 1e6)
                 copy_bytes = sink.bytes
                 t = time.perf_counter()
                 assert await replay_db(conn, "bench-long", "long") == 2 * stream
@@ -198,14 +209,20 @@ async def bench(args: argparse.Namespace) -> str:
     return "\n".join([
         f"Replay tooling over {total:,} events ({args.rounds} rounds, interleaved; median (min–max))",
         "",
-        "| case | events/s | ratio to its baseline |",
-        "| --- | --- | --- |",
+        "| case | events/s | ratio to its baseline | bench CPU µs/event |",
+        "| --- | --- | --- | --- |",
         f"| rebuild (fold, COPY into a new table, swap) | {cell(rates['rebuild'])} | "
-        f"{_ratio(rates['rebuild'], rates['raw'])} of raw read (target 0.5: {'met' if target else 'NOT met'}) |",
-        f"| raw read (keyset SELECT + msgspec decode) | {cell(rates['raw'])} | 1 |",
+        f"{_ratio(rates['rebuild'], rates['raw'])} of raw read (target 0.5: {'met' if target else 'NOT met'}) | "
+        f"{cell(cpu['rebuild'])} |",
+        f"| its fold alone (read, decode, `evolve`; nothing written) | {cell(rates['fold'])} | "
+        f"{_ratio(rates['fold'], rates['raw'])} of raw read | {cell(cpu['fold'])} |",
+        f"| raw read (keyset SELECT + msgspec decode) | {cell(rates['raw'])} | 1 | {cell(cpu['raw'])} |",
         f"| export (JSON lines, {export_bytes / total:.0f} B/event) | {cell(rates['export'])} | "
-        f"{_ratio(rates['export'], rates['copy'])} of COPY |",
-        f"| COPY ... TO STDOUT (text, {copy_bytes / total:.0f} B/event) | {cell(rates['copy'])} | 1 |",
+        f"{_ratio(rates['export'], rates['copy'])} of COPY | {cell(cpu['export'])} |",
+        f"| COPY ... TO STDOUT (text, {copy_bytes / total:.0f} B/event) | {cell(rates['copy'])} | 1 | {cell(cpu['copy'])} |",
+        "",
+        f"Host load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores here: wall-clock "
+        "rates drift with other load; the ratios are taken per round)",
         "",
         f"| replay of one {stream:,}-event stream, lines built | ms |",
         "| --- | --- |",

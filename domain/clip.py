@@ -300,9 +300,17 @@ def _request(
     )
 
 
-def retry_decision(state: ClipState, outcome: ExtractionFailed | ExtractionTimedOut) -> Decision:
-    """The retry rule (`domain.reasons.after_outcome`) for an outcome of the clip's current attempt: `decide` asks it
-    whether to request another attempt, `evolve` which status the outcome leaves, the replay why."""
+def retry_decision(
+    state: ClipState, outcome: ExtractionFailed | ExtractionTimedOut | ExtractionCancelled
+) -> Decision:
+    """The retry rule (`domain.reasons.after_outcome`) for an ending of the clip's current attempt other than
+    success: `decide` asks it whether to request another attempt, `evolve` which status the outcome leaves, the
+    replay why."""
+    if isinstance(outcome, ExtractionCancelled):
+        return after_outcome(
+            attempt=state.attempt, max_attempts=state.max_attempts, code="cancelled", retryable=True,
+            stopped_by_person=True,
+        )  # fmt: skip
     if isinstance(outcome, ExtractionTimedOut):
         return after_outcome(
             attempt=state.attempt,
@@ -378,7 +386,8 @@ def _cancel(state: ClipState, ctx: Context) -> list[ExtractionEvent]:
         what = "already extracted" if state.status == "completed" else state.status
         raise Conflict(f"the clip is {what}; only a pending, retrying or running clip can be cancelled")
     elapsed = _elapsed(state.started_at, ctx.now) if state.status == "running" else 0.0
-    return [ExtractionCancelled(run=state.run, attempt=state.attempt, by="user", elapsed_seconds=elapsed)]
+    cancelled = ExtractionCancelled(run=state.run, attempt=state.attempt, by="user", elapsed_seconds=elapsed)
+    return [cancelled, *_auto_retry(state, retry_decision(state, cancelled), ctx)]  # never: a person stopped it
 
 
 def _elapsed(since: datetime | None, now: datetime) -> float:
@@ -407,14 +416,15 @@ TIMEOUT_MESSAGES: dict[str, str] = {
 
 def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
     """The state right after `event`, recorded at `at`."""
-    common = {"version": state.version + 1, "updated_at": at}
+    version = state.version + 1
     match event:
         case ExtractionRequested():
             first = not state.registered
             status: Status = "retrying" if event.reason == "auto_retry" else "pending"
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status=status,
                 name=event.name,
                 source=event.source,
@@ -437,7 +447,8 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
         case ExtractionStarted():
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status="running",
                 started=True,
                 status_since=at,
@@ -448,7 +459,8 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
         case ExtractionCompleted():
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status="completed",
                 status_since=at,
                 last_error=None,
@@ -458,13 +470,13 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
             )
         case ExtractionFailed():
             error = _error(event, event.code, event.message, event.retryable)
-            return _after_outcome(state, common, at, error, retry_decision(state, event))
+            return _after_outcome(state, version, at, error, retry_decision(state, event))
         case ExtractionTimedOut():
             error = _error(event, "timed_out", TIMEOUT_MESSAGES[event.detected_by], True)
-            return _after_outcome(state, common, at, error, retry_decision(state, event))
+            return _after_outcome(state, version, at, error, retry_decision(state, event))
         case ExtractionCancelled():
             # The last error stays: it says what happened before the person stopped the clip.
-            return msgspec.structs.replace(state, **common, status="cancelled", status_since=at)
+            return msgspec.structs.replace(state, version=version, updated_at=at, status="cancelled", status_since=at)
     raise TypeError(f"unknown event {event!r}")
 
 
@@ -477,9 +489,11 @@ def _error(event: ExtractionFailed | ExtractionTimedOut, code: str, message: str
 _STATUS_AFTER: dict[str, Status] = {"retryable": "retrying", "handed_back": "pending"}
 
 
-def _after_outcome(state: ClipState, common: dict, at: datetime, error: ErrorInfo, decision: Decision) -> ClipState:
+def _after_outcome(state: ClipState, version: int, at: datetime, error: ErrorInfo, decision: Decision) -> ClipState:
     status = _STATUS_AFTER.get(decision.why, "failed")
-    return msgspec.structs.replace(state, **common, status=status, status_since=at, last_error=error)
+    return msgspec.structs.replace(
+        state, version=version, updated_at=at, status=status, status_since=at, last_error=error
+    )
 
 
 def fold(initial: ClipState, history: Iterable[tuple[ExtractionEvent, datetime]]) -> ClipState:

@@ -7,7 +7,7 @@ A stored event is `(type, schema_version, data)`. `decode` upgrades old `data` t
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable, Literal, Union, get_args
 
 import msgspec
 
@@ -119,9 +119,7 @@ def decode(event_type: str, schema_version: int, data: dict[str, Any]) -> Extrac
 
 
 _DECODERS: dict[str, msgspec.json.Decoder] = {
-    type_of_: msgspec.json.Decoder(cls)  # type: ignore[arg-type]
-    for cls in (ExtractionRequested, ExtractionStarted, ExtractionCompleted, ExtractionFailed, ExtractionTimedOut)
-    for type_of_ in (cls.__struct_config__.tag,)
+    cls.__struct_config__.tag: msgspec.json.Decoder(cls) for cls in get_args(ExtractionEvent)  # type: ignore[misc]
 }
 
 

@@ -51,6 +51,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
             case "not_retryable":
                 return f"not retried: {code} is an error no retry can fix; a person may retry once the cause is fixed"
             case "stopped_by_person":
+                if code == "cancelled":
+                    return "not retried automatically: a person stopped it (cancelled); a person's retry starts a new run"
                 return "not retried automatically: a person stopped it"
             case "handed_back":
                 return (

@@ -21,7 +21,7 @@ from domain.events import (
 )
 from domain.reasons import Decision, Why
 
-Because = Literal["registered", "backoff", "manual_retry", "handed_back", "running", "completed", "cancelled"] | Why
+Because = Literal["registered", "backoff", "manual_retry", "handed_back", "running", "completed"] | Why
 
 
 class Explanation(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,16 +87,13 @@ def explain(before: ClipState, event: ExtractionEvent, after: ClipState, at: dat
                 f"extracted: {event.bytes} bytes, {event.duration_seconds:g} s of video in "
                 f"{event.elapsed_seconds:g} s; nothing more to do"
             )
-        case ExtractionFailed() | ExtractionTimedOut():
+        case ExtractionFailed() | ExtractionTimedOut() | ExtractionCancelled():
             decision = retry_decision(before, event)
             because, text = decision.why, decision.explain()
+            if isinstance(event, ExtractionCancelled):
+                text = f"cancelled by the {event.by} at attempt {before.attempt} of {before.max_attempts}; {text}"
             if isinstance(event, ExtractionTimedOut):
                 text = f"timed out, detected by the {event.detected_by} ({TIMEOUT_MESSAGES[event.detected_by]}); {text}"
-        case ExtractionCancelled():
-            because, text = "cancelled", (
-                f"cancelled by the {event.by} during attempt {event.attempt} of {before.max_attempts} (after "
-                f"{event.elapsed_seconds:g} s); nothing automatic restarts it: a person's retry starts a new run"
-            )
         case _:
             raise TypeError(f"unknown event {event!r}")
     waiting = after.status in ("pending", "retrying") and not after.started

@@ -61,8 +61,6 @@ class Header(msgspec.Struct, frozen=True, kw_only=True):
     owners: dict[str, str]  # project id -> the user who owned it in the exporting log
 
 
-# `row` is one events row; the keys are StoredEvent's fields, in its order.
-_LINE = "json_build_object(" + ", ".join(f"'{f}', {f}" for f in StoredEvent.__struct_fields__) + ")::text"
 
 
 def _where(selection: Selection) -> tuple[str, list[object]]:
@@ -133,7 +131,7 @@ async def write(
             on_progress(chunk.count(b"\n"))
 
         await conn.copy_from_query(
-            f"SELECT {_LINE} FROM events WHERE {where} ORDER BY position", *params, output=out, **store.RAW_TEXT_COPY
+            f"SELECT {store.ROW_JSON} FROM events WHERE {where} ORDER BY position", *params, output=out, **store.RAW_TEXT_COPY
         )
     return header
 
@@ -166,6 +164,15 @@ def read_header(line: bytes, source: str = "the file") -> Header:
     return header
 
 
+def event_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """`(line number, line)` of every event line (the header and blank lines left out)."""
+    with path.open("rb") as lines:
+        lines.readline()
+        for number, line in enumerate(lines, start=2):
+            if line.strip():
+                yield number, line
+
+
 def read(path: Path, *, raw_data: bool = False) -> tuple[Header, Iterator[StoredEvent]]:
     """The header, and the events one by one (a bad line raises InvalidInput naming it); with `raw_data`,
     `RawEvent`s. The file is opened again when the events are first read."""
@@ -180,14 +187,10 @@ def read(path: Path, *, raw_data: bool = False) -> tuple[Header, Iterator[Stored
     decode = _event_decoders[raw_data].decode
 
     def events() -> Iterator[StoredEvent]:
-        with path.open("rb") as lines:
-            lines.readline()
-            for number, line in enumerate(lines, start=2):
-                if not line.strip():
-                    continue
-                try:
-                    yield decode(line)
-                except msgspec.DecodeError as error:
-                    raise InvalidInput(f"{path}, line {number}: not an exported event ({error})") from None
+        for number, line in event_lines(path):
+            try:
+                yield decode(line)
+            except msgspec.DecodeError as error:
+                raise InvalidInput(f"{path}, line {number}: not an exported event ({error})") from None
 
     return header, events()

@@ -115,37 +115,42 @@ async def copy_lines(conn: asyncpg.Connection, table: str, columns: Sequence[str
     await conn.copy_to_table(table, source=chunks(), columns=list(columns), **RAW_TEXT_COPY)
 
 
-# The columns a bulk append stages: the event's place `ord` (0-based) in the batch, and StoredEvent's but position.
-STAGED_COLUMNS = ("ord", "stream", "project_id", "clip_id", "version", "type", "schema_version", "data",
-                  "clip_status", "recorded_at")  # fmt: skip
+# An event row as one JSON object with StoredEvent's fields (an export's line), built by PostgreSQL.
+ROW_JSON = "json_build_object(" + ", ".join(f"'{f}', {f}" for f in StoredEvent.__struct_fields__) + ")::text"
 
 
-async def append_bulk(conn: asyncpg.Connection, count: int, stage: Callable[[str], Awaitable[None]]) -> int:
-    """Append `count` events of any streams at consecutive positions, in one statement: the bulk form of `append`
-    (an import's), with the same position allocation as the transaction's first write. `stage(table)` fills a
-    temporary table of STAGED_COLUMNS with `ord` 0..count-1; event `ord` gets position `first + ord`. Returns
-    `first`. A stream that already holds one of the versions raises VersionConflict (the transaction must roll
+async def append_rows(
+    conn: asyncpg.Connection, count: int, lines: Iterable[bytes], *, project_id: str | None = None
+) -> int:
+    """Append `count` events given as ROW_JSON lines (of any streams, in log order) at consecutive new positions of
+    this log, in one statement: the bulk form of `append` (an import's), with the same position allocation as the
+    transaction's first write. Each line's position is left behind; `project_id` replaces each event's project.
+    PostgreSQL reads the lines (COPY into a temporary table, then one INSERT ... SELECT). Returns the first
+    position. A stream that already holds one of the versions raises VersionConflict (the transaction must roll
     back)."""
     if not conn.is_in_transaction():
-        raise RuntimeError("append_bulk must run inside a transaction")
+        raise RuntimeError("append_rows must run inside a transaction")
     txid, first = await conn.fetchrow("SELECT txid::text, first_position FROM cliplog_allocate_positions($1)", count)
-    table = "cliplog_staged_events"
-    await conn.execute(
-        f"CREATE TEMPORARY TABLE {table} (ord bigint, stream text, project_id text, clip_id text, version integer, "
-        "type text, schema_version smallint, data jsonb, clip_status text, recorded_at timestamptz) ON COMMIT DROP"
-    )
-    await stage(table)
+    table = "cliplog_staged_rows"
+    await conn.execute(f"CREATE TEMPORARY TABLE {table} (ord bigint, line json) ON COMMIT DROP")
+    numbered = (b"%d%s%s" % (i, RAW_TEXT_DELIMITER, line if line.endswith(b"\n") else line + b"\n")
+                for i, line in enumerate(lines))  # fmt: skip
+    await copy_lines(conn, table, ("ord", "line"), numbered)
+    project = "coalesce($3, r.project_id)"
     try:
         await conn.execute(
             f"INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data, "
-            f"clip_status, recorded_at) SELECT $1 + ord, $2::text::xid8, stream, project_id, clip_id, version, type, "
-            f"schema_version, data, clip_status, recorded_at FROM {table}",
+            f"clip_status, recorded_at) SELECT $1 + ord, $2::text::xid8, {project} || '/' || r.clip_id, {project}, "
+            f"r.clip_id, r.version, r.type, r.schema_version, r.data, r.clip_status, r.recorded_at FROM {table}, "
+            "json_to_record(line) AS r(project_id text, clip_id text, version integer, type text, "
+            "schema_version smallint, data jsonb, clip_status text, recorded_at timestamptz)",
             first,
             txid,
+            project_id,
         )
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version":
-            raise VersionConflict("(an imported stream)", 0) from None
+            raise VersionConflict("(an appended stream)", 0) from None
         raise
     return first
 

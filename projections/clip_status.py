@@ -43,7 +43,7 @@ def values(state: ClipState, position: int) -> tuple:
 
 
 def _time(value: datetime | None) -> bytes:
-    return b"" if value is None else value.isoformat().encode()  # b"": NULL in store.RAW_TEXT_COPY
+    return b"" if value is None else _encode(value)[1:-1]  # RFC 3339 without its quotes; b"": NULL in RAW_TEXT_COPY
 
 
 def copy_line(state: ClipState, position: int) -> bytes:

@@ -29,6 +29,7 @@ import asyncpg
 import msgspec
 
 from domain.clip import ClipState, evolve
+from domain.errors import Conflict
 from domain.events import decode_json
 from eventlog import store
 from projections import clip_status
@@ -120,7 +121,7 @@ async def rebuild(
 ) -> Rebuilt:
     """Recompute `clips` from the log into a new table and swap it in (see the module docstring)."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
-        raise RuntimeError("another rebuild is running")
+        raise Conflict("another rebuild is running")
     try:
         folded: Folded = {}
         counted = [0, 0]  # events folded in all, and under the swap's lock

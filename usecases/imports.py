@@ -1,7 +1,7 @@
 """Import an export (`eventlog.export`) into a log: all of it in one transaction, or nothing.
 
-The events go through the log's bulk append (`eventlog.store.append_bulk`: new positions of this log, allocated like
-every append's), the clip projection rows are written from the same fold the replay uses, and each project is
+The events go through the log's bulk append (`eventlog.store.append_rows`: new positions of this log, allocated like
+every append's), the clip projection rows are written from a fold through the service's own `evolve`, and each project is
 claimed for its owner, all in that transaction, so `cliplog check` passes afterwards and the feed, the reactor and
 the reaper see the imported clips like any other (a clip exported while pending or running is picked up or timed out
 here too).
@@ -17,16 +17,16 @@ Owner: `owner` if given, else the owner the export names for the project (its `o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import asyncpg
 import msgspec
 
-from domain.clip import ClipState
+from domain.clip import ClipState, evolve
+from domain.events import decode_json
 from domain.errors import Conflict, InvalidInput, VersionConflict
 from eventlog import export, store
 from projections import clip_status
-from projections.replay import replay
 
 class Imported(msgspec.Struct, frozen=True):
     count: int
@@ -48,7 +48,7 @@ def _renamed(project: str, as_project: str | None) -> str:
 
 def _plan(path: Path, as_project: str | None, on_progress: Callable[[int], None]) -> _Plan:
     """Read the file once: check it, and fold every stream (the projection rows to write)."""
-    header, events = export.read(path)
+    header, events = export.read(path, raw_data=True)
     versions: dict[str, int] = {}
     states: dict[str, tuple[ClipState, int]] = {}
     projects: set[str] = set()
@@ -64,15 +64,19 @@ def _plan(path: Path, as_project: str | None, on_progress: Callable[[int], None]
                 )
             versions[event.stream] = event.version
             projects.add(event.project_id)
-            if as_project is not None:
-                event = msgspec.structs.replace(
-                    event, project_id=as_project, stream=store.stream_name(as_project, event.clip_id)
-                )
             yield event
 
     count = 0
-    for ord_, step in enumerate(replay(checked())):
-        states[step.event.stream] = (step.state, ord_)
+    for ord_, event in enumerate(checked()):
+        stream = store.stream_name(_renamed(event.project_id, as_project), event.clip_id)
+        before = states.get(stream)
+        state = before[0] if before else ClipState(project_id=_renamed(event.project_id, as_project),
+                                                   clip_id=event.clip_id)  # fmt: skip
+        try:
+            decoded = decode_json(event.type, event.schema_version, event.data)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
+            raise InvalidInput(f"{path}: event {ord_ + 1} ({event.type} of {event.stream}) is not valid: {error}")
+        states[stream] = (evolve(state, decoded, event.recorded_at), ord_)
         count = ord_ + 1
         if count % 10_000 == 0:
             on_progress(10_000)
@@ -106,7 +110,7 @@ async def import_file(
 ) -> Imported:
     """Import the export at `path` into the log behind `conn` (see the module docstring)."""
     header, _ = export.read(path)
-    on_count(header.count * 2)  # read and check, then copy
+    on_count(2 * header.count)  # read and checked, then sent to the database
     plan = _plan(path, as_project, on_progress)
     owners = _owners(plan, as_project, owner)
     if as_project is not None and (
@@ -134,25 +138,10 @@ async def import_file(
     if not plan.count:
         return Imported(0, 0, owners, 0)
 
-    def staged_lines():  # noqa: ANN202
-        _, events = export.read(path, raw_data=True)
-        for ord_, event in enumerate(events):
-            project_id = _renamed(event.project_id, as_project)
-            fields = (ord_, store.stream_name(project_id, event.clip_id), project_id, event.clip_id, event.version,
-                      event.type, event.schema_version)  # fmt: skip
-            yield store.RAW_TEXT_DELIMITER.join(
-                [*(str(f).encode() for f in fields), bytes(event.data), event.clip_status.encode(),
-                 event.recorded_at.isoformat().encode()]
-            ) + b"\n"  # fmt: skip
-            if ord_ % 10_000 == 9_999:
-                on_progress(10_000)
-
-    async def stage(table: str) -> None:
-        await store.copy_lines(conn, table, store.STAGED_COLUMNS, staged_lines())
-
     try:
         async with conn.transaction():
-            first = await store.append_bulk(conn, plan.count, stage)
+            lines = _counted((line for _, line in export.event_lines(path)), on_progress)
+            first = await store.append_rows(conn, plan.count, lines, project_id=as_project)
             await conn.executemany(
                 "INSERT INTO projects (project_id, owner) VALUES ($1, $2) ON CONFLICT (project_id) DO NOTHING",
                 list(owners.items()),
@@ -160,6 +149,14 @@ async def import_file(
             await clip_status.copy_rows(conn, "clips", ((state, first + ord_) for state, ord_ in plan.states.values()))
     except (VersionConflict, asyncpg.UniqueViolationError):
         raise Conflict("another writer added events to one of the export's streams during the import") from None
-    on_progress(plan.count % 10_000)
     await store.notify(conn, first + plan.count - 1)
     return Imported(plan.count, len(plan.states), owners, first)
+
+
+def _counted(lines: Iterator[bytes], on_progress: Callable[[int], None]) -> Iterator[bytes]:
+    sent = 0
+    for sent, line in enumerate(lines, start=1):
+        yield line
+        if sent % 10_000 == 0:
+            on_progress(10_000)
+    on_progress(sent % 10_000)

@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from domain.clip import Complete, Context, Fail, HandBack, Register, Retry, Start, TimeOut
+from domain.clip import Cancel, Complete, Context, Fail, HandBack, Register, Retry, Start, TimeOut
 from domain.policy import RetryPolicy
 from eventlog import export
 from projections.clip_status import state_from_json
@@ -32,6 +32,7 @@ EXPECTED_BECAUSE = {
     "stopped": ["registered", "running", "stopped_by_person", "manual_retry"],
     "handed-back": ["registered", "running", "handed_back", "handed_back", "running", "completed"],
     "reaped": ["registered", "running", "retryable", "backoff"],
+    "cancelled": ["registered", "running", "stopped_by_person"],
 }
 
 
@@ -65,6 +66,7 @@ async def make_histories(pool: asyncpg.Pool, project: str, user: str = "alice") 
                                                   retryable=False), ctx)  # fmt: skip
     await handle(pool, project, "handed-back", HandBack(run=1, attempt=1), ctx)
     await handle(pool, project, "reaped", TimeOut(run=1, attempt=1, detected_by="reaper"), ctx)
+    await handle(pool, project, "cancelled", Cancel(), ctx)
     clock.tick(60)
     await handle(pool, project, "stopped", Retry(), ctx)
     for clip in ("retried-then-done", "budget", "handed-back"):
@@ -135,6 +137,8 @@ async def test_each_reason_printed_for_a_real_history(database_url: str, histori
     assert "detected by the reaper" in reaped and "attempt 2 of 2 waits until" in reaped
     stopped = cliplog("history", "stopped", "--project", histories, database_url=database_url).stdout
     assert "a person stopped it" in stopped and "detected by user" in stopped
+    cancelled = cliplog("history", "cancelled", "--project", histories, database_url=database_url).stdout
+    assert "cancelled, attempt 1 of 2: cancelled by the user" in cancelled and "a person stopped it" in cancelled
     missing = cliplog("history", "nope", "--project", histories, database_url=database_url, check=False)
     assert missing.returncode == 1 and "no events of clip 'nope'" in missing.stderr
 
@@ -177,7 +181,7 @@ async def test_export_import_into_an_empty_database_then_check_and_replay_agree(
 
         again = cliplog("import", str(out), database_url=empty, check=False)
         assert again.returncode != 0
-        assert "already holds 6 of the export's streams" in again.stderr and "--as-project" in again.stderr
+        assert f"already holds {len(EXPECTED_BECAUSE)} of the export's streams" in again.stderr and "--as-project" in again.stderr
         assert "Traceback" not in again.stderr
         assert await conn.fetchval("SELECT count(*) FROM events") == before
 
@@ -207,6 +211,16 @@ async def test_a_broken_or_partial_export_is_refused_and_writes_nothing(
     after = cliplog("export", "--project", histories, "--after", header["range"]["upto_cursor"], "--output",
                     str(tmp_path / "none.jsonl"), database_url=database_url)  # fmt: skip
     assert "exported 0 event(s)" in after.stderr
+    # an export that fails leaves no file behind, not even its temporary one
+    target = tmp_path / "exports" / "bad.jsonl"
+    target.parent.mkdir()
+    bad = cliplog("export", "--all", "--after", "not-a-cursor", "--output", str(target), database_url=database_url,
+                  check=False)  # fmt: skip
+    assert bad.returncode == 2 and "is not a cursor from this feed" in bad.stderr and "Traceback" not in bad.stderr
+    assert list(target.parent.iterdir()) == []
+    nowhere = cliplog("export", "--all", "--output", str(tmp_path / "no" / "dir.jsonl"), database_url=database_url,
+                      check=False)  # fmt: skip
+    assert nowhere.returncode == 2 and "No such file or directory" in nowhere.stderr
     for path, message in ((cut, "is cut short"), (broken, "line 4: not an exported event"),
                           (tmp_path / "missing.jsonl", "cannot read")):  # fmt: skip
         refused = cliplog("import", str(path), database_url=empty, check=False)

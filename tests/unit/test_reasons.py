@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from domain.clip import ClipState, Complete, Context, Fail, HandBack, Register, Retry, Start, TimeOut, decide
+from domain.clip import Cancel, ClipState, Complete, Context, Fail, HandBack, Register, Retry, Start, TimeOut, decide
 from domain.policy import RetryPolicy
 from domain.reasons import HANDED_BACK, Decision, after_outcome
 from domain.story import Explanation, step
@@ -130,3 +130,15 @@ def test_a_completion() -> None:
     clip.start()
     (done,) = clip.run(Complete(run=1, attempt=1, bytes=10, duration_seconds=10.0, elapsed_seconds=0.5, output="o"))
     assert done.because == "completed" and done.decision is None and done.status == "completed"
+
+
+def test_a_person_cancelled_it() -> None:
+    clip = Clip()
+    clip.run(REGISTER, after=0)
+    clip.start()
+    (cancelled,) = clip.run(Cancel())
+    assert cancelled.decision == Decision(why="stopped_by_person", attempt=1, max_attempts=3, code="cancelled")
+    assert cancelled.status == "cancelled" and cancelled.next_attempt_at is None
+    assert "cancelled by the user at attempt 1 of 3" in cancelled.text and "a person stopped it" in cancelled.text
+    (again,) = clip.run(Retry())
+    assert again.because == "manual_retry" and again.run == 2
