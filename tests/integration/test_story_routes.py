@@ -58,8 +58,8 @@ async def test_the_story_of_a_cancelled_clip_says_a_person_stopped_it(
     await handle(pool, project, clip, Cancel(), ctx)
     async with client(api_server, token) as http:
         story = (await http.get(f"/api/clips/projects/{project}/clips/{clip}/story")).json()
-    assert [s["because"] for s in story] == ["registered", "cancelled"]
-    assert story[-1]["status"] == "cancelled" and "a person's retry" in story[-1]["reason"]
+    assert [s["because"] for s in story] == ["registered", "stopped_by_person"]
+    assert story[-1]["status"] == "cancelled" and story[-1]["reason"].startswith("cancelled by the user")
 
 
 async def test_download_history_is_the_clips_export_file(api_server: InProcessServer, pool, ids, make_user: MakeUser):
