@@ -34,6 +34,12 @@ Catch-up: the events table is bulk-loaded (one transaction; VACUUM ANALYZE), all
                decoded with msgspec, until an empty page;
   B  raw       `SELECT <the same columns> FROM events WHERE position > $1 ORDER BY position LIMIT 1000` on an asyncpg
                connection with `store.init_connection` (jsonb decoded the same way).
+  C  NDJSON    `GET /api/events` with `Accept: application/x-ndjson` from the last line's cursor until an empty
+               stream, lines decoded with msgspec's `decode_lines`.
+  D  static    the NDJSON stream's whole answer, captured once, served by a bare ASGI app under uvicorn (no database,
+               no cliplog) and fetched and decoded the same way: the ceiling of HTTP + JSON on this machine.
+  E  baseline  with `--baseline-python PY`: A through a second `cliplog serve` run by PY (e.g. main's
+               `.venv/bin/python`, importing main's tree): a before/after in the same run.
 
 Progress goes to stderr; the result table (medians over the rounds, with min and max) goes to stdout.
 """
@@ -80,6 +86,7 @@ CATCH_UP_LABELS = {
     "http": "`GET /api/events` limit=1000",
     "ndjson": "`GET /api/events` NDJSON stream",
     "baseline": "`GET /api/events` limit=1000, `--baseline-python`'s server",
+    "static": "the stream's bytes, prebuilt, from a bare ASGI app (the HTTP ceiling)",
     "raw": "raw keyset SELECT",
 }
 CASE_LABELS = {
@@ -474,6 +481,55 @@ async def catch_up_ndjson(server: Server, token: str, expected: int) -> Rate:
     return Rate(count, seconds)
 
 
+# The ceiling of any HTTP catch-up here: the same NDJSON bytes, prebuilt, from a bare ASGI app under uvicorn (no
+# database, no cliplog), fetched and decoded as `catch_up_ndjson` does.
+STATIC_APP = """
+import sys, uvicorn
+body = open(sys.argv[1], "rb").read()
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]})
+        await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+async def catch_up_static(url: str, expected: int) -> Rate:
+    import httpx
+
+    decode_lines = msgspec.json.Decoder().decode_lines
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        started = time.perf_counter()
+        count = len(decode_lines((await http.get("/")).content))
+        seconds = time.perf_counter() - started
+    if count != expected:
+        raise AssertionError(f"static catch-up read {count} events, expected {expected}")
+    return Rate(count, seconds)
+
+
+async def static_server(server: Server, token: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    """The bare server of STATIC_APP, serving what the NDJSON stream answers from the beginning."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=600) as http:
+        body = (await http.get("/api/events")).content
+    path = workdir / "static.ndjson"
+    path.write_bytes(body)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", STATIC_APP, str(path), str(port)])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+                await http.get("/")
+            return process, url
+        except httpx.HTTPError:
+            await asyncio.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the static server did not start")
+
+
 async def catch_up_raw(conn: asyncpg.Connection, expected: int) -> Rate:
     started = time.perf_counter()
     position, count = 0, 0
@@ -673,6 +729,8 @@ async def bench(args: argparse.Namespace) -> str:
         }
         if baseline is not None:
             runs["baseline"] = lambda: catch_up_http(baseline, token, expected)
+        static, static_url = await static_server(server, token, workdir)
+        runs["static"] = lambda: catch_up_static(static_url, expected)
         catch_up: dict[str, list[Rate]] = defaultdict(list)
         try:
             for run in runs.values():  # warm the caches and the statements
@@ -687,6 +745,8 @@ async def bench(args: argparse.Namespace) -> str:
             await raw_conn.close()
             if baseline is not None:
                 baseline.stop()
+            static.terminate()
+            static.wait(10)
 
         header = [
             f"## cliplog event feed benchmark (PostgreSQL {server_version}, scratch database {database}, "
