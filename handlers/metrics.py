@@ -8,8 +8,9 @@ from __future__ import annotations
 from handlers import reactor
 from projections import metrics
 from usecases.services import Services
+from eventlog import locks
 
-LEADER_LOCK = 72631
+LEADER_LOCK = locks.METRICS_FOLLOWER
 
 
 async def project_once(services: Services) -> bool:

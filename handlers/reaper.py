@@ -35,10 +35,11 @@ from eventlog.store import stream_name
 from handlers.extraction import TEMP_PREFIX, output_clip
 from usecases.clips import handle
 from usecases.services import Services, utcnow
+from eventlog import locks
 
 log = logging.getLogger("cliplog.reaper")
 
-LEADER_LOCK = 72618
+LEADER_LOCK = locks.REAPER
 
 
 async def time_out_lost_attempts(services: Services) -> int:

@@ -27,6 +27,7 @@ import msgspec
 from domain.clip import HANDED_BACK
 from eventlog import store
 from eventlog.store import StoredEvent
+from eventlog import locks
 
 CHECKPOINT = "metrics"
 WINDOW_SECONDS = 3600
@@ -115,7 +116,7 @@ _PRUNE = "DELETE FROM metric_recent_attempts WHERE recorded_at <= now() - make_i
 _STALE = "SELECT EXISTS (SELECT 1 FROM metric_recent_attempts WHERE recorded_at <= now() - make_interval(secs => $1))"
 
 
-WRITER_LOCK = 72632  # one batch at a time, whoever runs it (a transaction-level advisory lock)
+WRITER_LOCK = locks.METRICS_WRITER  # one batch at a time, whoever runs it (a transaction-level advisory lock)
 
 
 async def catch_up(pool: asyncpg.Pool, batch: int = BATCH) -> int:

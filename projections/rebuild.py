@@ -33,9 +33,10 @@ from domain.errors import Conflict
 from domain.events import decode_json
 from eventlog import store
 from projections import clip_status
+from eventlog import locks
 
 NEW_TABLE = "clips_rebuild"
-_LOCK = 72617  # one rebuild at a time (advisory lock key; 72616 is the position allocator's)
+_LOCK = locks.REBUILD  # one rebuild at a time
 _PAGE = 20_000
 _READ = (
     "SELECT position, stream, type, schema_version, data::text, recorded_at FROM events "
