@@ -14,6 +14,9 @@ import msgspec
 Reason = Literal["registered", "auto_retry", "manual_retry", "handed_back"]
 Mode = Literal["copy", "accurate"]
 Detector = Literal["worker", "reaper", "user"]
+# How the dispatcher treats an attempt while it waits for a worker (domain/dispatch.py): interactive work first,
+# batch work with a guaranteed share.
+Priority = Literal["interactive", "batch"]
 
 
 class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -30,6 +33,7 @@ class ExtractionRequested(Event, tag="extraction.requested"):
     mode: Mode = "copy"
     name: str | None = None
     max_attempts: int = 3
+    priority: Priority = "interactive"
 
 
 class ExtractionStarted(Event, tag="extraction.started"):
