@@ -54,7 +54,9 @@ class ClipsController(Controller):
         owner = await services.pool.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id)
         if owner is not None and owner != user:
             raise NotFound(f"project {project_id!r} not found")
-        command = Register(source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name)
+        command = Register(
+            source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name, priority=data.priority
+        )
         handled = await register(services.pool, project_id, clip_id, command, services.context, user=user)
         view = clip_view(handled.state, handled.position, utcnow(), services.settings)
         return Response(view, status_code=201 if handled.appended else 200)

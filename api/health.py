@@ -13,7 +13,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from api.feed import subscriber_count
-from handlers import reactor
+from handlers import dispatcher, reactor
 from handlers.presence import PRESENCE_PREFIX
 from api.deps import ServicesDep
 from usecases.services import Services
@@ -54,6 +54,11 @@ class Reactor(msgspec.Struct):
     lag_events: int
 
 
+class Dispatch(msgspec.Struct):
+    waiting: dict[str, int]  # attempts due and waiting for admission, per priority
+    oldest_wait_seconds: float
+
+
 class Rates(msgspec.Struct):
     window_seconds: int
     completed: int
@@ -71,6 +76,7 @@ class Health(msgspec.Struct):
     workers: Workers | None = None
     queue: Queue | None = None
     reactor: Reactor | None = None
+    dispatch: Dispatch | None = None
     rates: Rates | None = None
 
 
@@ -138,6 +144,13 @@ async def _rates(services: Services) -> Rates:
     )
 
 
+async def _backlog(services: Services) -> dispatcher.Backlog | None:
+    try:
+        return await dispatcher.backlog(services)
+    except Exception:  # Redis went away since it was checked: the rest of the answer still holds
+        return None
+
+
 @get("/api/extraction/health", summary="Health of the extraction pipeline (no token needed)", tags=["operations"])
 async def health(services: ServicesDep) -> Response[Health]:
     database = await _database(services)
@@ -146,6 +159,7 @@ async def health(services: ServicesDep) -> Response[Health]:
         return Response(Health(status="down", database=database, redis=redis), status_code=503)
     queue = await _queue(services)
     lag = await reactor.lag(services)
+    backlog = await _backlog(services) if redis.ok else None
     degraded = not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000
     result = Health(
         status="degraded" if degraded else "ok",
@@ -154,6 +168,7 @@ async def health(services: ServicesDep) -> Response[Health]:
         workers=Workers(alive=alive),
         queue=queue,
         reactor=Reactor(lag_events=lag),
+        dispatch=Dispatch(backlog.waiting, backlog.oldest_wait_seconds) if backlog else None,
         rates=await _rates(services),
     )
     return Response(result, status_code=200)
@@ -169,6 +184,8 @@ class MetricValues(msgspec.Struct, frozen=True, kw_only=True):
     clips: dict[str, int]  # clips by status
     feed_subscribers: int
     reactor_lag: int
+    dispatch_waiting: dict[str, int] = msgspec.field(default_factory=dict)  # attempts waiting for admission
+    dispatch_oldest_wait: float = 0.0
 
 
 def metric_families(values: MetricValues) -> list[Metric]:
@@ -191,7 +208,16 @@ def metric_families(values: MetricValues) -> list[Metric]:
         "cliplog_feed_subscribers", "WebSocket feed subscribers on this instance.", value=values.feed_subscribers
     )
     lag = GaugeMetricFamily("cliplog_reactor_lag_events", "Events the reactor has not handled yet.", value=values.reactor_lag)
-    return [attempts, duration, clips, subscribers, lag]
+    waiting = GaugeMetricFamily(
+        "cliplog_dispatch_waiting", "Attempts due and waiting for admission to the workers.", labels=["priority"]
+    )
+    for priority in ("interactive", "batch"):
+        waiting.add_metric([priority], values.dispatch_waiting.get(priority, 0))
+    oldest = GaugeMetricFamily(
+        "cliplog_dispatch_oldest_wait_seconds", "How long the attempt waiting longest for admission has waited.",
+        value=values.dispatch_oldest_wait,
+    )
+    return [attempts, duration, clips, subscribers, lag, waiting, oldest]
 
 
 class _Scrape:
@@ -223,6 +249,7 @@ async def _metric_values(services: Services, state: State) -> MetricValues:
     }
     durations = await services.pool.fetchrow(_DURATION_HISTOGRAM, list(BUCKETS))
     clips = {r["status"]: r["n"] for r in await services.pool.fetch("SELECT status, count(*) AS n FROM clips GROUP BY status")}
+    backlog = await _backlog(services) if services.redis is not None else None
     return MetricValues(
         outcomes=outcomes,
         duration_buckets=list(durations["buckets"]),
@@ -231,6 +258,8 @@ async def _metric_values(services: Services, state: State) -> MetricValues:
         clips=clips,
         feed_subscribers=subscriber_count(state),
         reactor_lag=await reactor.lag(services),
+        dispatch_waiting=backlog.waiting if backlog else {},
+        dispatch_oldest_wait=backlog.oldest_wait_seconds if backlog else 0.0,
     )
 
 

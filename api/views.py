@@ -61,6 +61,7 @@ class ClipView(msgspec.Struct):
     created_at: datetime | None = None
     duration_seconds: float | None = None
     bytes: int | None = None
+    priority: Literal["interactive", "batch"] = "interactive"
 
 
 class EventPage(msgspec.Struct):
@@ -77,6 +78,7 @@ class RegisterClip(msgspec.Struct, forbid_unknown_fields=True):
     clip_id: str | None = None
     mode: Literal["copy", "accurate"] = "copy"
     name: str | None = None
+    priority: Literal["interactive", "batch"] = "interactive"
 
 
 def clip_view(state: ClipState, position: int, now: datetime, settings: Settings) -> ClipView:
@@ -110,4 +112,5 @@ def clip_view(state: ClipState, position: int, now: datetime, settings: Settings
         created_at=state.created_at,
         duration_seconds=state.duration_seconds if state.status == "completed" else None,
         bytes=state.bytes if state.status == "completed" else None,
+        priority=state.priority,
     )

@@ -1,5 +1,5 @@
-"""The reactor: follows the log from a checkpoint kept in PostgreSQL and turns each `requested` attempt into an
-arq job. Enqueueing is idempotent (the job id is unique to the attempt), so a crash between the enqueue and the
+"""The reactor (CLIPLOG_DISPATCH=fifo; the fair default runs handlers/dispatcher.py under the same leader lock
+instead): follows the log from a checkpoint kept in PostgreSQL and turns each `requested` attempt into an arq job. Enqueueing is idempotent (the job id is unique to the attempt), so a crash between the enqueue and the
 checkpoint only enqueues again what arq already holds, or what the job itself then finds stale.
 
 One reactor runs at a time across all workers (a PostgreSQL advisory lock on its own connection). It wakes on
@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
+from typing import Callable
 
+import asyncpg
 from arq.connections import ArqRedis
 
 from eventlog import store
 from runtime.aio import reraise_if_cancelled, wait_event
+from runtime.settings import Settings
 from usecases.services import Services
 
 log = logging.getLogger("cliplog.reactor")
@@ -30,6 +33,12 @@ def job_id(project_id: str, clip_id: str, run: int, attempt: int) -> str:
     return f"extract:{project_id}/{clip_id}:{run}:{attempt}"
 
 
+def job_timeout(settings: Settings) -> float:
+    """arq's limit on one extraction job: the attempt's own timeout plus room to record its outcome. arq marks a
+    job it runs "in progress" for this plus 10 s."""
+    return settings.attempt_timeout + 120
+
+
 async def enqueue_attempt(
     redis: ArqRedis,
     project_id: str,
@@ -39,9 +48,11 @@ async def enqueue_attempt(
     not_before: datetime | None,
     *,
     job: str | None = None,
+    publish: bool = True,
 ) -> bool:
-    """Enqueue the attempt's job (id `job`, by default the attempt's own) and wake idle workers; False when arq
-    already holds a job (or its result) with that id."""
+    """Enqueue the attempt's job (id `job`, by default the attempt's own) and wake idle workers (unless `publish`
+    is false: the caller wakes them once for several); False when arq already holds a job (or its result) with that
+    id."""
     job = await redis.enqueue_job(
         EXTRACT_JOB,
         project_id,
@@ -51,7 +62,7 @@ async def enqueue_attempt(
         _job_id=job or job_id(project_id, clip_id, run, attempt),
         _defer_until=not_before,
     )
-    if job is not None:
+    if job is not None and publish:
         await redis.publish(WAKE_CHANNEL, "1")
     return job is not None
 
@@ -68,13 +79,17 @@ async def react_once(services: Services, batch: int = 500) -> int:
                 services.redis, event.project_id, event.clip_id, data.run, data.attempt, data.not_before  # type: ignore[union-attr]
             )
     if events:
-        await services.pool.execute(
-            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) "
-            "ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position)",
-            CHECKPOINT,
-            events[-1].position,
-        )
+        await save_checkpoint(services.pool, events[-1].position)
     return len(events)
+
+
+async def save_checkpoint(pool: asyncpg.Pool, position: int) -> None:
+    await pool.execute(
+        "INSERT INTO checkpoints (name, position) VALUES ($1, $2) "
+        "ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position)",
+        CHECKPOINT,
+        position,
+    )
 
 
 async def lag(services: Services) -> int:
@@ -87,18 +102,21 @@ async def lag(services: Services) -> int:
 
 
 async def run_as_leader(  # noqa: ANN001
-    services: Services, lock_key: int, step, period: float, name: str, *, wake_on_notify: bool = True
-) -> None:
-    """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by NOTIFY or every `period`.
+    services: Services, lock_key: int, step, period: float | Callable[[], float], name: str, *,
+    wake_on_notify: bool = True,
+) -> None:  # fmt: skip
+    """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by NOTIFY or every `period`
+    seconds (a function: asked again after every pass).
 
     Survives PostgreSQL outages: on any connection error it waits and tries again.
     """
+    sleep = period if callable(period) else lambda: period
     while True:
         conn = None
         try:
             conn = await services.connect_leader()
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
-                await asyncio.sleep(min(period, 2.0))
+                await asyncio.sleep(min(sleep(), 2.0))
             wake = asyncio.Event()
             if wake_on_notify:
                 await conn.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
@@ -107,7 +125,7 @@ async def run_as_leader(  # noqa: ANN001
                 wake.clear()
                 while await step(services):
                     pass
-                await wait_event(wake, period)
+                await wait_event(wake, sleep())
                 await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly
         except asyncio.CancelledError:
             raise

@@ -2,9 +2,12 @@
 
 - A running attempt whose lease has not been renewed for `lease_timeout` (its worker is gone) or whose deadline
   has passed gets `timed_out` (detected_by: reaper); the clip's retry policy then schedules the next attempt.
-- A requested attempt that has not started `requeue_after` seconds after it was due, and whose job is not waiting
-  in the queue, is enqueued again (Redis was flushed or restarted, or a worker died before starting it). Each
-  re-enqueue has its own job id, and a duplicate job finds its attempt already started and does nothing.
+- With CLIPLOG_DISPATCH=fifo, a requested attempt that has not started `requeue_after` seconds after it was due,
+  and whose job is not waiting in the queue, is enqueued again (Redis was flushed or restarted, or a worker died
+  before starting it). Each re-enqueue has its own job id, and a duplicate job finds its attempt already started
+  and does nothing. With fair dispatch the dispatcher itself admits again, within a second, whatever is missing
+  from the queue (within the capacity and the limits); the reaper only takes out of the queue an admitted job that
+  a worker took and never started (`dispatcher.release_stuck_admissions`).
 - Temporary output files older than any attempt may live are removed.
 """
 
@@ -18,7 +21,7 @@ from arq.constants import default_queue_name
 
 from domain.clip import TimeOut
 from domain.errors import StaleAttempt
-from handlers import reactor
+from handlers import dispatcher, reactor
 from handlers.extraction import TEMP_PREFIX
 from usecases.clips import handle
 from usecases.services import Services, utcnow
@@ -105,7 +108,10 @@ def remove_stale_temporaries(services: Services) -> int:
 
 async def reap_once(services: Services) -> bool:
     await time_out_lost_attempts(services)
-    await requeue_lost_jobs(services)
+    if services.settings.dispatch == "fifo":
+        await requeue_lost_jobs(services)
+    else:
+        await dispatcher.release_stuck_admissions(services)
     remove_stale_temporaries(services)
     return False  # one pass per period
 

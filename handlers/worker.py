@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
-from handlers import reactor, reaper
+from handlers import dispatcher, reactor, reaper
 from handlers.extraction import extract
 from handlers.presence import PRESENCE_PREFIX, PRESENCE_TTL
 from runtime.aio import reraise_if_cancelled, wait_event
@@ -29,11 +29,12 @@ from usecases.services import DEPENDENCY_ERRORS, Services
 log = logging.getLogger("cliplog.worker")
 
 
-async def announce(services: Services, worker_id: str) -> None:
-    """Keep a short-lived presence key in Redis so health can count the live workers."""
+async def announce(services: Services, worker_id: str, concurrency: int) -> None:
+    """Keep a short-lived presence key in Redis, holding the worker's concurrency: health counts the live workers,
+    the dispatcher adds up their slots."""
     while True:
         try:
-            await services.redis.set(PRESENCE_PREFIX + worker_id, "1", ex=PRESENCE_TTL)
+            await services.redis.set(PRESENCE_PREFIX + worker_id, str(concurrency), ex=PRESENCE_TTL)
         except Exception as error:
             log.warning("cannot announce worker presence: %s", error)
         await asyncio.sleep(PRESENCE_TTL / 3)
@@ -107,7 +108,7 @@ def worker_options(settings: Settings, concurrency: int) -> dict[str, Any]:
     return {
         "functions": [func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
         "max_jobs": concurrency,
-        "job_timeout": settings.attempt_timeout + 120,
+        "job_timeout": reactor.job_timeout(settings),
         "poll_delay": 0.2,
         "keep_result": 3600,
         "log_results": False,
@@ -119,12 +120,13 @@ def open_worker(services: Services, concurrency: int) -> dict[str, Any]:
     """The worker's resources and its background loops (the reactor, the reaper, the presence key): arq's ctx."""
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
     reaper.remove_stale_temporaries(services)
+    leader = dispatcher.follow if services.settings.dispatch == "fair" else reactor.follow
     background = [
-        asyncio.create_task(reactor.follow(services), name="reactor"),
+        asyncio.create_task(announce(services, worker_id, concurrency), name="presence"),
+        asyncio.create_task(leader(services), name="dispatcher"),
         asyncio.create_task(reaper.follow(services), name="reaper"),
-        asyncio.create_task(announce(services, worker_id), name="presence"),
     ]
-    log.info("worker %s started (concurrency %d)", worker_id, concurrency)
+    log.info("worker %s started (concurrency %d, %s dispatch)", worker_id, concurrency, services.settings.dispatch)
     return {"services": services, "worker_id": worker_id, "background": background}
 
 

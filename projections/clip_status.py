@@ -19,12 +19,13 @@ _decoder = msgspec.json.Decoder(ClipState)
 
 _UPSERT = """
 INSERT INTO clips (project_id, clip_id, version, status, run, attempt, not_before, deadline_at, status_since,
-                   position, created_at, updated_at, state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                   position, created_at, updated_at, state, priority)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15)
 ON CONFLICT (project_id, clip_id) DO UPDATE SET
     version = EXCLUDED.version, status = EXCLUDED.status, run = EXCLUDED.run, attempt = EXCLUDED.attempt,
     not_before = EXCLUDED.not_before, deadline_at = EXCLUDED.deadline_at, status_since = EXCLUDED.status_since,
-    position = EXCLUDED.position, updated_at = EXCLUDED.updated_at, state = EXCLUDED.state
+    position = EXCLUDED.position, updated_at = EXCLUDED.updated_at, state = EXCLUDED.state,
+    priority = EXCLUDED.priority
 WHERE clips.version = $14
 """
 
@@ -65,6 +66,7 @@ async def save(conn: asyncpg.Connection, state: ClipState, previous_version: int
         state.updated_at,
         msgspec.to_builtins(state),
         previous_version,
+        state.priority,
     )
     return result.endswith(" 1")
 

@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_interval: float = 15.0
     feed_buffer: int = 1000
     feed_poll_interval: float = 1.0
+    dispatch: str = "fair"  # "fair": admission as workers free up (handlers/dispatcher.py); "fifo": enqueue on sight
+    project_concurrency: int | None = None  # running attempts per project (fair dispatch); None: unlimited
+    owner_concurrency: int | None = None  # per user
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -76,7 +79,10 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_WS_PING_INTERVAL": ("ws_ping_interval", float),
     "CLIPLOG_FEED_BUFFER": ("feed_buffer", int),
     "CLIPLOG_FEED_POLL_INTERVAL": ("feed_poll_interval", float),
+    "CLIPLOG_PROJECT_CONCURRENCY": ("project_concurrency", int),
+    "CLIPLOG_OWNER_CONCURRENCY": ("owner_concurrency", int),
 }
+DISPATCH_MODES = ("fair", "fifo")
 
 
 def find_ffmpeg(env: Mapping[str, str]) -> str:
@@ -120,6 +126,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             f"CLIPLOG_HEARTBEAT_INTERVAL ({heartbeat:g}) must be shorter than CLIPLOG_LEASE_TIMEOUT ({lease:g}), "
             "or every healthy attempt would be timed out"
         )
+    dispatch = env.get("CLIPLOG_DISPATCH") or "fair"
+    if dispatch not in DISPATCH_MODES:
+        raise ConfigError(f"CLIPLOG_DISPATCH must be one of {', '.join(DISPATCH_MODES)} (got {dispatch!r})")
     data_dir = Path(env.get("CLIPLOG_DATA_DIR") or ".cliplog").absolute()
     return Settings(
         database_url=env.get("CLIPLOG_DATABASE_URL") or None,
@@ -130,5 +139,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ffmpeg=find_ffmpeg(env),
         ffprobe=find_ffprobe(env),
         dev_token=env.get("CLIPLOG_DEV_TOKEN") or None,
+        dispatch=dispatch,
         **values,  # type: ignore[arg-type]
     )
