@@ -147,20 +147,24 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
     state = await clip_status.load(services.pool, project_id, clip_id)
     if (state.run, state.attempt) != (run, attempt) or state.started or state.status not in ("pending", "retrying"):
         return "stale"
-    if state.not_before is not None:
-        wait = (state.not_before - utcnow()).total_seconds()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    # A job is only ever queued once its attempt is due (the dispatcher admits it no earlier than `not_before`; the
+    # fifo reactor defers it in arq), so it starts at once. FFmpeg starts while `started` (with the lease) commits:
+    # the cut does not wait for the log's fsync. When the attempt cannot start (another job of it started first),
+    # the cut is stopped and its temporary file removed; nothing is published before `started` is recorded.
+    began = time.monotonic()
+    production = asyncio.create_task(produce_clip(services, state, services.settings.attempt_timeout))
     try:
         started = await start_attempt(
             services.pool, project_id, clip_id, Start(run=run, attempt=attempt, worker_id=worker_id), services.context
         )
-    except StaleAttempt:
-        return "stale"
+    except BaseException as error:
+        production.cancel()
+        await asyncio.gather(production, return_exceptions=True)
+        if isinstance(error, StaleAttempt):
+            return "stale"
+        raise
     state = started.state
-    began = time.monotonic()
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
-    production = asyncio.create_task(produce_clip(services, state, max(0.0, time_left)))
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
         command: Command = await production
