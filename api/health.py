@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Iterable
+from uuid import UUID
 
 import msgspec
 from litestar import Request, Response, get
@@ -14,8 +15,11 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from api.feed import subscriber_count
 from handlers import dispatcher, reactor
-from handlers.presence import PRESENCE_PREFIX
+from handlers.presence import presence_prefix
 from api.deps import ServicesDep
+from domain.clip import HANDED_BACK
+from eventlog import store
+from eventlog.store import HorizonHolder
 from usecases.services import Services
 
 WINDOW_SECONDS = 3600
@@ -54,6 +58,11 @@ class Reactor(msgspec.Struct):
     lag_events: int
 
 
+class Feed(msgspec.Struct):
+    horizon_lag_seconds: float
+    held_by: HorizonHolder | None
+
+
 class Dispatch(msgspec.Struct):
     waiting: dict[str, int]  # attempts due and waiting for admission, per priority
     oldest_wait_seconds: float
@@ -76,25 +85,27 @@ class Health(msgspec.Struct):
     workers: Workers | None = None
     queue: Queue | None = None
     reactor: Reactor | None = None
+    feed: Feed | None = None
     dispatch: Dispatch | None = None
     rates: Rates | None = None
 
 
-async def _database(services: Services) -> Check:
+async def _database(services: Services) -> tuple[Check, UUID | None]:
+    """Whether PostgreSQL answers, and the log's identity (which names this deployment's workers in Redis)."""
     try:
-        await asyncio.wait_for(services.pool.fetchval("SELECT 1"), 2)
-        return Check(ok=True)
+        epoch = await asyncio.wait_for(store.epoch(services.pool), 2)
+        return Check(ok=True), epoch
     except Exception as error:
-        return Check(ok=False, detail=f"{type(error).__name__}: {error}"[:200])
+        return Check(ok=False, detail=f"{type(error).__name__}: {error}"[:200]), None
 
 
-async def _redis(services: Services) -> tuple[Check, int]:
+async def _redis(services: Services, epoch: UUID | None) -> tuple[Check, int]:
     if services.redis is None:
         return Check(ok=False, detail="not configured"), 0
     try:
         await asyncio.wait_for(services.redis.ping(), 2)
         alive = 0
-        async for _ in services.redis.scan_iter(match=PRESENCE_PREFIX + "*", count=100):
+        async for _ in services.redis.scan_iter(match=presence_prefix(epoch) + "*", count=100):
             alive += 1
         return Check(ok=True), alive
     except Exception as error:
@@ -116,11 +127,16 @@ async def _queue(services: Services) -> Queue:
     return Queue(**{k: (float(v) if k == "oldest_pending_seconds" else int(v)) for k, v in dict(row).items()})
 
 
+async def _feed(services: Services) -> Feed:
+    horizon = await store.horizon_status(services.pool)
+    return Feed(horizon_lag_seconds=horizon.lag_seconds, held_by=horizon.held_by)
+
+
 async def _rates(services: Services) -> Rates:
     row = await services.pool.fetchrow(
         """
         SELECT count(*) FILTER (WHERE type = 'extraction.completed') AS completed,
-               count(*) FILTER (WHERE type = 'extraction.failed') AS failed,
+               count(*) FILTER (WHERE type = 'extraction.failed' AND data->>'code' <> $2) AS failed,
                count(*) FILTER (WHERE type = 'extraction.timed_out') AS timed_out,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY (data->>'elapsed_seconds')::float)
                    FILTER (WHERE type = 'extraction.completed') AS p50,
@@ -131,6 +147,7 @@ async def _rates(services: Services) -> Rates:
           AND type IN ('extraction.completed', 'extraction.failed', 'extraction.timed_out')
         """,
         WINDOW_SECONDS,
+        HANDED_BACK,  # a hand-back (a deploy) is not a failed attempt
     )
     total = row["completed"] + row["failed"] + row["timed_out"]
     return Rates(
@@ -153,8 +170,8 @@ async def _backlog(services: Services) -> dispatcher.Backlog | None:
 
 @get("/api/extraction/health", summary="Health of the extraction pipeline (no token needed)", tags=["operations"])
 async def health(services: ServicesDep) -> Response[Health]:
-    database = await _database(services)
-    redis, alive = await _redis(services)
+    database, epoch = await _database(services)
+    redis, alive = await _redis(services, epoch)
     if not database.ok:
         return Response(Health(status="down", database=database, redis=redis), status_code=503)
     queue = await _queue(services)
@@ -168,6 +185,7 @@ async def health(services: ServicesDep) -> Response[Health]:
         workers=Workers(alive=alive),
         queue=queue,
         reactor=Reactor(lag_events=lag),
+        feed=await _feed(services),
         dispatch=Dispatch(backlog.waiting, backlog.oldest_wait_seconds) if backlog else None,
         rates=await _rates(services),
     )
@@ -244,7 +262,9 @@ async def _metric_values(services: Services, state: State) -> MetricValues:
         r["type"].removeprefix("extraction."): r["n"]
         for r in await services.pool.fetch(
             "SELECT type, count(*) AS n FROM events WHERE type IN "
-            "('extraction.completed', 'extraction.failed', 'extraction.timed_out') GROUP BY type"
+            "('extraction.completed', 'extraction.failed', 'extraction.timed_out') "
+            "AND (type <> 'extraction.failed' OR data->>'code' <> $1) GROUP BY type",  # hand-backs are no failures
+            HANDED_BACK,
         )
     }
     durations = await services.pool.fetchrow(_DURATION_HISTOGRAM, list(BUCKETS))

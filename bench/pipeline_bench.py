@@ -67,7 +67,7 @@ from bench.common import apply_defaults, cell, fmt
 from api.auth import create_token
 from eventlog.migrate import migrate
 from handlers.ffmpeg import cut_command
-from handlers.reactor import job_id
+from handlers.reactor import job_queue
 from runtime import processes
 from runtime.settings import find_ffmpeg
 
@@ -403,10 +403,11 @@ def offset(i: int) -> float:
     return round(1.0 + (i * 7.7) % (SOURCE_SECONDS - CLIP_SECONDS - 2), 2)
 
 
-async def arq_times(redis: ArqRedis, project: str, clip_id: str) -> tuple[float, float] | None:
+async def arq_times(db: asyncpg.Connection, redis: ArqRedis, project: str, clip_id: str) -> tuple[float, float] | None:
     """(enqueue_time, start_time) of the clip's first job, from the result arq keeps in Redis (ms precision);
     None when arq has not stored it within a second."""
-    job = Job(job_id(project, clip_id, 1, 1), redis)
+    queue = await job_queue(db)
+    job = Job(queue.job_id(project, clip_id, 1, 1), redis, _queue_name=queue.name)
     for _ in range(100):
         info = await job.result_info()
         if info is not None:
@@ -459,7 +460,7 @@ async def segments_of(db: asyncpg.Connection, redis: ArqRedis, sighting: Sightin
         "seen": seen_wall - completed["at"],
         "answer": sighting.answered,
     }
-    times = await arq_times(redis, project, clip_id)
+    times = await arq_times(db, redis, project, clip_id)
     if times is not None:
         enqueued, began = times
         segments |= {"react": enqueued - requested["at"], "queue": began - enqueued, "load": started["at"] - began}

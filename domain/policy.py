@@ -22,7 +22,8 @@ def backoff_seconds(policy: RetryPolicy, failed_attempt: int, jitter: float) -> 
 
 
 # Error codes and whether another attempt could succeed. Anything unknown is retryable: a retry is cheap,
-# a clip failed for good by mistake is not.
+# a clip failed for good by mistake is not. A result that fails validation would come out the same again (the same
+# FFmpeg on the same source), so `output_invalid` is not retried.
 RETRYABLE: dict[str, bool] = {
     "source_missing": False,
     "source_unreadable": False,
@@ -30,7 +31,7 @@ RETRYABLE: dict[str, bool] = {
     "range_past_end": False,
     "ffmpeg_exit": True,
     "ffmpeg_killed": True,
-    "output_invalid": True,
+    "output_invalid": False,
     "timed_out": True,
     "worker_lost": True,
     "internal": True,

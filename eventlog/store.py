@@ -1,16 +1,18 @@
 """The append-only event log on asyncpg.
 
-Appending: `cliplog_allocate_positions` (migrations/001) is the first write of every appending transaction. It
+Appending: `cliplog_allocate_positions` (migrations/001, 005) is the first write of every appending transaction. It
 takes the transaction id and the event positions together under a lock held for microseconds, so positions
 follow transaction-id order, and the lock is not held through commit (which would serialise every fsync, as a
-table lock does). `(stream, version)` is unique: an append at a stale expected version fails and writes nothing.
+table lock does); it also takes a shared advisory lock held until the transaction ends, which marks it as an
+appender for the readers' horizon (shared: appenders do not wait for each other). `(stream, version)` is unique: an append at a stale expected version fails and writes nothing.
 
 Reading in position order: a transaction that allocated a low position may commit after one holding a higher
-position. Readers therefore read only rows whose transaction id is below the oldest transaction still running in
-their snapshot (`cliplog_safe_horizon`, migrations/004: like `pg_snapshot_xmin`, but blind to transactions of
-other databases): every transaction below it has finished, and every transaction still running or yet to come
-holds positions above every row read. A reader that follows the log by position never skips a late commit and
-never sees a row twice.
+position. Readers therefore read only rows whose transaction id is below the oldest appending transaction still
+running in their snapshot (`cliplog_safe_horizon`, migrations/005: like `pg_snapshot_xmin`, but blind to
+transactions that do not append events, such as an operator's open `BEGIN; UPDATE ...` or a transaction of another
+database): every appender below it has finished, and every appender still running or yet to come holds positions
+above every row read. A reader that follows the log by position never skips a late commit and never sees a row
+twice.
 """
 
 from __future__ import annotations
@@ -166,6 +168,42 @@ async def head_position(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     """The highest position a reader may safely pass (0 for an empty log)."""
     value = await conn.fetchval(f"SELECT max(position) FROM events WHERE {_SAFE}")
     return value or 0
+
+
+class HorizonHolder(msgspec.Struct, frozen=True):
+    """The backend whose open appending transaction holds the readers back."""
+
+    pid: int
+    application_name: str
+    xact_age: float  # seconds since its transaction began
+
+
+class HorizonStatus(msgspec.Struct, frozen=True):
+    lag_seconds: float  # age of the oldest committed event that readers cannot read yet (0: none waits)
+    held_by: HorizonHolder | None  # set while an event waits and the transaction holding it back still runs
+
+
+_HORIZON_STATUS = """
+WITH horizon AS MATERIALIZED (SELECT cliplog_safe_horizon() AS x),
+safe_head AS (SELECT coalesce(max(position), 0) AS p FROM events, horizon WHERE txid < horizon.x),
+waiting AS (SELECT recorded_at FROM events, safe_head WHERE position > safe_head.p ORDER BY position LIMIT 1)
+SELECT greatest(0, extract(epoch FROM clock_timestamp() - waiting.recorded_at))::float8 AS lag_seconds,
+       holder.pid, holder.application_name,
+       extract(epoch FROM clock_timestamp() - holder.xact_start)::float8 AS xact_age
+FROM horizon
+LEFT JOIN waiting ON true
+LEFT JOIN pg_stat_activity holder ON waiting.recorded_at IS NOT NULL AND holder.backend_xid = xid(horizon.x)
+"""
+
+
+async def horizon_status(conn: asyncpg.Connection | asyncpg.Pool) -> HorizonStatus:
+    """How far the readers' safe horizon lags behind the committed log, and which backend holds it back."""
+    row = await conn.fetchrow(_HORIZON_STATUS)
+    holder = None
+    if row["pid"] is not None:
+        holder = HorizonHolder(pid=row["pid"], application_name=row["application_name"] or "",
+                               xact_age=round(row["xact_age"] or 0.0, 3))
+    return HorizonStatus(lag_seconds=round(row["lag_seconds"] or 0.0, 3), held_by=holder)
 
 
 async def epoch(conn: asyncpg.Connection | asyncpg.Pool) -> UUID:

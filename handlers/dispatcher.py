@@ -6,7 +6,7 @@ requested instead (first come, first served).
 Redis holds no truth here either; every pass derives the whole admission state again:
 - waiting: the clip projection's pending/retrying rows whose `not_before` has passed (a retry is never admitted
   before its backoff ends);
-- admitted: those whose job, under the attempt's own id (`reactor.job_id`), is in arq's queue. After a Redis flush
+- admitted: those whose job, under the attempt's own id (`JobQueue.job_id`), is in the log's arq queue. After a Redis flush
   the queue is empty, so they are admitted again under the same id; arq refuses a second job with an id it holds, so
   no attempt is ever queued twice, and a duplicate job would find its attempt started and do nothing;
 - capacity: the sum of the live workers' concurrency, from their presence keys.
@@ -23,12 +23,13 @@ from datetime import datetime, timedelta
 import asyncpg
 import msgspec
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
 from domain.dispatch import InFlight, Limits, Waiting, queue_position, select
 from domain.clip import ClipState
 from handlers import reactor
-from handlers.presence import PRESENCE_PREFIX
+from handlers.presence import presence_prefix
+from handlers.reactor import JobQueue
 from usecases.services import Services, utcnow
 
 log = logging.getLogger("cliplog.dispatcher")
@@ -70,30 +71,14 @@ SELECT 'head', NULL, NULL, NULL, NULL, NULL, (SELECT max(position) FROM events),
 """
 
 
-def parse_job_id(job: str | bytes) -> Key | None:
-    """The attempt of a job id made by `reactor.job_id` (with or without a re-enqueue suffix), None for another."""
-    text = job.decode() if isinstance(job, bytes) else job
-    prefix, _, rest = text.partition(":")
-    if prefix != reactor.EXTRACT_JOB:
-        return None
-    stream, _, numbers = rest.partition(":")
-    project_id, _, clip_id = stream.partition("/")
-    run, _, tail = numbers.partition(":")
-    attempt = tail.partition(":")[0]
-    try:
-        return (project_id, clip_id, int(run), int(attempt))
-    except ValueError:
-        return None
+async def queued_attempts(redis: ArqRedis, queue: JobQueue) -> set[Key]:
+    """The attempts with a job in the queue (waiting for a worker, or running: arq removes a job when it ends)."""
+    return {key for job in await redis.zrange(queue.name, 0, -1) if (key := queue.attempt_of(job)) is not None}
 
 
-async def queued_attempts(redis: ArqRedis) -> set[Key]:
-    """The attempts with a job in arq's queue (waiting for a worker, or running: arq removes a job when it ends)."""
-    return {key for job in await redis.zrange(default_queue_name, 0, -1) if (key := parse_job_id(job)) is not None}
-
-
-async def live_capacity(redis: ArqRedis) -> int:
-    """The sum of the live workers' concurrency (each worker's presence key holds its own)."""
-    keys = [key async for key in redis.scan_iter(match=PRESENCE_PREFIX + "*", count=1000)]
+async def live_capacity(redis: ArqRedis, queue: JobQueue) -> int:
+    """The sum of the concurrency of the log's live workers (each worker's presence key holds its own)."""
+    keys = [key async for key in redis.scan_iter(match=presence_prefix(queue.epoch) + "*", count=1000)]
     if not keys:
         return 0
     total = 0
@@ -116,17 +101,17 @@ def _waiting(row: asyncpg.Record) -> Waiting:
     )  # fmt: skip
 
 
-async def admit(redis: ArqRedis, item: Waiting) -> bool:
+async def admit(redis: ArqRedis, queue: JobQueue, item: Waiting) -> bool:
     """Put the attempt's job in the queue under its own id. arq refuses an id it still holds a job or a result for:
     a job that is not in the queue any more but left a result ran without starting the attempt (its worker lost
     PostgreSQL, say); that result says nothing the log does not, so it is dropped and the attempt admitted again."""
-    job = reactor.job_id(*item.key)
-    if await reactor.enqueue_attempt(redis, *item.key, None, publish=False):
+    job = queue.job_id(*item.key)
+    if await reactor.enqueue_attempt(redis, queue, *item.key, None, publish=False):
         return True
-    if await redis.zscore(default_queue_name, job) is not None:
+    if await redis.zscore(queue.name, job) is not None:
         return False  # admitted meanwhile
     await redis.delete(result_key_prefix + job, job_key_prefix + job)
-    return await reactor.enqueue_attempt(redis, *item.key, None, publish=False)
+    return await reactor.enqueue_attempt(redis, queue, *item.key, None, publish=False)
 
 
 class Dispatcher:
@@ -134,6 +119,7 @@ class Dispatcher:
     last, when the next retry falls due. All of it may be lost: a new leader starts from the log and the queue."""
 
     def __init__(self) -> None:
+        self.queue: JobQueue | None = None  # the log's, read once
         self.since_batch = 0
         self._capacity = 0
         self._capacity_read = -1e9
@@ -147,10 +133,10 @@ class Dispatcher:
             return PERIOD
         return max(0.0, min(PERIOD, self._next_due - time.monotonic()))
 
-    async def capacity(self, redis: ArqRedis) -> int:
+    async def capacity(self, redis: ArqRedis, queue: JobQueue) -> int:
         now = time.monotonic()
         if now - self._capacity_read > CAPACITY_TTL or self._capacity == 0:
-            self._capacity, self._capacity_read = await live_capacity(redis), now
+            self._capacity, self._capacity_read = await live_capacity(redis, queue), now
         return self._capacity
 
     async def step(self, services: Services) -> bool:
@@ -158,8 +144,11 @@ class Dispatcher:
         assert services.redis is not None
         settings = services.settings
         redis = services.redis
-        capacity = await self.capacity(redis)
-        queued = await queued_attempts(redis)
+        if self.queue is None:
+            self.queue = await reactor.job_queue(services.pool)
+        queue = self.queue
+        capacity = await self.capacity(redis, queue)
+        queued = await queued_attempts(redis, queue)
         now = utcnow()
         columns = list(zip(*queued)) if queued else [[], [], [], []]
         rows = await services.pool.fetch(_SNAPSHOT, *[list(c) for c in columns], max(capacity, 1), now)
@@ -181,7 +170,7 @@ class Dispatcher:
         selection = select(due, in_flight, capacity - len(in_flight), limits, self.since_batch)
         admitted = 0
         for item in selection.admit:
-            admitted += await admit(redis, item)
+            admitted += await admit(redis, queue, item)
         self.since_batch = selection.since_batch
         if admitted:
             await redis.publish(reactor.WAKE_CHANNEL, "1")
@@ -208,7 +197,8 @@ async def release_stuck_admissions(services: Services) -> int:
     assert services.redis is not None
     settings = services.settings
     redis = services.redis
-    queued = await queued_attempts(redis)
+    queue = await reactor.job_queue(services.pool)
+    queued = await queued_attempts(redis, queue)
     if not queued:
         return 0
     rows = await services.pool.fetch(
@@ -220,10 +210,10 @@ async def release_stuck_admissions(services: Services) -> int:
     for row in rows:
         if _key(row) not in queued:
             continue
-        job = reactor.job_id(*_key(row))
+        job = queue.job_id(*_key(row))
         left = await redis.pttl(in_progress_key_prefix + job)
         if left > 0 and marked_for - left / 1000 > settings.requeue_after:
-            await redis.zrem(default_queue_name, job)
+            await redis.zrem(queue.name, job)
             await redis.delete(job_key_prefix + job, in_progress_key_prefix + job, result_key_prefix + job)
             released += 1
             log.warning("released attempt %s.%s of %s/%s: taken by a worker that never started it",
@@ -248,7 +238,7 @@ class Backlog(msgspec.Struct, frozen=True):
 async def backlog(services: Services) -> Backlog:
     """The attempts waiting for admission (due, not in the queue), per priority, and the oldest one's wait."""
     assert services.redis is not None
-    queued = await queued_attempts(services.redis)
+    queued = await queued_attempts(services.redis, await reactor.job_queue(services.pool))
     now = utcnow()
     counts = {"interactive": 0, "batch": 0}
     oldest: datetime | None = None
@@ -269,7 +259,7 @@ async def clip_queue_position(services: Services, state: ClipState) -> int | Non
     if state.status not in ("pending", "retrying") or services.redis is None:
         return None
     target: Key = (state.project_id, state.clip_id, state.run, state.attempt)
-    queued = await queued_attempts(services.redis)
+    queued = await queued_attempts(services.redis, await reactor.job_queue(services.pool))
     if target in queued:
         return 0
     now = utcnow()

@@ -40,11 +40,11 @@ _SOURCE_INFO_LIMIT = 512
 async def source_info(path: Path, settings: Settings, timeout: float) -> ffmpeg.MediaInfo:
     """Probe a source once per version of the file (clips of one source share it): the MP4 boxes when they can be
     read, else FFmpeg."""
-    stat = path.stat()
+    stat = await asyncio.to_thread(path.stat)
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     info = _SOURCE_INFO.get(key)
     if info is None:
-        info = mp4.read_info(path) or await ffmpeg.probe(
+        info = await read_mp4_info(path) or await ffmpeg.probe(
             path, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=timeout
         )
         if len(_SOURCE_INFO) >= _SOURCE_INFO_LIMIT:
@@ -53,9 +53,21 @@ async def source_info(path: Path, settings: Settings, timeout: float) -> ffmpeg.
     return info
 
 
-def duration_tolerance(mode: str, expected: float) -> float:
-    # A stream copy starts at the keyframe before `start`, so it may run a GOP longer than asked.
-    return 0.5 if mode == "accurate" else max(2.5, expected * 0.25)
+async def read_mp4_info(path: Path) -> ffmpeg.MediaInfo | None:
+    """`mp4.read_info` in a thread: it reads a moov box of up to 64 MiB, which must not stall the heartbeats."""
+    return await asyncio.to_thread(mp4.read_info, path)
+
+
+DURATION_TOLERANCE = 0.5  # seconds either way: frame and audio-packet boundaries, composition offsets
+
+
+def expected_duration(state: ClipState, source: ffmpeg.MediaInfo) -> tuple[float, float]:
+    """The shortest and longest result a correct cut of `state` can have. A stream copy starts at the keyframe at
+    or before `start` (from the source's keyframe index; at 0 s when there is none), so it may run up to a whole
+    GOP longer than asked; an accurate cut is as long as asked."""
+    end = min(state.end, source.duration or state.end)
+    first = source.keyframe_at_or_before(state.start) if state.mode == "copy" else state.start
+    return end - state.start - DURATION_TOLERANCE, end - first + DURATION_TOLERANCE
 
 
 async def produce_clip(services: Services, state: ClipState, time_left: float) -> Complete:
@@ -78,7 +90,7 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
             f"which is {info.duration:.1f} s long.",
         )
     final = settings.output_root / output_name(state)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
     temporary = final.parent / f"{TEMP_PREFIX}{state.clip_id}.r{state.run}a{state.attempt}.{secrets.token_hex(4)}.mp4"
     try:
         await ffmpeg.cut(
@@ -90,40 +102,41 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
             target=temporary,
             timeout=max(0.1, deadline - time.monotonic()),
         )
-        result = mp4.read_info(temporary) or await ffmpeg.probe(
+        result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
         )
-        expected = min(state.end, info.duration or state.end) - state.start
-        if not result.has_video or abs(result.duration - expected) > duration_tolerance(state.mode, expected):
+        shortest, longest = expected_duration(state, info)
+        if not result.has_video or not shortest <= result.duration <= longest:
             raise ffmpeg.ExtractionError(
                 "output_invalid",
-                f"FFmpeg produced a clip of {result.duration:.2f} s instead of {expected:.2f} s"
-                + ("" if result.has_video else " with no video"),
+                f"FFmpeg produced a clip of {result.duration:.2f} s where {shortest:.2f}–{longest:.2f} s was "
+                "expected" + ("" if result.has_video else ", with no video"),
             )
-        _fsync(temporary)
-        os.replace(temporary, final)
+        await asyncio.to_thread(_publish, temporary, final)
     except ffmpeg.ExtractionError as error:
         if error.code == "not_a_video":  # the temporary output could not be read: the cut is broken, not the source
             raise ffmpeg.ExtractionError("output_invalid", error.message) from None
         raise
     finally:
-        temporary.unlink(missing_ok=True)
+        await asyncio.to_thread(temporary.unlink, missing_ok=True)
     return Complete(
         run=state.run,
         attempt=state.attempt,
-        bytes=final.stat().st_size,
+        bytes=(await asyncio.to_thread(final.stat)).st_size,
         duration_seconds=round(result.duration, 3),
         elapsed_seconds=round(time.monotonic() - began, 3),
         output=output_name(state),
     )
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _publish(temporary: Path, final: Path) -> None:
+    """Make the validated file durable, then give it its final name (blocking: run it in a thread)."""
+    fd = os.open(temporary, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(temporary, final)
 
 
 async def _heartbeat(services: Services, state: ClipState, worker_id: str, production: asyncio.Task) -> None:
@@ -142,8 +155,20 @@ async def _heartbeat(services: Services, state: ClipState, worker_id: str, produ
             return
 
 
-async def extract(services: Services, project_id: str, clip_id: str, run: int, attempt: int, worker_id: str) -> str:
-    """Run one attempt. Returns what happened: started work ends in an appended outcome or a discarded result."""
+async def extract(
+    services: Services,
+    project_id: str,
+    clip_id: str,
+    run: int,
+    attempt: int,
+    worker_id: str,
+    shutting_down: asyncio.Event | None = None,
+) -> str:
+    """Run one attempt. Returns what happened: started work ends in an appended outcome or a discarded result.
+
+    Cancelled while `shutting_down` is set (the worker got SIGTERM), the attempt is handed back without using it
+    up; cancelled otherwise (arq's job_timeout), it has used its time and is recorded as timed out, so a job that
+    keeps being cancelled ends after `max_attempts` like any other."""
     state = await clip_status.load(services.pool, project_id, clip_id)
     if (state.run, state.attempt) != (run, attempt) or state.started or state.status not in ("pending", "retrying"):
         return "stale"
@@ -165,6 +190,7 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
         raise
     state = started.state
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
+    cancelled = False  # by the worker's shutdown or the queue: record the outcome quickly
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
         command: Command = await production
@@ -172,8 +198,14 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
         job = asyncio.current_task()
         if job is None or not job.cancelling():
             return "superseded"  # the heartbeat stopped it: its outcome is already recorded
-        job.uncancel()  # the worker is shutting down: give the attempt back
-        command = HandBack(run=run, attempt=attempt, elapsed_seconds=_since(began))
+        job.uncancel()
+        if shutting_down is not None and shutting_down.is_set():  # a deploy: give the attempt back
+            command = HandBack(run=run, attempt=attempt, elapsed_seconds=_since(began))
+        else:
+            log.warning("attempt %s.%s of %s/%s was cancelled by the queue (job timeout); timing it out", run,
+                        attempt, project_id, clip_id)
+            command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
+        cancelled = True
     except ffmpeg.Deadline:
         command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
     except ffmpeg.ExtractionError as error:
@@ -198,7 +230,7 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
     finally:
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
-    patience = 5.0 if isinstance(command, HandBack) else time_left + services.settings.lease_timeout
+    patience = 5.0 if cancelled else time_left + services.settings.lease_timeout
     try:
         await record(services, project_id, clip_id, command, give_up_after=patience)
     except StaleAttempt:
@@ -207,7 +239,7 @@ async def extract(services: Services, project_id: str, clip_id: str, run: int, a
             current = await clip_status.load(services.pool, project_id, clip_id)
             if current.status == "completed" and current.output == command.output:
                 return "complete"
-            (services.settings.output_root / command.output).unlink(missing_ok=True)
+            await asyncio.to_thread((services.settings.output_root / command.output).unlink, missing_ok=True)
         return "discarded"
     return type(command).__name__.lower()
 

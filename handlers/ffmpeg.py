@@ -7,6 +7,7 @@ so a wrapper script or a child blocked on its input cannot outlive the attempt.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import ctypes
 import json
 import os
@@ -22,6 +23,12 @@ import msgspec
 class MediaInfo(msgspec.Struct, frozen=True):
     duration: float
     has_video: bool
+    keyframes: tuple[float, ...] | None = None  # video keyframe times in seconds, ascending; None: not known
+
+    def keyframe_at_or_before(self, seconds: float) -> float:
+        """Where a stream copy from `seconds` starts: the last keyframe at or before it (0 when not known)."""
+        at = bisect.bisect_right(self.keyframes or (), seconds + 0.001)
+        return self.keyframes[at - 1] if self.keyframes and at else 0.0
 
 
 class ExtractionError(Exception):

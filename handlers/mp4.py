@@ -1,5 +1,6 @@
-"""Read an MP4's duration and whether it has a video track straight from its boxes (`moov/mvhd`,
-`moov/trak/mdia/hdlr`), in well under a millisecond, instead of paying 80-120 ms for an ffprobe process.
+"""Read an MP4's duration, whether it has a video track and where its keyframes are straight from its boxes
+(`moov/mvhd`, `moov/trak/mdia/hdlr`, `.../stbl/stss` and `stts`), in about a millisecond, instead of paying 80-120 ms
+for an ffprobe process.
 
 Only box headers are read while walking the file; `mdat` is skipped with a seek. Anything unexpected returns None
 and the caller falls back to FFmpeg.
@@ -85,8 +86,44 @@ def _has_video(moov: bytes) -> bool:
     return False
 
 
+def _child(body: bytes, kind: bytes) -> bytes | None:
+    return next((inner for k, inner in _boxes(body) if k == kind), None)
+
+
+def _mdhd_timescale(body: bytes) -> int:
+    return struct.unpack_from(">I", body, 20 if body[0] == 1 else 12)[0]
+
+
+def _video_keyframes(moov: bytes) -> tuple[float, ...] | None:
+    """Decode times (s) of the first video track's sync samples (`stss`, timed by `stts`), or None when the file
+    has no such index (no `stss` means every sample is a keyframe; a fragmented file keeps its samples elsewhere).
+    Composition offsets and edit lists shift these by a few frames at most."""
+    for kind, trak in _boxes(moov):
+        mdia = _child(trak, b"mdia") if kind == b"trak" else None
+        hdlr = _child(mdia, b"hdlr") if mdia is not None else None
+        if mdia is None or hdlr is None or hdlr[8:12] != b"vide":
+            continue
+        mdhd, stbl = _child(mdia, b"mdhd"), _child(_child(mdia, b"minf") or b"", b"stbl")
+        stts, stss = (_child(stbl, b"stts"), _child(stbl, b"stss")) if stbl is not None else (None, None)
+        if mdhd is None or stts is None or stss is None or not (timescale := _mdhd_timescale(mdhd)):
+            return None
+        sync = [n for (n,) in struct.iter_unpack(">I", stss[8 : 8 + 4 * struct.unpack_from(">I", stss, 4)[0]])]
+        runs = struct.iter_unpack(">II", stts[8 : 8 + 8 * struct.unpack_from(">I", stts, 4)[0]])
+        times: list[float] = []
+        first_sample, first_time = 1, 0  # of the current stts run
+        run_count, delta = next(runs, (0, 0))
+        for number in sync:
+            while number >= first_sample + run_count and run_count:
+                first_sample, first_time = first_sample + run_count, first_time + run_count * delta
+                run_count, delta = next(runs, (0, 0))
+            times.append((first_time + (number - first_sample) * delta) / timescale)
+        return tuple(times) or None
+    return None
+
+
 def read_info(path: Path) -> MediaInfo | None:
-    """Duration and video presence of an MP4/MOV file, or None when it is not one this reader understands."""
+    """Duration, video presence and keyframe times of an MP4/MOV file, or None when it is not one this reader
+    understands."""
     try:
         with path.open("rb") as handle:
             moov = _find_moov(handle, path.stat().st_size)
@@ -95,6 +132,6 @@ def read_info(path: Path) -> MediaInfo | None:
         duration = next((_mvhd_duration(body) for kind, body in _boxes(moov) if kind == b"mvhd"), None)
         if duration is None:
             return None
-        return MediaInfo(duration=duration, has_video=_has_video(moov))
+        return MediaInfo(duration=duration, has_video=_has_video(moov), keyframes=_video_keyframes(moov))
     except (OSError, IndexError, struct.error):  # unreadable or malformed: FFmpeg decides
         return None

@@ -12,8 +12,10 @@ import asyncio
 import logging
 from datetime import datetime
 from typing import Callable
+from uuid import UUID
 
 import asyncpg
+import msgspec
 from arq.connections import ArqRedis
 
 from eventlog import store
@@ -29,18 +31,48 @@ EXTRACT_JOB = "extract"
 WAKE_CHANNEL = "cliplog:wake"  # published after enqueueing: idle workers pick the job up at once
 
 
-def job_id(project_id: str, clip_id: str, run: int, attempt: int) -> str:
-    return f"extract:{project_id}/{clip_id}:{run}:{attempt}"
+class JobQueue(msgspec.Struct, frozen=True):
+    """The arq queue of one log. Its name and its job ids carry the log's identity (`log_identity.epoch`), so two
+    deployments that share a Redis database by mistake never take (or block) each other's jobs."""
+
+    epoch: UUID
+
+    @property
+    def name(self) -> str:
+        return f"cliplog:queue:{self.epoch}"
+
+    def job_id(self, project_id: str, clip_id: str, run: int, attempt: int) -> str:
+        return f"extract:{self.epoch}:{project_id}/{clip_id}:{run}:{attempt}"
+
+    def attempt_of(self, job: str | bytes) -> tuple[str, str, int, int] | None:
+        """The attempt (project, clip, run, attempt) of one of this queue's job ids, with or without a re-enqueue
+        suffix; None for any other id."""
+        text = job.decode() if isinstance(job, bytes) else job
+        prefix = f"extract:{self.epoch}:"
+        if not text.startswith(prefix):
+            return None
+        stream, _, numbers = text[len(prefix):].partition(":")
+        project_id, _, clip_id = stream.partition("/")
+        run, _, tail = numbers.partition(":")
+        try:
+            return (project_id, clip_id, int(run), int(tail.partition(":")[0]))
+        except ValueError:
+            return None
 
 
 def job_timeout(settings: Settings) -> float:
-    """arq's limit on one extraction job: the attempt's own timeout plus room to record its outcome. arq marks a
+    """arq's limit on one extraction job: the attempt's own timeout plus room to record its outcome. arq keeps a
     job it runs "in progress" for this plus 10 s."""
     return settings.attempt_timeout + 120
 
 
+async def job_queue(db: asyncpg.Connection | asyncpg.Pool) -> JobQueue:
+    return JobQueue(await store.epoch(db))
+
+
 async def enqueue_attempt(
     redis: ArqRedis,
+    queue: JobQueue,
     project_id: str,
     clip_id: str,
     run: int,
@@ -59,7 +91,8 @@ async def enqueue_attempt(
         clip_id,
         run,
         attempt,
-        _job_id=job or job_id(project_id, clip_id, run, attempt),
+        _job_id=job or queue.job_id(project_id, clip_id, run, attempt),
+        _queue_name=queue.name,
         _defer_until=not_before,
     )
     if job is not None and publish:
@@ -70,13 +103,17 @@ async def enqueue_attempt(
 async def react_once(services: Services, batch: int = 500) -> int:
     """Handle the events after the checkpoint (one batch); return how many were read."""
     assert services.redis is not None
-    position = await services.pool.fetchval("SELECT position FROM checkpoints WHERE name = $1", CHECKPOINT) or 0
-    events = await store.read_after(services.pool, position, batch)
+    row = await services.pool.fetchrow(
+        "SELECT (SELECT position FROM checkpoints WHERE name = $1) AS position, (SELECT epoch FROM log_identity)",
+        CHECKPOINT,
+    )
+    queue = JobQueue(row["epoch"])
+    events = await store.read_after(services.pool, row["position"] or 0, batch)
     for event in events:
         if event.type == "extraction.requested":
             data = event.decoded()
             await enqueue_attempt(
-                services.redis, event.project_id, event.clip_id, data.run, data.attempt, data.not_before  # type: ignore[union-attr]
+                services.redis, queue, event.project_id, event.clip_id, data.run, data.attempt, data.not_before  # type: ignore[union-attr]
             )
     if events:
         await save_checkpoint(services.pool, events[-1].position)

@@ -3,21 +3,24 @@
 - A running attempt whose lease has not been renewed for `lease_timeout` (its worker is gone) or whose deadline
   has passed gets `timed_out` (detected_by: reaper); the clip's retry policy then schedules the next attempt.
 - With CLIPLOG_DISPATCH=fifo, a requested attempt that has not started `requeue_after` seconds after it was due,
-  and whose job is not waiting in the queue, is enqueued again (Redis was flushed or restarted, or a worker died
-  before starting it). Each re-enqueue has its own job id, and a duplicate job finds its attempt already started
-  and does nothing. With fair dispatch the dispatcher itself admits again, within a second, whatever is missing
-  from the queue (within the capacity and the limits); the reaper only takes out of the queue an admitted job that
-  a worker took and never started (`dispatcher.release_stuck_admissions`).
+  and whose job is not waiting in the queue, is enqueued again (Redis was flushed or restarted, or a worker died before starting it: a job
+  that arq holds "in progress" but whose attempt has not started by then counts as not waiting). Each
+  re-enqueue has its own job id, and a duplicate job finds its attempt already started and does nothing. With
+  fair dispatch the dispatcher itself admits again, within a second, an admitted attempt missing from the queue
+  (within the capacity and the limits); the reaper only takes out of the queue an admitted job that a worker took
+  and did not start for `requeue_after` seconds (`dispatcher.release_stuck_admissions`), for the dispatcher to
+  admit again.
 - Temporary output files older than any attempt may live are removed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import timedelta
 
-from arq.constants import default_queue_name
+from arq.constants import in_progress_key_prefix
 
 from domain.clip import TimeOut
 from domain.errors import StaleAttempt
@@ -74,14 +77,20 @@ async def requeue_lost_jobs(services: Services) -> int:
         now - timedelta(seconds=settings.requeue_after),
     )
     count = 0
+    queue = await reactor.job_queue(services.pool) if rows else None
     for row in rows:
-        base = reactor.job_id(row["project_id"], row["clip_id"], row["run"], row["attempt"])
+        assert queue is not None
+        base = queue.job_id(row["project_id"], row["clip_id"], row["run"], row["attempt"])
         generation = int((now - row["not_before"]).total_seconds() // settings.requeue_after)
         earlier = [base] + [f"{base}:again{n}" for n in range(max(1, generation - 50), generation + 1)]
-        if any(score is not None for score in await services.redis.zmscore(default_queue_name, earlier)):
+        queued = [job for job, score in zip(earlier, await services.redis.zmscore(queue.name, earlier))
+                  if score is not None]
+        if queued and await services.redis.exists(*(in_progress_key_prefix + job for job in queued)) < len(queued):
             continue  # still waiting for a free worker
+        # Not queued, or every queued copy was taken by a worker that has not started the attempt in
+        # `requeue_after` seconds: it died in between, and arq keeps its job "in progress" for job_timeout + 10 s.
         enqueued = await reactor.enqueue_attempt(
-            services.redis, row["project_id"], row["clip_id"], row["run"], row["attempt"], None,
+            services.redis, queue, row["project_id"], row["clip_id"], row["run"], row["attempt"], None,
             job=f"{base}:again{generation}",
         )
         if enqueued:
@@ -112,7 +121,7 @@ async def reap_once(services: Services) -> bool:
         await requeue_lost_jobs(services)
     else:
         await dispatcher.release_stuck_admissions(services)
-    remove_stale_temporaries(services)
+    await asyncio.to_thread(remove_stale_temporaries, services)  # a glob and a stat per file: slow storage blocks
     return False  # one pass per period
 
 

@@ -14,29 +14,29 @@ import os
 import secrets
 import signal
 import socket
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from handlers import dispatcher, reactor, reaper
 from handlers.extraction import extract
-from handlers.presence import PRESENCE_PREFIX, PRESENCE_TTL
+from handlers.presence import PRESENCE_TTL, presence_prefix
 from runtime.aio import reraise_if_cancelled, wait_event
-from runtime.settings import Settings
 from usecases.services import DEPENDENCY_ERRORS, Services
 
 log = logging.getLogger("cliplog.worker")
 
 
-async def announce(services: Services, worker_id: str, concurrency: int) -> None:
+async def announce(services: Services, presence_key: str, concurrency: int) -> None:
     """Keep a short-lived presence key in Redis, holding the worker's concurrency: health counts the live workers,
     the dispatcher adds up their slots."""
     while True:
         try:
-            await services.redis.set(PRESENCE_PREFIX + worker_id, str(concurrency), ex=PRESENCE_TTL)
+            await services.redis.set(presence_key, str(concurrency), ex=PRESENCE_TTL)
         except Exception as error:
+            reraise_if_cancelled()
             log.warning("cannot announce worker presence: %s", error)
+        reraise_if_cancelled()  # a cancellation the Redis client swallowed must still end the loop
         await asyncio.sleep(PRESENCE_TTL / 3)
 
 
@@ -86,7 +86,7 @@ async def listen_for_wakes(services: Services, wake: asyncio.Event) -> None:
 
 
 async def extract_job(ctx: dict[str, Any], project_id: str, clip_id: str, run: int, attempt: int) -> str:
-    return await extract(ctx["services"], project_id, clip_id, run, attempt, ctx["worker_id"])
+    return await extract(ctx["services"], project_id, clip_id, run, attempt, ctx["worker_id"], ctx["shutting_down"])
 
 
 async def _poll_forever(worker: Worker) -> None:
@@ -103,87 +103,72 @@ async def _poll_forever(worker: Worker) -> None:
             await asyncio.sleep(1.0)
 
 
-def worker_options(settings: Settings, concurrency: int) -> dict[str, Any]:
-    """The arq Worker options of both `cliplog worker` and arq's CLI (`arq runtime.bootstrap.WorkerSettings`)."""
-    return {
-        "functions": [func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
-        "max_jobs": concurrency,
-        "job_timeout": reactor.job_timeout(settings),
-        "poll_delay": 0.2,
-        "keep_result": 3600,
-        "log_results": False,
-        "retry_jobs": False,
-    }
-
-
-def open_worker(services: Services, concurrency: int) -> dict[str, Any]:
-    """The worker's resources and its background loops (the reactor, the reaper, the presence key): arq's ctx."""
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-    reaper.remove_stale_temporaries(services)
-    leader = dispatcher.follow if services.settings.dispatch == "fair" else reactor.follow
-    background = [
-        asyncio.create_task(announce(services, worker_id, concurrency), name="presence"),
-        asyncio.create_task(leader(services), name="dispatcher"),
-        asyncio.create_task(reaper.follow(services), name="reaper"),
-    ]
-    log.info("worker %s started (concurrency %d, %s dispatch)", worker_id, concurrency, services.settings.dispatch)
-    return {"services": services, "worker_id": worker_id, "background": background}
-
-
-async def close_worker(ctx: dict[str, Any]) -> None:
-    """Stop what `open_worker` started and close its services, every step bounded."""
-    services: Services = ctx["services"]
-    for task in ctx["background"]:
-        task.cancel()
-    await _bounded("background tasks", asyncio.gather(*ctx["background"], return_exceptions=True))
-    await _bounded("presence key", services.redis.delete(PRESENCE_PREFIX + ctx["worker_id"]))
-    await _bounded("connections", services.close())
-    log.info("worker %s stopped", ctx["worker_id"])
+def make_worker(
+    services: Services, worker_id: str, queue: reactor.JobQueue, *, concurrency: int, job_timeout: float
+) -> WakeableWorker:
+    """The arq worker running the extraction jobs of `queue`; `ctx["shutting_down"]` is set when it stops for good."""
+    return WakeableWorker(
+        functions=[func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
+        queue_name=queue.name,
+        ctx={"services": services, "worker_id": worker_id, "shutting_down": asyncio.Event()},
+        handle_signals=False,
+        max_jobs=concurrency,
+        job_timeout=job_timeout,
+        poll_delay=0.2,
+        keep_result=3600,
+        log_results=False,
+        retry_jobs=False,
+    )
 
 
 async def run_worker(services: Services, concurrency: int = 2) -> None:
     """Run until SIGTERM/SIGINT, then close `services`."""
     settings = services.settings
-    ctx = open_worker(services, concurrency)
-    worker = WakeableWorker(**worker_options(settings, concurrency), ctx=ctx, handle_signals=False)
-    ctx["background"].append(asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"))
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+    await asyncio.to_thread(reaper.remove_stale_temporaries, services)
+    queue = await _log_queue(services)
+    presence = presence_prefix(queue.epoch) + worker_id
+    worker = make_worker(
+        services, worker_id, queue, concurrency=concurrency, job_timeout=reactor.job_timeout(settings)
+    )
+    leader = dispatcher.follow if settings.dispatch == "fair" else reactor.follow
+    background = [
+        asyncio.create_task(announce(services, presence, concurrency), name="presence"),
+        asyncio.create_task(leader(services), name="dispatcher" if settings.dispatch == "fair" else "reactor"),
+        asyncio.create_task(reaper.follow(services), name="reaper"),
+        asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"),
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    log.info("worker %s started (concurrency %d, %s dispatch)", worker_id, concurrency, settings.dispatch)
     polling = asyncio.create_task(_poll_forever(worker), name="poll")
     try:
         await asyncio.wait([polling, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         await _shut_down(worker, polling, settings.shutdown_grace)
     finally:
-        await close_worker(ctx)
+        for task in background:
+            task.cancel()
+        await _bounded("background tasks", asyncio.gather(*background, return_exceptions=True))
+        await _bounded("presence key", services.redis.delete(presence))
+        await _bounded("connections", services.close())
         if worker._pool is not None:
             await _bounded("queue connection", worker.close())
+        log.info("worker %s stopped", worker_id)
 
 
-def worker_settings(
-    settings: Settings, open_services: Callable[[], Awaitable[Services]], redis_settings: RedisSettings,
-    concurrency: int = 2,
-) -> type:  # fmt: skip
-    """A settings class for arq's own CLI: the same jobs, loops and SIGTERM hand-back as `cliplog worker`, with
-    the resources in ctx from `on_startup` (see README, "arq's CLI", for what it lacks: wake-ups, and polling
-    again after a Redis outage). `runtime.bootstrap.WorkerSettings` is this, wired from the environment."""
-
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        ctx.update(open_worker(await open_services(), concurrency))
-
-    return type(
-        "WorkerSettings",
-        (),
-        {
-            **worker_options(settings, concurrency),
-            "redis_settings": redis_settings,
-            "on_startup": on_startup,
-            "on_shutdown": close_worker,
-            # arq's SIGTERM handler: stop taking jobs, wait this long, then cancel the rest, which hand back
-            "job_completion_wait": settings.shutdown_grace,
-        },
-    )
+async def _log_queue(services: Services) -> reactor.JobQueue:
+    """The queue named by the log's identity, waiting for PostgreSQL if it is not reachable yet."""
+    while True:
+        try:
+            queue = await reactor.job_queue(services.pool)
+            log.info("taking jobs from %s", queue.name)
+            return queue
+        except DEPENDENCY_ERRORS as error:
+            reraise_if_cancelled()
+            log.warning("cannot read the log's identity (%s: %s); trying again in 1 s", type(error).__name__, error)
+            await asyncio.sleep(1.0)
 
 
 async def _bounded(step: str, awaitable: Any, seconds: float = 5.0) -> None:
@@ -204,6 +189,7 @@ async def _shut_down(worker: Worker, polling: asyncio.Task, grace: float) -> Non
     if running:
         log.info("waiting up to %g s for %d running extraction(s)", grace, len(running))
         _, unfinished = await asyncio.wait(running, timeout=grace)
+        worker.ctx["shutting_down"].set()
         for task in unfinished:
             task.cancel()  # the job hands its attempt back
         if unfinished:

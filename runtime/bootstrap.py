@@ -88,23 +88,3 @@ async def worker(settings: Settings, concurrency: int = 2) -> None:
     from handlers.worker import run_worker
 
     await run_worker(await open_services(settings, pool_size=concurrency + 4), concurrency)
-
-
-def worker_settings(settings: Settings, concurrency: int = 2) -> type:
-    """The settings class arq's own CLI runs (`arq runtime.bootstrap.WorkerSettings`): handlers/ may not import
-    this wiring module, so the class arq is pointed at lives here."""
-    from handlers.worker import worker_settings as build
-
-    opened = functools.partial(open_services, settings, pool_size=concurrency + 4)
-    return build(settings, opened, redis_settings(settings), concurrency)
-
-
-def __getattr__(name: str) -> object:
-    """`WorkerSettings`, built from the CLIPLOG_* environment when arq asks for it, so that importing this module
-    reads no environment."""
-    if name == "WorkerSettings":
-        from runtime.settings import load
-
-        return worker_settings(load())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

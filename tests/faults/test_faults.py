@@ -141,17 +141,27 @@ def test_postgres_restart_mid_run_gives_503s_meanwhile_and_loses_nothing(cluster
 def test_a_job_enqueued_twice_and_two_racing_workers_start_an_attempt_once(cluster: Cluster) -> None:
     import asyncio
 
+    import asyncpg
     from arq.connections import RedisSettings, create_pool
+
+    from handlers.reactor import job_queue
 
     api = cluster.serve()
     _register(cluster, [f"c{i}" for i in range(4)])
 
     async def enqueue_duplicates() -> None:
+        conn = await asyncpg.connect(cluster.database_url)
+        try:
+            queue = await job_queue(conn)
+        finally:
+            await conn.close()
         redis = await create_pool(RedisSettings.from_dsn(cluster.redis_url))
         try:
             for i in range(4):
                 for copy in range(3):
-                    await redis.enqueue_job("extract", "p1", f"c{i}", 1, 1, _job_id=f"dup-{i}-{copy}")
+                    await redis.enqueue_job(
+                        "extract", "p1", f"c{i}", 1, 1, _job_id=f"dup-{i}-{copy}", _queue_name=queue.name
+                    )
         finally:
             await redis.aclose()
 

@@ -12,7 +12,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from runtime.bootstrap import web_app
-from domain.clip import Complete, Fail, Start
+from domain.clip import Complete, Fail, HandBack, Start
 from usecases.clips import handle
 from usecases.services import utcnow
 from runtime.settings import Settings
@@ -303,3 +303,28 @@ async def test_metrics_are_prometheus_text_a_scraper_parses(client_factory) -> N
     openmetrics = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert openmetrics.text.endswith("# EOF\n")
+
+
+async def test_hand_backs_are_not_counted_as_failed_attempts(client_factory, pool, ids) -> None:
+    client = await client_factory()
+    ctx = lambda: Settings(database_url="x").context(utcnow())  # noqa: E731
+
+    async def failed_counts() -> tuple[int, float]:
+        health = (await client.get("/api/extraction/health")).json()
+        lines = dict(
+            line.rsplit(" ", 1) for line in (await client.get("/metrics")).text.splitlines() if not line.startswith("#")
+        )
+        return health["rates"]["failed"], float(lines['cliplog_extraction_attempts_total{outcome="failed"}'])
+
+    before = await failed_counts()
+    project = ids.project()
+    for clip in ("deployed", "broken"):
+        await client.post(f"/api/clips/projects/{project}/clips", json={"clip_id": clip, **CLIP})
+        await handle(pool, project, clip, Start(run=1, attempt=1, worker_id="w"), ctx)
+    await handle(pool, project, "deployed", HandBack(run=1, attempt=1), ctx)  # a deploy
+    await handle(pool, project, "broken", Fail(run=1, attempt=1, code="ffmpeg_exit", message="x", retryable=True), ctx)
+    assert await pool.fetchval(
+        "SELECT count(*) FROM events WHERE project_id = $1 AND type = 'extraction.failed'", project
+    ) == 2
+    after = await failed_counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)  # the real failure only

@@ -8,6 +8,8 @@ a climb."""
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import subprocess
 import sys
@@ -83,7 +85,7 @@ async def test_one_clip_from_the_post_to_ffmpeg_and_back_never_climbs_a_layer(
             check=True,
         )
         services = await open_services(settings)
-        job = reactor.job_id(project, clip, 1, 1)
+        job = (await reactor.job_queue(services.pool)).job_id(project, clip, 1, 1)
         try:
             async with connect(f"{server.ws_url}/api/events/ws?token={token}") as ws:
                 trace.active = True
@@ -94,7 +96,7 @@ async def test_one_clip_from_the_post_to_ffmpeg_and_back_never_climbs_a_layer(
                     )
                 assert response.status_code == 201, response.text
                 await reactor.react_once(services)
-                context = {"services": services, "worker_id": "tracer"}
+                context = {"services": services, "worker_id": "tracer", "shutting_down": asyncio.Event()}
                 assert await worker.extract_job(context, project, clip, 1, 1) == "complete"
                 types = []
                 while "extraction.completed" not in types:

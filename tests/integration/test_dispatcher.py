@@ -10,19 +10,23 @@ from typing import AsyncIterator
 import msgspec
 import pytest
 import pytest_asyncio
-from arq.constants import default_queue_name, job_key_prefix
+from arq.constants import job_key_prefix
 
 from api.auth import create_token
 from domain.clip import Register, Start
 from handlers import dispatcher, reactor
-from handlers.presence import PRESENCE_PREFIX
+from handlers.presence import presence_prefix
 from projections import clip_status
 from runtime.bootstrap import open_services
 from runtime.settings import Settings
 from usecases.clips import handle, register
 from usecases.services import Services
 
-WORKER = PRESENCE_PREFIX + "test-dispatcher"
+
+
+async def worker_key(services: Services) -> str:
+    """A presence key standing for one live worker of the log."""
+    return presence_prefix((await reactor.job_queue(services.pool)).epoch) + "test-dispatcher"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -32,11 +36,10 @@ async def services(make_database, redis_url: str) -> AsyncIterator[Services]:  #
     try:
         yield services
     finally:
-        jobs = [j for j in await services.redis.zrange(default_queue_name, 0, -1) if dispatcher.parse_job_id(j)]
-        if jobs:
-            await services.redis.zrem(default_queue_name, *jobs)
-            await services.redis.delete(*(job_key_prefix.encode() + j for j in jobs))
-        await services.redis.delete(WORKER)
+        queue = await reactor.job_queue(services.pool)
+        jobs = await services.redis.zrange(queue.name, 0, -1)
+        await services.redis.delete(queue.name, *(job_key_prefix.encode() + j for j in jobs))
+        await services.redis.delete(await worker_key(services))
         await services.close()
 
 
@@ -48,12 +51,13 @@ async def _register(services: Services, owner: str, project: str, clips: list[st
 
 
 async def _queued(services: Services) -> list[tuple[str, str]]:
-    return sorted((k[0], k[1]) for k in await dispatcher.queued_attempts(services.redis))
+    queue = await reactor.job_queue(services.pool)
+    return sorted((k[0], k[1]) for k in await dispatcher.queued_attempts(services.redis, queue))
 
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_pass_admits_the_free_slots_in_the_fair_order_and_again_after_a_flush(services: Services) -> None:
-    await services.redis.set(WORKER, "2", ex=60)  # one live worker of concurrency 2
+    await services.redis.set(await worker_key(services), "2", ex=60)  # one live worker of concurrency 2
     await _register(services, "alice", "pa", [f"a{i}" for i in range(5)])
     await _register(services, "bob", "pb", ["b0", "b1"])
     passes = dispatcher.Dispatcher()
@@ -68,10 +72,11 @@ async def test_a_pass_admits_the_free_slots_in_the_fair_order_and_again_after_a_
     assert len(await _queued(services)) == 2
 
     # Redis loses the queue: the attempt admitted and not started is admitted again, under the same job id
-    await services.redis.delete(default_queue_name, job_key_prefix + reactor.job_id("pb", "b0", 1, 1))
+    queue = await reactor.job_queue(services.pool)
+    await services.redis.delete(queue.name, job_key_prefix + queue.job_id("pb", "b0", 1, 1))
     await passes.step(services)
     assert await _queued(services) == [("pb", "b0")]
-    assert await services.redis.zscore(default_queue_name, reactor.job_id("pb", "b0", 1, 1)) is not None
+    assert await services.redis.zscore(queue.name, queue.job_id("pb", "b0", 1, 1)) is not None
 
     # each has one in flight (alice's running, bob's admitted): alice's older request goes first, then bob's
     state = await clip_status.load(services.pool, "pa", "a1")
@@ -88,7 +93,7 @@ async def test_a_pass_admits_the_free_slots_in_the_fair_order_and_again_after_a_
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_limits_and_priorities_shape_what_a_pass_admits(services: Services) -> None:
-    await services.redis.set(WORKER, "8", ex=60)
+    await services.redis.set(await worker_key(services), "8", ex=60)
     await _register(services, "carol", "c1", ["x0", "x1", "x2"])
     await _register(services, "carol", "c2", ["y0", "y1"], priority="batch")
     limited = msgspec.structs.replace(services.settings, project_concurrency=1)

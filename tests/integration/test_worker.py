@@ -1,0 +1,348 @@
+"""The worker in this process: arq's real Worker (`handlers.worker.make_worker`) with the dispatcher (or, with
+dispatch "fifo", the reactor) and its presence key, on a database of its own and the test Redis, running real FFmpeg or FFmpeg stand-ins (shell scripts)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from arq.constants import in_progress_key_prefix
+from arq.worker import Worker, func
+
+from domain.clip import ClipState, Register
+from eventlog import store
+from usecases import clips
+from handlers import dispatcher, extraction, mp4, reactor, reaper
+from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
+from projections import clip_status
+from runtime.bootstrap import open_services, redis_settings
+from usecases.services import Services
+from runtime.settings import Settings, find_ffmpeg
+from tests.e2e.system import make_video
+
+REDIS_URL = os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+FFMPEG = find_ffmpeg(os.environ)
+
+
+@pytest.fixture(scope="module")
+def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("worker-media")
+    make_video(FFMPEG, root / "match.mp4", seconds=12)
+    make_video(FFMPEG, root / "sparse.mp4", seconds=30, gop=208)  # a keyframe every 8.32 s
+    return root
+
+
+def script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+@pytest.fixture
+async def settings_for(make_database, source_root: Path, tmp_path: Path) -> Callable[..., Awaitable[Settings]]:
+    """`await settings_for(**overrides)`: settings on a new migrated database (nothing else follows its log)."""
+
+    async def make(**overrides: object) -> Settings:
+        values: dict[str, object] = dict(
+            database_url=await make_database(migrated=True),
+            redis_url=REDIS_URL,
+            data_dir=tmp_path,
+            media_root=source_root,
+            output_root=tmp_path / "clips",
+            ffmpeg=FFMPEG,
+            heartbeat_interval=0.5,
+            lease_timeout=30.0,
+            retry_base=0.1,
+            retry_max=0.2,
+        )
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, *, job_timeout: float | None = None, name: str = "test-worker"
+) -> AsyncIterator[Services]:
+    """A worker (one job at a time), its presence key and the dispatcher (the reactor with dispatch "fifo"), as
+    `cliplog worker` runs them, until the block ends; then the worker shuts down as on SIGTERM."""
+    services = await open_services(settings, pool_size=8)
+    queue = await reactor.job_queue(services.pool)
+    worker = make_worker(services, name, queue, concurrency=1,
+                         job_timeout=job_timeout or settings.attempt_timeout + 120)
+    presence = presence_prefix(queue.epoch) + name
+    leader = dispatcher.follow if settings.dispatch == "fair" else reactor.follow
+    following = [asyncio.create_task(announce(services, presence, 1)), asyncio.create_task(leader(services))]
+    polling = asyncio.create_task(_poll_forever(worker))
+    try:
+        yield services
+    finally:
+        await _shut_down(worker, polling, grace=0.1)
+        for task in following:
+            task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)
+        await services.redis.delete(presence)
+        if worker._pool is not None:  # noqa: SLF001 - arq's own close() still calls redis' deprecated close()
+            await worker.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+async def register(services: Services, clip: str, **fields: object) -> None:
+    command = Register(**{"source": "match.mp4", "start": 1.0, "end": 3.0, **fields})  # type: ignore[arg-type]
+    await clips.handle(services.pool, "p", clip, command, services.context)
+
+
+async def settled(services: Services, clip: str, timeout: float = 30) -> ClipState:
+    """The clip's state once it is completed or failed (or, past `timeout`, whatever it is then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await clip_status.load(services.pool, "p", clip)
+        if state.status in ("completed", "failed") or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.05)
+
+
+async def outcomes(services: Services, clip: str) -> list[tuple[int, str, str | None]]:
+    """`(attempt, type, code or detector)` of the clip's outcome events."""
+    return [
+        (e.data["attempt"], e.type.removeprefix("extraction."), e.data.get("code") or e.data.get("detected_by"))
+        for e in await store.read_stream(services.pool, "p", clip)
+        if e.type in ("extraction.failed", "extraction.timed_out", "extraction.completed")
+    ]
+
+
+# 4. A job cancelled by arq's job_timeout is not a shutdown -------------------------------------------------------
+
+
+async def test_a_job_cancelled_by_the_queue_timeout_uses_up_its_attempt_and_the_clip_fails(settings_for, tmp_path):
+    hang = script(tmp_path / "hang.sh", "exec sleep 60\n")
+    settings = await settings_for(ffmpeg=hang, attempt_timeout=60.0, max_attempts=2)
+    async with running_worker(settings, job_timeout=1.0) as services:
+        await register(services, "c1")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "timed_out", "worker"), (2, "timed_out", "worker")]
+        elapsed = [e.data["elapsed_seconds"] for e in await store.read_stream(services.pool, "p", "c1")
+                   if e.type == "extraction.timed_out"]
+    assert all(s < 30 for s in elapsed), elapsed  # stopped by arq's 1 s job timeout, not the 60 s attempt deadline
+    assert (state.status, state.attempt, state.max_attempts) == ("failed", 2, 2)
+    assert state.last_error is not None and state.last_error.code == "timed_out"
+
+
+# 9. Two deployments sharing one Redis database -------------------------------------------------------------------
+
+
+async def test_two_deployments_on_one_redis_database_each_run_their_own_jobs(settings_for):
+    first, second = await settings_for(), await settings_for()
+    assert first.redis_url == second.redis_url and first.database_url != second.database_url
+    async with running_worker(first, name="first-worker") as one, running_worker(second, name="second-worker") as two:
+        # the same project and clip names in both logs, as two copies of one product would have
+        for services in (one, two):
+            for clip in ("c1", "c2", "c3"):
+                await register(services, clip)
+        deadline = time.monotonic() + 30
+        states = {
+            (name, clip): await settled(services, clip, timeout=deadline - time.monotonic())
+            for name, services in (("first-worker", one), ("second-worker", two))
+            for clip in ("c1", "c2", "c3")
+        }
+    assert {key: (state.status, state.worker_id, state.attempt) for key, state in states.items()} == {
+        key: ("completed", key[0], 1) for key in states
+    }
+
+
+async def test_health_counts_only_the_workers_of_its_own_deployment(settings_for):
+    from litestar.testing import AsyncTestClient
+
+    from runtime.bootstrap import web_app
+
+    first, second = await settings_for(), await settings_for()
+    async with running_worker(second, name="second-worker") as two:
+        presence = presence_prefix(await store.epoch(two.pool)) + "second-worker"
+        announcing = asyncio.create_task(announce(two, presence, 1))
+        try:
+            while not await two.redis.exists(presence):
+                await asyncio.sleep(0.01)
+            alive = {}
+            for name, settings in (("first", first), ("second", second)):
+                async with AsyncTestClient(app=web_app(settings)) as http:
+                    alive[name] = (await http.get("/api/extraction/health")).json()["workers"]["alive"]
+        finally:
+            announcing.cancel()
+            await asyncio.gather(announcing, return_exceptions=True)
+            await two.redis.delete(presence)
+    assert alive == {"first": 0, "second": 1}
+
+
+# 8. A worker that died between taking a job and starting its attempt ------------------------------------------
+
+
+async def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_enqueued_again_within_requeue_after(
+    settings_for,
+):
+    settings = await settings_for(requeue_after=1.0, reaper_interval=0.2, dispatch="fifo")
+    services = await open_services(settings, pool_size=4)
+    queue = await reactor.job_queue(services.pool)
+    taken, never = asyncio.Event(), asyncio.Event()
+
+    async def dies_before_starting(ctx: dict, *args: object) -> None:
+        taken.set()
+        await never.wait()  # this worker is gone: it never starts the attempt, never finishes the job
+
+    doomed = Worker(functions=[func(dies_before_starting, name=reactor.EXTRACT_JOB)], queue_name=queue.name,
+                    redis_settings=redis_settings(settings), handle_signals=False, poll_delay=0.05)
+    doomed_polling = asyncio.create_task(doomed.main())
+    try:
+        await register(services, "c1")
+        await reactor.react_once(services)  # the reactor's enqueue
+        async with asyncio.timeout(10):
+            await taken.wait()
+        doomed_polling.cancel()  # it takes nothing more; its job stays "in progress" in Redis
+        await asyncio.gather(doomed_polling, return_exceptions=True)
+        job = queue.job_id("p", "c1", 1, 1)
+        assert await services.redis.exists(in_progress_key_prefix + job)
+        assert await services.redis.pttl(in_progress_key_prefix + job) > 60_000  # arq's job_timeout + 10 s
+
+        reaping = asyncio.create_task(reaper.follow(services))
+        try:
+            async with running_worker(settings) as healthy:
+                state = await settled(healthy, "c1", timeout=15)
+        finally:
+            reaping.cancel()
+            await asyncio.gather(reaping, return_exceptions=True)
+        assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
+    finally:
+        never.set()
+        await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
+        await doomed.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+async def test_with_fair_dispatch_a_job_a_dead_worker_took_and_never_started_is_admitted_again(settings_for):
+    """The dispatcher counts the job as admitted while it is in the queue; the reaper takes it out once a worker has
+    held it "in progress" for `requeue_after` without starting its attempt, and the next pass admits it again."""
+    settings = await settings_for(requeue_after=1.0, reaper_interval=0.2)
+    services = await open_services(settings, pool_size=4)
+    queue = await reactor.job_queue(services.pool)
+    taken, never = asyncio.Event(), asyncio.Event()
+
+    async def dies_before_starting(ctx: dict, *args: object) -> None:
+        taken.set()
+        await never.wait()
+
+    doomed = Worker(functions=[func(dies_before_starting, name=reactor.EXTRACT_JOB)], queue_name=queue.name,
+                    redis_settings=redis_settings(settings), handle_signals=False, poll_delay=0.05,
+                    job_timeout=reactor.job_timeout(settings))  # fmt: skip
+    presence = presence_prefix(queue.epoch) + "doomed"
+    await services.redis.set(presence, "1", ex=60)  # its one slot
+    doomed_polling = asyncio.create_task(doomed.main())
+    try:
+        await register(services, "c1")
+        await dispatcher.Dispatcher().step(services)  # admitted into that slot
+        async with asyncio.timeout(10):
+            await taken.wait()
+        doomed_polling.cancel()
+        await asyncio.gather(doomed_polling, return_exceptions=True)
+        await services.redis.delete(presence)  # the worker is gone
+        job = queue.job_id("p", "c1", 1, 1)
+        assert await services.redis.exists(in_progress_key_prefix + job)
+        reaping = asyncio.create_task(reaper.follow(services))
+        try:
+            async with running_worker(settings) as healthy:
+                state = await settled(healthy, "c1", timeout=15)
+        finally:
+            reaping.cancel()
+            await asyncio.gather(reaping, return_exceptions=True)
+        assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
+    finally:
+        never.set()
+        await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
+        await doomed.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+# 6. No blocking file I/O on the worker's event loop ---------------------------------------------------------------
+
+
+async def test_reading_a_source_that_blocks_does_not_block_the_event_loop(settings_for, tmp_path):
+    """A source whose reads block (a FIFO no one writes yet stands in for slow storage: opening it blocks). The
+    writer end is opened only once the event loop has run other work meanwhile, or after 5 s if it could not."""
+    settings = await settings_for(media_root=tmp_path)
+    fifo = tmp_path / "slow.mp4"
+    os.mkfifo(fifo)
+    loop_ran = threading.Event()
+    released_by_loop: list[bool] = []
+
+    def slow_storage() -> None:
+        released_by_loop.append(loop_ran.wait(5))
+        with open(fifo, "wb"):
+            pass  # the reader's open returns; it reads an empty file
+
+    storage = threading.Thread(target=slow_storage)
+    storage.start()
+    probing = asyncio.create_task(extraction.source_info(fifo, settings, timeout=5))
+    try:
+        for _ in range(10):
+            await asyncio.sleep(0)  # the probe starts and blocks on the FIFO ... in a thread, not here
+        loop_ran.set()
+    finally:
+        await asyncio.to_thread(storage.join)
+        probing.cancel()
+        await asyncio.gather(probing, return_exceptions=True)
+    assert released_by_loop == [True]
+
+
+# 5. Copy mode on a source whose keyframes are far apart --------------------------------------------------------
+
+
+def keyframes_by_ffprobe(path: Path) -> list[float]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey", "-show_entries",
+         "frame=pts_time", "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True,
+    ).stdout
+    return [float(line.strip().rstrip(",")) for line in out.split()]
+
+
+def test_the_mp4_reader_finds_the_keyframes_ffprobe_finds(source_root):
+    info = mp4.read_info(source_root / "sparse.mp4")
+    assert info is not None and info.keyframes is not None
+    expected = keyframes_by_ffprobe(source_root / "sparse.mp4")
+    assert len(expected) >= 3 and expected[1] - expected[0] > 8  # the source is what this test needs
+    assert info.keyframes == pytest.approx(expected, abs=0.05)
+
+
+@pytest.mark.parametrize(("start", "end"), [(5.0, 7.0), (9.0, 11.0), (14.0, 16.0)])
+async def test_a_copy_cut_far_from_a_keyframe_completes_at_the_first_attempt(settings_for, start, end):
+    settings = await settings_for()
+    async with running_worker(settings) as services:
+        await register(services, "c1", source="sparse.mp4", start=start, end=end, mode="copy")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
+    info = mp4.read_info(settings.output_root / state.output)
+    keyframe = max(k for k in keyframes_by_ffprobe(settings.media_root / "sparse.mp4") if k <= start)
+    # a stream copy starts at the keyframe at or before `start`, up to 8.3 s earlier than asked
+    assert info is not None and info.duration == pytest.approx(end - keyframe, abs=0.5)
+    assert state.duration_seconds == pytest.approx(info.duration, abs=0.001)
+
+
+async def test_a_result_that_fails_validation_is_not_retried(settings_for, tmp_path):
+    """The same FFmpeg on the same source gives the same wrong result: one attempt, then failed."""
+    wrong = script(tmp_path / "short.sh", f"""for arg; do case "$arg" in */.tmp-*) target="$arg";; esac; done
+exec "{FFMPEG}" -hide_banner -loglevel error -nostdin -y -f lavfi -i testsrc2=size=64x64:rate=25 -t 0.3 \
+    -c:v libx264 -preset ultrafast -f mp4 "$target"
+""")
+    settings = await settings_for(ffmpeg=wrong)
+    async with running_worker(settings) as services:
+        await register(services, "c1", start=1.0, end=3.0, mode="accurate")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "failed", "output_invalid")]
+    assert state.status == "failed" and state.last_error is not None and state.last_error.retryable is False
+    assert "1.50–2.50 s was expected" in state.last_error.message
