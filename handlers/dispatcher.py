@@ -35,7 +35,7 @@ from usecases.services import Services, utcnow
 log = logging.getLogger("cliplog.dispatcher")
 
 PERIOD = 1.0  # a pass at least this often: heals a flushed queue, a lost NOTIFY, a worker that came or went
-CAPACITY_TTL = 0.5  # seconds the live workers' capacity is reused before the presence keys are read again
+CAPACITY_TTL = 0.5  # seconds after which a pass reads the presence keys again (after its admissions)
 CHECKPOINT_EVERY = 0.5  # seconds between writes of the reactor checkpoint (health's lag) by the dispatcher
 
 Key = tuple[str, str, int, int]
@@ -134,10 +134,13 @@ class Dispatcher:
         return max(0.0, min(PERIOD, self._next_due - time.monotonic()))
 
     async def capacity(self, redis: ArqRedis, queue: JobQueue) -> int:
-        now = time.monotonic()
-        if now - self._capacity_read > CAPACITY_TTL or self._capacity == 0:
-            self._capacity, self._capacity_read = await live_capacity(redis, queue), now
+        """The capacity read last, read first when it is none (no worker seen yet)."""
+        if self._capacity == 0:
+            await self._read_capacity(redis, queue)
         return self._capacity
+
+    async def _read_capacity(self, redis: ArqRedis, queue: JobQueue) -> None:
+        self._capacity, self._capacity_read = await live_capacity(redis, queue), time.monotonic()
 
     async def step(self, services: Services) -> bool:
         """One pass; False: nothing more to do until the next wake-up."""
@@ -174,6 +177,9 @@ class Dispatcher:
         self.since_batch = selection.since_batch
         if admitted:
             await redis.publish(reactor.WAKE_CHANNEL, "1")
+        # After the admissions, off their path: a worker that came or went counts from the next pass on.
+        if time.monotonic() - self._capacity_read > CAPACITY_TTL:
+            await self._read_capacity(redis, queue)
         await self._advance_checkpoint(services, head)
         return False
 

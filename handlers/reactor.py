@@ -162,8 +162,8 @@ async def run_as_leader(  # noqa: ANN001
                 wake.clear()
                 while await step(services):
                     pass
-                await wait_event(wake, sleep())
-                await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly
+                if not await wait_event(wake, sleep()):
+                    await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly (a NOTIFY proves it)
         except asyncio.CancelledError:
             raise
         except Exception as error:
