@@ -7,9 +7,10 @@ The rule, one admission at a time:
    `BATCH_EVERY` is batch (after `BATCH_EVERY - 1` interactive admissions in a row, the next is batch), so batch
    work never starves.
 2. Owners in turn: among the owners with an attempt of that priority that may be admitted, the one with the fewest
-   attempts in flight (running, or admitted and not started yet) goes next; a tie goes to the owner whose oldest
-   such attempt was requested first. With equal loads this is round-robin; an owner arriving behind another's
-   backlog is served as soon as a slot frees.
+   attempts in flight (running, or admitted and not started yet) goes next; a tie goes to the owner served least
+   recently (`Turns`: never served first, then by their last admission), then to the one whose oldest such attempt
+   was requested first. With equal loads this is round-robin, even with one worker slot (where every owner has
+   none in flight whenever it frees); an owner arriving behind another's backlog is served as soon as a slot frees.
 3. Projects in turn within that owner, by the same rule.
 4. Within the project, the oldest request first.
 
@@ -58,9 +59,18 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     owner: int | None = None  # per owner
 
 
+class Turns(msgspec.Struct, frozen=True):
+    """When each owner and project was last served (the number of the admission), for round-robin between passes."""
+
+    owners: dict[str, int] = msgspec.field(default_factory=dict)
+    projects: dict[str, int] = msgspec.field(default_factory=dict)
+    count: int = 0  # admissions so far
+
+
 class Selection(msgspec.Struct, frozen=True):
     admit: list[Waiting]
     since_batch: int  # interactive admissions in a row while batch work waited, to pass to the next `select`
+    turns: Turns = Turns()  # to pass to the next `select`
 
 
 def _under(load: int, limit: int | None) -> bool:
@@ -70,8 +80,9 @@ def _under(load: int, limit: int | None) -> bool:
 class _Queues:
     """The waiting attempts by priority, owner and project (oldest first), with the loads in flight."""
 
-    def __init__(self, waiting: Iterable[Waiting], in_flight: Iterable[InFlight], limits: Limits) -> None:
+    def __init__(self, waiting: Iterable[Waiting], in_flight: Iterable[InFlight], limits: Limits, turns: Turns) -> None:
         self.limits = limits
+        self.owner_turn, self.project_turn, self.count = dict(turns.owners), dict(turns.projects), turns.count
         self.by: dict[Priority, dict[str, dict[str, deque[Waiting]]]] = {p: {} for p in PRIORITIES}
         for item in sorted(waiting, key=lambda w: (w.order, w.key)):
             self.by[item.priority].setdefault(item.owner, {}).setdefault(item.project_id, deque()).append(item)
@@ -88,70 +99,79 @@ class _Queues:
 
     def best(self, priority: Priority) -> tuple[str, str] | None:
         """The (owner, project) whose oldest attempt of `priority` goes next, None when none may be admitted."""
-        chosen: tuple[tuple[int, int], str, list[tuple[str, deque[Waiting]]]] | None = None
+        chosen: tuple[tuple[int, int, int], str, list[tuple[str, deque[Waiting]]]] | None = None
         for owner in self.by[priority]:
             if not _under(self.owner_load[owner], self.limits.owner):
                 continue
             projects = self._projects(priority, owner)
             if not projects:
                 continue
-            rank = (self.owner_load[owner], min(queue[0].order for _, queue in projects))
+            rank = (self.owner_load[owner], self.owner_turn.get(owner, -1), min(q[0].order for _, q in projects))
             if chosen is None or rank < chosen[0]:
                 chosen = (rank, owner, projects)
         if chosen is None:
             return None
         _, owner, projects = chosen
-        project, _ = min(projects, key=lambda pq: (self.project_load[pq[0]], pq[1][0].order))
+        project, _ = min(
+            projects, key=lambda pq: (self.project_load[pq[0]], self.project_turn.get(pq[0], -1), pq[1][0].order)
+        )
         return owner, project
 
     def take(self, priority: Priority, owner: str, project: str) -> Waiting:
         item = self.by[priority][owner][project].popleft()
         self.owner_load[owner] += 1
         self.project_load[project] += 1
+        self.count += 1
+        self.owner_turn[owner] = self.project_turn[project] = self.count
         return item
+
+    @property
+    def turns(self) -> Turns:
+        return Turns(self.owner_turn, self.project_turn, self.count)
 
 
 def admission_order(
-    waiting: Iterable[Waiting], in_flight: Iterable[InFlight], limits: Limits = Limits(), since_batch: int = 0
-) -> Iterator[tuple[Waiting, int]]:
+    waiting: Iterable[Waiting], in_flight: Iterable[InFlight], limits: Limits = Limits(), since_batch: int = 0,
+    turns: Turns = Turns(),
+) -> Iterator[tuple[Waiting, int, Turns]]:  # fmt: skip
     """The waiting attempts in the order they would be admitted if none in flight ended meanwhile, each with the
-    `since_batch` count after it. Stops where the limits admit nothing more."""
-    queues = _Queues(waiting, in_flight, limits)
+    `since_batch` count and the turns after it. Stops where the limits admit nothing more."""
+    queues = _Queues(waiting, in_flight, limits, turns)
     while True:
         interactive, batch = queues.best("interactive"), queues.best("batch")
         if batch is not None and (interactive is None or since_batch >= BATCH_EVERY - 1):
-            yield queues.take("batch", *batch), 0
-            since_batch = 0
+            item, since_batch = queues.take("batch", *batch), 0
         elif interactive is not None:
             since_batch = since_batch + 1 if batch is not None else 0
-            yield queues.take("interactive", *interactive), since_batch
+            item = queues.take("interactive", *interactive)
         else:
             return
+        yield item, since_batch, queues.turns
 
 
 def select(
     waiting: Iterable[Waiting], in_flight: Iterable[InFlight], free: int, limits: Limits = Limits(),
-    since_batch: int = 0,
+    since_batch: int = 0, turns: Turns = Turns(),
 ) -> Selection:  # fmt: skip
     """The next `free` admissions under the rule (fewer when the limits or the waiting attempts run out)."""
     admit: list[Waiting] = []
     if free > 0:
-        for item, since_batch in admission_order(waiting, in_flight, limits, since_batch):
+        for item, since_batch, turns in admission_order(waiting, in_flight, limits, since_batch, turns):
             admit.append(item)
             if len(admit) == free:
                 break
-    return Selection(admit, since_batch)
+    return Selection(admit, since_batch, turns)
 
 
 def queue_position(
     target: tuple[str, str, int, int], waiting: Iterable[Waiting], in_flight: Iterable[InFlight],
-    since_batch: int = 0,
+    since_batch: int = 0, turns: Turns = Turns(),
 ) -> int | None:  # fmt: skip
     """How many waiting attempts the rule admits before `target` (0: it is next); None when it does not wait.
 
     The limits are left out: they only hold an owner's or a project's work back until its own attempts end, which
     this count (made as if nothing in flight ended) cannot tell."""
-    for ahead, (item, _) in enumerate(admission_order(waiting, in_flight, Limits(), since_batch)):
+    for ahead, (item, _, _) in enumerate(admission_order(waiting, in_flight, Limits(), since_batch, turns)):
         if item.key == target:
             return ahead
     return None

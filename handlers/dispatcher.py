@@ -25,7 +25,7 @@ import msgspec
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
-from domain.dispatch import InFlight, Limits, Waiting, queue_position, select
+from domain.dispatch import InFlight, Limits, Turns, Waiting, queue_position, select
 from domain.clip import ClipState
 from handlers import reactor
 from handlers.presence import presence_prefix
@@ -115,12 +115,13 @@ async def admit(redis: ArqRedis, queue: JobQueue, item: Waiting) -> bool:
 
 
 class Dispatcher:
-    """The leader's pass (`step`) and what it keeps between passes: the batch share's count, the capacity read
-    last, when the next retry falls due. All of it may be lost: a new leader starts from the log and the queue."""
+    """The leader's pass (`step`) and what it keeps between passes: the batch share's count, whose turn it is
+    (owners and projects last served), the capacity read last, when the next retry falls due. All of it may be lost: a new leader starts from the log and the queue."""
 
     def __init__(self) -> None:
         self.queue: JobQueue | None = None  # the log's, read once
         self.since_batch = 0
+        self.turns = Turns()
         self._capacity = 0
         self._capacity_read = -1e9
         self._next_due: float | None = None  # time.monotonic() of the next retry's not_before
@@ -170,11 +171,11 @@ class Dispatcher:
             elif kind == "head":
                 head = row["position"] or 0
         limits = Limits(project=settings.project_concurrency, owner=settings.owner_concurrency)
-        selection = select(due, in_flight, capacity - len(in_flight), limits, self.since_batch)
+        selection = select(due, in_flight, capacity - len(in_flight), limits, self.since_batch, self.turns)
         admitted = 0
         for item in selection.admit:
             admitted += await admit(redis, queue, item)
-        self.since_batch = selection.since_batch
+        self.since_batch, self.turns = selection.since_batch, selection.turns
         if admitted:
             await redis.publish(reactor.WAKE_CHANNEL, "1")
         # After the admissions, off their path: a worker that came or went counts from the next pass on.

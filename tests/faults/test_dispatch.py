@@ -76,16 +76,19 @@ def _most_running(events: list[asyncpg.Record], group) -> dict[str, int]:  # noq
     return dict(most)
 
 
-def test_a_newcomer_starts_within_one_attempt_per_slot_of_another_users_backlog_of_200(cluster: Cluster) -> None:
+@pytest.mark.parametrize("slots", [1, 2], ids=["one-slot", "two-slots"])
+def test_a_newcomer_starts_within_one_attempt_per_slot_of_another_users_backlog_of_200(
+    cluster: Cluster, slots: int
+) -> None:
     """Bound: when bob's request is recorded at most `slots` of alice's attempts are in flight (running or
     admitted), and the next slot that frees goes to bob (he has none in flight); so at most `slots` of alice's
     attempts start between bob's `requested` and his `started`. First come, first served would start every one of
-    alice's waiting attempts first."""
-    slots = 2
+    alice's waiting attempts first. With one slot, alice has none in flight whenever it frees: only whose turn it
+    is lets bob in."""
     slow = cluster.wrapper("slow", 'case "$*" in *"-f mp4"*) sleep 0.15;; esac\nexec "$REAL" "$@"\n')
     alice = cluster.serve()
-    cluster.worker("w1", concurrency=1, CLIPLOG_FFMPEG=slow)
-    cluster.worker("w2", concurrency=1, CLIPLOG_FFMPEG=slow)
+    for k in range(slots):
+        cluster.worker(f"w{k}", concurrency=1, CLIPLOG_FFMPEG=slow)
     backlog = [f"a{i:03d}" for i in range(200)]
     _register(alice, "alpha", backlog)
     bob = _client_for(cluster, "bob")

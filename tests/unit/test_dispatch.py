@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from domain.dispatch import BATCH_EVERY, InFlight, Limits, Waiting, admission_order, queue_position, select
+from domain.dispatch import BATCH_EVERY, InFlight, Limits, Turns, Waiting, admission_order, queue_position, select
 
 
 def waiting(owner: str, project: str, n: int, *, priority: str = "interactive", first: int = 0) -> list[Waiting]:
@@ -35,10 +35,24 @@ def test_a_newcomer_behind_a_backlog_is_admitted_with_the_next_free_slot():
 
 def test_owners_take_turns_and_then_projects_within_an_owner():
     items = waiting("alice", "a1", 6) + waiting("alice", "a2", 6, first=100) + waiting("bob", "b", 6, first=200)
-    order = [w for w, _ in admission_order(items, [])]
+    order = [w for w, _, _ in admission_order(items, [])]
     assert owners(order[:6]) == ["alice", "bob"] * 3
     alice = [w.project_id for w in order if w.owner == "alice"]
     assert alice[:6] == ["a1", "a2"] * 3
+
+
+def test_with_one_slot_owners_alternate_though_each_has_none_in_flight_when_it_frees():
+    """The slot frees when its attempt ends, so every owner has nothing in flight at each choice: only the turns
+    (who was served last) make it round-robin instead of draining the oldest backlog first."""
+    items = waiting("alice", "a", 6) + waiting("bob", "b", 3, first=100)
+    turns, served = Turns(), []
+    for _ in range(6):
+        selection = select(items, [], 1, turns=turns)
+        (chosen,) = selection.admit
+        items.remove(chosen)  # it ran and ended: the slot is free again
+        turns = selection.turns
+        served.append(chosen.owner)
+    assert served == ["alice", "bob"] * 3
 
 
 def test_the_least_loaded_owner_goes_first_and_ties_go_to_the_oldest_request():
