@@ -185,6 +185,17 @@ async def test_health_counts_only_the_workers_of_its_own_deployment(settings_for
 # 8. A worker that died between taking a job and starting its attempt ------------------------------------------
 
 
+async def taken_over_after_reaping(settings: Settings, services: Services) -> ClipState:
+    """With the reaper running, a healthy worker takes clip c1 over: its state once settled."""
+    reaping = asyncio.create_task(reaper.follow(services))
+    try:
+        async with running_worker(settings) as healthy:
+            return await settled(healthy, "c1", timeout=15)
+    finally:
+        reaping.cancel()
+        await asyncio.gather(reaping, return_exceptions=True)
+
+
 async def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_enqueued_again_within_requeue_after(
     settings_for,
 ):
@@ -211,13 +222,7 @@ async def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_enqueued_
         assert await services.redis.exists(in_progress_key_prefix + job)
         assert await services.redis.pttl(in_progress_key_prefix + job) > 60_000  # arq's job_timeout + 10 s
 
-        reaping = asyncio.create_task(reaper.follow(services))
-        try:
-            async with running_worker(settings) as healthy:
-                state = await settled(healthy, "c1", timeout=15)
-        finally:
-            reaping.cancel()
-            await asyncio.gather(reaping, return_exceptions=True)
+        state = await taken_over_after_reaping(settings, services)
         assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
     finally:
         never.set()
@@ -254,13 +259,7 @@ async def test_with_fair_dispatch_a_job_a_dead_worker_took_and_never_started_is_
         await services.redis.delete(presence)  # the worker is gone
         job = queue.job_id("p", "c1", 1, 1)
         assert await services.redis.exists(in_progress_key_prefix + job)
-        reaping = asyncio.create_task(reaper.follow(services))
-        try:
-            async with running_worker(settings) as healthy:
-                state = await settled(healthy, "c1", timeout=15)
-        finally:
-            reaping.cancel()
-            await asyncio.gather(reaping, return_exceptions=True)
+        state = await taken_over_after_reaping(settings, services)
         assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
     finally:
         never.set()
