@@ -105,3 +105,20 @@ def test_queue_position_counts_what_the_rule_admits_first():
     bulk = waiting("carol", "c", 1, priority="batch", first=5)
     assert queue_position(bulk[0].key, items + bulk, []) == BATCH_EVERY - 1
     assert queue_position(("x", "y", 1, 1), items, []) is None
+
+
+def test_the_dispatch_settings_are_checked_at_start():
+    import pytest
+
+    from runtime.settings import ConfigError, load
+
+    base = {"CLIPLOG_FFMPEG": "ffmpeg"}
+    settings = load(base)
+    assert (settings.dispatch, settings.project_concurrency, settings.owner_concurrency) == ("fair", None, None)
+    settings = load({**base, "CLIPLOG_DISPATCH": "fifo", "CLIPLOG_PROJECT_CONCURRENCY": "2",
+                     "CLIPLOG_OWNER_CONCURRENCY": "5"})  # fmt: skip
+    assert (settings.dispatch, settings.project_concurrency, settings.owner_concurrency) == ("fifo", 2, 5)
+    for bad in ({"CLIPLOG_DISPATCH": "lifo"}, {"CLIPLOG_PROJECT_CONCURRENCY": "0"},
+                {"CLIPLOG_OWNER_CONCURRENCY": "1.5"}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            load({**base, **bad})
