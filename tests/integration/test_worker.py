@@ -185,6 +185,14 @@ async def test_health_counts_only_the_workers_of_its_own_deployment(settings_for
 # 8. A worker that died between taking a job and starting its attempt ------------------------------------------
 
 
+async def release(doomed: Worker, never: asyncio.Event, services: Services) -> None:
+    """Let the dead worker's job end and close what the test opened."""
+    never.set()
+    await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
+    await doomed.pool.aclose(close_connection_pool=True)
+    await services.close()
+
+
 async def taken_over_after_reaping(settings: Settings, services: Services) -> ClipState:
     """With the reaper running, a healthy worker takes clip c1 over: its state once settled."""
     reaping = asyncio.create_task(reaper.follow(services))
@@ -225,10 +233,7 @@ async def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_enqueued_
         state = await taken_over_after_reaping(settings, services)
         assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
     finally:
-        never.set()
-        await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
-        await doomed.pool.aclose(close_connection_pool=True)
-        await services.close()
+        await release(doomed, never, services)
 
 
 async def test_with_fair_dispatch_a_job_a_dead_worker_took_and_never_started_is_admitted_again(settings_for):
@@ -262,10 +267,7 @@ async def test_with_fair_dispatch_a_job_a_dead_worker_took_and_never_started_is_
         state = await taken_over_after_reaping(settings, services)
         assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
     finally:
-        never.set()
-        await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
-        await doomed.pool.aclose(close_connection_pool=True)
-        await services.close()
+        await release(doomed, never, services)
 
 
 # 6. No blocking file I/O on the worker's event loop ---------------------------------------------------------------
