@@ -17,6 +17,9 @@ Detector = Literal["worker", "reaper", "user"]
 # How the dispatcher treats an attempt while it waits for a worker (domain/dispatch.py): interactive work first,
 # batch work with a guaranteed share.
 Priority = Literal["interactive", "batch"]
+# Why an attempt was timed out: it passed its deadline, its worker's lease expired, FFmpeg stopped making progress
+# for CLIPLOG_STALL_AFTER seconds, or a person retried it while it was slow.
+TimeoutReason = Literal["deadline", "lease", "stalled", "user"]
 Canceller = Literal["user"]
 
 
@@ -60,6 +63,7 @@ class ExtractionFailed(Event, tag="extraction.failed"):
 
 class ExtractionTimedOut(Event, tag="extraction.timed_out"):
     detected_by: Detector
+    reason: TimeoutReason
     deadline_at: datetime | None = None
     elapsed_seconds: float = 0.0
     command: list[str] | None = None
@@ -92,13 +96,23 @@ SCHEMA_VERSION: dict[str, int] = {
     "extraction.started": 1,
     "extraction.completed": 1,
     "extraction.failed": 1,
-    "extraction.timed_out": 1,
+    "extraction.timed_out": 2,
     "extraction.cancelled": 1,
 }
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 # (type, version) -> function taking data at that version and returning it at version + 1.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def _timed_out_reason(data: dict[str, Any]) -> dict[str, Any]:
+    """timed_out v1 -> v2: a `reason`. Before stall detection a worker timed out only at the deadline, a person only
+    by a retry, and the reaper almost always for an expired lease (it did not say which)."""
+    reason = {"worker": "deadline", "reaper": "lease", "user": "user"}[data["detected_by"]]
+    return {**data, "reason": reason}
+
+
+UPCASTERS[("extraction.timed_out", 1)] = _timed_out_reason
 
 
 def type_of(event: ExtractionEvent) -> str:

@@ -25,7 +25,7 @@ import msgspec
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
-from domain.dispatch import InFlight, Limits, Turns, Waiting, queue_position, select
+from domain.dispatch import InFlight, Limits, Turns, Waiting, select
 from domain.clip import ClipState
 from handlers import reactor
 from handlers.presence import presence_prefix
@@ -228,7 +228,7 @@ async def release_stuck_admissions(services: Services) -> int:
     return released
 
 
-# For health, /metrics and a clip's queue position -------------------------------------------------------------
+# For health and /metrics -------------------------------------------------------------
 
 _WAITING = """
 SELECT c.project_id, c.clip_id, c.run, c.attempt, c.priority, c.position, p.owner, c.not_before
@@ -258,23 +258,3 @@ async def backlog(services: Services) -> Backlog:
             oldest = due_at
     wait = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
     return Backlog(waiting=counts, oldest_wait_seconds=round(wait, 3))
-
-
-async def clip_queue_position(services: Services, state: ClipState) -> int | None:
-    """How many attempts the dispatcher admits before this clip's (0: it is next or already in the queue); None
-    unless the clip waits for admission (pending, or retrying and due). The one function that computes it."""
-    if state.status not in ("pending", "retrying") or services.redis is None:
-        return None
-    target: Key = (state.project_id, state.clip_id, state.run, state.attempt)
-    queued = await queued_attempts(services.redis, await reactor.job_queue(services.pool))
-    if target in queued:
-        return 0
-    now = utcnow()
-    rows = await services.pool.fetch(_WAITING, now)
-    running = await services.pool.fetch(
-        "SELECT c.project_id, p.owner FROM clips c LEFT JOIN projects p USING (project_id) WHERE c.status = 'running'"
-    )
-    waiting = [w for row in rows if (w := _waiting(row)).key not in queued]
-    in_flight = [InFlight(r["owner"] or "", r["project_id"]) for r in running]
-    in_flight += [InFlight(row["owner"] or "", row["project_id"]) for row in rows if _key(row) in queued]
-    return queue_position(target, waiting, in_flight)

@@ -1,7 +1,7 @@
 """The dispatcher's pass on the real PostgreSQL and Redis (no worker runs: the presence key stands for one): it
 admits exactly the free capacity in the fair order, counts running and admitted attempts against it, admits again
 under the same job ids what a flush took out of the queue, never queues an attempt twice, and a waiting clip's
-queue position follows the same rule."""
+queue position (projections/queue.py) follows the same rule."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from api.auth import create_token
 from domain.clip import Register, Start
 from handlers import dispatcher, reactor
 from handlers.presence import presence_prefix
-from projections import clip_status
+from projections.queue import queue_positions
 from runtime.bootstrap import open_services
 from runtime.settings import Settings
 from usecases.clips import handle, register
@@ -78,15 +78,11 @@ async def test_a_pass_admits_the_free_slots_in_the_fair_order_and_again_after_a_
     assert await _queued(services) == [("pb", "b0")]
     assert await services.redis.zscore(queue.name, queue.job_id("pb", "b0", 1, 1)) is not None
 
-    # each has one in flight (alice's running, bob's admitted): alice's older request goes first, then bob's
-    state = await clip_status.load(services.pool, "pa", "a1")
-    assert await dispatcher.clip_queue_position(services, state) == 0
-    state = await clip_status.load(services.pool, "pb", "b1")
-    assert await dispatcher.clip_queue_position(services, state) == 1
-    state = await clip_status.load(services.pool, "pa", "a2")
-    assert await dispatcher.clip_queue_position(services, state) == 2
-    state = await clip_status.load(services.pool, "pb", "b0")
-    assert await dispatcher.clip_queue_position(services, state) == 0  # already in the queue
+    # the queue positions follow the same rule (projections/queue.py, from PostgreSQL alone: bob's admitted attempt
+    # counts as waiting, and first): bob's, then alice's older one (each has one in flight), then bob's, ...
+    positions = await queue_positions(services.pool, "pa", ["a1", "a2"])
+    positions |= await queue_positions(services.pool, "pb", ["b0", "b1"])
+    assert positions == {"b0": 0, "a1": 1, "b1": 2, "a2": 3}
     backlog = await dispatcher.backlog(services)
     assert backlog.waiting == {"interactive": 5, "batch": 0}  # a1..a4 and b1
 
