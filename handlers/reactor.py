@@ -152,6 +152,7 @@ async def run_as_leader(  # noqa: ANN001
         conn = None
         try:
             conn = await services.connect_leader()
+            reraise_if_cancelled()  # asyncpg's connect timeout (wait_for on 3.11) can swallow a cancellation
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
                 await asyncio.sleep(min(sleep(), 2.0))
             wake = asyncio.Event()
@@ -159,6 +160,7 @@ async def run_as_leader(  # noqa: ANN001
                 await conn.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
             log.info("%s: leading", name)
             while True:
+                reraise_if_cancelled()  # one a library swallowed in the last pass must still end the loop
                 wake.clear()
                 while await step(services):
                     pass

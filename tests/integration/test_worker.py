@@ -165,20 +165,14 @@ async def test_health_counts_only_the_workers_of_its_own_deployment(settings_for
     from runtime.bootstrap import web_app
 
     first, second = await settings_for(), await settings_for()
-    async with running_worker(second, name="second-worker") as two:
+    async with running_worker(second, name="second-worker") as two:  # it announces itself, as `cliplog worker` does
         presence = presence_prefix(await store.epoch(two.pool)) + "second-worker"
-        announcing = asyncio.create_task(announce(two, presence, 1))
-        try:
-            while not await two.redis.exists(presence):
-                await asyncio.sleep(0.01)
-            alive = {}
-            for name, settings in (("first", first), ("second", second)):
-                async with AsyncTestClient(app=web_app(settings)) as http:
-                    alive[name] = (await http.get("/api/extraction/health")).json()["workers"]["alive"]
-        finally:
-            announcing.cancel()
-            await asyncio.gather(announcing, return_exceptions=True)
-            await two.redis.delete(presence)
+        while not await two.redis.exists(presence):
+            await asyncio.sleep(0.01)
+        alive = {}
+        for name, settings in (("first", first), ("second", second)):
+            async with AsyncTestClient(app=web_app(settings)) as http:
+                alive[name] = (await http.get("/api/extraction/health")).json()["workers"]["alive"]
     assert alive == {"first": 0, "second": 1}
 
 
