@@ -1,4 +1,4 @@
-"""Clip routes: register, list, get, retry, cancel, history, file; and the project's bulk routes (retry-failed,
+"""Clip routes: register, list, get, retry, cancel, history, story, export, file; and the project's bulk routes (retry-failed,
 cancel-all)."""
 
 from __future__ import annotations
@@ -8,16 +8,21 @@ import secrets
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar import Controller, Request, Response, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import HeaderParameter, JSONBody
 
 from api.auth import check_id, require_project
-from api.files import ranged_file
-from api.views import BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, clip_view
+from api.files import local_file, serve
+from api.openapi import ClipId, ProjectId, errors, get_or_head
+from api.views import (
+    BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, StoryStep, clip_view, story_step,
+)  # fmt: skip
 from domain.clip import CANCELLABLE, Cancel, ClipState, Command, Register, Retry
 from domain.errors import Conflict, InvalidInput, NotFound
-from eventlog import pages, progress, store
+from eventlog import export, pages, progress, store
 from projections import clip_status, queue
+from projections.replay import replay
 from api.deps import ServicesDep, UserDep
 from runtime.media import resolve_inside
 from usecases.clips import handle, handle_each, register, register_once
@@ -85,10 +90,19 @@ class ClipsController(Controller):
     path = "/api/clips/projects/{project_id:str}/clips"
     tags = ["clips"]
 
-    @post("/", summary="Register a clip and request its extraction")
+    @post(
+        "/",
+        summary="Register a clip and request its extraction",
+        status_code=201,
+        responses={
+            200: ResponseSpec(ClipView, description="already registered with the same fields (or the same "
+                              "Idempotency-Key): nothing appended"),
+            **errors(400, 401, 404, 409, 413),
+        },
+    )
     async def register(
         self,
-        project_id: FromPath[str],
+        project_id: ProjectId,
         data: JSONBody[RegisterClip],
         user: UserDep,
         services: ServicesDep,
@@ -126,36 +140,89 @@ class ClipsController(Controller):
         view = clip_view(handled.state, handled.position, utcnow(), services.settings)
         return Response(view, status_code=201 if handled.appended else 200)
 
-    @get("/", summary="List a project's clips (never enqueues anything)")
-    async def list_clips(self, project_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[ClipView]:
+    @get_or_head("/", summary="List a project's clips (never enqueues anything)", responses=errors(401, 404))
+    async def list_clips(self, project_id: ProjectId, user: UserDep, services: ServicesDep) -> list[ClipView]:
         await require_project(services.pool, project_id, user)
         return await live_views(services, project_id, await clip_status.list_project(services.pool, project_id))
 
-    @get("/{clip_id:str}", summary="One clip")
-    async def get_clip(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> ClipView:
+    @get_or_head("/{clip_id:str}", summary="One clip", responses=errors(401, 404))
+    async def get_clip(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> ClipView:
         state, position = await _registered(services, project_id, clip_id, user)
         return (await live_views(services, project_id, [(state, position)]))[0]
 
-    @post("/{clip_id:str}/retry-extraction", summary="Start a new run with a fresh attempt budget")
-    async def retry(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
+    @post(
+        "/{clip_id:str}/retry-extraction",
+        summary="Start a new run with a fresh attempt budget",
+        status_code=202,
+        responses={
+            200: ResponseSpec(ClipView, description="that run's first attempt is still pending: nothing appended"),
+            **errors(401, 404, 409),
+        },
+    )
+    async def retry(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> Response[ClipView]:
         return await _persons_command(services, project_id, clip_id, user, Retry())
 
-    @post("/{clip_id:str}/cancel", summary="Cancel a pending, retrying or running clip")
-    async def cancel(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
+    @post(
+        "/{clip_id:str}/cancel",
+        summary="Cancel a pending, retrying or running clip",
+        status_code=202,
+        responses={200: ResponseSpec(ClipView, description="already cancelled: nothing appended"), **errors(401, 404, 409)},
+    )
+    async def cancel(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> Response[ClipView]:
         return await _persons_command(services, project_id, clip_id, user, Cancel())
 
-    @get("/{clip_id:str}/events", summary="The clip's whole history, oldest first")
-    async def history(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[EventView]:
+    @get_or_head("/{clip_id:str}/events", summary="The clip's whole history, oldest first", responses=errors(401, 404))
+    async def history(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> list[EventView]:
         await _registered(services, project_id, clip_id, user)
         epoch = await store.epoch(services.pool)
         return await pages.read_stream(services.pool, epoch, project_id, clip_id)
 
-    @get("/{clip_id:str}/file", summary="The extracted clip (video/mp4, HTTP Range supported)", media_type="video/mp4")
+    @get_or_head(
+        "/{clip_id:str}/story",
+        summary="After each of the clip's events: its state and why (domain/story.py)",
+        responses=errors(401, 404),
+    )
+    async def story(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> list[StoryStep]:
+        await _registered(services, project_id, clip_id, user)
+        return [story_step(s) for s in replay(await store.read_stream(services.pool, project_id, clip_id))]
+
+    @get_or_head(
+        "/{clip_id:str}/export",
+        summary="The clip's history as a file: `cliplog export --project P --clip C` (JSON lines, eventlog/export.py)",
+        media_type=export.NDJSON,
+        responses=errors(401, 404),
+    )
+    async def export_history(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> Response[bytes]:
+        await _registered(services, project_id, clip_id, user)
+        chunks: list[bytes] = []
+
+        async def keep(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        async with services.pool.acquire() as conn:
+            await export.write(conn, keep, export.Selection(project_id=project_id, clip_id=clip_id), now=utcnow())
+        filename = f"{project_id}-{clip_id}.cliplog.jsonl"  # ids are [A-Za-z0-9_-]: nothing to quote
+        return Response(
+            b"".join(chunks), media_type=export.NDJSON, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+        )
+
+    @get_or_head(
+        "/{clip_id:str}/file",
+        summary="The extracted clip (video/mp4; Range, conditional requests)",
+        media_type="video/mp4",
+        opt={"skip_compression": True},  # video does not compress, and Range counts the bytes of the file itself
+        response_description="the whole file",
+        responses={
+            206: ResponseSpec(bytes, media_type="video/mp4", description="the requested range", generate_examples=False),
+            304: ResponseSpec(None, description="the file matches `If-None-Match` / `If-Modified-Since`"),
+            **errors(401, 404, 409, 416),
+        },
+    )
     async def file(
         self,
         request: Request,
-        project_id: FromPath[str],
-        clip_id: FromPath[str],
+        project_id: ProjectId,
+        clip_id: ClipId,
         user: UserDep,
         services: ServicesDep,
     ) -> Response:
@@ -165,7 +232,8 @@ class ClipsController(Controller):
         path = resolve_inside(services.settings.output_root, state.output)
         if path is None:
             raise NotFound(f"the file of clip {clip_id!r} is missing from the output folder")
-        return ranged_file(path, request.headers.get("range"))
+        meta, read = local_file(path)
+        return serve(request.method, request.headers, meta, read)
 
 
 async def _each(
@@ -183,14 +251,24 @@ class ProjectActionsController(Controller):
     path = "/api/clips/projects/{project_id:str}"
     tags = ["clips"]
 
-    @post("/retry-failed", status_code=200, summary="Retry every failed clip (or those of the given statuses)")
+    @post(
+        "/retry-failed",
+        status_code=200,
+        summary="Retry every failed clip (or those of the given statuses)",
+        responses=errors(400, 401, 404, 413),
+    )
     async def retry_failed(
-        self, project_id: FromPath[str], user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
+        self, project_id: ProjectId, user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
     ) -> BulkResult:
         return await _each(services, project_id, user, Retry(), data, ("failed",))
 
-    @post("/cancel-all", status_code=200, summary="Cancel every pending, retrying and running clip (or those of the given statuses)")
+    @post(
+        "/cancel-all",
+        status_code=200,
+        summary="Cancel every pending, retrying and running clip (or those of the given statuses)",
+        responses=errors(400, 401, 404, 413),
+    )
     async def cancel_all(
-        self, project_id: FromPath[str], user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
+        self, project_id: ProjectId, user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
     ) -> BulkResult:
         return await _each(services, project_id, user, Cancel(), data, CANCELLABLE)

@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -48,6 +49,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dispatch: str = "fair"  # "fair": admission as workers free up (handlers/dispatcher.py); "fifo": enqueue on sight
     project_concurrency: int | None = None  # running attempts per project (fair dispatch); None: unlimited
     owner_concurrency: int | None = None  # per user
+    cors_origins: tuple[str, ...] = ()  # origins a browser may call the API and open the feed from ("*": any)
+    ws_per_token: int = 20  # open feed WebSockets per token and API process (one more: close 4429)
+    token_check_interval: float = 1.0  # seconds between checks of open sockets' tokens (revoked: close 4401)
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -83,8 +87,27 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_FEED_POLL_INTERVAL": ("feed_poll_interval", float),
     "CLIPLOG_PROJECT_CONCURRENCY": ("project_concurrency", int),
     "CLIPLOG_OWNER_CONCURRENCY": ("owner_concurrency", int),
+    "CLIPLOG_WS_PER_TOKEN": ("ws_per_token", int),
+    "CLIPLOG_TOKEN_CHECK_INTERVAL": ("token_check_interval", float),
 }
 DISPATCH_MODES = ("fair", "fifo")
+
+
+def parse_origins(raw: str | None) -> tuple[str, ...]:
+    """`CLIPLOG_CORS_ORIGINS`: comma-separated `scheme://host[:port]` origins, or `*`; normalised to lower case."""
+    origins: list[str] = []
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item == "*":
+            origins.append(item)
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+            raise ConfigError(f"CLIPLOG_CORS_ORIGINS: {item!r} is not an origin such as https://app.example.com")
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(origins)
 
 
 def find_ffmpeg(env: Mapping[str, str]) -> str:
@@ -142,5 +165,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ffprobe=find_ffprobe(env),
         dev_token=env.get("CLIPLOG_DEV_TOKEN") or None,
         dispatch=dispatch,
+        cors_origins=parse_origins(env.get("CLIPLOG_CORS_ORIGINS")),
         **values,  # type: ignore[arg-type]
     )
