@@ -1,7 +1,9 @@
 """The reaper: every few seconds, one at a time across all workers, it makes sure nothing waits without bound.
 
 - A running attempt whose lease has not been renewed for `lease_timeout` (its worker is gone) or whose deadline
-  has passed gets `timed_out` (detected_by: reaper); the clip's retry policy then schedules the next attempt.
+  has passed gets `timed_out` (detected_by: reaper); the clip's retry policy then schedules the next attempt. The
+  file that attempt may have published is removed: a worker lost between publishing and recording `completed`
+  would otherwise leave an output no clip points at, and a live latecomer's `completed` can no longer be recorded.
 - A requested attempt that has not started `requeue_after` seconds after it was due, and whose job is not waiting
   in the queue, is enqueued again (Redis was flushed or restarted, or a worker died before starting it: a job
   that arq holds "in progress" but whose attempt has not started by then counts as not waiting). Each
@@ -21,7 +23,7 @@ from arq.constants import in_progress_key_prefix
 from domain.clip import TimeOut
 from domain.errors import StaleAttempt
 from handlers import reactor
-from handlers.extraction import TEMP_PREFIX
+from handlers.extraction import TEMP_PREFIX, attempt_output
 from usecases.clips import handle
 from usecases.services import Services, utcnow
 
@@ -56,7 +58,9 @@ async def time_out_lost_attempts(services: Services) -> int:
             )
             log.warning("timed out attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])
         except StaleAttempt:
-            pass  # it finished meanwhile
+            continue  # it finished meanwhile
+        output = settings.output_root / attempt_output(row["project_id"], row["clip_id"], row["run"], row["attempt"])
+        await asyncio.to_thread(output.unlink, missing_ok=True)
     return len(rows)
 
 
