@@ -44,11 +44,14 @@ Table = tuple[str, Sequence[str], list[Sequence[str]]]  # title, header, rows
 
 
 def tables(outcome: Outcome) -> list[Table]:
-    by_kind: dict[str, list[float]] = {}
+    by_kind: dict[str, list[Fault]] = {}
     for fault in outcome.faults:
-        by_kind.setdefault(fault.kind, []).append(fault.ended - fault.began)
-    faults = [(kind, str(len(times)), f"{max(times):.1f}") for kind, times in sorted(by_kind.items())]
-    faults.append(("all", str(len(outcome.faults)), ""))
+        by_kind.setdefault(fault.kind, []).append(fault)
+    faults = []
+    for kind, injected in sorted(by_kind.items()):
+        longest = max(injected, key=lambda f: f.ended - f.began)
+        faults.append((kind, str(len(injected)), f"{longest.ended - longest.began:.1f}", longest.detail))
+    faults.append(("all", str(len(outcome.faults)), "", ""))
 
     statuses = sorted({label for counts in outcome.clips.values() for label in counts})
     clips = [
@@ -74,7 +77,7 @@ def tables(outcome: Outcome) -> list[Table]:
     ]  # fmt: skip
     results = [("ok" if not problems else "FAILED", name, "; ".join(problems)) for name, problems in outcome.checks]
     return [
-        ("Faults injected", ("kind", "count", "longest s"), faults),
+        ("Faults injected", ("kind", "count", "longest s", "the longest"), faults),
         ("Clips by outcome", ("behaviour", "clips", *statuses, "as expected"), clips),
         ("Longest without progress (stuck time), by waiting state",
          ("state", "longest", "clip", "bound", "what promises it"), waiting),
