@@ -14,7 +14,7 @@ from litestar.static_files import create_static_files_router
 
 from api import errors, feed, ui_routes
 from api.auth import bearer, user_for_token
-from api.clips import ClipsController
+from api.clips import ClipsController, ProjectActionsController
 from api.deps import ServicesDep
 from api.health import health, metrics
 from api.views import RawJsonSchema
@@ -49,7 +49,7 @@ def create_app(services: Services | Callable[[], Awaitable[Services]]) -> Litest
             if opened is not services:
                 await opened.close()
 
-    route_handlers: list = [ClipsController, health, metrics, openapi_document, *feed.ROUTES, *ui_routes.ROUTES]
+    route_handlers: list = [ClipsController, ProjectActionsController, health, metrics, openapi_document, *feed.ROUTES, *ui_routes.ROUTES]
     if STATIC.is_dir():
         route_handlers.append(create_static_files_router(path="/", directories=[STATIC], html_mode=True))
     return Litestar(

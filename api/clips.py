@@ -1,26 +1,40 @@
-"""Clip routes: register, list, get, retry, history, file."""
+"""Clip routes: register, list, get, retry, cancel, history, file; and the project's bulk routes (retry-failed,
+cancel-all)."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from typing import Annotated
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from api.auth import check_id, require_project
 from api.files import ranged_file
-from api.views import ClipView, EventView, RegisterClip, clip_view
-from domain.clip import ClipState, Register, Retry
+from api.views import BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, clip_view
+from domain.clip import CANCELLABLE, Cancel, ClipState, Command, Register, Retry
 from domain.errors import Conflict, InvalidInput, NotFound
 from eventlog import pages, store
 from projections import clip_status
 from api.deps import ServicesDep, UserDep
 from runtime.media import resolve_inside
-from usecases.clips import handle, register
+from usecases.clips import handle, handle_each, register, register_once
 from usecases.services import Services, utcnow
 
 MAX_NAME = 200
 MAX_SOURCE = 1024
+MAX_IDEMPOTENCY_KEY = 255
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        description="Without clip_id: a repeated POST with this key returns the same clip (1-255 printable ASCII)",
+    ),
+]
 
 
 async def _registered(services: Services, project_id: str, clip_id: str, user: str) -> tuple[ClipState, int]:
@@ -35,13 +49,34 @@ async def _registered(services: Services, project_id: str, clip_id: str, user: s
     return clip_status.state_from_json(row["state"]), row["position"]
 
 
+async def _persons_command(services: Services, project_id: str, clip_id: str, user: str, command: Command) -> Response[ClipView]:
+    """A person's command on one clip: 202 with the clip when it appended, 200 with it when there was nothing to do."""
+    await _registered(services, project_id, clip_id, user)
+    handled = await handle(services.pool, project_id, clip_id, command, services.context)
+    view = clip_view(handled.state, handled.position, utcnow(), services.settings)
+    return Response(view, status_code=202 if handled.appended else 200)
+
+
 class ClipsController(Controller):
     path = "/api/clips/projects/{project_id:str}/clips"
     tags = ["clips"]
 
     @post("/", summary="Register a clip and request its extraction")
-    async def register(self, project_id: FromPath[str], data: JSONBody[RegisterClip], user: UserDep, services: ServicesDep) -> Response[ClipView]:
+    async def register(
+        self,
+        project_id: FromPath[str],
+        data: JSONBody[RegisterClip],
+        user: UserDep,
+        services: ServicesDep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[ClipView]:
         check_id(project_id, "project_id")
+        if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isascii() and idempotency_key.isprintable()
+        ):
+            raise InvalidInput(
+                f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters", field="Idempotency-Key"
+            )
         clip_id = check_id(data.clip_id, "clip_id") if data.clip_id is not None else secrets.token_urlsafe(9)
         if not data.source or len(data.source) > MAX_SOURCE or "\x00" in data.source:
             raise InvalidInput("source must be a path relative to the media folder", field="source")
@@ -55,7 +90,13 @@ class ClipsController(Controller):
         if owner is not None and owner != user:
             raise NotFound(f"project {project_id!r} not found")
         command = Register(source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name)
-        handled = await register(services.pool, project_id, clip_id, command, services.context, user=user)
+        if data.clip_id is None and idempotency_key is not None:
+            fingerprint = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
+            handled = await register_once(
+                services.pool, project_id, idempotency_key, fingerprint, clip_id, command, services.context, user=user
+            )
+        else:
+            handled = await register(services.pool, project_id, clip_id, command, services.context, user=user)
         view = clip_view(handled.state, handled.position, utcnow(), services.settings)
         return Response(view, status_code=201 if handled.appended else 200)
 
@@ -75,10 +116,11 @@ class ClipsController(Controller):
 
     @post("/{clip_id:str}/retry-extraction", summary="Start a new run with a fresh attempt budget")
     async def retry(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
-        await _registered(services, project_id, clip_id, user)
-        handled = await handle(services.pool, project_id, clip_id, Retry(), services.context)
-        view = clip_view(handled.state, handled.position, utcnow(), services.settings)
-        return Response(view, status_code=202 if handled.appended else 200)
+        return await _persons_command(services, project_id, clip_id, user, Retry())
+
+    @post("/{clip_id:str}/cancel", summary="Cancel a pending, retrying or running clip")
+    async def cancel(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
+        return await _persons_command(services, project_id, clip_id, user, Cancel())
 
     @get("/{clip_id:str}/events", summary="The clip's whole history, oldest first")
     async def history(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[EventView]:
@@ -102,3 +144,31 @@ class ClipsController(Controller):
         if path is None:
             raise NotFound(f"the file of clip {clip_id!r} is missing from the output folder")
         return ranged_file(path, request.headers.get("range"))
+
+
+async def _each(
+    services: Services, project_id: str, user: str, command: Command, data: StatusFilter | None, default: tuple[str, ...]
+) -> BulkResult:
+    await require_project(services.pool, project_id, user)
+    statuses = frozenset(data.status if data is not None and data.status is not None else default)
+    outcome = await handle_each(services.pool, project_id, command, statuses, services.context)
+    return BulkResult(outcome.changed, [SkippedClip(s.clip_id, s.reason) for s in outcome.skipped])
+
+
+class ProjectActionsController(Controller):
+    """A person's command on many clips of a project at once. Each clip is changed in its own transaction."""
+
+    path = "/api/clips/projects/{project_id:str}"
+    tags = ["clips"]
+
+    @post("/retry-failed", status_code=200, summary="Retry every failed clip (or those of the given statuses)")
+    async def retry_failed(
+        self, project_id: FromPath[str], user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
+    ) -> BulkResult:
+        return await _each(services, project_id, user, Retry(), data, ("failed",))
+
+    @post("/cancel-all", status_code=200, summary="Cancel every pending, retrying and running clip (or those of the given statuses)")
+    async def cancel_all(
+        self, project_id: FromPath[str], user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
+    ) -> BulkResult:
+        return await _each(services, project_id, user, Cancel(), data, CANCELLABLE)

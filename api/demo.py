@@ -4,7 +4,8 @@
 - broken-source, past-the-end: "Extraction failed" for good (not a video; a range past the end), with a retry button;
 - slow-motion: its source (a copy of the match) makes the demo's FFmpeg wrapper hang on the first attempt, so the
   clip shows "Extracting…", times out (CLIPLOG_ATTEMPT_TIMEOUT, 15 s in the demo unless set), "Retrying: attempt 2
-  of 3 in Xs", then "Extracted".
+  of 3 in Xs", then "Extracted";
+- changed-my-mind: cancelled as soon as it is added: "Cancelled", with a retry button.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import shutil
 import subprocess
 from typing import Mapping
 
-from domain.clip import Register
+from domain.clip import Cancel, Register
 from runtime.settings import Settings
-from usecases.clips import register
+from usecases.clips import handle, register
 from usecases.services import Services
 
 PROJECT = "demo"
@@ -27,7 +28,9 @@ CLIPS = [
     ("broken-source", Register(source="demo/broken.mp4", start=0.0, end=5.0, name="From a corrupt upload")),
     ("past-the-end", Register(source="demo/match.mp4", start=100.0, end=110.0, name="Past the end of the match")),
     ("slow-motion", Register(source="demo/slow-motion.mp4", start=40.0, end=46.0, name="Slow-motion replay (hangs once)")),
+    ("changed-my-mind", Register(source="demo/match.mp4", start=50.0, end=58.0, name="Cancelled by you")),
 ]
+CANCELLED = "changed-my-mind"
 HANGING_SOURCE = "demo/slow-motion.mp4"
 DEMO_ATTEMPT_TIMEOUT = "15"
 
@@ -62,6 +65,8 @@ async def add_demo(services: Services, user: str) -> None:
     make_sources(services.settings)
     for clip_id, command in CLIPS:
         await register(services.pool, PROJECT, clip_id, command, services.context, user=user)
+        if clip_id == CANCELLED:
+            await handle(services.pool, PROJECT, clip_id, Cancel(), services.context)
 
 
 def demo_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+from typing import Iterable, get_args
 from uuid import UUID
 
 import msgspec
@@ -14,6 +14,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from api.feed import subscriber_count
+from api.views import ClipStatus
 from handlers import reactor
 from handlers.presence import presence_prefix
 from api.deps import ServicesDep
@@ -180,7 +181,7 @@ async def health(services: ServicesDep) -> Response[Health]:
 class MetricValues(msgspec.Struct, frozen=True, kw_only=True):
     """What one scrape read from the log, the projection and this process."""
 
-    outcomes: dict[str, int]  # finished attempts by outcome (completed, failed, timed_out)
+    outcomes: dict[str, int]  # finished attempts by outcome (completed, failed, timed_out, cancelled)
     duration_buckets: list[int]  # cumulative counts of completed attempts per bound of BUCKETS
     duration_sum: float
     duration_count: int
@@ -193,7 +194,7 @@ def metric_families(values: MetricValues) -> list[Metric]:
     attempts = CounterMetricFamily(
         "cliplog_extraction_attempts", "Finished extraction attempts by outcome.", labels=["outcome"]
     )
-    for outcome in ("completed", "failed", "timed_out"):
+    for outcome in ("completed", "failed", "timed_out", "cancelled"):
         attempts.add_metric([outcome], values.outcomes.get(outcome, 0))
     buckets = [(f"{bound:g}", n) for bound, n in zip(BUCKETS, values.duration_buckets)]
     duration = HistogramMetricFamily(
@@ -203,7 +204,7 @@ def metric_families(values: MetricValues) -> list[Metric]:
         sum_value=values.duration_sum,
     )
     clips = GaugeMetricFamily("cliplog_clips", "Clips by status.", labels=["status"])
-    for status in ("pending", "running", "retrying", "completed", "failed"):
+    for status in get_args(ClipStatus):
         clips.add_metric([status], values.clips.get(status, 0))
     subscribers = GaugeMetricFamily(
         "cliplog_feed_subscribers", "WebSocket feed subscribers on this instance.", value=values.feed_subscribers
@@ -236,7 +237,7 @@ async def _metric_values(services: Services, state: State) -> MetricValues:
         r["type"].removeprefix("extraction."): r["n"]
         for r in await services.pool.fetch(
             "SELECT type, count(*) AS n FROM events WHERE type IN "
-            "('extraction.completed', 'extraction.failed', 'extraction.timed_out') "
+            "('extraction.completed', 'extraction.failed', 'extraction.timed_out', 'extraction.cancelled') "
             "AND (type <> 'extraction.failed' OR data->>'code' <> $1) GROUP BY type",  # hand-backs are no failures
             HANDED_BACK,
         )

@@ -23,7 +23,7 @@ VIDEO_SUFFIXES = frozenset(
 class ProjectView(msgspec.Struct):
     project_id: str
     clips: int
-    statuses: dict[str, int]  # clips per status (pending, running, retrying, completed, failed)
+    statuses: dict[str, int]  # clips per status (pending, running, retrying, completed, failed, cancelled)
     slow: int  # pending or running for longer than CLIPLOG_SLOW_AFTER
     created_at: datetime
     updated_at: datetime | None  # the last change to one of its clips

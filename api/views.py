@@ -26,13 +26,15 @@ class RawJsonSchema(OpenAPISchemaPlugin):
         return Schema(type=OpenAPIType.OBJECT, additional_properties=Schema())
 
 
-ClipStatus = Literal["pending", "running", "retrying", "completed", "failed"]
+ClipStatus = Literal["pending", "running", "retrying", "completed", "failed", "cancelled"]
 
 
-class ErrorView(msgspec.Struct):
+class ErrorView(msgspec.Struct, omit_defaults=True):
     code: str
     message: str
     retryable: bool
+    command: list[str] | None = None  # the FFmpeg arguments of the attempt, secrets redacted
+    stderr_tail: str | None = None  # FFmpeg's last lines of stderr
 
 
 class ClipView(msgspec.Struct):
@@ -79,6 +81,24 @@ class RegisterClip(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
 
 
+class StatusFilter(msgspec.Struct, forbid_unknown_fields=True):
+    """The optional body of the bulk routes: which clips they act on, by status."""
+
+    status: list[ClipStatus] | None = None
+
+
+class SkippedClip(msgspec.Struct):
+    clip_id: str
+    reason: str
+
+
+class BulkResult(msgspec.Struct):
+    """What a bulk route did: how many clips it changed, and each clip it left as it was, with why."""
+
+    changed: int
+    skipped: list[SkippedClip]
+
+
 def clip_view(state: ClipState, position: int, now: datetime, settings: Settings) -> ClipView:
     slow = state.is_slow(now, settings.slow_after)
     error = state.last_error
@@ -99,7 +119,7 @@ def clip_view(state: ClipState, position: int, now: datetime, settings: Settings
         next_retry_at=state.next_retry_at,
         started_at=state.started_at,
         deadline_at=state.deadline_at,
-        last_error=ErrorView(error.code, error.message, error.retryable) if error else None,
+        last_error=ErrorView(error.code, error.message, error.retryable, error.command, error.stderr_tail) if error else None,
         file_url=(
             f"/api/clips/projects/{state.project_id}/clips/{state.clip_id}/file" if state.status == "completed" else None
         ),

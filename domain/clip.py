@@ -14,6 +14,7 @@ import msgspec
 from domain.errors import Conflict, InvalidInput, StaleAttempt
 from domain.events import (
     Detector,
+    ExtractionCancelled,
     ExtractionCompleted,
     ExtractionEvent,
     ExtractionFailed,
@@ -23,15 +24,20 @@ from domain.events import (
     Mode,
     Reason,
 )
-from domain.policy import RetryPolicy, backoff_seconds
+from domain.policy import RetryPolicy, attempt_deadline_seconds, backoff_seconds
 
-Status = Literal["unregistered", "pending", "running", "retrying", "completed", "failed"]
+Status = Literal["unregistered", "pending", "running", "retrying", "completed", "failed", "cancelled"]
+
+# What a person may cancel: an attempt that is waiting, scheduled or under way.
+CANCELLABLE: tuple[Status, ...] = ("pending", "retrying", "running")
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
     code: str
     message: str
     retryable: bool
+    command: list[str] | None = None  # what FFmpeg was run with (secrets redacted), when FFmpeg was involved
+    stderr_tail: str | None = None  # its last lines of stderr
 
 
 class ClipState(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,7 +74,7 @@ class ClipState(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def retry_eligible(self) -> bool:
         """A person may retry it now without waiting for it to be slow."""
-        return self.status in ("failed", "retrying")
+        return self.status in ("failed", "retrying", "cancelled")
 
     @property
     def next_retry_at(self) -> datetime | None:
@@ -86,7 +92,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     now: datetime
     jitter: float = 0.5
     policy: RetryPolicy = RetryPolicy()
-    attempt_timeout: float = 600.0
+    attempt_timeout: float = 600.0  # the cap of an attempt's deadline (domain.policy.attempt_deadline_seconds)
     slow_after: float = 300.0
     max_clip_seconds: float = 600.0
 
@@ -124,6 +130,8 @@ class Fail(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     retryable: bool
     elapsed_seconds: float = 0.0
+    command: list[str] | None = None
+    stderr_tail: str | None = None
 
 
 class TimeOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,10 +139,16 @@ class TimeOut(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     detected_by: Detector
     elapsed_seconds: float = 0.0
+    command: list[str] | None = None
+    stderr_tail: str | None = None
 
 
 class Retry(msgspec.Struct, frozen=True):
     """A person asks for a new run."""
+
+
+class Cancel(msgspec.Struct, frozen=True):
+    """A person stops the clip's current attempt, pending, retrying or running; nothing automatic resumes it."""
 
 
 class HandBack(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,7 +159,7 @@ class HandBack(msgspec.Struct, frozen=True, kw_only=True):
     elapsed_seconds: float = 0.0
 
 
-Command = Register | Start | Complete | Fail | TimeOut | Retry | HandBack
+Command = Register | Start | Complete | Fail | TimeOut | Retry | Cancel | HandBack
 
 HANDED_BACK = "worker_shutdown"
 
@@ -159,7 +173,8 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
             return _register(state, command, ctx)
         case Start(run=run, attempt=attempt, worker_id=worker_id):
             _require_current(state, run, attempt, started=False)
-            deadline = ctx.now + timedelta(seconds=ctx.attempt_timeout)
+            allowed = attempt_deadline_seconds(state.end - state.start, state.mode, ctx.attempt_timeout)
+            deadline = ctx.now + timedelta(seconds=allowed)
             return [ExtractionStarted(run=run, attempt=attempt, worker_id=worker_id, deadline_at=deadline)]
         case Complete():
             _require_current(state, command.run, command.attempt, started=True)
@@ -184,6 +199,8 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
                 message=command.message,
                 retryable=command.retryable,
                 elapsed_seconds=command.elapsed_seconds,
+                command=command.command,
+                stderr_tail=command.stderr_tail,
             )
             return [failed, *_auto_retry(state, command.retryable, ctx)]
         case TimeOut():
@@ -194,11 +211,15 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
                 detected_by=command.detected_by,
                 deadline_at=state.deadline_at,
                 elapsed_seconds=command.elapsed_seconds,
+                command=command.command,
+                stderr_tail=command.stderr_tail,
             )
             # The same rule as `evolve`: an attempt the user stopped is not retried automatically.
             return [timed_out, *_auto_retry(state, command.detected_by != "user", ctx)]
         case Retry():
             return _manual_retry(state, ctx)
+        case Cancel():
+            return _cancel(state, ctx)
         case HandBack():
             _require_current(state, command.run, command.attempt, started=True)
             interrupted = ExtractionFailed(
@@ -337,6 +358,18 @@ def _manual_retry(state: ClipState, ctx: Context) -> list[ExtractionEvent]:
     return events
 
 
+def _cancel(state: ClipState, ctx: Context) -> list[ExtractionEvent]:
+    if not state.registered:
+        raise Conflict("the clip is not registered")
+    if state.status == "cancelled":
+        return []  # a second click
+    if state.status not in CANCELLABLE:
+        what = "already extracted" if state.status == "completed" else state.status
+        raise Conflict(f"the clip is {what}; only a pending, retrying or running clip can be cancelled")
+    elapsed = _elapsed(state.started_at, ctx.now) if state.status == "running" else 0.0
+    return [ExtractionCancelled(run=state.run, attempt=state.attempt, by="user", elapsed_seconds=elapsed)]
+
+
 def _elapsed(since: datetime | None, now: datetime) -> float:
     return max(0.0, (now - since).total_seconds()) if since else 0.0
 
@@ -413,14 +446,22 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
                 duration_seconds=event.duration_seconds,
             )
         case ExtractionFailed():
-            error = ErrorInfo(code=event.code, message=event.message, retryable=event.retryable)
+            error = _error(event, event.code, event.message, event.retryable)
             if event.code == HANDED_BACK:  # a hand-back request follows in the same append
                 return msgspec.structs.replace(state, **common, status="pending", status_since=at, last_error=error)
             return _after_outcome(state, common, at, error, retryable=event.retryable)
         case ExtractionTimedOut():
-            error = ErrorInfo(code="timed_out", message=TIMEOUT_MESSAGES[event.detected_by], retryable=True)
+            error = _error(event, "timed_out", TIMEOUT_MESSAGES[event.detected_by], True)
             return _after_outcome(state, common, at, error, retryable=event.detected_by != "user")
+        case ExtractionCancelled():
+            # The last error stays: it says what happened before the person stopped the clip.
+            return msgspec.structs.replace(state, **common, status="cancelled", status_since=at)
     raise TypeError(f"unknown event {event!r}")
+
+
+def _error(event: ExtractionFailed | ExtractionTimedOut, code: str, message: str, retryable: bool) -> ErrorInfo:
+    """The clip's last error after `event`, with what FFmpeg was run with and said, when the event has it."""
+    return ErrorInfo(code, message, retryable, command=event.command, stderr_tail=event.stderr_tail)
 
 
 def _after_outcome(state: ClipState, common: dict, at: datetime, error: ErrorInfo, *, retryable: bool) -> ClipState:

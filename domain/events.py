@@ -14,6 +14,7 @@ import msgspec
 Reason = Literal["registered", "auto_retry", "manual_retry", "handed_back"]
 Mode = Literal["copy", "accurate"]
 Detector = Literal["worker", "reaper", "user"]
+Canceller = Literal["user"]
 
 
 class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -49,19 +50,37 @@ class ExtractionFailed(Event, tag="extraction.failed"):
     message: str
     retryable: bool
     elapsed_seconds: float = 0.0
+    command: list[str] | None = None  # the FFmpeg arguments, secrets redacted (handlers/ffmpeg.py redact)
+    stderr_tail: str | None = None  # its last lines of stderr
 
 
 class ExtractionTimedOut(Event, tag="extraction.timed_out"):
     detected_by: Detector
     deadline_at: datetime | None = None
     elapsed_seconds: float = 0.0
+    command: list[str] | None = None
+    stderr_tail: str | None = None
+
+
+class ExtractionCancelled(Event, tag="extraction.cancelled"):
+    """A person cancelled the attempt (pending, retrying or running): the clip is `cancelled` until a person retries."""
+
+    by: Canceller = "user"
+    elapsed_seconds: float = 0.0
 
 
 ExtractionEvent = Union[
-    ExtractionRequested, ExtractionStarted, ExtractionCompleted, ExtractionFailed, ExtractionTimedOut
+    ExtractionRequested,
+    ExtractionStarted,
+    ExtractionCompleted,
+    ExtractionFailed,
+    ExtractionTimedOut,
+    ExtractionCancelled,
 ]
 
+# The events that end a started attempt; a cancel ends an attempt whether it started or not.
 OUTCOMES = (ExtractionCompleted, ExtractionFailed, ExtractionTimedOut)
+ENDINGS = (*OUTCOMES, ExtractionCancelled)
 
 # Bump a type's version here when its data changes shape, and add an upcaster from the old version.
 SCHEMA_VERSION: dict[str, int] = {
@@ -70,6 +89,7 @@ SCHEMA_VERSION: dict[str, int] = {
     "extraction.completed": 1,
     "extraction.failed": 1,
     "extraction.timed_out": 1,
+    "extraction.cancelled": 1,
 }
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

@@ -42,6 +42,11 @@ _SOURCE_INFO: dict[tuple[str, int, int], ffmpeg.MediaInfo] = {}
 _SOURCE_INFO_LIMIT = 512
 
 
+def shown(settings: Settings) -> ffmpeg.Shown:
+    """How a run's command and stderr name the roots in an attempt's outcome (never their absolute paths)."""
+    return ffmpeg.Shown({str(settings.media_root): "$CLIPLOG_MEDIA_ROOT", str(settings.output_root): "$CLIPLOG_OUTPUT_ROOT"})
+
+
 async def source_info(path: Path, settings: Settings, timeout: float) -> ffmpeg.MediaInfo:
     """Probe a source once per version of the file (clips of one source share it): the MP4 boxes when they can be
     read, else FFmpeg."""
@@ -50,7 +55,7 @@ async def source_info(path: Path, settings: Settings, timeout: float) -> ffmpeg.
     info = _SOURCE_INFO.get(key)
     if info is None:
         info = await read_mp4_info(path) or await ffmpeg.probe(
-            path, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=timeout
+            path, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=timeout, shown=shown(settings)
         )
         if len(_SOURCE_INFO) >= _SOURCE_INFO_LIMIT:
             _SOURCE_INFO.pop(next(iter(_SOURCE_INFO)))
@@ -106,6 +111,7 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
             mode=state.mode,
             target=temporary,
             timeout=max(0.1, deadline - time.monotonic()),
+            shown=shown(settings),
         )
         result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
@@ -120,7 +126,9 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
         await asyncio.to_thread(_publish, temporary, final)
     except ffmpeg.ExtractionError as error:
         if error.code == "not_a_video":  # the temporary output could not be read: the cut is broken, not the source
-            raise ffmpeg.ExtractionError("output_invalid", error.message) from None
+            raise ffmpeg.ExtractionError(
+                "output_invalid", error.message, command=error.command, stderr_tail=error.stderr_tail
+            ) from None
         raise
     finally:
         await asyncio.to_thread(temporary.unlink, missing_ok=True)
@@ -154,8 +162,8 @@ async def _heartbeat(services: Services, state: ClipState, worker_id: str, produ
             log.warning("lease renewal for %s/%s failed: %s", state.project_id, state.clip_id, error)
             continue
         if not current:
-            log.info("attempt %s.%s of %s/%s was superseded; stopping it", state.run, state.attempt,
-                     state.project_id, state.clip_id)
+            log.info("attempt %s.%s of %s/%s was superseded (cancelled, timed out or retried); stopping it",
+                     state.run, state.attempt, state.project_id, state.clip_id)
             production.cancel()
             return
 
@@ -207,8 +215,15 @@ async def extract(
                         attempt, project_id, clip_id)
             command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
         cancelled = True
-    except ffmpeg.Deadline:
-        command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
+    except ffmpeg.Deadline as deadline:
+        command = TimeOut(
+            run=run,
+            attempt=attempt,
+            detected_by="worker",
+            elapsed_seconds=_since(began),
+            command=deadline.command,
+            stderr_tail=deadline.stderr_tail,
+        )
     except ffmpeg.ExtractionError as error:
         command = Fail(
             run=run,
@@ -217,6 +232,8 @@ async def extract(
             message=error.message,
             retryable=is_retryable(error.code),
             elapsed_seconds=_since(began),
+            command=error.command,
+            stderr_tail=error.stderr_tail,
         )
     except Exception as error:  # a bug or an OS error: record it instead of leaving the attempt running
         log.exception("attempt %s.%s of %s/%s crashed", run, attempt, project_id, clip_id)
@@ -241,6 +258,8 @@ async def extract(
             if current.status == "completed" and current.output == command.output:
                 return "complete"
             await asyncio.to_thread((services.settings.output_root / command.output).unlink, missing_ok=True)
+        log.info("attempt %s.%s of %s/%s ended meanwhile (cancelled, timed out or retried); its %s was discarded",
+                 run, attempt, project_id, clip_id, type(command).__name__)
         return "discarded"
     return type(command).__name__.lower()
 

@@ -2,6 +2,10 @@
 
 Every FFmpeg run is started in its own process group and the whole group is killed on timeout or cancellation,
 so a wrapper script or a child blocked on its input cannot outlive the attempt.
+
+A failed or timed-out run says what was run and what FFmpeg said: its `command` (the arguments, with URLs' query
+strings and credentials and the roots' absolute paths taken out: `redact`) and `stderr_tail` (its last
+STDERR_TAIL_LINES lines, redacted the same way), which the worker records in the attempt's outcome.
 """
 
 from __future__ import annotations
@@ -31,23 +35,76 @@ class MediaInfo(msgspec.Struct, frozen=True):
         return self.keyframes[at - 1] if self.keyframes and at else 0.0
 
 
-class ExtractionError(Exception):
-    """A failure with an error code from domain.policy.RETRYABLE and a message a person understands."""
+STDERR_TAIL_LINES = 20
+_STDERR_KEEP_BYTES = 64 * 1024  # of a run's stderr, only the end is kept
 
-    def __init__(self, code: str, message: str) -> None:
+
+class Shown(msgspec.Struct, frozen=True):
+    """How a run is shown to a person: the absolute paths of `roots` become their names ({"/srv/media": "$MEDIA"})."""
+
+    roots: dict[str, str] = {}
+
+
+class ExtractionError(Exception):
+    """A failure with an error code from domain.policy.RETRYABLE and a message a person understands; `command` and
+    `stderr_tail` when FFmpeg was run (redacted)."""
+
+    def __init__(
+        self, code: str, message: str, *, command: list[str] | None = None, stderr_tail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.command = command
+        self.stderr_tail = stderr_tail
 
 
 class Deadline(Exception):
-    """The process ran past its time and was killed."""
+    """The process ran past its time and was killed; `stderr` is what it wrote until then."""
+
+    def __init__(
+        self, message: str, *, stderr: bytes = b"", command: list[str] | None = None, stderr_tail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+        self.command = command
+        self.stderr_tail = stderr_tail
 
 
 class ProcessResult(msgspec.Struct, frozen=True):
     returncode: int
     stdout: bytes
     stderr: bytes
+
+
+_URL = re.compile(
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<credentials>[^/@\s?#]*@)?(?P<rest>[^\s?#]*)(?P<query>[?#]\S*?(?=:?(?:\s|$)))?"
+)
+
+
+def _without_secrets(url: re.Match[str]) -> str:
+    return url["scheme"] + (url["rest"] or "") + ("?[redacted]" if url["query"] else "")
+
+
+def _redact_text(text: str, shown: Shown) -> str:
+    """URLs without credentials, query string and fragment (a presigned URL's signature is in its query string);
+    the roots' absolute paths as their names."""
+    text = _URL.sub(_without_secrets, text)
+    for root, name in shown.roots.items():
+        text = text.replace(root.rstrip("/") + "/", name + "/")
+    return text
+
+
+def redact(args: list[str], shown: Shown = Shown()) -> list[str]:
+    """The arguments as a person may see them: the program's name without its folder, then each argument with
+    URLs' secrets and the roots' absolute paths taken out."""
+    return [Path(args[0]).name, *(_redact_text(arg, shown) for arg in args[1:])] if args else []
+
+
+def stderr_tail(stderr: bytes, shown: Shown = Shown(), lines: int = STDERR_TAIL_LINES) -> str | None:
+    """The last `lines` lines of stderr, redacted; None when there were none."""
+    text = stderr.decode(errors="replace").rstrip().splitlines()[-lines:]
+    return _redact_text("\n".join(line.rstrip() for line in text), shown) or None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -59,7 +116,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 async def run_process(args: list[str], timeout: float) -> ProcessResult:
-    """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline) or cancellation."""
+    """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline, with the stderr written
+    until then) or cancellation."""
     process = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -68,17 +126,31 @@ async def run_process(args: list[str], timeout: float) -> ProcessResult:
         start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
+    stdout, stderr = bytearray(), bytearray()
+    assert process.stdout is not None and process.stderr is not None
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        await asyncio.wait_for(
+            asyncio.gather(_drain(process.stdout, stdout), _drain(process.stderr, stderr, _STDERR_KEEP_BYTES), process.wait()),
+            timeout,
+        )
     except (asyncio.TimeoutError, asyncio.CancelledError) as error:
         _kill_group(process.pid)
         await asyncio.shield(_reap(process))
         if isinstance(error, asyncio.TimeoutError):
-            raise Deadline(f"{Path(args[0]).name} ran for more than {timeout:g} s and was stopped") from None
+            raise Deadline(f"{Path(args[0]).name} ran for more than {timeout:g} s and was stopped", stderr=bytes(stderr)) from None
         raise
     # The leader exited; make sure nothing it started lingers (a wrapper's children).
     _kill_group(process.pid)
-    return ProcessResult(process.returncode or 0, stdout, stderr)
+    return ProcessResult(process.returncode or 0, bytes(stdout), bytes(stderr))
+
+
+async def _drain(stream: asyncio.StreamReader, into: bytearray, keep: int | None = None) -> None:
+    """Read `stream` to its end into `into`, keeping only its last `keep` bytes when given (so what was read is
+    there even when the read is cancelled)."""
+    while chunk := await stream.read(65536):
+        into.extend(chunk)
+        if keep is not None and len(into) > keep:
+            del into[: len(into) - keep]
 
 
 def _kill_group(pid: int) -> None:
@@ -113,14 +185,20 @@ def _tail(stderr: bytes, lines: int = 2, path: Path | None = None) -> str:
 _DURATION = re.compile(rb"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
-async def probe(path: Path, *, ffmpeg: str, ffprobe: str | None, timeout: float = 30.0) -> MediaInfo:
+async def probe(
+    path: Path, *, ffmpeg: str, ffprobe: str | None, timeout: float = 30.0, shown: Shown = Shown()
+) -> MediaInfo:
     """Duration and presence of video. Raises ExtractionError(not_a_video / source_unreadable)."""
     if ffprobe:
-        result = await run_process(
-            [ffprobe, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)], timeout
-        )
+        args = [ffprobe, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)]
+        result = await run_process(args, timeout)
         if result.returncode != 0:
-            raise ExtractionError("not_a_video", f"{path.name} is not a video FFmpeg can read ({_tail(result.stderr, path=path)}).")
+            raise ExtractionError(
+                "not_a_video",
+                f"{path.name} is not a video FFmpeg can read ({_tail(result.stderr, path=path)}).",
+                command=redact(args, shown),
+                stderr_tail=stderr_tail(result.stderr, shown),
+            )
         try:
             data = json.loads(result.stdout)
             has_video = any(s.get("codec_type") == "video" for s in data.get("streams", []))
@@ -129,10 +207,16 @@ async def probe(path: Path, *, ffmpeg: str, ffprobe: str | None, timeout: float 
             raise ExtractionError("not_a_video", f"{path.name} is not a video FFmpeg can read.") from None
         return MediaInfo(duration=duration, has_video=has_video)
     # No ffprobe (the pip-shipped ffmpeg): `ffmpeg -i` prints the container's header on stderr.
-    result = await run_process([ffmpeg, "-hide_banner", "-nostdin", "-i", str(path)], timeout)
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-i", str(path)]
+    result = await run_process(args, timeout)
     match = _DURATION.search(result.stderr)
     if b"Invalid data found" in result.stderr or b"Stream #" not in result.stderr:
-        raise ExtractionError("not_a_video", f"{path.name} is not a video FFmpeg can read ({_tail(result.stderr, path=path)}).")
+        raise ExtractionError(
+            "not_a_video",
+            f"{path.name} is not a video FFmpeg can read ({_tail(result.stderr, path=path)}).",
+            command=redact(args, shown),
+            stderr_tail=stderr_tail(result.stderr, shown),
+        )
     duration = 0.0
     if match:
         hours, minutes, seconds = match.groups()
@@ -156,14 +240,30 @@ def cut_command(ffmpeg: str, source: Path, start: float, end: float, mode: str, 
 
 
 async def cut(
-    *, ffmpeg: str, source: Path, start: float, end: float, mode: str, target: Path, timeout: float
+    *,
+    ffmpeg: str,
+    source: Path,
+    start: float,
+    end: float,
+    mode: str,
+    target: Path,
+    timeout: float,
+    shown: Shown = Shown(),
 ) -> None:
-    """Run the cut. Raises Deadline past `timeout`, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure."""
-    result = await run_process(cut_command(ffmpeg, source, start, end, mode, target), timeout)
+    """Run the cut. Raises Deadline past `timeout`, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure, both
+    with the redacted command and stderr tail (`shown` says which roots to name)."""
+    args = cut_command(ffmpeg, source, start, end, mode, target)
+    try:
+        result = await run_process(args, timeout)
+    except Deadline as deadline:
+        raise Deadline(
+            str(deadline), stderr=deadline.stderr, command=redact(args, shown), stderr_tail=stderr_tail(deadline.stderr, shown)
+        ) from None
+    said = {"command": redact(args, shown), "stderr_tail": stderr_tail(result.stderr, shown)}
     if result.returncode < 0:
         name = signal.Signals(-result.returncode).name if -result.returncode in signal.valid_signals() else "?"
-        raise ExtractionError("ffmpeg_killed", f"FFmpeg was killed by signal {name} while cutting the clip")
+        raise ExtractionError("ffmpeg_killed", f"FFmpeg was killed by signal {name} while cutting the clip", **said)
     if result.returncode != 0:
         raise ExtractionError(
-            "ffmpeg_exit", f"FFmpeg exited with code {result.returncode}: {_tail(result.stderr)}"
+            "ffmpeg_exit", f"FFmpeg exited with code {result.returncode}: {_tail(result.stderr)}", **said
         )

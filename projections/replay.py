@@ -60,6 +60,7 @@ def describe(step: Step) -> str:
         "extraction.failed": lambda: f"{data.get('code')}: {data.get('message')}"
         + (" (retryable)" if data.get("retryable") else " (not retryable)"),
         "extraction.timed_out": lambda: f"detected by {data.get('detected_by')} after {data.get('elapsed_seconds')} s",
+        "extraction.cancelled": lambda: f"by {data.get('by')} after {data.get('elapsed_seconds')} s",
     }.get(e.type, lambda: "")()
     when = e.recorded_at.isoformat(timespec="milliseconds") if isinstance(e.recorded_at, datetime) else e.recorded_at
     flag = f"  !! recorded as {step.mismatch}" if step.mismatch else ""

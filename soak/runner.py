@@ -152,11 +152,13 @@ class Soak:
         settled_wall = time.time()
         settle_seconds = None if settled is None else max(0.0, settled - last_fault)
         supervisor.cancel()
+        for person in workload.people:
+            person.cancel()
         events = await self._events()
         await self._catch_up(feeds, events)
         for task in feed_tasks:
             task.cancel()
-        await asyncio.gather(*feed_tasks, supervisor, return_exceptions=True)
+        await asyncio.gather(*feed_tasks, supervisor, *workload.people, return_exceptions=True)
         await clients.close()
         outcome = await self._check(workload, feeds, events, bounds, settled_wall)
         outcome.settle_seconds = settle_seconds

@@ -29,10 +29,11 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True):
     expect: str = "completed"
     code: str | None = None  # the error code an expected failure ends with
     past_end: bool = False  # a range that starts after the source ends
-    person: str | None = None  # "retry": a person retries it once it has failed
+    person: tuple[tuple[str, tuple[str, ...]], ...] = ()  # what a person does, in turn: (action, once in one of these)
 
 
 ONCE = 'case "$*" in *.r1a1.*) {} ;; esac'  # only the first attempt of the first run
+FIRST_RUN = 'case "$*" in *.r1a*) {} ;; esac'  # every attempt of the first run
 HANG = "exec sleep 600"
 CRASH = "kill -9 $$"
 EXIT = 'echo "soak: simulated encoder error" >&2; exit 1'
@@ -47,9 +48,16 @@ BEHAVIOURS: list[Behaviour] = [
     Behaviour(name="not-a-video", weight=2, folder="bad", source="broken.mp4", expect="failed", code="not_a_video"),
     Behaviour(name="past-the-end", weight=2, past_end=True, expect="failed", code="range_past_end"),
     # Fails every attempt of its first run; the person's retry starts run 2, which succeeds.
-    Behaviour(name="person-retry", weight=3, folder="person-retry",
-              wrapper='case "$*" in *.r1a*) ' + EXIT + " ;; esac", person="retry"),  # fmt: skip
-]
+    Behaviour(name="person-retry", weight=3, folder="person-retry", wrapper=FIRST_RUN.format(EXIT),
+              person=(("retry", ("failed",)),)),
+    # A person cancels a clip that waits or hangs; one of them retries it afterwards, and its second run succeeds.
+    Behaviour(name="cancel-waiting", weight=2, folder="hang-always", expect="cancelled",
+              person=(("cancel", ("pending", "retrying")),)),
+    Behaviour(name="cancel-running", weight=2, folder="hang-always", expect="cancelled",
+              person=(("cancel", ("running",)),)),
+    Behaviour(name="cancel-then-retry", weight=2, folder="cancel-then-retry", wrapper=FIRST_RUN.format(HANG),
+              person=(("cancel", ("running",)), ("retry", ("cancelled",)))),
+]  # fmt: skip
 
 
 def ffmpeg_wrapper(behaviours: list[Behaviour]) -> str:
@@ -133,6 +141,7 @@ class Workload:
         self.person_actions: Counter[str] = Counter()
         self.refused: Counter[int] = Counter()
         self.pending_people: set[tuple[str, str]] = set()  # clips a person still has to act on
+        self.people: list[asyncio.Task] = []  # cancelled by the soak once it has settled
         self._tasks: list[asyncio.Task] = []
 
     async def register_all(self, began: float) -> None:
@@ -149,27 +158,40 @@ class Workload:
             self.problems.append(f"registering {clip.project_id}/{clip.clip_id}: {answer}")
             return
         self.accepted[(clip.project_id, clip.clip_id)] = clip
-        if self.behaviours[clip.behaviour].person == "retry":
+        steps = self.behaviours[clip.behaviour].person
+        if steps:
             self.pending_people.add((clip.project_id, clip.clip_id))
-            await self._retry_once_failed(clip)
+            self.people.append(asyncio.create_task(self._act(clip, steps)))
 
-    async def _retry_once_failed(self, clip: PlannedClip) -> None:
+    async def _act(self, clip: PlannedClip, steps: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
+        """A person watching the clip (through the API) does each step once the clip is in one of its statuses;
+        a step whose moment has passed (the clip ended otherwise first) is counted as missed."""
         path = f"/api/clips/projects/{clip.project_id}/clips/{clip.clip_id}"
-        while True:
-            response = await self.clients.call(clip.user, "GET", path)
-            if response is not None and response.status_code == 200:
-                state = response.json()
-                if state["run"] >= 2:
-                    break  # an earlier retry landed although its answer was lost
-                if state["status"] == "failed":
-                    answer = await self.clients.call(clip.user, "POST", path + "/retry-extraction")
+        run = 1
+        for action, when in steps:
+            while True:
+                response = await self.clients.call(clip.user, "GET", path)
+                state = response.json() if response is not None and response.status_code == 200 else None
+                if state is None:
+                    await asyncio.sleep(0.3)
+                    continue
+                if (action == "retry" and state["run"] > run) or (action == "cancel" and state["status"] == "cancelled"):
+                    break  # done already: an earlier request landed although its answer was lost
+                if state["status"] in when:
+                    route = "retry-extraction" if action == "retry" else "cancel"
+                    answer = await self.clients.call(clip.user, "POST", f"{path}/{route}")
                     if answer is not None and answer.status_code in (200, 202):
-                        self.person_actions["retry"] += 1
+                        self.person_actions[action] += 1
                         break
-                    if answer is not None and answer.status_code != 409:
-                        self.problems.append(f"retrying {clip.project_id}/{clip.clip_id}: {answer.status_code}")
+                    if answer is None or answer.status_code != 409:  # 409: the clip moved on meanwhile
+                        self.problems.append(f"{action} {clip.project_id}/{clip.clip_id}: {answer and answer.status_code}")
                         break
-            await asyncio.sleep(0.5)
+                elif state["status"] in ("completed", "failed", "cancelled"):
+                    self.person_actions[f"{action} missed"] += 1
+                    self.pending_people.discard((clip.project_id, clip.clip_id))
+                    return
+                await asyncio.sleep(0.3)
+            run = state["run"] if action != "retry" else state["run"] + 1
         self.pending_people.discard((clip.project_id, clip.clip_id))
 
     async def refused_requests(self, rng: random.Random, stop: asyncio.Event) -> None:

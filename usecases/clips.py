@@ -1,6 +1,8 @@
 """The clip use cases: load a clip's state, decide, append its events and write its projection row, in one
-transaction (`handle`); registering a clip claims its project in that transaction (`register`), starting an attempt
-takes its lease in it (`start_attempt`), which the worker then renews (`renew_lease`).
+transaction (`handle`); registering a clip claims its project in that transaction (`register`, and `register_once`,
+which also stores the request's Idempotency-Key there), starting an attempt takes its lease in it (`start_attempt`),
+which the worker then renews (`renew_lease`). `handle_each` runs one person's command on every clip of a project
+(the bulk routes), each clip in its own transaction.
 
 A version conflict means another writer got there first: the command is decided again on the fresh state (so a
 late worker result turns into StaleAttempt, and a double click into a no-op).
@@ -14,7 +16,7 @@ import asyncpg
 import msgspec
 
 from domain.clip import ClipState, Command, Context, Register, Start, decide, evolve
-from domain.errors import NotFound, VersionConflict
+from domain.errors import Conflict, NotFound, StaleAttempt, VersionConflict
 from eventlog import store
 from projections import clip_status
 
@@ -132,3 +134,99 @@ async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, w
         worker_id,
     )
     return result.endswith(" 1")
+
+
+class _KeyTaken(Exception):
+    """Another request with the same Idempotency-Key registered its clip first (rolls this registration back)."""
+
+
+async def register_once(
+    pool: asyncpg.Pool,
+    project_id: str,
+    key: str,
+    fingerprint: str,
+    new_clip_id: str,
+    command: Register,
+    context: Callable[[], Context],
+    *,
+    user: str,
+) -> Handled:
+    """Register `new_clip_id` unless `key` already named a clip of the project: then that clip, with nothing
+    appended. The key is stored in the registering transaction; `fingerprint` (of the request's body) must match
+    the one stored with it (Conflict otherwise). Two requests racing with one key: the second one's registration is
+    rolled back and it answers the first one's clip."""
+    for _ in range(2):
+        existing = await _clip_of_key(pool, project_id, key, fingerprint)
+        if existing is not None:
+            return existing
+
+        async def claim_and_remember(conn: asyncpg.Connection, _: ClipState) -> None:
+            await claim_project(conn, project_id, user)
+            stored = await conn.fetchval(
+                "INSERT INTO idempotency_keys (project_id, key, clip_id, fingerprint) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (project_id, key) DO NOTHING RETURNING true",
+                project_id,
+                key,
+                new_clip_id,
+                fingerprint,
+            )
+            if not stored:
+                raise _KeyTaken()
+
+        try:
+            return await handle(pool, project_id, new_clip_id, command, context, after_append=claim_and_remember)
+        except _KeyTaken:
+            continue
+    raise AssertionError("unreachable: the key's row was committed before _KeyTaken was raised")
+
+
+async def _clip_of_key(pool: asyncpg.Pool, project_id: str, key: str, fingerprint: str) -> Handled | None:
+    row = await pool.fetchrow(
+        "SELECT k.fingerprint, c.state, c.position FROM idempotency_keys k "
+        "JOIN clips c ON c.project_id = k.project_id AND c.clip_id = k.clip_id "
+        "WHERE k.project_id = $1 AND k.key = $2",
+        project_id,
+        key,
+    )
+    if row is None:
+        return None
+    if row["fingerprint"] != fingerprint:
+        raise Conflict("this Idempotency-Key was already used for a request with another body", idempotency_key=key)
+    return Handled(clip_status.state_from_json(row["state"]), row["position"], [])
+
+
+class Skipped(msgspec.Struct, frozen=True):
+    clip_id: str
+    reason: str
+
+
+class BulkOutcome(msgspec.Struct, frozen=True):
+    changed: int
+    skipped: list[Skipped]
+
+
+async def handle_each(
+    pool: asyncpg.Pool,
+    project_id: str,
+    command: Command,
+    statuses: frozenset[str],
+    context: Callable[[], Context],
+) -> BulkOutcome:
+    """Run a person's `command` on each clip of the project whose status is in `statuses`, each in its own
+    transaction. Every other clip, and every clip the command refuses or leaves as it is, is skipped with why."""
+    changed = 0
+    skipped: list[Skipped] = []
+    for state, _ in await clip_status.list_project(pool, project_id):
+        if state.status not in statuses:
+            skipped.append(Skipped(state.clip_id, f"the clip is {state.status}"))
+            continue
+        try:
+            handled = await handle(pool, project_id, state.clip_id, command, context)
+        except (Conflict, StaleAttempt) as error:  # its state moved on since it was listed
+            skipped.append(Skipped(state.clip_id, error.detail))
+            continue
+        if handled.appended:
+            changed += 1
+        else:
+            skipped.append(Skipped(state.clip_id, f"nothing to do: the clip is already {handled.state.status}"))
+    return BulkOutcome(changed, skipped)

@@ -12,7 +12,7 @@ import { Player } from "./player.js";
 import { session } from "./session.js";
 
 export class ClipPanel {
-  /** `actions`: {onAdd(), retry(clipId), focusClip(clipId)} (see ClipStateView). */
+  /** `actions`: {onAdd(), retry(clipId), cancel(clipId), focusClip(clipId)} (see ClipStateView). */
   constructor(projectId, actions) {
     this.projectId = projectId;
     this.actions = actions;

@@ -1,5 +1,6 @@
 /**
- * clip-list.js: the project's sidebar: the "Clips" navigation with the project's buttons in its head ("Add a clip"),
+ * clip-list.js: the project's sidebar: the "Clips" navigation with the project's buttons in its head ("Add a clip",
+ * and "Retry all failed" while some clip has failed, with what it did in a status line),
  * a status line (loading, empty, could not load), and one card per clip (its name linking to the clip, its source
  * and range, its state) with the selected clip marked. Announces a clip's change of state to screen readers.
  */
@@ -11,7 +12,8 @@ import { announce } from "./shell.js";
 import { session } from "./session.js";
 
 export class ClipList {
-  /** `selected`: the clip id open in the panel (or null). `actions`: {onAdd(), retry(clipId)} (see ClipStateView). */
+  /** `selected`: the clip id open in the panel (or null). `actions`: {onAdd(), retry(clipId), cancel(clipId),
+   * retryFailed()} (see ClipStateView; retryFailed resolves to the bulk route's {changed, skipped}). */
   constructor(projectId, selected, actions) {
     this.projectId = projectId;
     this.selected = selected;
@@ -20,13 +22,51 @@ export class ClipList {
     this.list = h("ul", { class: "clips", "aria-labelledby": "clips-title" });
     this.status = h("p", { class: "muted", text: "Loading clips…" });
     this.addButton = h("button", { type: "button", class: "primary", text: "Add a clip", onclick: () => actions.onAdd() });
+    this.retryFailedButton = h("button", { type: "button", class: "retry", text: "Retry all failed", hidden: true });
+    this.retryFailedButton.addEventListener("click", () => this.retryFailed());
+    this.bulkStatus = h("p", { class: "bulk-status muted", role: "status" });
+    setText(this.bulkStatus, "");
     this.root = h(
       "nav",
       { class: "sidebar", "aria-labelledby": "clips-title" },
-      h("div", { class: "sidebar-head" }, h("h2", { id: "clips-title", text: "Clips" }), this.addButton),
+      h(
+        "div",
+        { class: "sidebar-head" },
+        h("h2", { id: "clips-title", text: "Clips" }),
+        h("div", { class: "sidebar-actions" }, this.retryFailedButton, this.addButton),
+      ),
+      this.bulkStatus,
       this.status,
       this.list,
     );
+  }
+
+  /** "Retry all failed": one request for the project; says how many clips it retried (and why it skipped any failed
+   * one), or why it was refused. */
+  async retryFailed() {
+    if (this.retryFailedButton.getAttribute("aria-disabled") === "true") return;
+    this.retryFailedButton.setAttribute("aria-disabled", "true");
+    setText(this.bulkStatus, "Retrying the failed clips…");
+    try {
+      const { changed, skipped } = await this.actions.retryFailed();
+      const stuck = skipped.filter((s) => this.items.get(s.clip_id)?.clip.status === "failed");
+      const clips = (n) => `${n} clip${n === 1 ? "" : "s"}`;
+      setText(this.bulkStatus, `Retried ${clips(changed)}.${stuck.length ? ` ${clips(stuck.length)} could not be retried.` : ""}`);
+    } catch (error) {
+      setText(this.bulkStatus, `Retry all failed refused: ${error.detail ?? error}`);
+    } finally {
+      this.retryFailedButton.setAttribute("aria-disabled", "false");
+      this.updateHead();
+    }
+  }
+
+  /** The head's buttons follow the clips: "Retry all failed" only while some clip has failed. */
+  updateHead() {
+    const anyFailed = [...this.items.values()].some((item) => item.clip.status === "failed");
+    if (!anyFailed && !this.retryFailedButton.hidden && document.activeElement === this.retryFailedButton) {
+      this.addButton.focus();
+    }
+    this.retryFailedButton.hidden = !anyFailed;
   }
 
   /** The line above the cards; `retry` adds a "Try again now" button that calls it. */
@@ -45,6 +85,7 @@ export class ClipList {
       setText(this.status, "");
     }
     this.updateItem(item, clip, quiet);
+    this.updateHead();
   }
 
   /** Mark `clipId` as the open clip; false when it already was. */

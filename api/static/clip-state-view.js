@@ -1,7 +1,8 @@
 /**
  * clip-state-view.js: one clip's state as the page shows it, in the clip list and again in the clip's panel: the
  * state line (spinner or icon, label, elapsed time), the sentence under it, the service's own error message, advice,
- * and the buttons that act on the clip ("Retry extraction", "Retry now") with the message when one is refused.
+ * with FFmpeg's command and last lines behind a "Details" toggle, and the buttons that act on the clip ("Retry
+ * extraction", "Retry now", "Cancel extraction") with the message when one is refused.
  *
  * The state itself is decided by clip-state.js; this module only draws it. Whatever acts on a clip (its buttons,
  * what they say while busy and when refused) belongs here; the requests themselves are ProjectClips' (project-clips.js).
@@ -11,9 +12,9 @@ import { h, newId, setText } from "./dom.js";
 
 export class ClipStateView {
   /**
-   * `nameId`: the id of the clip's name (the buttons' description). `actions.retry(clipId)`: a promise that rejects
-   * with an ApiError when the retry is refused. `actions.focusClip(clipId)`: where focus goes when a focused button
-   * disappears.
+   * `nameId`: the id of the clip's name (the buttons' description). `actions.retry(clipId)` and
+   * `actions.cancel(clipId)`: promises that reject with an ApiError when the request is refused.
+   * `actions.focusClip(clipId)`: where focus goes when a focused button disappears.
    */
   constructor(clipId, nameId, actions) {
     this.clipId = clipId;
@@ -28,6 +29,17 @@ export class ClipStateView {
     this.detail = h("p", { class: "state-detail", id: newId("state-detail") });
     this.error = h("p", { class: "state-error" });
     this.advice = h("p", { class: "state-advice" });
+    this.detailsCommand = h("code");
+    this.detailsStderr = h("pre", { class: "details-stderr" });
+    this.detailsCommandPart = h("div", {}, h("p", { class: "details-title", text: "Command" }), h("pre", {}, this.detailsCommand));
+    this.detailsStderrPart = h("div", {}, h("p", { class: "details-title", text: "FFmpeg's last lines" }), this.detailsStderr);
+    this.details = h(
+      "details",
+      { class: "state-details" },
+      h("summary", { text: "Details" }),
+      this.detailsCommandPart,
+      this.detailsStderrPart,
+    );
     this.retryButton = h("button", {
       type: "button",
       class: "retry",
@@ -35,11 +47,18 @@ export class ClipStateView {
       "aria-describedby": nameId,
     });
     this.retryNowButton = h("button", { type: "button", class: "retry", text: "Retry now", "aria-describedby": nameId });
-    this.retryButton.addEventListener("click", () => this.retry());
-    this.retryNowButton.addEventListener("click", () => this.retry());
+    this.cancelButton = h("button", {
+      type: "button",
+      class: "cancel",
+      text: "Cancel extraction",
+      "aria-describedby": nameId,
+    });
+    this.retryButton.addEventListener("click", () => this.act("retry", "Retry"));
+    this.retryNowButton.addEventListener("click", () => this.act("retry", "Retry"));
+    this.cancelButton.addEventListener("click", () => this.act("cancel", "Cancel"));
     this.actionError = h("p", { class: "action-error", role: "alert" });
-    this.buttons = h("div", { class: "state-actions" }, this.retryButton, this.retryNowButton);
-    this.root.append(this.line, this.detail, this.error, this.advice, this.buttons, this.actionError);
+    this.buttons = h("div", { class: "state-actions" }, this.retryButton, this.retryNowButton, this.cancelButton);
+    this.root.append(this.line, this.detail, this.error, this.details, this.advice, this.buttons, this.actionError);
     setText(this.actionError, "");
   }
 
@@ -60,10 +79,18 @@ export class ClipStateView {
       this.error.dataset.text = state.error;
       this.error.replaceChildren(h("span", { class: "muted", text: "The service said: " }), h("q", { text: state.error }));
     }
+    this.details.hidden = !state.details;
+    if (state.details) {
+      setText(this.detailsCommand, state.details.command);
+      this.detailsCommandPart.hidden = !state.details.command;
+      setText(this.detailsStderr, state.details.stderrTail);
+      this.detailsStderrPart.hidden = !state.details.stderrTail;
+    }
     setText(this.advice, state.advice);
     this.setButton(this.retryButton, state.canRetry);
     this.setButton(this.retryNowButton, state.canRetryNow);
-    this.buttons.hidden = !state.canRetry && !state.canRetryNow;
+    this.setButton(this.cancelButton, state.canCancel);
+    this.buttons.hidden = !state.canRetry && !state.canRetryNow && !state.canCancel;
   }
 
   setButton(button, visible) {
@@ -73,21 +100,22 @@ export class ClipStateView {
     button.hidden = !visible;
   }
 
-  async retry() {
+  /** Run `actions[name]` once at a time; a refusal shows "<what> refused: <the service's detail>". */
+  async act(name, what) {
     if (this.retryButton.getAttribute("aria-disabled") === "true") return;
     this.setBusy(true);
     this.showActionError("");
     try {
-      await this.actions.retry(this.clipId);
+      await this.actions[name](this.clipId);
     } catch (error) {
-      this.showActionError(`Retry refused: ${error.detail ?? error}`);
+      this.showActionError(`${what} refused: ${error.detail ?? error}`);
     } finally {
       this.setBusy(false);
     }
   }
 
   setBusy(busy) {
-    for (const button of [this.retryButton, this.retryNowButton]) {
+    for (const button of [this.retryButton, this.retryNowButton, this.cancelButton]) {
       button.setAttribute("aria-disabled", busy ? "true" : "false");
     }
   }

@@ -2,7 +2,7 @@
  * clip-state.js: what a clip shows, decided from the API's ClipView (api/views.py) and the page's clock. Pure: no
  * DOM, no fetch, so the rules are testable on their own (tests/js/clip-state.test.mjs).
  *
- * Exactly one of six kinds:
+ * Exactly one of seven kinds:
  *   waiting     "Waiting for extraction"              pending, for less than slow_after
  *   extracting  "Extracting…" + elapsed               running, for less than slow_after since it started
  *   retrying    "Retrying: attempt n of m in Xs"      retrying: counts down to next_retry_at
@@ -11,13 +11,15 @@
  *                                                     slow_after; offers "Retry extraction"
  *   failed      "Extraction failed" + error in words  failed; offers "Retry extraction"
  *   extracted   "Extracted"                           completed; the page shows a player for file_url
+ *   cancelled   "Cancelled"                           a person cancelled it; offers "Retry extraction"
  * Only waiting, extracting and retrying show a spinner, and each of them turns into `slow` after a bounded time.
+ * Waiting, extracting, retrying and slow offer "Cancel extraction" (`canCancel`).
  */
 
-export const KINDS = Object.freeze(["waiting", "extracting", "retrying", "slow", "failed", "extracted"]);
+export const KINDS = Object.freeze(["waiting", "extracting", "retrying", "slow", "failed", "extracted", "cancelled"]);
 
 /** The statuses of ClipView.status (api/views.py ClipStatus; tests/ui/test_js.py checks that they are the same). */
-export const STATUSES = Object.freeze(["pending", "running", "retrying", "completed", "failed"]);
+export const STATUSES = Object.freeze(["pending", "running", "retrying", "completed", "failed", "cancelled"]);
 
 export const LABELS = Object.freeze({
   waiting: "Waiting for extraction",
@@ -26,6 +28,7 @@ export const LABELS = Object.freeze({
   slow: "Taking longer than expected",
   failed: "Extraction failed",
   extracted: "Extracted",
+  cancelled: "Cancelled",
 });
 
 /** Error codes (domain/policy.py RETRYABLE, and the worker's hand-back) in words a person understands. */
@@ -99,6 +102,17 @@ export function clipName(clip) {
   return clip.name || clip.clip_id;
 }
 
+/** A command as one line a person can paste into a shell: each argument quoted when it needs to be. */
+export function commandLine(args) {
+  return args.map((arg) => (/^[\w@%+=:,./$-]+$/.test(arg) ? arg : `'${arg.replaceAll("'", "'\\''")}'`)).join(" ");
+}
+
+/** What FFmpeg was run with and its last lines (the error's `command` and `stderr_tail`), or null without them. */
+export function errorDetails(error) {
+  if (!error || (!error.command && !error.stderr_tail)) return null;
+  return { command: error.command ? commandLine(error.command) : null, stderrTail: error.stderr_tail ?? null };
+}
+
 /**
  * The state to show for `clip` at `now` (milliseconds, the page's clock) with `config` ({slow_after} in seconds).
  * Returns {kind, label, time, detail, error, advice, canRetry, canRetryNow, busy, nextChangeAt}:
@@ -108,6 +122,8 @@ export function clipName(clip) {
  *   error        the service's own message (failed, or the last error of a retrying clip) or null
  *   canRetry     offers "Retry extraction" (failed, slow)
  *   canRetryNow  offers "Retry now" (retrying: run at once instead of waiting)
+ *   canCancel    offers "Cancel extraction" (waiting, extracting, retrying, slow)
+ *   details      {command, stderrTail} of the error shown (errorDetails), behind a "Details" toggle, or null
  *   busy         shows a spinner (bounded: waiting, extracting, retrying only)
  */
 export function clipState(clip, now, config) {
@@ -121,13 +137,28 @@ export function clipState(clip, now, config) {
     advice: null,
     canRetry: false,
     canRetryNow: false,
+    canCancel: ["pending", "running", "retrying"].includes(clip.status),
+    details: null,
     busy: false,
   };
+  const state = decide(result, clip, now, slowAfter);
+  if (state.error) state.details = errorDetails(clip.last_error);
+  return state;
+}
+
+function decide(result, clip, now, slowAfter) {
   switch (clip.status) {
     case "completed": {
       result.kind = "extracted";
       result.label = LABELS.extracted;
       if (typeof clip.duration_seconds === "number") result.detail = `${clip.duration_seconds.toFixed(1)} s clip`;
+      return result;
+    }
+    case "cancelled": {
+      result.kind = "cancelled";
+      result.label = LABELS.cancelled;
+      result.detail = "The extraction was cancelled. Retry it to extract the clip.";
+      result.canRetry = true;
       return result;
     }
     case "failed": {

@@ -2,7 +2,8 @@
  * project-clips.js: a project's clips, kept current. `load()` pins the feed's cursor, then reads the clips, then
  * follows the feed (feed-client.js: the WebSocket, or polls when it is down or silent for CLIPLOG_POLL_AFTER) from
  * that cursor, so nothing in between is missed. On any event for a clip the clip is fetched again; a clip whose
- * fetch fails is fetched again until it works. The requests that act on a clip (retry) are here too. Draws nothing:
+ * fetch fails is fetched again until it works. The requests that act on clips (retry, cancel, retry all failed) are
+ * here too. Draws nothing:
  * every clip it takes goes to `onClip`.
  *
  * For tests and the curious, `window.cliplogDebug` holds `applied` (how many times each event position was applied:
@@ -166,13 +167,33 @@ export class ProjectClips {
   }
 
   /** POST retry-extraction; a refusal is rethrown (ApiError) after the clip is fetched again. */
-  async retry(clipId) {
+  retry(clipId) {
+    return this.act(clipId, "retry-extraction");
+  }
+
+  /** POST cancel; a refusal is rethrown (ApiError) after the clip is fetched again. */
+  cancel(clipId) {
+    return this.act(clipId, "cancel");
+  }
+
+  async act(clipId, action) {
     try {
-      const { data } = await session.api.post(`${clipPath(this.projectId, clipId)}/retry-extraction`);
+      const { data } = await session.api.post(`${clipPath(this.projectId, clipId)}/${action}`);
       this.upsert(data);
     } catch (error) {
       this.refresh(clipId);
       throw error;
+    }
+  }
+
+  /** POST the project's retry-failed; resolves to {changed, skipped}. The clips are read again either way (the feed
+   * brings the changes too; this shows them at once). */
+  async retryFailed() {
+    try {
+      const { data } = await session.api.post(`/api/clips/projects/${encodeURIComponent(this.projectId)}/retry-failed`);
+      return data;
+    } finally {
+      this.reloadAll();
     }
   }
 }

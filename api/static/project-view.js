@@ -25,6 +25,8 @@ export class ProjectView {
     const actions = {
       onAdd: () => this.form.open(),
       retry: (clipId) => this.clips.retry(clipId),
+      cancel: (clipId) => this.clips.cancel(clipId),
+      retryFailed: () => this.clips.retryFailed(),
       focusClip: (clipId) => this.list.focus(clipId),
     };
     this.clips = new ProjectClips(this.projectId, {

@@ -14,6 +14,7 @@ const STATUS_WORDS = [
   ["running", "extracting"],
   ["retrying", "retrying"],
   ["pending", "waiting"],
+  ["cancelled", "cancelled"],
 ];
 
 export class ProjectsView {

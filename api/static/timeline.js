@@ -39,7 +39,7 @@ export function attemptsFrom(events) {
         notBefore: null,
         startedAt: null,
         endedAt: null,
-        outcome: null, // "completed" | "failed" | "timed_out" | null
+        outcome: null, // "completed" | "failed" | "timed_out" | "cancelled" | null
         code: null,
         message: null,
         detectedBy: null,
@@ -80,6 +80,11 @@ export function attemptsFrom(events) {
         attempt.detectedBy = data.detected_by ?? null;
         attempt.elapsed = data.elapsed_seconds ?? null;
         break;
+      case "extraction.cancelled":
+        attempt.endedAt = at;
+        attempt.outcome = "cancelled";
+        attempt.elapsed = data.elapsed_seconds ?? null;
+        break;
       default:
         break;
     }
@@ -114,6 +119,9 @@ export function describeAttempt(attempt, now) {
   } else if (attempt.outcome === "timed_out") {
     const after = seconds(attempt.elapsed);
     what = `timed out${after ? ` after ${after}` : ""}: ${TIMEOUT_CAUSES[attempt.detectedBy] ?? "it took too long"}`;
+  } else if (attempt.outcome === "cancelled") {
+    const after = attempt.startedAt !== null ? seconds(attempt.elapsed) : null;
+    what = `cancelled by a person ${after ? `after ${after}` : attempt.startedAt !== null ? "while it ran" : "before it started"}`;
   } else if (attempt.superseded) {
     what = attempt.startedAt ? "stopped: replaced by a retry" : "not started: replaced by a retry";
   } else if (attempt.startedAt !== null) {

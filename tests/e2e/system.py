@@ -45,6 +45,9 @@ class Api:
     def retry(self, project: str, clip_id: str) -> httpx.Response:
         return self.http.post(f"/api/clips/projects/{project}/clips/{clip_id}/retry-extraction")
 
+    def cancel(self, project: str, clip_id: str) -> httpx.Response:
+        return self.http.post(f"/api/clips/projects/{project}/clips/{clip_id}/cancel")
+
     def wait_for(
         self,
         project: str,

@@ -90,8 +90,8 @@ class Cluster(processes.Cluster):
         return asyncio.run(fetch())
 
     def check_log(self) -> list[asyncpg.Record]:
-        """Versions contiguous per stream; per attempt one `requested`, at most one `started`, at most one outcome,
-        and an outcome for every attempt that started."""
+        """Versions contiguous per stream; per attempt one `requested`, at most one `started`, at most one outcome
+        (`cancelled` included), and an outcome for every attempt that started."""
         events = self.events()
         versions: dict[str, list[int]] = defaultdict(list)
         kinds: dict[tuple[str, str, str], list[str]] = defaultdict(list)
@@ -103,7 +103,7 @@ class Cluster(processes.Cluster):
         for key, types in kinds.items():
             assert types.count("requested") == 1, f"{key}: {types}"
             assert types.count("started") <= 1, f"{key}: {types}"
-            outcomes = [t for t in types if t in ("completed", "failed", "timed_out")]
+            outcomes = [t for t in types if t in ("completed", "failed", "timed_out", "cancelled")]
             assert len(outcomes) <= 1, f"{key}: {types}"
             if "started" in types:
                 assert outcomes, f"{key} started but has no outcome: {types}"

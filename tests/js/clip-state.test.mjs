@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { clipState, errorSentence, formatCountdown, formatDuration, KINDS, STATUSES } from "../../api/static/clip-state.js";
+import { clipState, commandLine, errorSentence, formatCountdown, formatDuration, KINDS, STATUSES } from "../../api/static/clip-state.js";
 import { attemptsFrom, describeAttempt } from "../../api/static/timeline.js";
 
 const T0 = Date.parse("2026-11-28T12:00:00Z");
@@ -142,4 +142,55 @@ test("the timeline: one entry per attempt with its outcome, duration and error; 
   assert.equal(second, "Run 1, attempt 2 of 3 (automatic retry): not started: replaced by a retry");
   assert.match(third, /^Run 2, attempt 1 of 3 \(retried by a person\): failed after 0\.8 s: The video cutter \(FFmpeg\) stopped with an error/);
   assert.match(third, /The service said: “FFmpeg exited with code 1”/);
+});
+
+test("cancel: offered on pending, running, retrying and slow clips; a cancelled clip offers a retry", () => {
+  const offered = (fields, seconds = 10) => clipState(clip(fields), T0 + seconds * 1000, config).canCancel;
+  assert.equal(offered({ status: "pending" }), true);
+  assert.equal(offered({ status: "pending" }, 301), true); // slow, and still cancellable
+  assert.equal(offered({ status: "running", started_at: at(0) }), true);
+  assert.equal(offered({ status: "retrying", next_retry_at: at(30) }), true);
+  for (const status of ["completed", "failed", "cancelled", "processing"]) assert.equal(offered({ status }), false, status);
+  const error = { code: "timed_out", message: "took too long", retryable: true };
+  const state = clipState(clip({ status: "cancelled", last_error: error }), T0, config);
+  assert.equal(state.kind, "cancelled");
+  assert.equal(state.label, "Cancelled");
+  assert.match(state.detail, /cancelled/);
+  assert.equal(state.canRetry, true);
+  assert.equal(state.canRetryNow || state.canCancel || state.busy, false);
+  for (const seconds of [0, 10_000]) assert.equal(clipState(clip({ status: "cancelled" }), T0 + seconds * 1000, config).kind, "cancelled");
+});
+
+test("details: the error's command as a shell line and FFmpeg's last lines, only with an error that has them", () => {
+  const error = {
+    code: "ffmpeg_exit",
+    message: "FFmpeg exited with code 1",
+    retryable: true,
+    command: ["ffmpeg", "-ss", "5.000", "-i", "$CLIPLOG_MEDIA_ROOT/games/my match.mp4", "it's.mp4"],
+    stderr_tail: "line 1\nline 2",
+  };
+  const failed = clipState(clip({ status: "failed", last_error: error }), T0, config);
+  assert.deepEqual(failed.details, {
+    command: "ffmpeg -ss 5.000 -i '$CLIPLOG_MEDIA_ROOT/games/my match.mp4' 'it'\\''s.mp4'",
+    stderrTail: "line 1\nline 2",
+  });
+  const retrying = clipState(clip({ status: "retrying", next_retry_at: at(30), last_error: error }), T0, config);
+  assert.equal(retrying.details.stderrTail, "line 1\nline 2");
+  const plain = { code: "timed_out", message: "lost", retryable: true };
+  assert.equal(clipState(clip({ status: "failed", last_error: plain }), T0, config).details, null);
+  assert.equal(clipState(clip({ status: "completed" }), T0, config).details, null);
+  assert.equal(commandLine(["a", "b c", ""]), "a 'b c' ''");
+});
+
+test("the timeline says when a person cancelled an attempt", () => {
+  const events = [
+    { type: "extraction.requested", recorded_at: at(0), data: { run: 1, attempt: 1, reason: "registered", not_before: at(0), max_attempts: 3 } },
+    { type: "extraction.started", recorded_at: at(1), data: { run: 1, attempt: 1 } },
+    { type: "extraction.cancelled", recorded_at: at(5), data: { run: 1, attempt: 1, by: "user", elapsed_seconds: 4 } },
+    { type: "extraction.requested", recorded_at: at(9), data: { run: 2, attempt: 1, reason: "manual_retry", not_before: at(9), max_attempts: 3 } },
+    { type: "extraction.cancelled", recorded_at: at(10), data: { run: 2, attempt: 1, by: "user", elapsed_seconds: 0 } },
+  ];
+  const [ran, waited] = attemptsFrom(events).map((a) => describeAttempt(a, T0 + 30_000));
+  assert.equal(ran, "Run 1, attempt 1 of 3 (requested when the clip was added): cancelled by a person after 4.0 s");
+  assert.equal(waited, "Run 2, attempt 1 of 3 (retried by a person): cancelled by a person before it started");
 });

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from domain.clip import (
+    Cancel,
     ClipState,
     Complete,
     Context,
@@ -20,8 +21,8 @@ from domain.clip import (
     evolve,
 )
 from domain.errors import Conflict, InvalidInput, StaleAttempt
-from domain.events import ExtractionFailed, ExtractionRequested, ExtractionTimedOut
-from domain.policy import RetryPolicy
+from domain.events import ExtractionCancelled, ExtractionFailed, ExtractionRequested, ExtractionTimedOut
+from domain.policy import RetryPolicy, attempt_deadline_seconds
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 REGISTER = Register(source="games/match.mp4", start=300.0, end=310.0, mode="copy", name="Brilliant pass")
@@ -128,11 +129,33 @@ def test_registering_again_with_other_fields_is_a_conflict(other):
 # Worker commands ----------------------------------------------------------------------------------------------------
 
 
-def test_start_sets_the_deadline_from_the_attempt_timeout():
-    state = registered()
-    state, (started,) = apply(state, Start(run=1, attempt=1, worker_id="w1"), ctx(2, attempt_timeout=60))
-    assert started.deadline_at == T0 + timedelta(seconds=62)
+def test_start_sets_the_deadline_from_the_attempt_timeout_as_its_cap():
+    state = registered()  # a 10 s copy cut: its scaled deadline is longer than 20 s, shorter than 600 s
+    _, (capped,) = apply(state, Start(run=1, attempt=1, worker_id="w1"), ctx(2, attempt_timeout=20))
+    assert capped.deadline_at == T0 + timedelta(seconds=22)
+    state, (started,) = apply(state, Start(run=1, attempt=1, worker_id="w1"), ctx(2, attempt_timeout=600))
+    allowed = attempt_deadline_seconds(10.0, "copy", 600)
+    assert 20 < allowed < 600 and started.deadline_at == T0 + timedelta(seconds=2 + allowed)
     assert state.status == "running" and state.worker_id == "w1" and state.started_at == T0 + timedelta(seconds=2)
+
+
+def _deadline_seconds(register: Register, attempt_timeout: float) -> float:
+    state = apply(new_clip(), register, ctx(0, max_clip_seconds=600))[0]
+    (started,) = decide(state, Start(run=1, attempt=1, worker_id="w1"), ctx(0, attempt_timeout=attempt_timeout))
+    return (started.deadline_at - T0).total_seconds()
+
+
+def test_a_short_clip_gets_a_short_deadline_and_a_long_accurate_one_a_long_capped_one():
+    short = _deadline_seconds(Register(source="a.mp4", start=0.0, end=2.0, mode="copy"), 600)
+    short_accurate = _deadline_seconds(Register(source="a.mp4", start=0.0, end=2.0, mode="accurate"), 600)
+    long_copy = _deadline_seconds(Register(source="a.mp4", start=0.0, end=600.0, mode="copy"), 600)
+    long_accurate = _deadline_seconds(Register(source="a.mp4", start=0.0, end=600.0, mode="accurate"), 600)
+    assert short <= 60 and short_accurate <= 60, (short, short_accurate)  # the floor for process start and probe
+    assert short >= 20  # never less than a process start on a loaded machine
+    assert short < short_accurate < long_accurate and short < long_copy < long_accurate
+    assert long_accurate == 600  # capped by CLIPLOG_ATTEMPT_TIMEOUT
+    assert _deadline_seconds(Register(source="a.mp4", start=0.0, end=600.0, mode="accurate"), 5000) > 600
+    assert _deadline_seconds(Register(source="a.mp4", start=0.0, end=2.0), 3) == 3  # a smaller cap wins
 
 
 def test_commands_for_an_unregistered_clip_are_stale_or_conflicts():
@@ -281,6 +304,66 @@ def test_retry_of_a_completed_clip_is_a_conflict():
     assert state.status == "completed" and state.output == "c1.mp4"
     with pytest.raises(Conflict):
         decide(state, Retry(), ctx(10_000))
+
+
+# Cancel (API.md: cancel) ----------------------------------------------------------------------------------------------
+
+
+def completed() -> ClipState:
+    done = Complete(run=1, attempt=1, bytes=1000, duration_seconds=10, elapsed_seconds=0.1, output="c1.mp4")
+    return apply(running(), done, ctx(1))[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "elapsed"), [(registered, 0.0), (retrying, 0.0), (running, 7.0)], ids=["pending", "retrying", "running"]
+)
+def test_cancel_ends_the_current_attempt_and_nothing_automatic_resumes_it(make, elapsed):
+    before = make()
+    state, events = apply(before, Cancel(), ctx(7))
+    assert events == [
+        ExtractionCancelled(run=before.run, attempt=before.attempt, by="user", elapsed_seconds=elapsed)
+    ]
+    assert state.status == "cancelled" and state.retry_eligible and state.next_retry_at is None
+    assert state.last_error == before.last_error  # what happened before the person stopped it stays visible
+    assert not state.is_slow(T0 + timedelta(days=1), 300)
+    # A worker's start, result, timeout or hand-back of the cancelled attempt is stale; a reaper's timeout too.
+    run, attempt = before.run, before.attempt
+    for late in (
+        Start(run=run, attempt=attempt, worker_id="w9"),
+        Complete(run=run, attempt=attempt, bytes=1, duration_seconds=1, elapsed_seconds=1, output="o"),
+        Fail(run=run, attempt=attempt, code="ffmpeg_exit", message="x", retryable=True),
+        TimeOut(run=run, attempt=attempt, detected_by="reaper"),
+        HandBack(run=run, attempt=attempt),
+    ):
+        with pytest.raises(StaleAttempt):
+            decide(state, late, ctx(8))
+    assert decide(state, Cancel(), ctx(9)) == []  # a second cancel appends nothing
+    assert decide(state, REGISTER, ctx(9)) == []
+    # A person's retry starts a new run from `cancelled`.
+    state, (requested,) = apply(state, Retry(), ctx(10))
+    assert (requested.run, requested.attempt, requested.reason) == (before.run + 1, 1, "manual_retry")
+    assert state.status == "pending"
+
+
+@pytest.mark.parametrize(("make", "words"), [(completed, "already extracted"), (failed, "failed")])
+def test_cancel_of_a_completed_or_failed_clip_is_a_conflict(make, words):
+    with pytest.raises(Conflict, match=words):
+        decide(make(), Cancel(), ctx(5))
+    with pytest.raises(Conflict):
+        decide(new_clip(), Cancel(), ctx())
+
+
+def test_failed_and_timed_out_events_carry_the_command_and_stderr_into_the_last_error():
+    command = ["ffmpeg", "-i", "https://bucket.example/k.mp4?X-Amz-Signature=REDACTED"]
+    fail = Fail(run=1, attempt=1, code="ffmpeg_exit", message="exit 1", retryable=True, command=command,
+                stderr_tail="line 1\nline 2")
+    state, (failed_event, _) = apply(running(), fail, ctx(1))
+    assert failed_event.command == command and failed_event.stderr_tail == "line 1\nline 2"
+    assert state.last_error.command == command and state.last_error.stderr_tail == "line 1\nline 2"
+    state = apply(state, Start(run=1, attempt=2, worker_id="w1"), ctx(30))[0]
+    timeout = TimeOut(run=1, attempt=2, detected_by="worker", command=command, stderr_tail="frame=1")
+    state, (timed_out, _) = apply(state, timeout, ctx(31))
+    assert timed_out.command == command and state.last_error.stderr_tail == "frame=1"
 
 
 def test_the_hand_back_code_is_reserved_for_hand_backs() -> None:

@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.clip import (
+    CANCELLABLE,
     HANDED_BACK,
+    Cancel,
     ClipState,
     Complete,
     Context,
@@ -34,7 +36,9 @@ from domain.clip import (
 )
 from domain.errors import CliplogError
 from domain.events import (
+    ENDINGS,
     OUTCOMES,
+    ExtractionCancelled,
     ExtractionEvent,
     ExtractionFailed,
     ExtractionRequested,
@@ -80,6 +84,7 @@ commands = st.one_of(
     st.tuples(st.just("fail"), st.just("current"), st.just(True)),
     st.tuples(st.just("timeout"), st.just("current"), st.sampled_from(["worker", "reaper"])),
     st.just(Retry()),
+    st.just(Cancel()),
 )
 
 
@@ -218,7 +223,8 @@ def check_valid_final_state(run: Run) -> None:
 def check_attempts_requested_once_started_at_most_once_and_ended_at_most_once(run: Run) -> None:
     requested: Counter[tuple[int, int]] = Counter()
     started: Counter[tuple[int, int]] = Counter()
-    outcomes: Counter[tuple[int, int]] = Counter()
+    outcomes: Counter[tuple[int, int]] = Counter()  # completed, failed, timed_out
+    cancelled: Counter[tuple[int, int]] = Counter()
     current: tuple[int, int] | None = None
     for event, _ in run.history:
         key = (event.run, event.attempt)
@@ -231,9 +237,11 @@ def check_attempts_requested_once_started_at_most_once_and_ended_at_most_once(ru
             current = key
             continue
         assert key == current, "every other event is about the attempt requested last"
+        assert outcomes[key] + cancelled[key] == 0, "nothing about an attempt after it ended"
         if isinstance(event, ExtractionStarted):
-            assert outcomes[key] == 0, "no start after the outcome"
             started[key] += 1
+        elif isinstance(event, ExtractionCancelled):
+            cancelled[key] += 1  # a cancel ends an attempt whether it started or not
         else:
             assert isinstance(event, OUTCOMES)
             assert started[key] == 1, "an outcome only for a started attempt"
@@ -241,10 +249,11 @@ def check_attempts_requested_once_started_at_most_once_and_ended_at_most_once(ru
     assert all(n == 1 for n in requested.values()), requested
     assert all(n <= 1 for n in started.values()), started
     assert all(n <= 1 for n in outcomes.values()), outcomes
+    assert all(n <= 1 for n in cancelled.values()), cancelled
     # An attempt that was superseded had ended, or never started (a manual retry of a slow pending clip).
     for key in requested:
         if key != current:
-            assert outcomes[key] == started[key], key
+            assert outcomes[key] + cancelled[key] >= started[key], key
 
 
 def check_fold_equals_event_by_event(run: Run) -> None:
@@ -289,12 +298,35 @@ def check_second_click_and_same_registration_append_nothing(run: Run) -> None:
         assert decide(state, same, ctx) == []
 
 
+def check_cancelled_is_left_only_by_a_persons_retry(run: Run) -> None:
+    """DESIGN.md invariant 11: after `cancelled` the next event (if any) is a person's retry, whatever the automatic
+    machinery (worker results, timeouts, hand-backs, the reaper) sent meanwhile; a cancel lands only on an attempt
+    that was pending, retrying or running, and a second cancel appends nothing."""
+    events = [event for event, _ in run.history]
+    states = [state for decision in run.decisions for _, state in decision]
+    for i, event in enumerate(events):
+        if not isinstance(event, ExtractionCancelled):
+            continue
+        before = states[i - 1] if i > 0 else None
+        assert before is not None and before.status in CANCELLABLE, before
+        assert (event.run, event.attempt) == (before.run, before.attempt) and event.by == "user"
+        assert states[i].status == "cancelled"
+        if i + 1 < len(events):
+            following = events[i + 1]
+            assert isinstance(following, ExtractionRequested) and following.reason == "manual_retry", following
+            assert (following.run, following.attempt) == (event.run + 1, 1)
+    if run.state.status == "cancelled":
+        ctx = Context(now=(run.history[-1][1] if run.history else T0) + timedelta(seconds=1))
+        assert decide(run.state, Cancel(), ctx) == []
+
+
 CHECKS = [
     check_valid_final_state,
     check_attempts_requested_once_started_at_most_once_and_ended_at_most_once,
     check_fold_equals_event_by_event,
     check_retrying_iff_auto_retry_follows,
     check_second_click_and_same_registration_append_nothing,
+    check_cancelled_is_left_only_by_a_persons_retry,
 ]
 
 
@@ -327,8 +359,20 @@ def _steps(*commands) -> list[Step]:
             Retry(),
             Retry(),
         ),
+        # A cancelled running attempt whose worker reports late, the reaper's timeout, a double cancel, a retry.
+        _steps(
+            ("start", "current", "w1"),
+            Cancel(),
+            ("complete", "current"),
+            ("timeout", "current", "reaper"),
+            ("handback", "current"),
+            ("start", "current", "w2"),
+            Cancel(),
+            Retry(),
+            Cancel(),
+        ),
     ],
-    ids=["user-timeout-command", "late-worker-then-manual-retry"],
+    ids=["user-timeout-command", "late-worker-then-manual-retry", "cancel-running-then-late-worker-then-retry"],
 )
 def test_regression_histories(generated):
     run = run_history(True, generated)
@@ -356,5 +400,5 @@ def test_the_generator_reaches_every_status_and_event_kind():
     collect()
     wanted = STATUSES - {"unregistered"}
     wanted |= {"registered", "auto_retry", "manual_retry", "handed_back", "worker", "reaper", "user"}
-    wanted |= {t.__name__ for t in (ExtractionRequested, ExtractionStarted, *OUTCOMES)}
+    wanted |= {t.__name__ for t in (ExtractionRequested, ExtractionStarted, *ENDINGS)}
     assert wanted <= seen, wanted - seen

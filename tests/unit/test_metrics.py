@@ -50,9 +50,11 @@ def test_every_metric_api_md_names_keeps_its_type_labels_and_buckets() -> None:
         "cliplog_reactor_lag_events": "gauge",
     }
     outcomes = {s.labels["outcome"] for s in families["cliplog_extraction_attempts"].samples}
-    assert outcomes == {"completed", "failed", "timed_out"}
+    assert outcomes == {"completed", "failed", "timed_out", "cancelled"}
     statuses = {s.labels["status"]: s.value for s in families["cliplog_clips"].samples}
-    assert statuses == {"pending": 1_234_567, "running": 0, "retrying": 0, "completed": 7_654_321, "failed": 0}
+    assert statuses == {
+        "pending": 1_234_567, "running": 0, "retrying": 0, "completed": 7_654_321, "failed": 0, "cancelled": 0
+    }
     bounds = [s.labels["le"] for s in families["cliplog_extraction_duration_seconds"].samples if s.name.endswith("_bucket")]
     assert bounds == [f"{b:g}" for b in BUCKETS] + ["+Inf"]
 
