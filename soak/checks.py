@@ -262,3 +262,19 @@ def check_gaps(gaps: Mapping[str, Gap], bounds: Mapping[str, Bound], slack: floa
                 f"the bound is {bound.seconds:g} s ({bound.promise}) + {slack:g} s of slack"
             )
     return problems
+
+
+def feed_delays(
+    arrivals: Iterable[tuple[int, float]], recorded: Mapping[int, float], windows: Sequence[tuple[float, float]]
+) -> tuple[list[float], list[float]]:
+    """Commit-to-arrival delays of `(position, arrived at)` pairs (both clocks: seconds since the epoch), all of them
+    and those of events recorded inside one of `windows` (e.g. while an unrelated transaction was held open)."""
+    every, inside = [], []
+    for position, arrived in arrivals:
+        at = recorded.get(position)
+        if at is None:
+            continue
+        every.append(arrived - at)
+        if any(start <= at <= end for start, end in windows):
+            inside.append(arrived - at)
+    return sorted(every), sorted(inside)

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 import asyncpg
 import msgspec
 
+from runtime.processes import ApiProcess, Process
 from soak.feeds import FeedRecorder
 from soak.topology import UNRELATED_TABLE, Topology
 
@@ -59,18 +60,25 @@ async def _blocking(ctx: Context, work: Callable[[], str]) -> str:
     return await asyncio.to_thread(locked)
 
 
-async def kill_worker(ctx: Context) -> str:
-    worker = ctx.rng.choice(ctx.topology.workers)
-    down = round(ctx.rng.uniform(0, 2), 1)
+async def _kill_then_start(ctx: Context, processes: list[Process], longest_outage: float) -> str:
+    """SIGKILL one of `processes` (its whole process group), start it again after up to `longest_outage` s."""
+    process = ctx.rng.choice(processes)
+    down = round(ctx.rng.uniform(0, longest_outage), 1)
 
     def work() -> str:
-        if worker.running:
-            worker.kill()
+        if process.running:
+            process.kill()
         time.sleep(down)
-        worker.start()
-        return f"{worker.name} SIGKILLed, back after {down} s"
+        process.start()
+        if isinstance(process, ApiProcess):
+            process.wait_healthy(timeout=60)
+        return f"{process.name} SIGKILLed, back after {down} s"
 
     return await _blocking(ctx, work)
+
+
+async def kill_worker(ctx: Context) -> str:
+    return await _kill_then_start(ctx, ctx.topology.workers, 2.0)
 
 
 async def deploy_worker(ctx: Context) -> str:
@@ -89,18 +97,7 @@ async def deploy_worker(ctx: Context) -> str:
 
 
 async def kill_api(ctx: Context) -> str:
-    api = ctx.rng.choice(ctx.topology.apis)
-    down = round(ctx.rng.uniform(0, 1.5), 1)
-
-    def work() -> str:
-        if api.running:
-            api.kill()
-        time.sleep(down)
-        api.start()
-        api.wait_healthy(timeout=60)
-        return f"{api.name} SIGKILLed, back after {down} s"
-
-    return await _blocking(ctx, work)
+    return await _kill_then_start(ctx, ctx.topology.apis, 1.5)  # type: ignore[arg-type]
 
 
 async def restart_api(ctx: Context) -> str:

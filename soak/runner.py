@@ -281,6 +281,7 @@ class Soak:
             expected = [e for e in events if owners.get(e.project_id) == feed.user]
             feed_problems += feed.problems + checks.check_feed(feed.name, feed.received, expected)
         gaps = checks.longest_gaps(events, settled_wall)
+        self.notes.append(self._delays(feeds, events))
         slack = 5.0 + max((f.ended - f.began for f in self.faults if f.kind.startswith("restart")), default=0.0)
         results = [
             ("every request answered as the contract says", workload.problems[: checks.MAX_LISTED]),
@@ -313,6 +314,23 @@ class Soak:
             faults=self.faults, clips=by_behaviour, expected=as_expected, settle_seconds=None, gaps=gaps,
             bounds=bounds, slack=slack, feeds=feeds, checks=results, notes=self.notes,
         )  # fmt: skip
+
+    def _delays(self, feeds: list[FeedRecorder], events: list[LoggedEvent]) -> str:
+        """The WebSocket clients' commit-to-arrival delays, and those while an unrelated transaction was held open
+        (DESIGN.md invariant 10: only appending transactions may hold the feed back)."""
+        to_wall = time.time() - time.monotonic()
+        holds = [(f.began + to_wall, f.ended + to_wall) for f in self.faults if f.kind == "hold_transaction"]
+        recorded = {e.position: e.recorded_at for e in events}
+        arrivals = [(e.position, at) for f in feeds if f.kind == "ws" for e, at in zip(f.received, f.arrived)]
+        every, held = checks.feed_delays(arrivals, recorded, holds)
+        if not every:
+            return "feed delay: no WebSocket event arrived"
+        line = (f"WebSocket delay, commit to arrival: median {every[len(every) // 2] * 1000:.0f} ms, "
+                f"p99 {every[int(len(every) * 0.99)] * 1000:.0f} ms, max {every[-1]:.1f} s (reconnections included)")
+        if held:
+            line += (f"; while an unrelated write transaction was held open ({len(held)} events): median "
+                     f"{held[len(held) // 2] * 1000:.0f} ms, max {held[-1]:.1f} s")
+        return line
 
     def _output_facts(self, completed: list[asyncpg.Record]) -> list[OutputFacts]:
         ffprobe = self.settings.ffprobe

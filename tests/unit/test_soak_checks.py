@@ -151,3 +151,10 @@ def test_the_plan_is_seeded_and_the_wrapper_has_a_branch_per_behaviour_that_need
     wrapped = {b.folder for b in BEHAVIOURS if b.wrapper}
     for behaviour in BEHAVIOURS:
         assert script.count(f"*/{behaviour.folder}/*)") == (behaviour.folder in wrapped)
+
+
+def test_feed_delays_are_measured_from_commit_and_split_by_window():
+    recorded = {1: 10.0, 2: 20.0, 3: 21.0}
+    every, held = checks.feed_delays([(1, 10.5), (2, 24.0), (3, 21.1), (9, 30.0)], recorded, [(19.5, 22.0)])
+    assert [round(d, 3) for d in every] == [0.1, 0.5, 4.0]
+    assert [round(d, 3) for d in held] == [0.1, 4.0]
