@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -278,3 +278,22 @@ def feed_delays(
         if any(start <= at <= end for start, end in windows):
             inside.append(arrived - at)
     return sorted(every), sorted(inside)
+
+
+def most_running_at_once(events: Sequence[LoggedEvent], group: Callable[[LoggedEvent], str]) -> dict[str, int]:
+    """Per group (e.g. project, or owner), the most attempts the log shows running at the same time: from each
+    `started` to its attempt's ending (an attempt lost with its worker counts until the reaper ends it, as the
+    dispatcher counts it)."""
+    running: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+    started: set[tuple[str, str, int, int]] = set()
+    for event in sorted(events, key=lambda e: e.position):
+        attempt = (event.project_id, event.clip_id, event.run, event.attempt)
+        if event.type == "extraction.started":
+            started.add(attempt)
+            running[group(event)] += 1
+            most[group(event)] = max(most[group(event)], running[group(event)])
+        elif event.type in OUTCOMES and attempt in started:
+            started.discard(attempt)
+            running[group(event)] -= 1
+    return dict(most)

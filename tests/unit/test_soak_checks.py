@@ -158,3 +158,12 @@ def test_feed_delays_are_measured_from_commit_and_split_by_window():
     every, held = checks.feed_delays([(1, 10.5), (2, 24.0), (3, 21.1), (9, 30.0)], recorded, [(19.5, 22.0)])
     assert [round(d, 3) for d in every] == [0.1, 0.5, 4.0]
     assert [round(d, 3) for d in held] == [0.1, 4.0]
+
+
+def test_the_most_attempts_running_at_once_per_group():
+    one = history("p1", "a", position=1)  # attempts of one clip never overlap
+    two = history("p1", "b", position=2)[:2]  # started at position 3, never ended
+    other = history("p2", "c", position=100)
+    assert checks.most_running_at_once(one, lambda e: e.project_id) == {"p1": 1}
+    assert checks.most_running_at_once(one + two + other, lambda e: e.project_id) == {"p1": 2, "p2": 1}
+    assert checks.most_running_at_once(one + two + other, lambda e: "all") == {"all": 2}
