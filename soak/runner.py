@@ -129,7 +129,7 @@ class Soak:
         clients = ApiClients(topology.urls, topology.tokens, self.rng("clients"))
         workload = Workload(clients, plan_clips(self.rng("plan"), self.count, self.duration * 0.7, BEHAVIOURS), BEHAVIOURS)
         stop = asyncio.Event()
-        supervisor = asyncio.create_task(self._supervise(stop))
+        supervisor = asyncio.create_task(self._supervise())
         began = time.monotonic()
         registering = asyncio.create_task(workload.register_all(began))
         refusing = asyncio.create_task(workload.refused_requests(self.rng("refused"), stop))
@@ -173,7 +173,7 @@ class Soak:
     def _say(self, line: str) -> None:
         print(f"soak: {line}", file=sys.stderr, flush=True)
 
-    async def _supervise(self, stop: asyncio.Event) -> None:
+    async def _supervise(self) -> None:
         while True:
             await asyncio.to_thread(self.topology.supervise_once)
             await asyncio.sleep(0.5)
