@@ -127,38 +127,227 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    """Fold the log through the service's own `evolve` and print each event with the clip's status after it."""
+def _selection(args: argparse.Namespace) -> tuple[str | None, str | None]:
     from api.auth import check_id
+
+    project = check_id(args.project, "--project") if args.project else None
+    clip = check_id(args.clip, "--clip") if getattr(args, "clip", None) else None
+    if clip and not project:
+        raise ConfigError("--clip needs --project")
+    return project, clip
+
+
+async def _events_of(args: argparse.Namespace, project: str | None, clip: str | None) -> list:
+    """The selected events, from `--file` (an export: no database) or from the log."""
     from eventlog.store import init_connection
-    from projections.replay import describe, read_all, replay
+    from projections.replay import read_all, selected
+
+    if args.file:
+        from eventlog import export
+
+        _, events = export.read(Path(args.file))
+        return list(selected(events, project, clip))
+    conn = await _connect(_settings())
+    try:
+        await init_connection(conn)
+        return [e async for e in read_all(conn, [project] if project else None, clip)]
+    finally:
+        await conn.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Fold the log (or an export) through the service's own `evolve` and print each event with the clip's state
+    after it and the reason for it."""
+    from projections.replay import describe, explain, replay, until
 
     async def run() -> int:
-        projects = [check_id(args.project, "--project")] if args.project else None
-        if args.clip:
-            check_id(args.clip, "--clip")
-            if not projects:
-                raise ConfigError("--clip needs --project")
-        conn = await _connect(_settings())
-        await init_connection(conn)
+        project, clip = _selection(args)
+        if args.to_version is not None and not clip:
+            raise ConfigError("--to-version needs --project and --clip")
+        events = list(until(await _events_of(args, project, clip), to_version=args.to_version,
+                            at_position=args.at_position))  # fmt: skip
         mismatches = 0
-        try:
-            events = [e async for e in read_all(conn, projects, args.clip)]
-            for step in replay(events):
-                mismatches += step.mismatch is not None
-                print(describe(step))
-        finally:
-            await conn.close()
+        for step in replay(events):
+            mismatches += step.mismatch is not None
+            print(describe(step))
+            print(explain(step))
         print(f"{len(events)} event(s) replayed; {mismatches} recorded status(es) differ from the replay")
         return 1 if mismatches else 0
 
-    return asyncio.run(run())
+    return _run_tool(run)
+
+
+def _run_tool(run) -> int:  # noqa: ANN001 - a coroutine function
+    """Run a tool's coroutine; a bad file or argument is one line on stderr and exit 2, never a traceback."""
+    from domain.errors import CliplogError
+
+    try:
+        return asyncio.run(run())
+    except CliplogError as error:
+        print(f"cliplog: {error.detail}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        print(f"cliplog: {error.strerror}: {error.filename}", file=sys.stderr)
+        return 2
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """A clip's timeline: times, gaps, runs and attempts, errors in full, who detected a timeout, and why."""
+    import msgspec
+
+    from projections.replay import replay, timeline, when
+
+    async def run() -> int:
+        args.clip = args.clip_id
+        project, clip = _selection(args)
+        entries = timeline(replay(await _events_of(args, project, clip)))
+        if not entries:
+            print(f"cliplog history: no events of clip {clip!r} in project {project!r}", file=sys.stderr)
+            return 1
+        if args.json:
+            sys.stdout.buffer.write(
+                msgspec.json.encode({"project_id": project, "clip_id": clip, "events": entries}) + b"\n"
+            )
+            return 0
+        rows = [
+            (
+                when(e.recorded_at),
+                "" if e.gap_seconds is None else f"+{e.gap_seconds:.3f} s",
+                f"{e.run}.{e.attempt}",
+                e.type.removeprefix("extraction."),
+                e.detail,
+                e.why.position_line,
+                e.why.text + ("" if e.recorded_status == e.why.status else f" (!! recorded as {e.recorded_status})"),
+            )
+            for e in entries
+        ]
+        headers = ("time", "gap", "run.attempt", "event", "what happened", "then", "why")
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(title=f"{project}/{clip}: {len(entries)} event(s)", show_lines=True)
+            for header in headers:  # times whole; the reason gets the most room
+                table.add_column(header, no_wrap=header in ("time", "gap"), overflow="fold", ratio=3 if header == "why" else 1)
+            for row in rows:
+                table.add_row(*row)
+            Console().print(table)
+        else:
+            print(f"{project}/{clip}: {len(entries)} event(s)")
+            for at, gap, attempt, event, what, then, why in rows:
+                print(f"{at}  {gap or '':>11}  {attempt:>5}  {event:<9}  {what}".replace("\n", "\n" + " " * 8))
+                print(f"{'':>8}-> {then}: {why}")
+        return 0
+
+    return _run_tool(run)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the selected events as JSON lines (eventlog/export.py) to --output (atomically) or stdout."""
+    from eventlog import export
+    from runtime.files import atomic_file
+    from runtime.progress import Progress
+    from usecases.services import utcnow
+
+    async def run() -> int:
+        if not args.all and not args.project:
+            raise ConfigError("name what to export: --project P [--clip C], or --all")
+        if args.all and args.project:
+            raise ConfigError("--all exports every project: leave out --project")
+        project, clip = _selection(args)
+        conn = await _connect(_settings())
+        try:
+            with Progress("export") as progress:
+                if args.output:
+                    with atomic_file(Path(args.output)) as out:
+                        header = await _export_to(conn, out.write, project, clip, args.after, progress)
+                else:
+                    header = await _export_to(conn, sys.stdout.buffer.write, project, clip, args.after, progress)
+                    sys.stdout.buffer.flush()
+        finally:
+            await conn.close()
+        where = args.output or "stdout"
+        print(f"exported {header.count} event(s), positions {header.range.after}..{header.range.upto}, to {where}; "
+              f"continue with --after {header.range.upto_cursor}", file=sys.stderr)  # fmt: skip
+        return 0
+
+    async def _export_to(conn, write, project, clip, after, progress):  # noqa: ANN001, ANN202
+        async def sink(chunk: bytes) -> None:
+            write(chunk)
+
+        return await export.write(
+            conn, sink, export.Selection(project_id=project, clip_id=clip), after=after, now=utcnow(),
+            on_count=progress.total, on_progress=progress.advance,
+        )  # fmt: skip
+
+    return _run_tool(run)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Load an export into the log in one transaction (usecases/imports.py), or refuse and write nothing."""
+    from api.auth import check_id
+    from eventlog.store import init_connection
+    from runtime.progress import Progress
+    from usecases.imports import import_file
+
+    async def run() -> int:
+        as_project = check_id(args.as_project, "--as-project") if args.as_project else None
+        owner = check_id(args.owner, "--owner") if args.owner else None
+        conn = await _connect(_settings())
+        try:
+            await init_connection(conn)
+            with Progress("import") as progress:
+                done = await import_file(conn, Path(args.file), as_project=as_project, owner=owner,
+                                         on_count=progress.total, on_progress=progress.advance)  # fmt: skip
+        finally:
+            await conn.close()
+        owners = ", ".join(f"{p} (owner {o})" for p, o in sorted(done.projects.items()))
+        print(f"imported {done.count} event(s) of {done.streams} clip(s) into {owners or 'nothing'}")
+        return 0
+
+    return _run_tool(run)
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """Recompute the projections from the log and swap them in (projections/rebuild.py); --check: only compare."""
+    import time
+
+    from eventlog.store import init_connection
+    from projections.rebuild import drift, rebuild
+    from runtime.progress import Progress
+
+    async def run() -> int:
+        conn = await _connect(_settings())
+        try:
+            await init_connection(conn)
+            with Progress("check" if args.check else "rebuild") as progress:
+                if args.check:
+                    found = await drift(conn, on_count=progress.total, on_progress=progress.advance)
+                else:
+                    done = await rebuild(conn, on_count=progress.total, on_progress=progress.advance,
+                                         clock=time.monotonic)  # fmt: skip
+        finally:
+            await conn.close()
+        if not args.check:
+            print(f"rebuilt clips: {done.clips} clip(s) from {done.events} event(s); the swap took "
+                  f"{(done.swap_ended - done.swap_started) * 1000:.0f} ms ({done.tail_under_lock} event(s) "
+                  "folded under its lock)")  # fmt: skip
+            return 0
+        for d in found:
+            print(f"{d.kind}: {d.project_id}/{d.clip_id}")
+            for field, (stored, rebuilt) in d.fields.items():
+                print(f"    {field}: stored {stored!r}, rebuilt {rebuilt!r}")
+        print("no drift: the projection equals a rebuild from the log" if not found
+              else f"drift in {len(found)} clip(s): `cliplog rebuild` replaces the projection")  # fmt: skip
+        return 1 if found else 0
+
+    return _run_tool(run)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Rebuild the clip projection from the log in memory and compare it with the stored one."""
     from eventlog.store import init_connection
-    from projections.clip_status import rebuild_differences
+    from projections.rebuild import rebuild_differences
 
     async def run() -> int:
         conn = await _connect(_settings())
@@ -298,10 +487,38 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--after", default="latest", help="a cursor, 'latest' (default) or 'start' (the whole log)")
     tail.set_defaults(run=cmd_tail)
 
-    replay = commands.add_parser("replay", help="replay the log: every event with the clip's status after it")
+    replay = commands.add_parser("replay", help="replay the log: every event with the clip's state after it and why")
     replay.add_argument("--project", help="only this project")
     replay.add_argument("--clip", help="only this clip (with --project)")
+    replay.add_argument("--to-version", type=int, default=None, help="stop after this version of the clip (with --clip)")
+    replay.add_argument("--at-position", type=int, default=None, help="stop after this position of the log")
+    replay.add_argument("--file", default=None, help="replay an export file (cliplog export), with no database")
     replay.set_defaults(run=cmd_replay)
+
+    history = commands.add_parser("history", help="a clip's timeline: times, gaps, attempts, errors, and why")
+    history.add_argument("clip_id", metavar="CLIP")
+    history.add_argument("--project", required=True)
+    history.add_argument("--json", action="store_true", help="JSON for machines")
+    history.add_argument("--file", default=None, help="read an export file (cliplog export), with no database")
+    history.set_defaults(run=cmd_history)
+
+    export = commands.add_parser("export", help="write events as JSON lines: a header, then one event per line")
+    export.add_argument("--project", help="this project's events")
+    export.add_argument("--clip", help="only this clip (with --project)")
+    export.add_argument("--all", action="store_true", help="the whole log")
+    export.add_argument("--after", default=None, help="only events after this cursor (an export's upto_cursor)")
+    export.add_argument("--output", default=None, help="write this file (atomically; default: stdout)")
+    export.set_defaults(run=cmd_export)
+
+    load = commands.add_parser("import", help="load an export into this log (all in one transaction, or nothing)")
+    load.add_argument("file", metavar="FILE")
+    load.add_argument("--as-project", default=None, help="put the export's project under this new project id")
+    load.add_argument("--owner", default=None, help="the user who owns the imported project (default: the export's)")
+    load.set_defaults(run=cmd_import)
+
+    rebuild = commands.add_parser("rebuild", help="recompute the projections from the log and swap them in, live")
+    rebuild.add_argument("--check", action="store_true", help="only print the drift (exit 1 if any)")
+    rebuild.set_defaults(run=cmd_rebuild)
 
     commands.add_parser("check", help="compare the clip projection with a rebuild from the log").set_defaults(
         run=cmd_check

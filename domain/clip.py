@@ -25,6 +25,7 @@ from domain.events import (
     Reason,
 )
 from domain.policy import RetryPolicy, attempt_deadline_seconds, backoff_seconds
+from domain.reasons import HANDED_BACK, Decision, after_outcome
 
 Status = Literal["unregistered", "pending", "running", "retrying", "completed", "failed", "cancelled"]
 
@@ -161,7 +162,6 @@ class HandBack(msgspec.Struct, frozen=True, kw_only=True):
 
 Command = Register | Start | Complete | Fail | TimeOut | Retry | Cancel | HandBack
 
-HANDED_BACK = "worker_shutdown"
 
 
 # decide ---------------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
                 command=command.command,
                 stderr_tail=command.stderr_tail,
             )
-            return [failed, *_auto_retry(state, command.retryable, ctx)]
+            return [failed, *_auto_retry(state, retry_decision(state, failed), ctx)]
         case TimeOut():
             _require_current(state, command.run, command.attempt, started=True)
             timed_out = ExtractionTimedOut(
@@ -214,8 +214,7 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
                 command=command.command,
                 stderr_tail=command.stderr_tail,
             )
-            # The same rule as `evolve`: an attempt the user stopped is not retried automatically.
-            return [timed_out, *_auto_retry(state, command.detected_by != "user", ctx)]
+            return [timed_out, *_auto_retry(state, retry_decision(state, timed_out), ctx)]
         case Retry():
             return _manual_retry(state, ctx)
         case Cancel():
@@ -301,12 +300,32 @@ def _request(
     )
 
 
-def auto_retry_allowed(state: ClipState, retryable: bool) -> bool:
-    return retryable and state.attempt < state.max_attempts
+def retry_decision(
+    state: ClipState, outcome: ExtractionFailed | ExtractionTimedOut | ExtractionCancelled
+) -> Decision:
+    """The retry rule (`domain.reasons.after_outcome`) for an ending of the clip's current attempt other than
+    success: `decide` asks it whether to request another attempt, `evolve` which status the outcome leaves, the
+    replay why."""
+    if isinstance(outcome, ExtractionCancelled):
+        return after_outcome(
+            attempt=state.attempt, max_attempts=state.max_attempts, code="cancelled", retryable=True,
+            stopped_by_person=True,
+        )  # fmt: skip
+    if isinstance(outcome, ExtractionTimedOut):
+        return after_outcome(
+            attempt=state.attempt,
+            max_attempts=state.max_attempts,
+            code="timed_out",
+            retryable=True,
+            stopped_by_person=outcome.detected_by == "user",
+        )
+    return after_outcome(
+        attempt=state.attempt, max_attempts=state.max_attempts, code=outcome.code, retryable=outcome.retryable
+    )
 
 
-def _auto_retry(state: ClipState, retryable: bool, ctx: Context) -> list[ExtractionEvent]:
-    if not auto_retry_allowed(state, retryable):
+def _auto_retry(state: ClipState, decision: Decision, ctx: Context) -> list[ExtractionEvent]:
+    if not decision.auto_retry:
         return []
     delay = backoff_seconds(ctx.policy, state.attempt, ctx.jitter)
     return [
@@ -367,7 +386,8 @@ def _cancel(state: ClipState, ctx: Context) -> list[ExtractionEvent]:
         what = "already extracted" if state.status == "completed" else state.status
         raise Conflict(f"the clip is {what}; only a pending, retrying or running clip can be cancelled")
     elapsed = _elapsed(state.started_at, ctx.now) if state.status == "running" else 0.0
-    return [ExtractionCancelled(run=state.run, attempt=state.attempt, by="user", elapsed_seconds=elapsed)]
+    cancelled = ExtractionCancelled(run=state.run, attempt=state.attempt, by="user", elapsed_seconds=elapsed)
+    return [cancelled, *_auto_retry(state, retry_decision(state, cancelled), ctx)]  # never: a person stopped it
 
 
 def _elapsed(since: datetime | None, now: datetime) -> float:
@@ -396,14 +416,15 @@ TIMEOUT_MESSAGES: dict[str, str] = {
 
 def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
     """The state right after `event`, recorded at `at`."""
-    common = {"version": state.version + 1, "updated_at": at}
+    version = state.version + 1
     match event:
         case ExtractionRequested():
             first = not state.registered
             status: Status = "retrying" if event.reason == "auto_retry" else "pending"
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status=status,
                 name=event.name,
                 source=event.source,
@@ -426,7 +447,8 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
         case ExtractionStarted():
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status="running",
                 started=True,
                 status_since=at,
@@ -437,7 +459,8 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
         case ExtractionCompleted():
             return msgspec.structs.replace(
                 state,
-                **common,
+                version=version,
+                updated_at=at,
                 status="completed",
                 status_since=at,
                 last_error=None,
@@ -447,15 +470,13 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
             )
         case ExtractionFailed():
             error = _error(event, event.code, event.message, event.retryable)
-            if event.code == HANDED_BACK:  # a hand-back request follows in the same append
-                return msgspec.structs.replace(state, **common, status="pending", status_since=at, last_error=error)
-            return _after_outcome(state, common, at, error, retryable=event.retryable)
+            return _after_outcome(state, version, at, error, retry_decision(state, event))
         case ExtractionTimedOut():
             error = _error(event, "timed_out", TIMEOUT_MESSAGES[event.detected_by], True)
-            return _after_outcome(state, common, at, error, retryable=event.detected_by != "user")
+            return _after_outcome(state, version, at, error, retry_decision(state, event))
         case ExtractionCancelled():
             # The last error stays: it says what happened before the person stopped the clip.
-            return msgspec.structs.replace(state, **common, status="cancelled", status_since=at)
+            return msgspec.structs.replace(state, version=version, updated_at=at, status="cancelled", status_since=at)
     raise TypeError(f"unknown event {event!r}")
 
 
@@ -464,9 +485,15 @@ def _error(event: ExtractionFailed | ExtractionTimedOut, code: str, message: str
     return ErrorInfo(code, message, retryable, command=event.command, stderr_tail=event.stderr_tail)
 
 
-def _after_outcome(state: ClipState, common: dict, at: datetime, error: ErrorInfo, *, retryable: bool) -> ClipState:
-    status: Status = "retrying" if auto_retry_allowed(state, retryable) else "failed"
-    return msgspec.structs.replace(state, **common, status=status, status_since=at, last_error=error)
+# The status an outcome leaves, by the retry rule's decision. A hand-back's request follows in the same append.
+_STATUS_AFTER: dict[str, Status] = {"retryable": "retrying", "handed_back": "pending"}
+
+
+def _after_outcome(state: ClipState, version: int, at: datetime, error: ErrorInfo, decision: Decision) -> ClipState:
+    status = _STATUS_AFTER.get(decision.why, "failed")
+    return msgspec.structs.replace(
+        state, version=version, updated_at=at, status=status, status_since=at, last_error=error
+    )
 
 
 def fold(initial: ClipState, history: Iterable[tuple[ExtractionEvent, datetime]]) -> ClipState:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -89,6 +89,70 @@ RETURNING position
 """
 
 _SAFE = "txid < (SELECT cliplog_safe_horizon())"
+
+# COPY options that move text as it is, both ways: CSV with a quote and a delimiter that the values never hold raw
+# (ids are [A-Za-z0-9_-], JSON text escapes every control character), so nothing is quoted or escaped. An empty
+# field is NULL. Bulk writers (import, rebuild) and the export use it.
+RAW_TEXT_COPY: dict[str, str] = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
+RAW_TEXT_DELIMITER = b"\x02"
+
+
+async def copy_lines(conn: asyncpg.Connection, table: str, columns: Sequence[str], lines: Iterable[bytes]) -> None:
+    """COPY `lines` (fields joined by RAW_TEXT_DELIMITER, each ending in a newline) into `table`, in ~1 MB chunks."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        batch: list[bytes] = []
+        size = 0
+        for line in lines:
+            batch.append(line)
+            size += len(line)
+            if size >= 1 << 20:
+                yield b"".join(batch)
+                batch, size = [], 0
+        if batch:
+            yield b"".join(batch)
+
+    await conn.copy_to_table(table, source=chunks(), columns=list(columns), **RAW_TEXT_COPY)
+
+
+# An event row as one JSON object with StoredEvent's fields (an export's line), built by PostgreSQL.
+ROW_JSON = "json_build_object(" + ", ".join(f"'{f}', {f}" for f in StoredEvent.__struct_fields__) + ")::text"
+
+
+async def append_rows(
+    conn: asyncpg.Connection, count: int, lines: Iterable[bytes], *, project_id: str | None = None
+) -> int:
+    """Append `count` events given as ROW_JSON lines (of any streams, in log order) at consecutive new positions of
+    this log, in one statement: the bulk form of `append` (an import's), with the same position allocation as the
+    transaction's first write. Each line's position is left behind; `project_id` replaces each event's project.
+    PostgreSQL reads the lines (COPY into a temporary table, then one INSERT ... SELECT). Returns the first
+    position. A stream that already holds one of the versions raises VersionConflict (the transaction must roll
+    back)."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("append_rows must run inside a transaction")
+    txid, first = await conn.fetchrow("SELECT txid::text, first_position FROM cliplog_allocate_positions($1)", count)
+    table = "cliplog_staged_rows"
+    await conn.execute(f"CREATE TEMPORARY TABLE {table} (ord bigint, line json) ON COMMIT DROP")
+    numbered = (b"%d%s%s" % (i, RAW_TEXT_DELIMITER, line if line.endswith(b"\n") else line + b"\n")
+                for i, line in enumerate(lines))  # fmt: skip
+    await copy_lines(conn, table, ("ord", "line"), numbered)
+    project = "coalesce($3, r.project_id)"
+    try:
+        await conn.execute(
+            f"INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data, "
+            f"clip_status, recorded_at) SELECT $1 + ord, $2::text::xid8, {project} || '/' || r.clip_id, {project}, "
+            f"r.clip_id, r.version, r.type, r.schema_version, r.data, r.clip_status, r.recorded_at FROM {table}, "
+            "json_to_record(line) AS r(project_id text, clip_id text, version integer, type text, "
+            "schema_version smallint, data jsonb, clip_status text, recorded_at timestamptz)",
+            first,
+            txid,
+            project_id,
+        )
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version":
+            raise VersionConflict("(an appended stream)", 0) from None
+        raise
+    return first
 
 
 def _stored(row: asyncpg.Record) -> StoredEvent:

@@ -1,18 +1,19 @@
 """The clip-status projection: one row per clip, written in the same transaction as the clip's events.
 
 The row stores the whole `ClipState` (jsonb) plus the columns the queue and the reaper query. A rebuild folds
-every stream from the log and must produce the same rows (`rebuild_differences`).
+every stream from the log and must produce the same rows (projections/rebuild.py).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Sequence
+from datetime import datetime
+from typing import Iterable, Sequence
 
 import asyncpg
 import msgspec
 
 from domain.clip import ClipState
+from eventlog import store
 from eventlog.store import StoredEvent
 
 _decoder = msgspec.json.Decoder(ClipState)
@@ -27,6 +28,36 @@ ON CONFLICT (project_id, clip_id) DO UPDATE SET
     position = EXCLUDED.position, updated_at = EXCLUDED.updated_at, state = EXCLUDED.state
 WHERE clips.version = $14
 """
+
+
+COLUMNS = ("project_id", "clip_id", "version", "status", "run", "attempt", "not_before", "deadline_at", "status_since",
+           "position", "created_at", "updated_at", "state")  # fmt: skip
+_encode = msgspec.json.encode
+
+
+def values(state: ClipState, position: int) -> tuple:
+    """The clip's row, in COLUMNS order (the state as builtins, as `save` writes it)."""
+    return (state.project_id, state.clip_id, state.version, state.status, state.run, state.attempt, state.not_before,
+            state.deadline_at, state.status_since, position, state.created_at, state.updated_at,
+            msgspec.to_builtins(state))  # fmt: skip
+
+
+def _time(value: datetime | None) -> bytes:
+    return b"" if value is None else _encode(value)[1:-1]  # RFC 3339 without its quotes; b"": NULL in RAW_TEXT_COPY
+
+
+def copy_line(state: ClipState, position: int) -> bytes:
+    """The clip's row (`values`) as one line for `store.copy_lines` (a rebuild writes one per clip: kept lean)."""
+    return store.RAW_TEXT_DELIMITER.join((
+        state.project_id.encode(), state.clip_id.encode(), b"%d" % state.version, state.status.encode(),
+        b"%d" % state.run, b"%d" % state.attempt, _time(state.not_before), _time(state.deadline_at),
+        _time(state.status_since), b"%d" % position, _time(state.created_at), _time(state.updated_at), _encode(state),
+    )) + b"\n"  # fmt: skip
+
+
+async def copy_rows(conn: asyncpg.Connection, table: str, rows: Iterable[tuple[ClipState, int]]) -> None:
+    """Write `(state, position)` rows into `table` (`clips`, or a table like it) with COPY."""
+    await store.copy_lines(conn, table, COLUMNS, (copy_line(state, position) for state, position in rows))
 
 
 def state_from_json(value: dict | str | bytes) -> ClipState:
@@ -49,52 +80,5 @@ async def list_project(conn: asyncpg.Connection | asyncpg.Pool, project_id: str)
 
 async def save(conn: asyncpg.Connection, state: ClipState, previous_version: int, position: int) -> bool:
     """Write the row; False when another writer moved it first (the caller's transaction must roll back)."""
-    result = await conn.execute(
-        _UPSERT,
-        state.project_id,
-        state.clip_id,
-        state.version,
-        state.status,
-        state.run,
-        state.attempt,
-        state.not_before,
-        state.deadline_at,
-        state.status_since,
-        position,
-        state.created_at,
-        state.updated_at,
-        msgspec.to_builtins(state),
-        previous_version,
-    )
+    result = await conn.execute(_UPSERT, *values(state, position), previous_version)
     return result.endswith(" 1")
-
-
-def fold_streams(events: Sequence[StoredEvent]) -> dict[tuple[str, str], tuple[ClipState, int]]:
-    """Each clip's state after its last event, and that event's position."""
-    from projections.replay import replay
-
-    return {(s.event.project_id, s.event.clip_id): (s.state, s.event.position) for s in replay(events)}
-
-
-async def rebuild_differences(conn: asyncpg.Connection) -> dict[str, list[tuple[str, str]]]:
-    """Fold the whole log and compare with the stored rows: {"missing": [...], "extra": [...], "different": [...]}."""
-    from eventlog.store import read_after
-
-    events: list[StoredEvent] = []
-    position = 0
-    while batch := await read_after(conn, position, 5000):
-        events.extend(batch)
-        position = batch[-1].position
-    rebuilt = fold_streams(events)
-    stored: dict[tuple[str, str], tuple[ClipState, int]] = {}
-    for row in await conn.fetch("SELECT project_id, clip_id, state, position FROM clips"):
-        stored[(row["project_id"], row["clip_id"])] = (state_from_json(row["state"]), row["position"])
-    report: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for key in rebuilt.keys() - stored.keys():
-        report["missing"].append(key)
-    for key in stored.keys() - rebuilt.keys():
-        report["extra"].append(key)
-    for key in rebuilt.keys() & stored.keys():
-        if rebuilt[key] != stored[key]:
-            report["different"].append(key)
-    return dict(report)

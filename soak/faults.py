@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 import time
 from typing import Awaitable, Callable
 
 import asyncpg
 import msgspec
 
-from runtime.processes import ApiProcess, Process
+from runtime.processes import ApiProcess, Process, cliplog_command
 from soak.feeds import FeedRecorder
 from soak.topology import UNRELATED_TABLE, Topology
 
@@ -152,6 +153,18 @@ async def hold_transaction(ctx: Context) -> str:
         conn.terminate()
 
 
+async def rebuild_projection(ctx: Context) -> str:
+    """`cliplog rebuild`: an operator recomputes the clip projection and swaps it in while everything runs. It may
+    refuse cleanly (exit 2, one line) when PostgreSQL restarts under it; a traceback is the tool failing."""
+    command = cliplog_command("rebuild")
+    env = ctx.topology.cluster.env
+    result = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
+    said = (result.stdout.strip().splitlines() or result.stderr.strip().splitlines() or ["nothing"])[-1]
+    if "Traceback" in result.stderr or result.returncode not in (0, 2, 3):
+        raise RuntimeError(f"cliplog rebuild exited {result.returncode}: {result.stderr.strip()[-400:]}")
+    return said if result.returncode == 0 else f"refused (exit {result.returncode}): {said}"
+
+
 def _cut(kind: str) -> Action:
     async def cut(ctx: Context) -> str:
         client = ctx.rng.choice([f for f in ctx.feeds if f.kind == kind])
@@ -170,6 +183,7 @@ FAULTS: list[FaultKind] = [
     FaultKind(name="restart_redis", lane="processes", weight=1.5, action=restart_redis),
     FaultKind(name="restart_postgres", lane="processes", weight=1.5, action=restart_postgres),
     FaultKind(name="hold_transaction", lane="clients", weight=1, action=hold_transaction),
+    FaultKind(name="rebuild_projection", lane="clients", weight=0.3, action=rebuild_projection),
     FaultKind(name="cut_websocket", lane="clients", weight=2, action=_cut("ws")),
     FaultKind(name="cut_long_poll", lane="clients", weight=2, action=_cut("poll")),
 ]

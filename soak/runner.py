@@ -26,7 +26,7 @@ import msgspec
 
 from eventlog.store import init_connection
 from handlers import mp4
-from projections.clip_status import rebuild_differences
+from projections.rebuild import rebuild_differences
 from runtime.settings import Settings
 from soak import checks
 from soak.checks import Bound, FinalClip, LoggedEvent, OutputFacts

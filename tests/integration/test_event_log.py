@@ -16,7 +16,7 @@ from domain.events import ExtractionRequested, ExtractionStarted
 from eventlog import store
 from usecases import clips
 from eventlog.migrate import MIGRATIONS_DIR, migrate
-from projections import clip_status
+from projections import clip_status, rebuild
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -56,7 +56,7 @@ async def eventually(check, timeout: float = 10.0):
 
 async def no_differences(pool) -> bool:
     async with pool.acquire() as conn:
-        return await clip_status.rebuild_differences(conn) == {}
+        return await rebuild.rebuild_differences(conn) == {}
 
 
 async def count(pool, stream: str) -> int:
@@ -299,7 +299,7 @@ async def test_a_rebuild_notices_a_projection_row_that_differs_from_the_log(pool
         "UPDATE clips SET state = jsonb_set(state, '{status}', '\"failed\"') WHERE project_id = $1", project
     )
     async with pool.acquire() as conn:
-        assert await clip_status.rebuild_differences(conn) == {"different": [(project, clip)]}
+        assert await rebuild.rebuild_differences(conn) == {"different": [(project, clip)]}
 
 
 async def test_a_late_complete_for_a_timed_out_attempt_is_stale_and_appends_nothing(pool, ids, clean_db):

@@ -86,6 +86,18 @@ def test_encode_then_decode_through_json_gives_the_event_back(event):
     assert decode(type_of(event), SCHEMA_VERSION[type_of(event)], stored) == event
 
 
+@given(events)
+def test_decode_json_the_bulk_readers_path_gives_the_same_event(event):
+    text = msgspec.json.encode(encode_data(event))
+    assert ev.decode_json(type_of(event), SCHEMA_VERSION[type_of(event)], text) == event
+
+
+def test_decode_json_knows_every_event_type():
+    cancelled = ev.ExtractionCancelled(run=2, attempt=1, elapsed_seconds=1.5)
+    assert ev.decode_json("extraction.cancelled", 1, msgspec.json.encode(encode_data(cancelled))) == cancelled
+    assert set(ev._DECODERS) == set(SCHEMA_VERSION)  # noqa: SLF001
+
+
 def test_every_event_type_has_a_schema_version():
     tags = {t.__struct_config__.tag for t in (ExtractionRequested, ExtractionStarted, *ev.ENDINGS)}
     assert tags == set(SCHEMA_VERSION)
