@@ -298,6 +298,7 @@ class Soak:
              [f"{kind}: {p}/{c}" for kind, keys in sorted(differences.items()) for p, c in keys][: checks.MAX_LISTED]),
             ("no clip waited past its state's bound", checks.check_gaps(gaps, bounds, slack)),
             ("every fault was injected as planned", [f"{f.kind}: {f.detail}" for f in self.faults if f.failed]),
+            *self._dispatch_limits(events, owners),
         ]  # fmt: skip
         by_behaviour: dict[str, Counter[str]] = {b.name: Counter() for b in BEHAVIOURS}
         as_expected: Counter[str] = Counter()
@@ -314,6 +315,22 @@ class Soak:
             faults=self.faults, clips=by_behaviour, expected=as_expected, settle_seconds=None, gaps=gaps,
             bounds=bounds, slack=slack, feeds=feeds, checks=results, notes=self.notes,
         )  # fmt: skip
+
+    def _dispatch_limits(self, events: list[LoggedEvent], owners: dict[str, str]) -> list[tuple[str, list[str]]]:
+        """Fair dispatch's limits, where it exists: never more attempts running at once per project or per user
+        than CLIPLOG_PROJECT_CONCURRENCY / CLIPLOG_OWNER_CONCURRENCY allow."""
+        results = []
+        for what, limit, group in (
+            ("project", getattr(self.settings, "project_concurrency", None), lambda e: e.project_id),
+            ("user", getattr(self.settings, "owner_concurrency", None), lambda e: owners.get(e.project_id, "?")),
+        ):
+            if limit is None:
+                continue
+            most = checks.most_running_at_once(events, group)
+            over = [f"{key}: {n} running at once" for key, n in sorted(most.items()) if n > limit]
+            self.notes.append(f"most attempts running at once per {what}: {dict(sorted(most.items()))}")
+            results.append((f"fair dispatch: at most {limit} running per {what}", over))
+        return results
 
     def _delays(self, feeds: list[FeedRecorder], events: list[LoggedEvent]) -> str:
         """The WebSocket clients' commit-to-arrival delays, and those while an unrelated transaction was held open

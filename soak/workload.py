@@ -16,6 +16,8 @@ from typing import Any, Callable
 import httpx
 import msgspec
 
+from domain.clip import Register
+
 USERS: dict[str, tuple[str, ...]] = {"alice": ("a1", "a2", "a3"), "bob": ("b1", "b2"), "carol": ("c1", "c2")}
 SOURCE_SECONDS = 30  # the generated source: one keyframe a second exactly (no scene-cut keyframes)
 
@@ -30,6 +32,12 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True):
     code: str | None = None  # the error code an expected failure ends with
     past_end: bool = False  # a range that starts after the source ends
     person: tuple[tuple[str, tuple[str, ...]], ...] = ()  # what a person does, in turn: (action, once in one of these)
+    fields: tuple[tuple[str, str], ...] = ()  # more fields of the registration's body
+    needs: str | None = None  # a field of domain.clip.Register this behaviour needs (a capability not everywhere yet)
+
+    @property
+    def available(self) -> bool:
+        return self.needs is None or self.needs in Register.__struct_fields__
 
 
 ONCE = 'case "$*" in *.r1a1.*) {} ;; esac'  # only the first attempt of the first run
@@ -57,7 +65,10 @@ BEHAVIOURS: list[Behaviour] = [
               person=(("cancel", ("running",)),)),
     Behaviour(name="cancel-then-retry", weight=2, folder="cancel-then-retry", wrapper=FIRST_RUN.format(HANG),
               person=(("cancel", ("running",)), ("retry", ("cancelled",)))),
+    # Fair dispatch: batch clips wait behind interactive ones, but are never starved.
+    Behaviour(name="batch", weight=12, fields=(("priority", "batch"),), needs="priority"),
 ]  # fmt: skip
+BEHAVIOURS = [b for b in BEHAVIOURS if b.available]
 
 
 def ffmpeg_wrapper(behaviours: list[Behaviour]) -> str:
@@ -92,6 +103,7 @@ def plan_clips(rng: random.Random, count: int, spread: float, behaviours: list[B
             "start": start,
             "end": round(start + rng.uniform(1, 4), 1),
             "mode": "accurate" if rng.random() < 0.25 else "copy",
+            **dict(behaviour.fields),
         }
         clips.append(PlannedClip(user=user, project_id=project, clip_id=body["clip_id"], behaviour=behaviour.name,
                                  body=body, at=spread * index / max(1, count)))  # fmt: skip
