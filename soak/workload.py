@@ -65,6 +65,10 @@ BEHAVIOURS: list[Behaviour] = [
               person=(("cancel", ("running",)),)),
     Behaviour(name="cancel-then-retry", weight=2, folder="cancel-then-retry", wrapper=FIRST_RUN.format(HANG),
               person=(("cancel", ("running",)), ("retry", ("cancelled",)))),
+    # A real FFmpeg frozen (SIGSTOP) mid-cut on the first attempt: stall detection, where it exists, or the
+    # deadline stops it; the second attempt succeeds.
+    Behaviour(name="freeze-once", weight=3, folder="freeze-once", fields=(("mode", "accurate"),),
+              wrapper=ONCE.format('"$REAL" "$@" & p=$!; sleep 0.1; kill -STOP $p; wait $p; exit $?')),
     # Fair dispatch: batch clips wait behind interactive ones, but are never starved.
     Behaviour(name="batch", weight=12, fields=(("priority", "batch"),), needs="priority"),
 ]  # fmt: skip
