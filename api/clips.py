@@ -16,8 +16,8 @@ from api.files import ranged_file
 from api.views import BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, clip_view
 from domain.clip import CANCELLABLE, Cancel, ClipState, Command, Register, Retry
 from domain.errors import Conflict, InvalidInput, NotFound
-from eventlog import pages, store
-from projections import clip_status
+from eventlog import pages, progress, store
+from projections import clip_status, queue
 from api.deps import ServicesDep, UserDep
 from runtime.media import resolve_inside
 from usecases.clips import handle, handle_each, register, register_once
@@ -47,6 +47,27 @@ async def _registered(services: Services, project_id: str, clip_id: str, user: s
     if row is None:
         raise NotFound(f"clip {clip_id!r} not found in project {project_id!r}")
     return clip_status.state_from_json(row["state"]), row["position"]
+
+
+async def live_views(services: Services, project_id: str, clips: list[tuple[ClipState, int]]) -> list[ClipView]:
+    """The views of a project's clips, with what is not in the log: running clips' progress, pending clips' place
+    in the queue and ETA."""
+    running = [(s.clip_id, s.run, s.attempt) for s, _ in clips if s.status == "running"]
+    progress_of = await progress.read(services.pool, project_id, running)
+    waiting = await queue.estimate(services.pool, project_id, [s.clip_id for s, _ in clips if s.status == "pending"])
+    now = utcnow()
+    return [
+        clip_view(
+            state,
+            position,
+            now,
+            services.settings,
+            progress=progress_of.get(state.clip_id),
+            queue_position=waiting.positions.get(state.clip_id),
+            queue_eta_seconds=waiting.eta_seconds(state.clip_id),
+        )
+        for state, position in clips
+    ]
 
 
 async def _persons_command(services: Services, project_id: str, clip_id: str, user: str, command: Command) -> Response[ClipView]:
@@ -103,16 +124,12 @@ class ClipsController(Controller):
     @get("/", summary="List a project's clips (never enqueues anything)")
     async def list_clips(self, project_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[ClipView]:
         await require_project(services.pool, project_id, user)
-        now = utcnow()
-        return [
-            clip_view(state, position, now, services.settings)
-            for state, position in await clip_status.list_project(services.pool, project_id)
-        ]
+        return await live_views(services, project_id, await clip_status.list_project(services.pool, project_id))
 
     @get("/{clip_id:str}", summary="One clip")
     async def get_clip(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> ClipView:
         state, position = await _registered(services, project_id, clip_id, user)
-        return clip_view(state, position, utcnow(), services.settings)
+        return (await live_views(services, project_id, [(state, position)]))[0]
 
     @post("/{clip_id:str}/retry-extraction", summary="Start a new run with a fresh attempt budget")
     async def retry(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:

@@ -67,6 +67,12 @@ class ResetMessage(msgspec.Struct, tag="reset", tag_field="type"):
     detail: str
 
 
+class CaughtUpMessage(msgspec.Struct, tag="caught_up", tag_field="type"):
+    """Sent once, after the backlog: `cursor` is that of the last event sent (or the cursor the client gave)."""
+
+    cursor: str
+
+
 _encode = msgspec.json.Encoder().encode
 PING_MESSAGE = {"type": "websocket.send", "text": '{"type":"ping"}'}
 
@@ -269,7 +275,7 @@ async def events_socket(socket: FeedSocket) -> None:
         )
         start = parse_after(params.get("after"))
         project = await _project_filter(services, params.get("project_id") or None, user)
-        epoch, position, _, _ = await resolve_after(services, broker, start)
+        epoch, position, given, _ = await resolve_after(services, broker, start)
     except Unauthorized as error:
         return await _close(socket, CLOSE_UNAUTHORIZED, str(error))
     except InvalidInput as error:
@@ -281,7 +287,7 @@ async def events_socket(socket: FeedSocket) -> None:
     except (*UNAVAILABLE, Unavailable, asyncpg.PostgresError) as error:
         log.warning("feed socket: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
         return await _close(socket, CLOSE_UNAVAILABLE, "PostgreSQL is unavailable; reconnect shortly")
-    await _stream(socket, services, broker, user, project, epoch, position)
+    await _stream(socket, services, broker, user, project, epoch, position, given)
 
 
 class _Gone(Exception):
@@ -303,6 +309,7 @@ async def _stream(
     project: str | None,
     epoch: UUID,
     position: int,
+    given: str,
 ) -> None:
     loop = asyncio.get_running_loop()
     send = socket.raw_send
@@ -310,6 +317,7 @@ async def _stream(
     sub.last_sent = loop.time()
     watcher = asyncio.create_task(_watch_disconnect(socket, sub))
     last = position  # the last position this client has (sent, or its cursor)
+    last_cursor = given
     try:
         # Backlog: (cursor, sub.start] from the database, page by page; live events after sub.start wait in the
         # subscription's buffer meanwhile (restarted further on if it overflows during a long backlog).
@@ -336,10 +344,12 @@ async def _stream(
             for event in page:
                 if event.position > last:
                     await _send(send, render(event))
-                    last = event.position
+                    last, last_cursor = event.position, event.cursor
             if page:
                 sub.last_sent = loop.time()
             covered = page[-1].position if len(page) == BACKLOG_PAGE else target
+        await _send(send, {"type": "websocket.send", "text": _encode(CaughtUpMessage(last_cursor)).decode()})
+        sub.last_sent = loop.time()
 
         # Live: what the broker delivers, in order. No timer per wait: the broker wakes idle subscriptions.
         while True:
@@ -363,7 +373,12 @@ async def _stream(
                             raise _Gone from None
                         last = event_position
                 sub.last_sent = loop.time()
-            elif loop.time() - sub.last_sent >= broker.idle_after:
+            progress = sub.take_progress()  # after the events it may follow; never counted against the buffer
+            for message in progress:
+                await _send(send, message)
+            if progress:
+                sub.last_sent = loop.time()
+            if not items and not progress and loop.time() - sub.last_sent >= broker.idle_after:
                 await _send(send, PING_MESSAGE)
                 sub.last_sent = loop.time()
     except _Gone:

@@ -10,6 +10,11 @@ backoff and jitter, and while the socket is down it long-polls `GET /api/events`
 event is yielded once, in position order (anything at or below the last position is dropped). `after="latest"` is
 resolved to a concrete cursor first, so a reconnection before the first event loses nothing.
 
+Besides events the socket sends `{"type": "caught_up", "cursor": ...}` once its backlog is sent and
+`{"type": "progress", ...}` for running clips: neither is an event and neither moves the cursor (a progress message
+has none; a client that misses one loses nothing). They are handed to `on_caught_up(cursor)` and
+`on_progress(message)` when given, else ignored, as is any message type this client does not know.
+
 Permanent errors end the iteration: `FeedError` (bad token 401/4401, project not visible 404/4404, bad input
 400/4400) and its subclass `CursorReset` (410/4410: the cursor belongs to another log; start again from
 `latest`). Everything else (connection refused, 503/4503, 4408 "too slow", 1012 "server restarting") is retried.
@@ -67,6 +72,8 @@ class FeedClient:
         poll_wait: float = 25.0,
         silence_timeout: float = 35.0,
         on_mode: Callable[[Mode], None] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_caught_up: Callable[[str], None] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.url = url.rstrip("/")
@@ -79,6 +86,8 @@ class FeedClient:
         self.poll_wait = poll_wait
         self.silence_timeout = silence_timeout
         self.on_mode = on_mode
+        self.on_progress = on_progress
+        self.on_caught_up = on_caught_up
         self.rng = rng
         self.mode: Mode = "reconnecting"
 
@@ -167,6 +176,10 @@ class FeedClient:
                             yield message["event"]
                     elif kind == "reset":
                         raise CursorReset(message.get("detail", "cursor from another log"))
+                    elif kind == "progress" and self.on_progress is not None:
+                        self.on_progress(message)
+                    elif kind == "caught_up" and self.on_caught_up is not None:
+                        self.on_caught_up(message.get("cursor", ""))
         except ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else 1006
             reason = closed.rcvd.reason if closed.rcvd is not None else ""

@@ -13,6 +13,7 @@ from litestar.typing import FieldDefinition
 
 from domain.clip import ClipState
 from eventlog.pages import EventView
+from eventlog.progress import Progress
 from runtime.settings import Settings
 
 class RawJsonSchema(OpenAPISchemaPlugin):
@@ -63,6 +64,11 @@ class ClipView(msgspec.Struct):
     created_at: datetime | None = None
     duration_seconds: float | None = None
     bytes: int | None = None
+    # Live, not from the log: `progress` only while running, `queue_position` (attempts ahead of it) and
+    # `queue_eta_seconds` (until it is extracted, from recent attempt durations) only while pending.
+    progress: Progress | None = None
+    queue_position: int | None = None
+    queue_eta_seconds: float | None = None
 
 
 class EventPage(msgspec.Struct):
@@ -99,7 +105,16 @@ class BulkResult(msgspec.Struct):
     skipped: list[SkippedClip]
 
 
-def clip_view(state: ClipState, position: int, now: datetime, settings: Settings) -> ClipView:
+def clip_view(
+    state: ClipState,
+    position: int,
+    now: datetime,
+    settings: Settings,
+    *,
+    progress: Progress | None = None,
+    queue_position: int | None = None,
+    queue_eta_seconds: float | None = None,
+) -> ClipView:
     slow = state.is_slow(now, settings.slow_after)
     error = state.last_error
     return ClipView(
@@ -130,4 +145,7 @@ def clip_view(state: ClipState, position: int, now: datetime, settings: Settings
         created_at=state.created_at,
         duration_seconds=state.duration_seconds if state.status == "completed" else None,
         bytes=state.bytes if state.status == "completed" else None,
+        progress=progress if state.status == "running" else None,
+        queue_position=queue_position if state.status == "pending" else None,
+        queue_eta_seconds=queue_eta_seconds if state.status == "pending" else None,
     )

@@ -106,7 +106,7 @@ def clip_lifecycle() -> list[tuple[ExtractionEvent, str]]:
     commands = [
         Register(source="/videos/match-2026-11-28-full.mp4", start=754.2, end=769.8, name="second goal"),
         Start(run=1, attempt=1, worker_id="worker-7f3a"),
-        TimeOut(run=1, attempt=1, detected_by="reaper", elapsed_seconds=612.4),
+        TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease", elapsed_seconds=612.4),
         Start(run=1, attempt=2, worker_id="worker-02c1"),
         Complete(
             run=1,

@@ -32,7 +32,19 @@ CLIPLOG_FFMPEG (`runtime.settings.find_ffmpeg`, the binary the bare case runs to
    Scaled-down settings by default (heartbeat 1 s, lease 4 s, reaper 1 s), API.md's defaults (5 / 20 / 5) with
    --full-detection.
 
-Progress goes to stderr; the result tables go to stdout.
+4. The cost of live progress (`-progress` and its writes): one worker (concurrency 1) whose CLIPLOG_FFMPEG wrapper
+   drops `-progress pipe:1` from the arguments while a switch file exists, so the same process, wrapper and
+   settings run with and without it; the cases alternate within each round (with/without, then the other way
+   round). Latency of a copy cut (CLIP_SECONDS) and of an accurate cut (ACCURATE_SECONDS), observed as in 1, and the
+   throughput of a batch (as in 2, one worker); the progress notifications per clip are counted on a LISTEN.
+5. Stall detection: a worker with CLIPLOG_STALL_AFTER (5 s scaled, 30 s with --full-detection) whose FFmpeg wrapper,
+   once per run, lets the real FFmpeg read at its own pace (`-re`) for 3 s and then freezes it with SIGSTOP (it
+   keeps running, and reports nothing more). Measured from the last progress notification of the attempt (LISTEN)
+   and from the SIGSTOP (the wrapper's clock) to the `timed_out` (`reason: stalled`) `recorded_at`; the clip is then
+   retried with the real FFmpeg.
+
+`--sections 4,5` runs only those (each section starts the workers it needs). Progress goes to stderr; the result
+tables go to stdout.
 """
 
 from __future__ import annotations
@@ -66,6 +78,7 @@ from arq.jobs import Job
 from bench.common import apply_defaults, cell, fmt
 from api.auth import create_token
 from eventlog.migrate import migrate
+from eventlog.progress import PROGRESS_CHANNEL
 from handlers.ffmpeg import cut_command
 from handlers.reactor import job_queue
 from runtime import processes
@@ -227,10 +240,10 @@ class Client:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def register(self, project: str, clip_id: str, start: float, end: float) -> dict:
+    async def register(self, project: str, clip_id: str, start: float, end: float, mode: str = "copy") -> dict:
         response = await self.http.post(
             f"/api/clips/projects/{project}/clips",
-            json={"clip_id": clip_id, "source": SOURCE, "start": start, "end": end, "mode": "copy"},
+            json={"clip_id": clip_id, "source": SOURCE, "start": start, "end": end, "mode": mode},
         )
         if response.status_code not in (200, 201):
             raise RuntimeError(f"registering {project}/{clip_id}: {response.status_code} {response.text[:300]}")
@@ -431,10 +444,13 @@ class Sighting:
         return self.seen - self.posted
 
 
-async def register_and_wait(client: Client, project: str, clip_id: str, start: float, observe: str) -> Sighting:
+async def register_and_wait(
+    client: Client, project: str, clip_id: str, start: float, observe: str, mode: str = "copy",
+    seconds: float = CLIP_SECONDS,
+) -> Sighting:  # fmt: skip
     cursor = await client.head() if observe == "feed" else ""
     t0_wall, t0 = time.time(), time.perf_counter()
-    await client.register(project, clip_id, start, start + CLIP_SECONDS)
+    await client.register(project, clip_id, start, start + seconds, mode)
     answered = time.perf_counter() - t0
     if observe == "feed":
         seen_wall = await until_completed_feed(client, project, {clip_id}, cursor, timeout=60)
@@ -880,6 +896,249 @@ def render_detection(runs: list[DetectionRun], env: dict[str, str], full: bool) 
     return lines
 
 
+# 4. The cost of progress --------------------------------------------------------------------------------------
+
+ACCURATE_SECONDS = 4.0
+# Drops `-progress pipe:1` while $STATE/off exists (POSIX sh: the loop walks the original arguments while `set --`
+# rebuilds the list), so one worker runs with and without it.
+PROGRESS_TOGGLE = """
+if [ -e "$STATE/off" ]; then
+  skip=0
+  for arg in "$@"; do
+    shift
+    if [ "$skip" = 1 ]; then skip=0; continue; fi
+    if [ "$arg" = "-progress" ]; then skip=1; continue; fi
+    set -- "$@" "$arg"
+  done
+fi
+exec "$REAL" "$@"
+"""
+PROGRESS_CASES = {
+    "copy": f"latency, {CLIP_SECONDS:g} s copy cut (register → `completed` seen)",
+    "accurate": f"latency, {ACCURATE_SECONDS:g} s accurate cut (register → `completed` seen)",
+    "batch": "throughput, a batch of copy cuts, 1 worker (clips/s)",
+    "cpu": "CPU per clip in that batch: API + worker + its FFmpeg (ms)",
+}
+# PostgreSQL's share is left out: its shared processes (checkpointer, WAL writer) also serve every other database
+# on the server, which makes it the noisiest figure on a shared machine.
+SERVICE_GROUPS = ("api", "workers", "ffmpeg")
+
+
+def cpu_per_clip(run: ThroughputRun) -> float:
+    """CPU seconds the service's processes used per clip of a batch."""
+    return sum(run.cpu.cores.get(g, 0.0) for g in SERVICE_GROUPS) * run.seconds / run.clips
+
+
+@dataclass
+class ProgressCost:
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # "<case>-on" / "<case>-off" -> per round
+    batches: dict[str, list[ThroughputRun]] = field(default_factory=dict)  # "batch-on" / "batch-off" -> per round
+    notifications: dict[str, list[int]] = field(default_factory=dict)  # "<case>-on" -> progress NOTIFYs per clip
+
+
+class ProgressCounter:
+    """Counts the progress notifications (eventlog.progress.PROGRESS_CHANNEL) per clip, with their arrival times."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[tuple[str, str, int], list[float]] = {}
+
+    def __call__(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        message = json.loads(payload)
+        key = (message["project_id"], message["clip_id"], message["attempt"])
+        self.arrivals.setdefault(key, []).append(time.time())
+
+    def count(self, project: str, clip_id: str) -> int:
+        return sum(len(v) for (p, c, _), v in self.arrivals.items() if (p, c) == (project, clip_id))
+
+
+async def run_progress_cost(
+    cluster: BenchCluster, client: Client, db: asyncpg.Connection, counter: ProgressCounter, rounds: int,
+    batch: int, batch_rounds: int, observe: str,
+) -> ProgressCost:  # fmt: skip
+    wrapper = cluster.wrapper("progress-toggle", PROGRESS_TOGGLE)
+    off = cluster.root / "progress-toggle.state" / "off"
+    worker = cluster.worker("p", concurrency=1, CLIPLOG_FFMPEG=wrapper)
+    await cluster.wait_log(worker, [r"worker \S+ started", r"reactor: leading", r"reaper: leading"], timeout=60)
+    cost = ProgressCost()
+
+    def switch(case: str) -> None:
+        if case == "on":
+            off.unlink(missing_ok=True)
+        else:
+            off.touch()
+
+    rng = random.Random(1201)
+    try:
+        for warm in ("on", "off"):
+            switch(warm)
+            await register_and_wait(client, "pcost", f"warm-{warm}", 2.0, observe)
+        for r in range(rounds):
+            order = ["on", "off"] if r % 2 == 0 else ["off", "on"]
+            await db.execute("CHECKPOINT")
+            line = []
+            for mode, seconds in (("copy", CLIP_SECONDS), ("accurate", ACCURATE_SECONDS)):
+                for case in order:
+                    switch(case)
+                    await asyncio.sleep(rng.uniform(0.1, 0.14))
+                    clip_id = f"r{r}-{mode}-{case}"
+                    sighting = await register_and_wait(client, "pcost", clip_id, offset(r), observe, mode, seconds)
+                    cost.seconds.setdefault(f"{mode}-{case}", []).append(sighting.seconds)
+                    await asyncio.sleep(0.05)  # the last notification
+                    cost.notifications.setdefault(f"{mode}-{case}", []).append(counter.count("pcost", clip_id))
+                    line.append(f"{mode}/{case} {sighting.seconds * 1000:6.1f} ms")
+            log(f"progress cost round {r + 1}/{rounds}: " + ", ".join(line))
+        for r in range(batch_rounds):
+            for case in ["on", "off"] if r % 2 == 0 else ["off", "on"]:
+                switch(case)
+                run = await throughput_run(cluster, client, db, 1, batch, f"pbatch{r}{case}", observe)
+                cost.batches.setdefault(f"batch-{case}", []).append(run)
+                log(f"progress cost batch round {r + 1}/{batch_rounds} {case}: {run.rate:5.2f} clips/s")
+    finally:
+        off.unlink(missing_ok=True)
+        await cluster.stop(worker)
+    return cost
+
+
+def render_progress_cost(cost: ProgressCost) -> list[str]:
+    lines = [
+        "| case | with `-progress` | without | overhead (median of per-round ratios − 1) | spread of the rounds (p25 to p75) | per round | target |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for case, label in PROGRESS_CASES.items():
+        if case == "batch":
+            on = [r.rate for r in cost.batches.get("batch-on", [])]
+            off = [r.rate for r in cost.batches.get("batch-off", [])]
+            ratios = [b / a for a, b in zip(on, off)]  # time per clip: with / without
+            shown_on, shown_off = cell(on), cell(off)
+        elif case == "cpu":
+            on = [cpu_per_clip(r) * 1000 for r in cost.batches.get("batch-on", [])]
+            off = [cpu_per_clip(r) * 1000 for r in cost.batches.get("batch-off", [])]
+            ratios = [a / b for a, b in zip(on, off)]
+            shown_on, shown_off = cell(on), cell(off)
+        else:
+            on, off = cost.seconds.get(f"{case}-on", []), cost.seconds.get(f"{case}-off", [])
+            ratios = [a / b for a, b in zip(on, off)]
+            shown_on, shown_off = cell([v * 1000 for v in on]) + " ms", cell([v * 1000 for v in off]) + " ms"
+        if not ratios:
+            continue
+        overhead = statistics.median(ratios) - 1
+        low, high = (pctl(ratios, 0.25) - 1, pctl(ratios, 0.75) - 1)
+        verdict = "< 5 %: met" if overhead < 0.05 else "< 5 %: **not met**"
+        if high - low > 0.10:
+            verdict += " (within the rounds' noise: measure on a quiet machine)"
+        per_round = ", ".join(f"{(x - 1) * 100:+.1f} %" for x in ratios)
+        lines.append(
+            f"| {label} | {shown_on} | {shown_off} | {overhead * 100:+.1f} % | {low * 100:+.1f} to {high * 100:+.1f} % "
+            f"| {per_round} | {verdict} |"
+        )
+    counts = {k: v for k, v in cost.notifications.items() if k.endswith("-on")}
+    if counts:
+        lines.append("")
+        lines.append(
+            "Progress notifications per clip with `-progress` (each is one write beside the lease and one NOTIFY; "
+            "without it there are none): "
+            + "; ".join(f"{k.removesuffix('-on')} {cell([float(c) for c in v])}" for k, v in counts.items())
+            + "; without: "
+            + "; ".join(f"{k.removesuffix('-off')} {sum(v)}" for k, v in cost.notifications.items() if k.endswith("-off"))
+            + " in all."
+        )
+    return lines
+
+
+# 5. Stall detection --------------------------------------------------------------------------------------------
+
+STALL_SCALED, STALL_FULL = 5.0, 30.0
+FREEZE_AFTER = 3.0
+# Once per run ($STATE/arm, removed here): the real FFmpeg reads at its own pace for FREEZE_AFTER s, then is frozen; the
+# freeze time is kept for the bench. The attempt's retry runs the real FFmpeg.
+FREEZE_ONCE = f"""
+if [ -e "$STATE/arm" ]; then
+  rm -f "$STATE/arm"
+  "$REAL" -re "$@" &
+  child=$!
+  sleep {FREEZE_AFTER:g}
+  kill -STOP "$child"
+  date +%s.%N > "$STATE/frozen-at"
+  wait "$child"
+  exit 1
+fi
+exec "$REAL" "$@"
+"""
+
+
+@dataclass
+class StallRun:
+    from_last_progress: float  # timed_out recorded_at - the attempt's last progress notification
+    from_freeze: float  # timed_out recorded_at - the SIGSTOP
+    elapsed: float  # the timed_out's elapsed_seconds
+    reason: str
+    notifications: int
+
+
+async def run_stall(
+    cluster: BenchCluster, client: Client, db: asyncpg.Connection, counter: ProgressCounter, stall_after: float,
+    runs: int,
+) -> list[StallRun]:  # fmt: skip
+    wrapper = cluster.wrapper("freeze", FREEZE_ONCE)
+    state = cluster.root / "freeze.state"
+    worker = cluster.worker(
+        "stall", concurrency=1, CLIPLOG_FFMPEG=wrapper, CLIPLOG_STALL_AFTER=f"{stall_after:g}",
+    )  # fmt: skip
+    await cluster.wait_log(worker, [r"worker \S+ started", r"reactor: leading", r"reaper: leading"], timeout=60)
+    results = []
+    try:
+        for k in range(runs):
+            (state / "arm").touch()
+            project, clip_id = "stall", f"s{k}"
+            await client.register(project, clip_id, offset(k), offset(k) + 10.0, "accurate")
+            deadline = time.monotonic() + stall_after + 3 * RETRY_BASE + 60
+            while (clip := await client.clip(project, clip_id))["status"] != "completed":
+                if clip["status"] == "failed" or time.monotonic() > deadline:
+                    raise RuntimeError(f"{project}/{clip_id}: {clip['status']} {clip.get('last_error')}")
+                await asyncio.sleep(0.1)
+            _, timed_out = first(await clip_events(db, project, clip_id), "timed_out")
+            arrivals = counter.arrivals.get((project, clip_id, 1), [])
+            frozen_at = float((state / "frozen-at").read_text())
+            run = StallRun(
+                from_last_progress=timed_out["at"] - max(arrivals) if arrivals else math.nan,
+                from_freeze=timed_out["at"] - frozen_at,
+                elapsed=float(timed_out["data"].get("elapsed_seconds", math.nan)),
+                reason=str(timed_out["data"].get("reason")),
+                notifications=len(arrivals),
+            )
+            results.append(run)
+            log(
+                f"stall run {k + 1}/{runs}: timed_out ({run.reason}) {run.from_last_progress:.2f} s after the last "
+                f"progress, {run.from_freeze:.2f} s after the SIGSTOP ({run.notifications} progress notifications)"
+            )
+    finally:
+        await cluster.stop(worker)
+    return results
+
+
+def render_stall(runs: list[StallRun], stall_after: float) -> list[str]:
+    lines = [
+        f"CLIPLOG_STALL_AFTER={stall_after:g}; the worker's watch restarts its clock at each report that advances "
+        "(FFmpeg reports every 0.5 s, so its last report comes up to 0.5 s before the SIGSTOP); progress is written "
+        "at most once a second, so the last notification can come up to 1 s after the last report. Each figure "
+        "also includes the time to record the `timed_out`.",
+        "",
+        "| measurement (s) | median (min–max) | per run | expected |",
+        "|---|---:|---|---|",
+    ]
+    rows = [
+        ("last progress notification → `timed_out` recorded", [r.from_last_progress for r in runs],
+         f"{stall_after - 1:g} to {stall_after:g}"),
+        ("SIGSTOP → `timed_out` recorded", [r.from_freeze for r in runs], f"{stall_after - 0.5:g} to {stall_after:g}"),
+        ("`elapsed_seconds` of the timed-out attempt", [r.elapsed for r in runs], f"about {FREEZE_AFTER + stall_after:g}"),
+    ]  # fmt: skip
+    for label, values, expected in rows:
+        lines.append(f"| {label} | {cell(values)} | {', '.join(fmt(v) for v in values)} | {expected} |")
+    lines.append("")
+    lines.append(f"`reason` of the `timed_out` events: {', '.join(sorted({r.reason for r in runs}))} ({len(runs)} runs).")
+    return lines
+
+
 # Orchestration -------------------------------------------------------------------------------------------------
 
 
@@ -942,15 +1201,19 @@ async def bench(args: argparse.Namespace) -> str:
         observers = ["poll"] if feed_note else ["feed", "poll"]
         observe = "poll" if feed_note else "feed"
 
-        log(f"1. latency: {args.rounds} rounds of {' / '.join(['bare', *observers])}")
-        latency = await run_latency(cluster, client, admin, redis, source, args.rounds, observers)
+        sections = {int(n) for n in args.sections.split(",")}
+        latency: dict[str, list[LatencyRun]] = {}
+        if 1 in sections:
+            log(f"1. latency: {args.rounds} rounds of {' / '.join(['bare', *observers])}")
+            latency = await run_latency(cluster, client, admin, redis, source, args.rounds, observers)
 
-        log(
-            f"2. throughput: batches of {args.batch}, {args.throughput_rounds} round(s) of 1 and 2 workers, "
-            "and of bare FFmpeg 1 and 2 at a time"
-        )
         throughput: dict[str, list[ThroughputRun]] = {case: [] for case in THROUGHPUT_CASES}
-        for r in range(args.throughput_rounds):
+        if 2 in sections:
+            log(
+                f"2. throughput: batches of {args.batch}, {args.throughput_rounds} round(s) of 1 and 2 workers, "
+                "and of bare FFmpeg 1 and 2 at a time"
+            )
+        for r in range(args.throughput_rounds if 2 in sections else 0):
             order = ["bare1", "svc1", "bare2", "svc2"]
             for case in order if r % 2 == 0 else order[::-1]:
                 parallel = int(case[-1])
@@ -970,9 +1233,29 @@ async def bench(args: argparse.Namespace) -> str:
                 )
 
         detection_env = dict(FULL if args.full_detection else SCALED)
-        log(f"3. detection after SIGKILL: {args.detection_runs} run(s) with {detection_env}")
         await cluster.stop(worker_a)
-        detection = await run_detection(cluster, client, admin, detection_env, args.detection_runs)
+        detection: list[DetectionRun] = []
+        if 3 in sections:
+            log(f"3. detection after SIGKILL: {args.detection_runs} run(s) with {detection_env}")
+            detection = await run_detection(cluster, client, admin, detection_env, args.detection_runs)
+
+        counter = ProgressCounter()
+        listener = await asyncpg.connect(dsn)
+        try:
+            await listener.add_listener(PROGRESS_CHANNEL, counter)
+            progress_cost: ProgressCost | None = None
+            if 4 in sections:
+                log(f"4. the cost of progress: {args.rounds} rounds, {args.throughput_rounds} batch round(s)")
+                progress_cost = await run_progress_cost(
+                    cluster, client, admin, counter, args.rounds, args.batch, args.throughput_rounds, observe
+                )
+            stall_after = STALL_FULL if args.full_detection else STALL_SCALED
+            stalls: list[StallRun] = []
+            if 5 in sections:
+                log(f"5. stall detection: {args.detection_runs} run(s), CLIPLOG_STALL_AFTER={stall_after:g}")
+                stalls = await run_stall(cluster, client, admin, counter, stall_after, args.detection_runs)
+        finally:
+            await listener.close()
 
         cpus = psutil.cpu_count()
         header = [
@@ -990,24 +1273,27 @@ async def bench(args: argparse.Namespace) -> str:
         ]
         others = [r.cpu.cores.get("other", 0.0) for rs in latency.values() for r in rs]
         others += [r.cpu.cores.get("other", 0.0) for rs in throughput.values() for r in rs]
-        disturbed = statistics.median(others) > OTHER_LOAD_WARNING or pctl(others, 0.9) > 2 * OTHER_LOAD_WARNING
-        header.insert(
-            -4,
-            f"Other load on the host (CPUs used outside this bench's processes, per measured run): median "
-            f"{statistics.median(others):.2f}, p90 {pctl(others, 0.9):.2f}, max {max(others):.2f}"
-            + (": **the run was disturbed; measure again on a quiet machine.**" if disturbed else "."),
-        )
-        header.insert(-4, "")
-        lines = header + render_latency(latency, observers, None if observe == "feed" else feed_note)
-        lines += [
+        if others:
+            disturbed = statistics.median(others) > OTHER_LOAD_WARNING or pctl(others, 0.9) > 2 * OTHER_LOAD_WARNING
+            header.insert(
+                -4,
+                f"Other load on the host (CPUs used outside this bench's processes, per measured run): median "
+                f"{statistics.median(others):.2f}, p90 {pctl(others, 0.9):.2f}, max {max(others):.2f}"
+                + (": **the run was disturbed; measure again on a quiet machine.**" if disturbed else "."),
+            )
+            header.insert(-4, "")
+        if 1 not in sections:
+            header = header[:-2]
+        lines = header + (render_latency(latency, observers, None if observe == "feed" else feed_note) if 1 in sections else [])
+        lines += [] if 2 not in sections else [
             "",
             f"### 2. Throughput: {args.batch} clips POSTed at once ({args.throughput_rounds} interleaved round(s), "
             f"observed by {'the long-poll feed' if observe == 'feed' else 'listing the project'}), against the same "
             "cuts run by bare FFmpeg",
             "",
         ]
-        lines += render_throughput(throughput, args.batch)
-        lines += [
+        lines += render_throughput(throughput, args.batch) if 2 in sections else []
+        lines += [] if 2 not in sections else [
             "",
             f"CPU columns: median share of all {cpus} host CPUs busy during the run (anything on the machine) / "
             "CPUs used by each group: the API process, the worker processes (Python), their FFmpeg children, "
@@ -1017,11 +1303,21 @@ async def bench(args: argparse.Namespace) -> str:
             "Per-attempt columns: medians over "
             "the run's clips from their `recorded_at` (the idle time runs from a worker's `completed` to its next "
             "`started`: commit, arq's bookkeeping and next poll, loading the clip).",
-            "",
-            f"### 3. Detection of a SIGKILLed worker ({len(detection)} runs; the survivor leads the reaper)",
-            "",
         ]
-        lines += render_detection(detection, detection_env, args.full_detection)
+        if 3 in sections:
+            lines += ["", f"### 3. Detection of a SIGKILLed worker ({len(detection)} runs; the survivor leads the reaper)", ""]
+            lines += render_detection(detection, detection_env, args.full_detection)
+        if progress_cost is not None:
+            lines += [
+                "",
+                f"### 4. The cost of live progress ({args.rounds} interleaved rounds of each latency case, "
+                f"{args.throughput_rounds} of batches of {args.batch}; 1 worker, concurrency 1)",
+                "",
+            ]
+            lines += render_progress_cost(progress_cost)
+        if 5 in sections:
+            lines += ["", f"### 5. Stall detection: a frozen FFmpeg ({len(stalls)} runs)", ""]
+            lines += render_stall(stalls, stall_after)
         ok = True
         return "\n".join(lines)
     finally:
@@ -1055,6 +1351,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--observe", choices=("auto", "feed", "poll"), default="auto",
                         help="how the client sees completions: the long-poll feed when it works (auto), or polling")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, clips)")
+    parser.add_argument("--sections", default="1,2,3,4,5",
+                        help="which sections to run, e.g. 4,5 (default all: 1,2,3,4,5)")
     args = parser.parse_args(argv)  # fmt: skip
     apply_defaults(args, quick={"rounds": 6, "batch": 30, "throughput_rounds": 1, "detection_runs": 2}, full={"rounds": 20, "batch": 100, "throughput_rounds": 3, "detection_runs": 5})
     table = asyncio.run(bench(args))

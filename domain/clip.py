@@ -23,6 +23,7 @@ from domain.events import (
     ExtractionTimedOut,
     Mode,
     Reason,
+    TimeoutReason,
 )
 from domain.policy import RetryPolicy, attempt_deadline_seconds, backoff_seconds
 from domain.reasons import HANDED_BACK, Decision, after_outcome
@@ -139,6 +140,7 @@ class TimeOut(msgspec.Struct, frozen=True, kw_only=True):
     run: int
     attempt: int
     detected_by: Detector
+    reason: TimeoutReason
     elapsed_seconds: float = 0.0
     command: list[str] | None = None
     stderr_tail: str | None = None
@@ -209,6 +211,7 @@ def decide(state: ClipState, command: Command, ctx: Context) -> list[ExtractionE
                 run=command.run,
                 attempt=command.attempt,
                 detected_by=command.detected_by,
+                reason=command.reason,
                 deadline_at=state.deadline_at,
                 elapsed_seconds=command.elapsed_seconds,
                 command=command.command,
@@ -360,6 +363,7 @@ def _manual_retry(state: ClipState, ctx: Context) -> list[ExtractionEvent]:
                 run=state.run,
                 attempt=state.attempt,
                 detected_by="user",
+                reason="user",
                 deadline_at=state.deadline_at,
                 elapsed_seconds=_elapsed(state.started_at, ctx.now),
             )
@@ -407,9 +411,12 @@ def _require_current(state: ClipState, run: int, attempt: int, *, started: bool)
 
 # evolve ---------------------------------------------------------------------------------------------------
 
+# By reason. "deadline", "lease" and "user" keep the words the clip got when the message was chosen by detector
+# (worker, reaper, user), so the events of older versions (upcast to these reasons) still fold to the same state.
 TIMEOUT_MESSAGES: dict[str, str] = {
-    "worker": "the extraction took longer than the time allowed for one attempt and was stopped",
-    "reaper": "the worker running the extraction stopped responding (lost or past its deadline)",
+    "deadline": "the extraction took longer than the time allowed for one attempt and was stopped",
+    "lease": "the worker running the extraction stopped responding (lost or past its deadline)",
+    "stalled": "FFmpeg stopped making progress and was stopped",
     "user": "the extraction was taking longer than expected and was stopped by a retry",
 }
 
@@ -472,7 +479,7 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
             error = _error(event, event.code, event.message, event.retryable)
             return _after_outcome(state, version, at, error, retry_decision(state, event))
         case ExtractionTimedOut():
-            error = _error(event, "timed_out", TIMEOUT_MESSAGES[event.detected_by], True)
+            error = _error(event, "timed_out", TIMEOUT_MESSAGES[event.reason], True)
             return _after_outcome(state, version, at, error, retry_decision(state, event))
         case ExtractionCancelled():
             # The last error stays: it says what happened before the person stopped the clip.

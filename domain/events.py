@@ -14,6 +14,9 @@ import msgspec
 Reason = Literal["registered", "auto_retry", "manual_retry", "handed_back"]
 Mode = Literal["copy", "accurate"]
 Detector = Literal["worker", "reaper", "user"]
+# Why an attempt was timed out: it passed its deadline, its worker's lease expired, FFmpeg stopped making progress
+# for CLIPLOG_STALL_AFTER seconds, or a person retried it while it was slow.
+TimeoutReason = Literal["deadline", "lease", "stalled", "user"]
 Canceller = Literal["user"]
 
 
@@ -56,6 +59,7 @@ class ExtractionFailed(Event, tag="extraction.failed"):
 
 class ExtractionTimedOut(Event, tag="extraction.timed_out"):
     detected_by: Detector
+    reason: TimeoutReason
     deadline_at: datetime | None = None
     elapsed_seconds: float = 0.0
     command: list[str] | None = None
@@ -88,13 +92,23 @@ SCHEMA_VERSION: dict[str, int] = {
     "extraction.started": 1,
     "extraction.completed": 1,
     "extraction.failed": 1,
-    "extraction.timed_out": 1,
+    "extraction.timed_out": 2,
     "extraction.cancelled": 1,
 }
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 # (type, version) -> function taking data at that version and returning it at version + 1.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def _timed_out_reason(data: dict[str, Any]) -> dict[str, Any]:
+    """timed_out v1 -> v2: a `reason`. Before stall detection a worker timed out only at the deadline, a person only
+    by a retry, and the reaper almost always for an expired lease (it did not say which)."""
+    reason = {"worker": "deadline", "reaper": "lease", "user": "user"}[data["detected_by"]]
+    return {**data, "reason": reason}
+
+
+UPCASTERS[("extraction.timed_out", 1)] = _timed_out_reason
 
 
 def type_of(event: ExtractionEvent) -> str:

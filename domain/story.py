@@ -93,7 +93,7 @@ def explain(before: ClipState, event: ExtractionEvent, after: ClipState, at: dat
             if isinstance(event, ExtractionCancelled):
                 text = f"cancelled by the {event.by} at attempt {before.attempt} of {before.max_attempts}; {text}"
             if isinstance(event, ExtractionTimedOut):
-                text = f"timed out, detected by the {event.detected_by} ({TIMEOUT_MESSAGES[event.detected_by]}); {text}"
+                text = f"timed out, detected by the {event.detected_by} ({TIMEOUT_MESSAGES[event.reason]}); {text}"
         case _:
             raise TypeError(f"unknown event {event!r}")
     waiting = after.status in ("pending", "retrying") and not after.started

@@ -13,6 +13,11 @@ process's subscribers:
 - `deliver` never awaits a subscriber. Each live subscription has a bounded buffer; past it the subscription is
   marked `overflowed`, its buffer dropped, and its owner (the WebSocket handler) closes it (the client resumes from
   its cursor). A slow consumer therefore never delays the others and never holds more than `buffer` events;
+- the same connection LISTENs on `progress.PROGRESS_CHANNEL`: each notification is a running attempt's progress
+  message (eventlog/progress.py), rendered once and handed to the live subscriptions that may see its project. It is
+  not an event: it has no position and no cursor, each subscription keeps only the latest per clip (at most
+  `PROGRESS_LIMIT` clips), and one whose event buffer is half full (a slow reader) gets none, so progress never
+  pushes a subscriber towards `overflowed`;
 - now and then it checks the log's identity (epoch, and the event at its head): when the database was replaced or
   restored under it, every subscription gets `reset` (their cursors mean nothing any more) and the broker restarts
   from the new head.
@@ -40,6 +45,7 @@ import msgspec
 from domain.errors import Unavailable
 from eventlog import cursor, store
 from eventlog.pages import EventView, head, read_all
+from eventlog.progress import PROGRESS_CHANNEL, ProgressMessage, decode_message
 
 log = logging.getLogger("cliplog.feed")
 
@@ -63,6 +69,13 @@ def render(event: EventView) -> dict[str, Any]:
     return {"type": "websocket.send", "text": _encode(EventMessage(event)).decode()}
 
 
+def render_progress(message: ProgressMessage) -> dict[str, Any]:
+    """A progress message's ASGI message (built once for all subscribers)."""
+    return {"type": "websocket.send", "text": _encode(message).decode()}
+
+
+PROGRESS_LIMIT = 256  # clips whose latest progress one subscription holds
+
 # Subscriptions ---------------------------------------------------------------------------------------------------
 
 
@@ -74,7 +87,7 @@ class Subscription:
 
     __slots__ = (
         "user", "project_id", "live", "start", "limit", "overflowed", "reset", "closed", "last_sent", "_items",
-        "_poked", "_waiter",
+        "_poked", "_waiter", "_progress",
     )
 
     def __init__(self, user: str, project_id: str | None, live: bool, limit: int) -> None:
@@ -90,6 +103,7 @@ class Subscription:
         self._items: collections.deque[tuple[int, Any]] = collections.deque()
         self._poked = False  # a matching event arrived since the last `take` (what a long poll waits for)
         self._waiter: asyncio.Future[None] | None = None
+        self._progress: dict[tuple[str, str], Any] = {}  # (project, clip) -> its latest progress message
 
     def wants(self, event: EventView) -> bool:
         return (
@@ -112,9 +126,24 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def deliver_progress(self, key: tuple[str, str], message: Any) -> None:
+        """Keep `message` as the latest progress of clip `key`; dropped when this subscriber is behind on events
+        (its buffer half full) or already holds progress of `PROGRESS_LIMIT` other clips."""
+        if len(self._items) * 2 >= self.limit or (key not in self._progress and len(self._progress) >= PROGRESS_LIMIT):
+            return
+        self._progress[key] = message
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take_progress(self) -> list[Any]:
+        items = list(self._progress.values())
+        self._progress.clear()
+        return items
+
     @property
     def pending(self) -> bool:
-        return self._poked or self.overflowed or self.reset is not None or self.closed
+        return self._poked or bool(self._progress) or self.overflowed or self.reset is not None or self.closed
 
     def take(self) -> list[tuple[int, Any]]:
         self._poked = False
@@ -194,6 +223,7 @@ class FeedBroker:
         self._live = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._lookups: set[asyncio.Task[None]] = set()  # owner look-ups for progress of unknown projects
         self._stopping = False
         self._listener: asyncpg.Connection | None = None
         self._last_identity_check = 0.0
@@ -251,9 +281,9 @@ class FeedBroker:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        for task in [*self._tasks, *self._lookups]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._lookups, return_exceptions=True)
         self._tasks = []
         for sub in self._all():
             sub.close()
@@ -274,6 +304,41 @@ class FeedBroker:
 
     # The LISTEN connection -------------------------------------------------------------------------------------------
 
+    def _on_progress(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = decode_message(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("ignoring a malformed progress notification: %.200s", payload)
+            return
+        owner = self._owners.get(message.project_id)
+        if owner is not None:
+            self.deliver_progress(owner, message)
+        elif len(self._lookups) < 64:  # a project no event has named since this broker started: look it up
+            task = asyncio.create_task(self._deliver_progress_later(message))
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+
+    async def _deliver_progress_later(self, message: ProgressMessage) -> None:
+        try:
+            owner = await self.pool.fetchval("SELECT owner FROM projects WHERE project_id = $1", message.project_id)
+        except (*UNAVAILABLE, asyncpg.PostgresError):
+            return
+        if owner is not None:
+            self._owners[message.project_id] = owner
+            self.deliver_progress(owner, message)
+
+    def deliver_progress(self, owner: str, message: ProgressMessage) -> None:
+        """Hand a progress message to `owner`'s live subscriptions that follow its project; never awaits."""
+        rendered: Any = None
+        for sub in self._by_user.get(owner, ()):
+            if not sub.live or sub.start is None or sub.overflowed or sub.reset is not None or sub.closed:
+                continue
+            if sub.project_id is not None and sub.project_id != message.project_id:
+                continue
+            if rendered is None:
+                rendered = render_progress(message)
+            sub.deliver_progress((message.project_id, message.clip_id), rendered)
+
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
             self._notified = max(self._notified, int(payload))
@@ -290,6 +355,7 @@ class FeedBroker:
                 self._listener = conn
                 conn.add_termination_listener(lambda _c: lost.set())
                 await conn.add_listener(store.NOTIFY_CHANNEL, self._on_notify)
+                await conn.add_listener(PROGRESS_CHANNEL, self._on_progress)
                 self.listening = True
                 self._wake.set()  # whatever committed while nobody listened
                 if backoff > 0.1:

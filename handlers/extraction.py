@@ -18,6 +18,7 @@ from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, Tim
 from domain.errors import StaleAttempt
 from domain.policy import is_retryable
 from handlers import ffmpeg, mp4
+from handlers.progress import ProgressReporter
 from projections import clip_status
 from runtime.media import resolve_inside
 from runtime.settings import Settings
@@ -80,8 +81,11 @@ def expected_duration(state: ClipState, source: ffmpeg.MediaInfo) -> tuple[float
     return end - state.start - DURATION_TOLERANCE, end - first + DURATION_TOLERANCE
 
 
-async def produce_clip(services: Services, state: ClipState, time_left: float) -> Complete:
-    """Cut `state`'s current attempt into its final file. Raises ffmpeg.ExtractionError or ffmpeg.Deadline."""
+async def produce_clip(
+    services: Services, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None = None
+) -> Complete:
+    """Cut `state`'s current attempt into its final file, handing FFmpeg's progress reports to `on_report`. Raises
+    ffmpeg.ExtractionError, ffmpeg.Deadline or (no progress for CLIPLOG_STALL_AFTER seconds) ffmpeg.Stalled."""
     settings = services.settings
     began = time.monotonic()
     deadline = began + time_left
@@ -112,6 +116,7 @@ async def produce_clip(services: Services, state: ClipState, time_left: float) -
             target=temporary,
             timeout=max(0.1, deadline - time.monotonic()),
             shown=shown(settings),
+            watch=ffmpeg.Watch(on_report or (lambda _: None), settings.stall_after),
         )
         result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
@@ -199,7 +204,8 @@ async def extract(
     began = time.monotonic()
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
     cancelled = False  # by the worker's shutdown or the queue: record the outcome quickly
-    production = asyncio.create_task(produce_clip(services, state, max(0.0, time_left)))
+    reporter = ProgressReporter(services, state)
+    production = asyncio.create_task(produce_clip(services, state, max(0.0, time_left), reporter.on_report))
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
         command: Command = await production
@@ -213,13 +219,17 @@ async def extract(
         else:
             log.warning("attempt %s.%s of %s/%s was cancelled by the queue (job timeout); timing it out", run,
                         attempt, project_id, clip_id)
-            command = TimeOut(run=run, attempt=attempt, detected_by="worker", elapsed_seconds=_since(began))
+            # arq's job timeout is the attempt's timeout + 120 s: the attempt is past its deadline
+            command = TimeOut(
+                run=run, attempt=attempt, detected_by="worker", reason="deadline", elapsed_seconds=_since(began)
+            )
         cancelled = True
-    except ffmpeg.Deadline as deadline:
+    except ffmpeg.Deadline as deadline:  # its deadline, or (Stalled) no progress for CLIPLOG_STALL_AFTER
         command = TimeOut(
             run=run,
             attempt=attempt,
             detected_by="worker",
+            reason="stalled" if isinstance(deadline, ffmpeg.Stalled) else "deadline",
             elapsed_seconds=_since(began),
             command=deadline.command,
             stderr_tail=deadline.stderr_tail,
@@ -248,6 +258,7 @@ async def extract(
     finally:
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
+        await reporter.close()
     patience = 5.0 if cancelled else time_left + services.settings.lease_timeout
     try:
         await record(services, project_id, clip_id, command, give_up_after=patience)

@@ -3,6 +3,11 @@
 Every FFmpeg run is started in its own process group and the whole group is killed on timeout or cancellation,
 so a wrapper script or a child blocked on its input cannot outlive the attempt.
 
+A cut runs with `-progress pipe:1`: FFmpeg writes a block of `key=value` lines to its stdout about every 0.5 s
+(`out_time_us`, `frame`, `speed`, ..., ending with `progress=continue` or `progress=end`). Each block is handed to
+the caller as a `Report`, and a run whose reports stop advancing (no new `out_time`, `frame` or `total_size`) for
+`stall_after` seconds is killed like one past its deadline, raising `Stalled` (a kind of `Deadline`).
+
 A failed or timed-out run says what was run and what FFmpeg said: its `command` (the arguments, with URLs' query
 strings and credentials and the roots' absolute paths taken out: `redact`) and `stderr_tail` (its last
 STDERR_TAIL_LINES lines, redacted the same way), which the worker records in the attempt's outcome.
@@ -16,13 +21,17 @@ import ctypes
 import json
 import os
 import re
+import logging
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import ffmpeg as ffmpeg_python
 import msgspec
 
+log = logging.getLogger("cliplog.ffmpeg")
 
 class MediaInfo(msgspec.Struct, frozen=True):
     duration: float
@@ -71,6 +80,83 @@ class Deadline(Exception):
         self.stderr_tail = stderr_tail
 
 
+class Stalled(Deadline):
+    """FFmpeg reported no progress for `stall_after` seconds and was killed (before its deadline)."""
+
+
+class Report(msgspec.Struct, frozen=True):
+    """One block of FFmpeg's `-progress` output: seconds of output written, frames, speed (× real time), and
+    whether it is the last (`progress=end`). None where FFmpeg says N/A."""
+
+    out_time: float | None
+    frame: int | None
+    speed: float | None
+    total_size: int | None
+    done: bool
+
+    def advanced_from(self, previous: Report | None) -> bool:
+        """Whether this block shows work done since `previous` (the first block with any output counts)."""
+        mark = (self.out_time or 0.0, self.frame or 0, self.total_size or 0)
+        before = (0.0, 0, 0) if previous is None else (previous.out_time or 0.0, previous.frame or 0, previous.total_size or 0)
+        return any(now > then for now, then in zip(mark, before))
+
+
+def _number(text: str | None, kind: type) -> float | int | None:
+    if text is None:
+        return None
+    try:
+        value = kind(text.strip().rstrip("x"))
+    except ValueError:
+        return None
+    return value if value == value and value >= 0 else None  # N/A, nan, negative: unknown
+
+
+def parse_report(fields: dict[str, str]) -> Report:
+    """A `Report` from one block's `key=value` pairs."""
+    out_us = _number(fields.get("out_time_us"), int)
+    return Report(
+        out_time=out_us / 1e6 if out_us is not None else None,
+        frame=_number(fields.get("frame"), int),  # type: ignore[arg-type]
+        speed=_number(fields.get("speed"), float),
+        total_size=_number(fields.get("total_size"), int),  # type: ignore[arg-type]
+        done=fields.get("progress") == "end",
+    )
+
+
+OnReport = Callable[[Report], None]
+
+
+class Watch:
+    """Reads `-progress` blocks from a stream, hands each to `on_report`, and remembers when work last advanced."""
+
+    def __init__(self, on_report: OnReport, stall_after: float) -> None:
+        self.on_report = on_report
+        self.stall_after = stall_after
+        self.last: Report | None = None
+        self.advanced_at = time.monotonic()  # the process start counts as progress
+
+    @property
+    def stalled_at(self) -> float:
+        return self.advanced_at + self.stall_after
+
+    async def read(self, stream: asyncio.StreamReader) -> None:
+        fields: dict[str, str] = {}
+        while line := await stream.readline():
+            key, _, value = line.decode(errors="replace").strip().partition("=")
+            fields[key] = value
+            if key != "progress":
+                continue
+            report = parse_report(fields)
+            fields = {}
+            if report.advanced_from(self.last):
+                self.advanced_at = time.monotonic()
+            self.last = report
+            try:
+                self.on_report(report)
+            except Exception:  # noqa: BLE001 - a broken listener must not break the cut
+                log.exception("progress listener failed")
+
+
 class ProcessResult(msgspec.Struct, frozen=True):
     returncode: int
     stdout: bytes
@@ -115,9 +201,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-async def run_process(args: list[str], timeout: float) -> ProcessResult:
+async def run_process(args: list[str], timeout: float, watch: Watch | None = None) -> ProcessResult:
     """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline, with the stderr written
-    until then) or cancellation."""
+    until then) or cancellation. With `watch`, stdout is FFmpeg's `-progress` output, read as it comes (the result's
+    stdout is then empty), and the group is also killed when the watch sees no progress for its `stall_after` seconds
+    (raises Stalled, with the stderr too)."""
     process = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -129,15 +217,17 @@ async def run_process(args: list[str], timeout: float) -> ProcessResult:
     stdout, stderr = bytearray(), bytearray()
     assert process.stdout is not None and process.stderr is not None
     try:
-        await asyncio.wait_for(
-            asyncio.gather(_drain(process.stdout, stdout), _drain(process.stderr, stderr, _STDERR_KEEP_BYTES), process.wait()),
-            timeout,
+        reading = watch.read(process.stdout) if watch is not None else _drain(process.stdout, stdout)
+        await _supervise(
+            asyncio.gather(reading, _drain(process.stderr, stderr, _STDERR_KEEP_BYTES), process.wait()), timeout, watch
         )
-    except (asyncio.TimeoutError, asyncio.CancelledError) as error:
+    except (asyncio.TimeoutError, asyncio.CancelledError, Stalled) as error:
         _kill_group(process.pid)
         await asyncio.shield(_reap(process))
         if isinstance(error, asyncio.TimeoutError):
             raise Deadline(f"{Path(args[0]).name} ran for more than {timeout:g} s and was stopped", stderr=bytes(stderr)) from None
+        if isinstance(error, Stalled):
+            raise Stalled(str(error), stderr=bytes(stderr)) from None
         raise
     # The leader exited; make sure nothing it started lingers (a wrapper's children).
     _kill_group(process.pid)
@@ -151,6 +241,28 @@ async def _drain(stream: asyncio.StreamReader, into: bytearray, keep: int | None
         into.extend(chunk)
         if keep is not None and len(into) > keep:
             del into[: len(into) - keep]
+
+
+async def _supervise(running: asyncio.Future, timeout: float, watch: Watch | None) -> None:
+    """Until `running` is done: TimeoutError past `timeout`, Stalled when `watch` sees no progress for its
+    `stall_after` seconds; `running` is cancelled when it is left unfinished."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not running.done():
+            now = time.monotonic()
+            if now >= deadline:
+                raise asyncio.TimeoutError
+            wake = deadline
+            if watch is not None:
+                if now >= watch.stalled_at:
+                    raise Stalled(f"FFmpeg reported no progress for {watch.stall_after:g} s and was stopped")
+                wake = min(wake, watch.stalled_at)
+            await asyncio.wait([running], timeout=wake - now)
+        running.result()
+    finally:
+        if not running.done():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
 
 
 def _kill_group(pid: int) -> None:
@@ -224,9 +336,12 @@ async def probe(
     return MediaInfo(duration=duration, has_video=re.search(rb"Stream #\S+.*: Video:", result.stderr) is not None)
 
 
-def cut_command(ffmpeg: str, source: Path, start: float, end: float, mode: str, target: Path) -> list[str]:
+def cut_command(
+    ffmpeg: str, source: Path, start: float, end: float, mode: str, target: Path, *, progress: bool = False
+) -> list[str]:
     """The FFmpeg arguments for one clip: input seeking (never reads the source before `start`), then either a
-    stream copy (fast, starts at the keyframe before `start`) or a frame-accurate re-encode."""
+    stream copy (fast, starts at the keyframe before `start`) or a frame-accurate re-encode. `progress`: FFmpeg
+    writes its `-progress` blocks to stdout."""
     stream = ffmpeg_python.input(str(source), ss=f"{start:.3f}", t=f"{end - start:.3f}")
     if mode == "accurate":
         output = stream.output(
@@ -236,7 +351,8 @@ def cut_command(ffmpeg: str, source: Path, start: float, end: float, mode: str, 
         output = stream.output(
             str(target), c="copy", avoid_negative_ts="make_zero", movflags="+faststart", f="mp4"
         )
-    return output.global_args("-hide_banner", "-nostdin", "-loglevel", "error").overwrite_output().compile(cmd=ffmpeg)
+    flags = ["-hide_banner", "-nostdin", "-loglevel", "error", *(["-progress", "pipe:1"] if progress else [])]
+    return output.global_args(*flags).overwrite_output().compile(cmd=ffmpeg)
 
 
 async def cut(
@@ -249,14 +365,16 @@ async def cut(
     target: Path,
     timeout: float,
     shown: Shown = Shown(),
+    watch: Watch | None = None,
 ) -> None:
-    """Run the cut. Raises Deadline past `timeout`, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure, both
-    with the redacted command and stderr tail (`shown` says which roots to name)."""
-    args = cut_command(ffmpeg, source, start, end, mode, target)
+    """Run the cut. Raises Deadline past `timeout`, Stalled when `watch` sees no progress for its `stall_after`
+    seconds, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure, all with the redacted command and stderr tail
+    (`shown` says which roots to name)."""
+    args = cut_command(ffmpeg, source, start, end, mode, target, progress=watch is not None)
     try:
-        result = await run_process(args, timeout)
-    except Deadline as deadline:
-        raise Deadline(
+        result = await run_process(args, timeout, watch)
+    except Deadline as deadline:  # or Stalled: the same kind, told apart by the caller
+        raise type(deadline)(
             str(deadline), stderr=deadline.stderr, command=redact(args, shown), stderr_tail=stderr_tail(deadline.stderr, shown)
         ) from None
     said = {"command": redact(args, shown), "stderr_tail": stderr_tail(result.stderr, shown)}

@@ -1,9 +1,10 @@
 """The reaper: every few seconds, one at a time across all workers, it makes sure nothing waits without bound.
 
 - A running attempt whose lease has not been renewed for `lease_timeout` (its worker is gone) or whose deadline
-  has passed gets `timed_out` (detected_by: reaper); the clip's retry policy then schedules the next attempt. The
-  file that attempt may have published is removed: a worker lost between publishing and recording `completed`
-  would otherwise leave an output no clip points at, and a live latecomer's `completed` can no longer be recorded.
+  has passed gets `timed_out` (detected_by: reaper; reason: lease, or deadline when that has passed too); the
+  clip's retry policy then schedules the next attempt. The file that attempt may have published is removed: a
+  worker lost between publishing and recording `completed` would otherwise leave an output no clip points at, and a
+  live latecomer's `completed` can no longer be recorded.
 - A requested attempt that has not started `requeue_after` seconds after it was due, and whose job is not waiting
   in the queue, is enqueued again (Redis was flushed or restarted, or a worker died before starting it: a job
   that arq holds "in progress" but whose attempt has not started by then counts as not waiting). Each
@@ -36,7 +37,7 @@ async def time_out_lost_attempts(services: Services) -> int:
     settings = services.settings
     rows = await services.pool.fetch(
         """
-        SELECT c.project_id, c.clip_id, c.run, c.attempt
+        SELECT c.project_id, c.clip_id, c.run, c.attempt, c.deadline_at < $1 AS past_deadline
         FROM clips c
         LEFT JOIN leases l ON l.project_id = c.project_id AND l.clip_id = c.clip_id
                           AND l.run = c.run AND l.attempt = c.attempt
@@ -53,7 +54,12 @@ async def time_out_lost_attempts(services: Services) -> int:
                 services.pool,
                 row["project_id"],
                 row["clip_id"],
-                TimeOut(run=row["run"], attempt=row["attempt"], detected_by="reaper"),
+                TimeOut(
+                    run=row["run"],
+                    attempt=row["attempt"],
+                    detected_by="reaper",
+                    reason="deadline" if row["past_deadline"] else "lease",
+                ),
                 services.context,
             )
             log.warning("timed out attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])

@@ -83,7 +83,8 @@ def detail(event: StoredEvent) -> str:
         f"in {data.get('elapsed_seconds')} s",
         "extraction.failed": lambda: f"{data.get('code')}: {data.get('message')}"
         + (" (retryable)" if data.get("retryable") else " (not retryable)"),
-        "extraction.timed_out": lambda: f"detected by {data.get('detected_by')} after {data.get('elapsed_seconds')} s",
+        "extraction.timed_out": lambda: (f"{data['reason']}, " if data.get("reason") else "")
+        + f"detected by {data.get('detected_by')} after {data.get('elapsed_seconds')} s",
         "extraction.cancelled": lambda: f"by {data.get('by')} after {data.get('elapsed_seconds')} s",
     }.get(event.type, lambda: "")()
 

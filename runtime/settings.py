@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     attempt_timeout: float = 600.0
     heartbeat_interval: float = 5.0
     lease_timeout: float = 20.0
+    stall_after: float = 30.0
     max_attempts: int = 3
     retry_base: float = 10.0
     retry_max: float = 600.0
@@ -64,6 +65,7 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_ATTEMPT_TIMEOUT": ("attempt_timeout", float),
     "CLIPLOG_HEARTBEAT_INTERVAL": ("heartbeat_interval", float),
     "CLIPLOG_LEASE_TIMEOUT": ("lease_timeout", float),
+    "CLIPLOG_STALL_AFTER": ("stall_after", float),
     "CLIPLOG_MAX_ATTEMPTS": ("max_attempts", int),
     "CLIPLOG_RETRY_BASE": ("retry_base", float),
     "CLIPLOG_RETRY_MAX": ("retry_max", float),

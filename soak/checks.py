@@ -32,6 +32,7 @@ class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
     clip_status: str
     recorded_at: float  # seconds since the epoch
     detected_by: str | None = None  # extraction.timed_out only
+    reason: str | None = None  # extraction.timed_out only: deadline, lease, stalled, user
 
     @property
     def key(self) -> Key:

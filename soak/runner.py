@@ -219,7 +219,8 @@ class Soak:
                 """
                 SELECT position, project_id, clip_id, version, type, (data->>'run')::int AS run,
                        (data->>'attempt')::int AS attempt, clip_status, extract(epoch FROM recorded_at) AS at,
-                       data->>'detected_by' AS detected_by
+                       data->>'detected_by' AS detected_by,
+                       CASE WHEN type = 'extraction.timed_out' THEN data->>'reason' END AS reason
                 FROM events ORDER BY position
                 """
             )
@@ -228,7 +229,7 @@ class Soak:
         return [
             LoggedEvent(position=r["position"], project_id=r["project_id"], clip_id=r["clip_id"], version=r["version"],
                         type=r["type"], run=r["run"], attempt=r["attempt"], clip_status=r["clip_status"],
-                        recorded_at=float(r["at"]), detected_by=r["detected_by"])
+                        recorded_at=float(r["at"]), detected_by=r["detected_by"], reason=r["reason"])
             for r in rows
         ]  # fmt: skip
 
@@ -281,6 +282,8 @@ class Soak:
             expected = [e for e in events if owners.get(e.project_id) == feed.user]
             feed_problems += feed.problems + checks.check_feed(feed.name, feed.received, expected)
         gaps = checks.longest_gaps(events, settled_wall)
+        timeouts = Counter(f"{e.detected_by}/{e.reason}" for e in events if e.type == "extraction.timed_out")
+        self.notes.append(f"timed_out by detector/reason: {dict(sorted(timeouts.items()))}")
         self.notes.append(self._delays(feeds, events))
         slack = 5.0 + max((f.ended - f.began for f in self.faults if f.kind.startswith("restart")), default=0.0)
         results = [

@@ -125,7 +125,10 @@ async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, w
         WHERE EXISTS (SELECT 1 FROM clips WHERE project_id = $1 AND clip_id = $2 AND run = $3 AND attempt = $4
                                              AND status = 'running')
         ON CONFLICT (project_id, clip_id) DO UPDATE
-        SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now()
+        SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now(),
+            -- another attempt's progress is not this one's (eventlog/progress.py)
+            progress_at = CASE WHEN (leases.run, leases.attempt) = (EXCLUDED.run, EXCLUDED.attempt)
+                               THEN leases.progress_at END
         """,
         state.project_id,
         state.clip_id,

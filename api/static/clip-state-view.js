@@ -1,6 +1,7 @@
 /**
  * clip-state-view.js: one clip's state as the page shows it, in the clip list and again in the clip's panel: the
- * state line (spinner or icon, label, elapsed time), the sentence under it, the service's own error message, advice,
+ * state line (spinner or icon, label, elapsed time), a running clip's progress bar (percent and ETA), the sentence
+ * under it (for a pending clip its place in the queue), the service's own error message, advice,
  * with FFmpeg's command and last lines behind a "Details" toggle, and the buttons that act on the clip ("Retry
  * extraction", "Retry now", "Cancel extraction") with the message when one is refused.
  *
@@ -26,6 +27,10 @@ export class ClipStateView {
     this.label = h("span", { class: "state-label" });
     this.time = h("span", { class: "state-time" });
     this.line.append(this.spinner, this.icon, this.label, " ", this.time);
+    // A running clip's progress: a native <progress> (role progressbar) named for what it measures.
+    this.progressBar = h("progress", { max: "100", value: "0", "aria-label": "Extraction progress" });
+    this.progressText = h("span", { class: "progress-text", "aria-hidden": "true" }); // the bar's valuetext, shown
+    this.progress = h("div", { class: "state-progress" }, this.progressBar, this.progressText);
     this.detail = h("p", { class: "state-detail", id: newId("state-detail") });
     this.error = h("p", { class: "state-error" });
     this.advice = h("p", { class: "state-advice" });
@@ -58,7 +63,7 @@ export class ClipStateView {
     this.cancelButton.addEventListener("click", () => this.act("cancel", "Cancel"));
     this.actionError = h("p", { class: "action-error", role: "alert" });
     this.buttons = h("div", { class: "state-actions" }, this.retryButton, this.retryNowButton, this.cancelButton);
-    this.root.append(this.line, this.detail, this.error, this.details, this.advice, this.buttons, this.actionError);
+    this.root.append(this.line, this.progress, this.detail, this.error, this.details, this.advice, this.buttons, this.actionError);
     setText(this.actionError, "");
   }
 
@@ -73,6 +78,7 @@ export class ClipStateView {
     this.spinner.hidden = !state.busy;
     setText(this.label, state.label);
     setText(this.time, state.time);
+    this.showProgress(state.progress);
     setText(this.detail, state.detail);
     this.error.hidden = !state.error;
     if (state.error && this.error.dataset.text !== state.error) {
@@ -91,6 +97,14 @@ export class ClipStateView {
     this.setButton(this.retryNowButton, state.canRetryNow);
     this.setButton(this.cancelButton, state.canCancel);
     this.buttons.hidden = !state.canRetry && !state.canRetryNow && !state.canCancel;
+  }
+
+  showProgress(progress) {
+    this.progress.hidden = !progress;
+    if (!progress) return;
+    this.progressBar.value = progress.percent;
+    this.progressBar.setAttribute("aria-valuetext", progress.text);
+    setText(this.progressText, progress.text);
   }
 
   setButton(button, visible) {

@@ -13,6 +13,8 @@
  *   extracted   "Extracted"                           completed; the page shows a player for file_url
  *   cancelled   "Cancelled"                           a person cancelled it; offers "Retry extraction"
  * Only waiting, extracting and retrying show a spinner, and each of them turns into `slow` after a bounded time.
+ * An extracting clip also shows its live progress (percent and ETA, from ClipView.progress or the feed's progress
+ * messages); a waiting one says where it is in the queue (ClipView.queue_position, queue_eta_seconds).
  * Waiting, extracting, retrying and slow offer "Cancel extraction" (`canCancel`).
  */
 
@@ -125,6 +127,7 @@ export function errorDetails(error) {
  *   canCancel    offers "Cancel extraction" (waiting, extracting, retrying, slow)
  *   details      {command, stderrTail} of the error shown (errorDetails), behind a "Details" toggle, or null
  *   busy         shows a spinner (bounded: waiting, extracting, retrying only)
+ *   progress     extracting: progressOf(clip) ({percent, text}) or null
  */
 export function clipState(clip, now, config) {
   const slowAfter = Number(config?.slow_after ?? 300);
@@ -140,6 +143,7 @@ export function clipState(clip, now, config) {
     canCancel: ["pending", "running", "retrying"].includes(clip.status),
     details: null,
     busy: false,
+    progress: null,
   };
   const state = decide(result, clip, now, slowAfter);
   if (state.error) state.details = errorDetails(clip.last_error);
@@ -201,6 +205,7 @@ function decide(result, clip, now, slowAfter) {
       result.label = LABELS.extracting;
       result.time = formatDuration(elapsed);
       result.busy = true;
+      result.progress = progressOf(clip);
       if (clip.attempt > 1) result.detail = `Attempt ${clip.attempt} of ${clip.max_attempts}.`;
       return result;
     }
@@ -212,6 +217,7 @@ function decide(result, clip, now, slowAfter) {
       }
       result.kind = "waiting";
       result.label = LABELS.waiting;
+      result.detail = queueSentence(clip);
       result.busy = true;
       return result;
     }
@@ -232,6 +238,24 @@ function slow(result, clip, detail) {
   result.canRetry = true;
   if (clip.last_error) result.error = clip.last_error.message;
   return result;
+}
+
+/** A running clip's progress: {percent (0..100), text ("42% · about 3s left")}, or null when none is known. */
+export function progressOf(clip) {
+  const progress = clip.status === "running" ? clip.progress : null;
+  if (!progress || typeof progress.percent !== "number") return null;
+  const percent = Math.max(0, Math.min(100, progress.percent));
+  const eta = typeof progress.eta_seconds === "number" ? ` · about ${formatCountdown(progress.eta_seconds)} left` : "";
+  return { percent, text: `${Math.floor(percent)}%${eta}` };
+}
+
+/** Where a pending clip is in the queue, in words ("2 clips ahead of it · ready in about 12s"), or null. */
+export function queueSentence(clip) {
+  if (clip.status !== "pending" || typeof clip.queue_position !== "number") return null;
+  const n = clip.queue_position;
+  const place = n === 0 ? "Next in the queue" : `${n} clip${n === 1 ? "" : "s"} ahead of it in the queue`;
+  const eta = typeof clip.queue_eta_seconds === "number" ? ` · ready in about ${formatCountdown(clip.queue_eta_seconds)}` : "";
+  return place + eta;
 }
 
 /** The summary a screen reader hears when a clip changes state: "Goal: Extraction failed". */

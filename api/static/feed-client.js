@@ -14,6 +14,9 @@
  *                            // state; the client then follows from "latest" with a fresh position
  *     onError(error) {},     // refusals (bad token 4401/401, project not visible 4404/404, bad input 4400/400)
  *                            // and exceptions thrown by onEvent; the client keeps retrying regardless
+ *     onProgress(message) {}, // {"type": "progress", project_id, clip_id, run, attempt, percent, eta_seconds}:
+ *                            // a running clip's progress (socket only; no cursor, nothing lost by missing one)
+ *     onCaughtUp(cursor) {}, // the socket has sent its backlog: everything up to now is applied (once per socket)
  *   });
  *   feed.start();            // connect (idempotent)
  *   feed.stop();             // close everything; start() again resumes from feed.cursor
@@ -33,6 +36,8 @@
  *   silence means a dead connection: it is closed and reconnected), the client long-polls `GET /api/events`
  *   from its cursor (the first request, and the first after a failure, with `wait=0`, so the mode says "polling"
  *   as soon as polling works). When a socket opens again, polling stops.
+ * - Messages of other types (`caught_up`, `progress`, any this client does not know) never move the cursor or the
+ *   position; `caught_up` and `progress` go to their callbacks, unknown ones are ignored.
  * - Each event is applied once: anything at or below the last applied position is dropped, so the socket's
  *   backlog and a concurrent poll never apply an event twice, and, since both read in order from a cursor the
  *   client had, never skip one.
@@ -78,6 +83,8 @@ export class FeedClient {
     this.onMode = options.onMode ?? (() => {});
     this.onReset = options.onReset ?? (() => {});
     this.onError = options.onError ?? (() => {});
+    this.onProgress = options.onProgress ?? (() => {});
+    this.onCaughtUp = options.onCaughtUp ?? (() => {});
     this.baseUrl = (options.baseUrl ?? (g.location ? g.location.origin : "")).replace(/\/$/, "");
     this._WebSocket = options.WebSocket ?? g.WebSocket;
     this._fetch = options.fetch ?? ((...args) => g.fetch(...args));
@@ -156,6 +163,14 @@ export class FeedClient {
     this._pinLatest();
   }
 
+  _call(callback, argument) {
+    try {
+      callback(argument);
+    } catch (error) {
+      this._report(error);
+    }
+  }
+
   _report(error) {
     try {
       this.onError(error);
@@ -230,6 +245,8 @@ export class FeedClient {
       }
       if (data.type === "event") this._apply(data.event);
       else if (data.type === "reset") this._reset(data.detail);
+      else if (data.type === "progress") this._call(this.onProgress, data);
+      else if (data.type === "caught_up") this._call(this.onCaughtUp, data.cursor);
     };
     socket.onerror = () => {}; // a close event follows
     socket.onclose = (event) => {

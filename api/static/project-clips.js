@@ -2,9 +2,11 @@
  * project-clips.js: a project's clips, kept current. `load()` pins the feed's cursor, then reads the clips, then
  * follows the feed (feed-client.js: the WebSocket, or polls when it is down or silent for CLIPLOG_POLL_AFTER) from
  * that cursor, so nothing in between is missed. On any event for a clip the clip is fetched again; a clip whose
- * fetch fails is fetched again until it works. The requests that act on clips (retry, cancel, retry all failed) are
- * here too. Draws nothing:
- * every clip it takes goes to `onClip`.
+ * fetch fails is fetched again until it works. The feed's progress messages update a running clip's `progress`
+ * (when they are for its current run and attempt) without a fetch; pending clips are read again when another clip
+ * of the project starts or ends, and every QUEUE_REFRESH seconds, so their place in the queue stays current. The
+ * requests that act on clips (retry, cancel, retry all failed) are here too. Draws nothing: every clip it takes goes
+ * to `onClip`.
  *
  * For tests and the curious, `window.cliplogDebug` holds `applied` (how many times each event position was applied:
  * always 1), `modes` (the feed's modes in order) and `fetches` (clip refreshes).
@@ -14,8 +16,11 @@ import { clipPath, projectPath } from "./api.js";
 import { FeedClient } from "./feed-client.js";
 import { session } from "./session.js";
 
-const debug = { applied: {}, modes: [], fetches: 0 };
+const debug = { applied: {}, modes: [], fetches: 0, progress: 0, caughtUp: 0 };
 window.cliplogDebug = debug;
+
+const QUEUE_REFRESH = 10; // seconds between two reads of a project that has pending clips
+const MOVES_QUEUE = new Set(["extraction.started", "extraction.completed", "extraction.failed", "extraction.timed_out"]);
 
 export class ProjectClips {
   /**
@@ -25,6 +30,7 @@ export class ProjectClips {
    *   onMissing()            the project has no clips yet (or is someone else's): load() again after adding one
    *   onLoadFailed(error)    the read failed; load() is tried again in 5 s
    *   onMode(mode)           the feed's mode (feed-client.js MODES), for the connection indicator
+   *   onCaughtUp()           the feed's socket has sent everything up to now (again after each reconnection)
    */
   constructor(projectId, callbacks) {
     this.projectId = projectId;
@@ -35,6 +41,8 @@ export class ProjectClips {
     this.stale = new Set(); // clips whose refresh failed: fetched again until it works
     this.lastStaleTry = 0;
     this.loadTimer = null;
+    this.queueTimer = null;
+    this.lastQueueRead = Date.now();
     this.alive = true;
   }
 
@@ -92,6 +100,11 @@ export class ProjectClips {
         if (mode === "live" || mode === "polling") this.refreshStale();
       },
       onReset: () => this.reloadAll(),
+      onProgress: (message) => this.onProgress(message),
+      onCaughtUp: () => {
+        debug.caughtUp += 1;
+        this.callbacks.onCaughtUp?.();
+      },
       onError: (error) => console.warn("feed:", error),
     });
     this.callbacks.onMode(this.feed.mode);
@@ -101,6 +114,7 @@ export class ProjectClips {
   stop() {
     this.alive = false;
     clearTimeout(this.loadTimer);
+    clearTimeout(this.queueTimer);
     this.feed?.stop();
     this.feed = null;
   }
@@ -109,6 +123,44 @@ export class ProjectClips {
     debug.applied[event.position] = (debug.applied[event.position] ?? 0) + 1;
     if (event.project_id !== this.projectId) return;
     this.refresh(event.clip_id);
+    if (MOVES_QUEUE.has(event.type)) this.refreshQueueSoon();
+  }
+
+  /** A running clip's live progress (a feed message, not an event): kept in the clip as its `progress`. */
+  onProgress(message) {
+    const clip = this.clips.get(message.clip_id);
+    if (message.project_id !== this.projectId || !clip || clip.status !== "running") return;
+    if (clip.run !== message.run || clip.attempt !== message.attempt) return; // another attempt's
+    if (clip.progress && clip.progress.percent > message.percent) return; // never backwards
+    debug.progress += 1;
+    const progress = { speed: null, ...clip.progress, percent: message.percent, eta_seconds: message.eta_seconds };
+    this.clips.set(clip.clip_id, { ...clip, progress });
+    this.callbacks.onClip(this.clips.get(clip.clip_id), { quiet: true });
+  }
+
+  hasPending() {
+    for (const clip of this.clips.values()) if (clip.status === "pending") return true;
+    return false;
+  }
+
+  /** Read the project's clips again shortly (one read for a burst of starts and ends) if some are pending. */
+  refreshQueueSoon() {
+    if (this.queueTimer !== null || !this.hasPending()) return;
+    this.queueTimer = setTimeout(() => {
+      this.queueTimer = null;
+      this.refreshQueue();
+    }, 300);
+  }
+
+  async refreshQueue() {
+    this.lastQueueRead = Date.now();
+    try {
+      const clips = await session.api.get(projectPath(this.projectId));
+      // Only clips the page has: a new one comes in with its own events and read (retried until it works).
+      if (this.alive) for (const clip of clips) if (this.clips.has(clip.clip_id)) this.upsert(clip);
+    } catch (error) {
+      console.warn("queue", error);
+    }
   }
 
   /** Take a ClipView unless a newer version of the clip is already known. `force`: take it regardless. */
@@ -152,9 +204,11 @@ export class ProjectClips {
     for (const clipId of this.stale) this.refresh(clipId);
   }
 
-  /** Once a second: fetch the clips whose refresh failed again (at most every 3 s). */
+  /** Once a second: fetch the clips whose refresh failed again (at most every 3 s); pending clips' places in the
+   * queue move with other projects' clips too, which send this page no event: read them every QUEUE_REFRESH s. */
   tick() {
     if (this.stale.size && Date.now() - this.lastStaleTry > 3000) this.refreshStale();
+    if (this.feed && this.hasPending() && Date.now() - this.lastQueueRead > QUEUE_REFRESH * 1000) this.refreshQueue();
   }
 
   async reloadAll() {

@@ -10,7 +10,7 @@ import { ClipList } from "./clip-list.js";
 import { clipName } from "./clip-state.js";
 import { h } from "./dom.js";
 import { ProjectClips } from "./project-clips.js";
-import { announce, setCrumbs, showConnection } from "./shell.js";
+import { announce, setCrumbs, showConnection, showUpToDate } from "./shell.js";
 
 export class ProjectView {
   constructor(projectId, clipId) {
@@ -44,7 +44,11 @@ export class ProjectView {
           retry: () => this.clips.load(),
         });
       },
-      onMode: showConnection,
+      onMode: (mode) => {
+        showConnection(mode);
+        showUpToDate(mode === "live" ? false : null); // a (new) socket sends its backlog first
+      },
+      onCaughtUp: () => showUpToDate(true),
     });
     this.list = new ClipList(this.projectId, this.initialClipId, actions);
     this.panel = new ClipPanel(this.projectId, actions);
@@ -64,6 +68,7 @@ export class ProjectView {
     this.clips.stop();
     this.panel.close();
     showConnection(null);
+    showUpToDate(null);
   }
 
   /** Open `clipId` (null: none), as the address says. */

@@ -1,6 +1,6 @@
 /**
  * shell.js: the parts of the page that stay while views come and go (index.html): the breadcrumbs, the connection
- * indicator, who is signed in, and the live region that announces clip changes to screen readers.
+ * indicator and whether the page is up to date, who is signed in, and the live region that announces clip changes to screen readers.
  */
 
 import { h } from "./dom.js";
@@ -10,6 +10,7 @@ export const shell = {
   crumbs: document.getElementById("crumbs"),
   connection: document.getElementById("connection"),
   connectionText: document.getElementById("connection-text"),
+  sync: document.getElementById("sync"),
   user: document.getElementById("user"),
   signOut: document.getElementById("sign-out"),
   announcer: document.getElementById("announcer"),
@@ -41,6 +42,14 @@ export function showConnection(mode) {
   shell.connection.title = title;
   const asOf = connectedUntil === null ? "" : ` · clips as of ${new Date(connectedUntil).toLocaleTimeString()}`;
   shell.connectionText.textContent = text + asOf;
+}
+
+/** Whether the page has every change so far (the feed's `caught_up`): true "Up to date", false "Catching up…" (the
+ * socket is sending what happened while the page was away), null hidden (not live: the indicator says why). */
+export function showUpToDate(upToDate) {
+  shell.sync.hidden = upToDate === null;
+  shell.sync.dataset.state = upToDate ? "up-to-date" : "catching-up";
+  shell.sync.textContent = upToDate === null ? "" : upToDate ? "Up to date" : "Catching up…";
 }
 
 let announceTimer = null;

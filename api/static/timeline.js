@@ -16,10 +16,19 @@ const REASONS = {
   handed_back: "handed to another worker",
 };
 
-const TIMEOUT_CAUSES = {
-  worker: "it ran past the time allowed for one attempt and was stopped",
-  reaper: "it passed its deadline or its worker stopped responding, so it was given up",
+/** Why an attempt timed out, by the event's `reason` (API.md). */
+export const TIMEOUT_REASONS = Object.freeze({
+  deadline: "it ran past the time allowed for one attempt and was stopped",
+  lease: "its worker stopped responding, so it was given up",
+  stalled: "FFmpeg stopped making progress, so it was stopped",
   user: "it was taking longer than expected and a person retried it",
+});
+
+// Events recorded before timed_out carried a reason say only who noticed.
+const TIMEOUT_CAUSES = {
+  worker: TIMEOUT_REASONS.deadline,
+  reaper: "it passed its deadline or its worker stopped responding, so it was given up",
+  user: TIMEOUT_REASONS.user,
 };
 
 export function attemptsFrom(events) {
@@ -43,6 +52,7 @@ export function attemptsFrom(events) {
         code: null,
         message: null,
         detectedBy: null,
+        timeoutReason: null, // "deadline" | "lease" | "stalled" | "user" (null in events recorded before reasons)
         elapsed: null,
         duration: null,
         superseded: false,
@@ -78,6 +88,7 @@ export function attemptsFrom(events) {
         attempt.endedAt = at;
         attempt.outcome = "timed_out";
         attempt.detectedBy = data.detected_by ?? null;
+        attempt.timeoutReason = data.reason ?? null;
         attempt.elapsed = data.elapsed_seconds ?? null;
         break;
       case "extraction.cancelled":
@@ -118,7 +129,8 @@ export function describeAttempt(attempt, now) {
     if (attempt.message) what += ` The service said: “${attempt.message}”`;
   } else if (attempt.outcome === "timed_out") {
     const after = seconds(attempt.elapsed);
-    what = `timed out${after ? ` after ${after}` : ""}: ${TIMEOUT_CAUSES[attempt.detectedBy] ?? "it took too long"}`;
+    const cause = TIMEOUT_REASONS[attempt.timeoutReason] ?? TIMEOUT_CAUSES[attempt.detectedBy] ?? "it took too long";
+    what = `timed out${after ? ` after ${after}` : ""}: ${cause}`;
   } else if (attempt.outcome === "cancelled") {
     const after = attempt.startedAt !== null ? seconds(attempt.elapsed) : null;
     what = `cancelled by a person ${after ? `after ${after}` : attempt.startedAt !== null ? "while it ran" : "before it started"}`;

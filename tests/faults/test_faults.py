@@ -52,6 +52,7 @@ def test_ffmpeg_hang_times_out_retries_with_growing_delays_then_fails_and_manual
     history = _history(cluster, "hung")
     timeouts = [e for e in history if e["type"] == "extraction.timed_out"]
     assert [e["data"]["detected_by"] for e in timeouts] == ["worker"] * 3
+    assert [e["data"]["reason"] for e in timeouts] == ["deadline"] * 3  # no output, but the deadline came first
     retries = [e for e in history if e["type"] == "extraction.requested" and e["data"]["reason"] == "auto_retry"]
     delays = [
         (_time(r["data"]["not_before"]) - _time(t["recorded_at"])).total_seconds() for t, r in zip(timeouts, retries)
@@ -78,7 +79,7 @@ def test_sigkilled_worker_is_detected_by_the_reaper_and_another_worker_completes
     clip = api.wait_for("p1", ["orphan"], timeout=30)["orphan"]
     assert clip["status"] == "completed" and clip["attempt"] == 2
     timed_out = next(e for e in _history(cluster, "orphan") if e["type"] == "extraction.timed_out")
-    assert timed_out["data"]["detected_by"] == "reaper"
+    assert timed_out["data"]["detected_by"] == "reaper" and timed_out["data"]["reason"] == "lease"
     detection = _time(timed_out["recorded_at"]).timestamp() - killed_at
     # LEASE_TIMEOUT (2 s) plus a reaper period (0.5 s) plus one heartbeat interval of slack.
     assert detection < 2 + 0.5 + 1.5, detection
@@ -252,8 +253,10 @@ def test_a_person_retrying_a_slow_clip_stops_the_hung_ffmpeg_at_once(cluster: Cl
     clip = api.wait_for("p1", ["stuck"], timeout=20)["stuck"]  # one worker slot: the hung cut must have let go
     assert clip["status"] == "completed" and clip["run"] == 2
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
-    detected = [e["data"]["detected_by"] for e in _history(cluster, "stuck") if e["type"] == "extraction.timed_out"]
-    assert detected == ["user"]
+    detected = [
+        (e["data"]["detected_by"], e["data"]["reason"]) for e in _history(cluster, "stuck") if e["type"] == "extraction.timed_out"
+    ]
+    assert detected == [("user", "user")]
     cluster.check_log()
 
 

@@ -47,7 +47,7 @@ async def make_clip(client, pool, project: str, clip: str, status: str) -> None:
         case "running":
             pass
         case "retrying":
-            await clips.handle(pool, project, clip, TimeOut(run=1, attempt=1, detected_by="reaper"), context)
+            await clips.handle(pool, project, clip, TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease"), context)
         case "completed":
             done = Complete(run=1, attempt=1, bytes=10, duration_seconds=10, elapsed_seconds=0.1, output="x.mp4")
             await clips.handle(pool, project, clip, done, context)
@@ -85,7 +85,7 @@ async def test_cancel_in_each_cancellable_state_then_a_double_cancel_then_a_retr
     with pytest.raises(StaleAttempt):
         await clips.handle(pool, project, clip, Start(run=body["run"], attempt=body["attempt"], worker_id="w"), context)
     with pytest.raises(StaleAttempt):
-        await clips.handle(pool, project, clip, TimeOut(run=1, attempt=body["attempt"], detected_by="reaper"), context)
+        await clips.handle(pool, project, clip, TimeOut(run=1, attempt=body["attempt"], detected_by="reaper", reason="lease"), context)
 
     retried = await client.post(base + "/retry-extraction")
     assert retried.status_code == 202 and retried.json()["status"] == "pending" and retried.json()["run"] == 2

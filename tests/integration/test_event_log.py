@@ -308,7 +308,7 @@ async def test_a_late_complete_for_a_timed_out_attempt_is_stale_and_appends_noth
     await clips.handle(pool, project, clip, REGISTER, clock)
     await clips.handle(pool, project, clip, Start(run=1, attempt=1, worker_id="w1"), clock)
     clock.advance(700)
-    timed_out = await clips.handle(pool, project, clip, TimeOut(run=1, attempt=1, detected_by="reaper"), clock)
+    timed_out = await clips.handle(pool, project, clip, TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease"), clock)
     assert (timed_out.state.status, timed_out.state.attempt) == ("retrying", 2)
     before = await store.read_stream(pool, project, clip)
 

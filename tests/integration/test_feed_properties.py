@@ -67,6 +67,7 @@ async def follow_by_socket(reader: Reader, base: str, rng: random.Random) -> Non
             continue
         try:
             cut_at = loop.time() + rng.uniform(0.02, 0.4)
+            caught_up = False
             while not reader.finished:
                 try:
                     async with asyncio.timeout(max(0.0, cut_at - loop.time())):
@@ -77,6 +78,12 @@ async def follow_by_socket(reader: Reader, base: str, rng: random.Random) -> Non
                     reader.take(message["event"])
                     if rng.random() < 0.05:
                         break  # cut right after an event, possibly mid-backlog
+                elif message["type"] == "caught_up":
+                    # once per socket, naming the last event the backlog sent (or the cursor it started from)
+                    assert not caught_up, message
+                    caught_up = True
+                    if reader.cursor is not None:
+                        assert message["cursor"] == reader.cursor, (message, reader.cursor)
                 else:
                     assert message["type"] == "ping", message
         except ConnectionClosed as closed:

@@ -65,7 +65,7 @@ async def make_histories(pool: asyncpg.Pool, project: str, user: str = "alice") 
     await handle(pool, project, "unfixable", Fail(run=1, attempt=1, code="source_missing", message="gone",
                                                   retryable=False), ctx)  # fmt: skip
     await handle(pool, project, "handed-back", HandBack(run=1, attempt=1), ctx)
-    await handle(pool, project, "reaped", TimeOut(run=1, attempt=1, detected_by="reaper"), ctx)
+    await handle(pool, project, "reaped", TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease"), ctx)
     await handle(pool, project, "cancelled", Cancel(), ctx)
     clock.tick(60)
     await handle(pool, project, "stopped", Retry(), ctx)

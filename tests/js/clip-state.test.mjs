@@ -144,6 +144,38 @@ test("the timeline: one entry per attempt with its outcome, duration and error; 
   assert.match(third, /The service said: “FFmpeg exited with code 1”/);
 });
 
+test("a running clip shows its progress and ETA; without progress, or not running, none", () => {
+  const running = clip({ status: "running", started_at: at(0), progress: { percent: 42.7, speed: 2, eta_seconds: 3.2, updated_at: at(1) } });
+  assert.deepEqual(clipState(running, T0 + 2_000, config).progress, { percent: 42.7, text: "42% · about 4s left" });
+  assert.equal(clipState({ ...running, progress: null }, T0 + 2_000, config).progress, null);
+  const noEta = { ...running, progress: { percent: 120, speed: null, eta_seconds: null } };
+  assert.deepEqual(clipState(noEta, T0 + 2_000, config).progress, { percent: 100, text: "100%" });
+  assert.equal(clipState({ ...running, status: "completed" }, T0 + 2_000, config).progress, null);
+  assert.match(clipState(running, T0 + 2_000, config).label, /^Extracting…$/, "the label keeps its words");
+});
+
+test("a pending clip says where it is in the queue, and when it may be ready", () => {
+  assert.equal(clipState(clip({ queue_position: 0 }), T0, config).detail, "Next in the queue");
+  assert.equal(clipState(clip({ queue_position: 1, queue_eta_seconds: 12 }), T0, config).detail, "1 clip ahead of it in the queue · ready in about 12s");
+  assert.equal(clipState(clip({ queue_position: 3 }), T0, config).detail, "3 clips ahead of it in the queue");
+  assert.equal(clipState(clip({}), T0, config).detail, null, "an older server sends no position");
+  assert.equal(clipState(clip({ queue_position: 2 }), T0, config).label, "Waiting for extraction");
+});
+
+test("the timeline says why an attempt timed out, by its reason; events without one by who noticed", () => {
+  const base = [
+    { type: "extraction.requested", recorded_at: at(0), data: { run: 1, attempt: 1, reason: "registered", not_before: at(0), max_attempts: 3 } },
+    { type: "extraction.started", recorded_at: at(1), data: { run: 1, attempt: 1 } },
+  ];
+  const timedOut = (data) => [...base, { type: "extraction.timed_out", recorded_at: at(5), data: { run: 1, attempt: 1, elapsed_seconds: 4, ...data } }];
+  const describe = (data) => describeAttempt(attemptsFrom(timedOut(data))[0], T0 + 10_000);
+  assert.match(describe({ detected_by: "worker", reason: "stalled" }), /timed out after 4\.0 s: FFmpeg stopped making progress, so it was stopped$/);
+  assert.match(describe({ detected_by: "reaper", reason: "lease" }), /: its worker stopped responding, so it was given up$/);
+  assert.match(describe({ detected_by: "reaper", reason: "deadline" }), /: it ran past the time allowed for one attempt and was stopped$/);
+  assert.match(describe({ detected_by: "user", reason: "user" }), /: it was taking longer than expected and a person retried it$/);
+  assert.match(describe({ detected_by: "reaper" }), /: it passed its deadline or its worker stopped responding, so it was given up$/);
+});
+
 test("cancel: offered on pending, running, retrying and slow clips; a cancelled clip offers a retry", () => {
   const offered = (fields, seconds = 10) => clipState(clip(fields), T0 + seconds * 1000, config).canCancel;
   assert.equal(offered({ status: "pending" }), true);

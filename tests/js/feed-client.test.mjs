@@ -156,6 +156,51 @@ test("applies each event once: duplicates and older positions are dropped", asyn
   client.stop();
 });
 
+test("caught_up and progress go to their callbacks and never move the cursor; unknown types are ignored", async () => {
+  const env = fakeEnvironment();
+  const progress = [];
+  const caughtUp = [];
+  const { client, log } = makeClient(env, {
+    after: "c3",
+    onProgress: (message) => progress.push(message),
+    onCaughtUp: (cursor) => caughtUp.push(cursor),
+  });
+  client.start();
+  const socket = env.sockets[0];
+  socket.open();
+  socket.event(ev(4));
+  socket.send({ type: "caught_up", cursor: "c4" });
+  const message = { type: "progress", project_id: "p", clip_id: "c", run: 1, attempt: 1, percent: 42.5, eta_seconds: 3 };
+  socket.send(message);
+  socket.send({ type: "something-new", cursor: "c99", position: 99 });
+  socket.event(ev(5));
+  assert.deepEqual(log.events, [4, 5]);
+  assert.deepEqual(caughtUp, ["c4"]);
+  assert.deepEqual(progress, [message]);
+  assert.equal(client.cursor, "c5");
+  assert.equal(client.position, 5);
+  assert.deepEqual(log.errors, []);
+  client.stop();
+});
+
+test("a throwing onProgress is reported and does not stop the feed", async () => {
+  const env = fakeEnvironment();
+  const { client, log } = makeClient(env, {
+    onProgress: () => {
+      throw new Error("bad progress handler");
+    },
+  });
+  client.start();
+  const socket = env.sockets[0];
+  socket.open();
+  socket.send({ type: "progress", project_id: "p", clip_id: "c", run: 1, attempt: 1, percent: 1, eta_seconds: null });
+  socket.event(ev(1));
+  assert.deepEqual(log.events, [1]);
+  assert.equal(log.errors.length, 1);
+  assert.equal(client.mode, "live");
+  client.stop();
+});
+
 test("reconnects with exponential backoff and jitter, for ever", async () => {
   let r = 0;
   const draws = [0, 1, 0.5];

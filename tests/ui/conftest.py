@@ -46,6 +46,7 @@ UI_ENV = {
 # One FFmpeg wrapper for every browser test, driven by the source's file name:
 #   .../media/**/hang-once*  hangs on its first run (per file), then runs the real FFmpeg
 #   .../media/**/hang-always* hangs every time
+#   .../media/**/real-time*   reads its input at the video's own pace (`-re`): a 6 s clip takes about 6 s
 # Anything else runs the real FFmpeg. A hung run is killed with its process group when the attempt times out.
 WRAPPER = """
 for arg in "$@"; do
@@ -55,6 +56,8 @@ for arg in "$@"; do
       if [ ! -e "$mark" ]; then : > "$mark"; exec sleep 600; fi ;;
     */media/*hang-always*)
       exec sleep 600 ;;
+    */media/*real-time*)
+      exec "$REAL" -re "$@" ;;
   esac
 done
 exec "$REAL" "$@"

@@ -24,8 +24,8 @@ def test_taking_longer_than_expected_at_five_minutes_by_the_page_clock_then_retr
     # Two API instances on the same log: one with the default SLOW_AFTER (300 s), one with 3 s.
     default_api = cluster.serve_ui(CLIPLOG_SLOW_AFTER="300")
     quick_api = cluster.serve_ui(CLIPLOG_SLOW_AFTER="3")
-    # The first FFmpeg run on hang-once.mp4 hangs; the attempt's own deadline is far away.
-    cluster.ui_worker(CLIPLOG_ATTEMPT_TIMEOUT="120")
+    # The first FFmpeg run on hang-once.mp4 hangs; the attempt's own deadline, and its stall detection, are far away.
+    cluster.ui_worker(CLIPLOG_ATTEMPT_TIMEOUT="120", CLIPLOG_STALL_AFTER="120")
     response = quick_api.register(PROJECT, clip_id="stuck", source="games/hang-once.mp4", start=2.0, end=6.0, name=NAME)
     assert response.status_code == 201, response.text
     quick_api.wait_for(PROJECT, ["stuck"], until=lambda clip: clip["status"] == "running", timeout=20)

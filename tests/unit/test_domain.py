@@ -60,7 +60,7 @@ def failed() -> ClipState:
 
 def retrying() -> ClipState:
     state = running()
-    return apply(state, TimeOut(run=1, attempt=1, detected_by="reaper"), ctx(1))[0]
+    return apply(state, TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease"), ctx(1))[0]
 
 
 # Registration -------------------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_a_non_retryable_failure_fails_the_clip_at_once():
 
 
 def test_a_timeout_reported_as_by_the_user_is_not_retried_automatically():
-    state, events = apply(running(), TimeOut(run=1, attempt=1, detected_by="user"), ctx(1))
+    state, events = apply(running(), TimeOut(run=1, attempt=1, detected_by="user", reason="user"), ctx(1))
     assert [type(e) for e in events] == [ExtractionTimedOut]
     assert state.status == "failed"
 
@@ -332,7 +332,7 @@ def test_cancel_ends_the_current_attempt_and_nothing_automatic_resumes_it(make, 
         Start(run=run, attempt=attempt, worker_id="w9"),
         Complete(run=run, attempt=attempt, bytes=1, duration_seconds=1, elapsed_seconds=1, output="o"),
         Fail(run=run, attempt=attempt, code="ffmpeg_exit", message="x", retryable=True),
-        TimeOut(run=run, attempt=attempt, detected_by="reaper"),
+        TimeOut(run=run, attempt=attempt, detected_by="reaper", reason="lease"),
         HandBack(run=run, attempt=attempt),
     ):
         with pytest.raises(StaleAttempt):
@@ -361,7 +361,7 @@ def test_failed_and_timed_out_events_carry_the_command_and_stderr_into_the_last_
     assert failed_event.command == command and failed_event.stderr_tail == "line 1\nline 2"
     assert state.last_error.command == command and state.last_error.stderr_tail == "line 1\nline 2"
     state = apply(state, Start(run=1, attempt=2, worker_id="w1"), ctx(30))[0]
-    timeout = TimeOut(run=1, attempt=2, detected_by="worker", command=command, stderr_tail="frame=1")
+    timeout = TimeOut(run=1, attempt=2, detected_by="worker", reason="deadline", command=command, stderr_tail="frame=1")
     state, (timed_out, _) = apply(state, timeout, ctx(31))
     assert timed_out.command == command and state.last_error.stderr_tail == "frame=1"
 

@@ -138,7 +138,8 @@ def _command(state: ClipState, spec, previous: tuple[int, int]):
             code = "ffmpeg_exit" if rest[0] else "source_missing"
             return Fail(run=run, attempt=attempt, code=code, message="boom", retryable=rest[0])
         case "timeout":
-            return TimeOut(run=run, attempt=attempt, detected_by=rest[0])
+            reason = {"worker": "deadline", "reaper": "lease", "user": "user"}[rest[0]]
+            return TimeOut(run=run, attempt=attempt, detected_by=rest[0], reason=reason)
         case "handback":
             return HandBack(run=run, attempt=attempt)
     raise AssertionError(spec)

@@ -72,6 +72,7 @@ events = st.one_of(
         run=runs,
         attempt=runs,
         detected_by=st.sampled_from(["worker", "reaper", "user"]),
+        reason=st.sampled_from(["deadline", "lease", "stalled", "user"]),
         deadline_at=st.none() | times,
         elapsed_seconds=floats,
     ),
@@ -142,29 +143,40 @@ def test_an_upcaster_converts_data_of_an_older_schema_version(monkeypatch):
 
 
 def test_upcasters_chain_up_to_the_current_version(monkeypatch):
-    """Pretend extraction.timed_out is at version 3 now: data at version 1 passes through 1->2 and 2->3."""
+    """Pretend extraction.timed_out is at version 4 now: data at version 2 passes through 2->3 and 3->4."""
     calls = []
-
-    def one_to_two(data):
-        calls.append(1)
-        return {**data, "detected_by": {"lease": "reaper"}.get(data["detected_by"], data["detected_by"])}
 
     def two_to_three(data):
         calls.append(2)
+        return {**data, "detected_by": {"lease": "reaper"}.get(data["detected_by"], data["detected_by"])}
+
+    def three_to_four(data):
+        calls.append(3)
         return {**data, "elapsed_seconds": data.pop("elapsed_ms", 0) / 1000}
 
-    monkeypatch.setitem(SCHEMA_VERSION, "extraction.timed_out", 3)
-    monkeypatch.setitem(UPCASTERS, ("extraction.timed_out", 1), one_to_two)
+    monkeypatch.setitem(SCHEMA_VERSION, "extraction.timed_out", 4)
     monkeypatch.setitem(UPCASTERS, ("extraction.timed_out", 2), two_to_three)
+    monkeypatch.setitem(UPCASTERS, ("extraction.timed_out", 3), three_to_four)
     deadline = T0 + timedelta(minutes=10)
-    v1 = {"run": 1, "attempt": 1, "detected_by": "lease", "deadline_at": deadline.isoformat(), "elapsed_ms": 612400}
-    assert decode("extraction.timed_out", 1, v1) == ExtractionTimedOut(
-        run=1, attempt=1, detected_by="reaper", deadline_at=deadline, elapsed_seconds=612.4
+    v2 = {"run": 1, "attempt": 1, "detected_by": "lease", "reason": "lease", "deadline_at": deadline.isoformat(),
+          "elapsed_ms": 612400}
+    assert decode("extraction.timed_out", 2, v2) == ExtractionTimedOut(
+        run=1, attempt=1, detected_by="reaper", reason="lease", deadline_at=deadline, elapsed_seconds=612.4
     )
-    assert calls == [1, 2]
+    assert calls == [2, 3]
     calls.clear()
-    decode("extraction.timed_out", 3, {"run": 1, "attempt": 1, "detected_by": "worker"})
+    decode("extraction.timed_out", 4, {"run": 1, "attempt": 1, "detected_by": "worker", "reason": "deadline"})
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("detected_by", "reason"), [("worker", "deadline"), ("reaper", "lease"), ("user", "user")]
+)
+def test_a_timed_out_event_stored_before_reasons_decodes_with_the_reason_it_had(detected_by, reason):
+    v1 = {"run": 2, "attempt": 3, "detected_by": detected_by, "deadline_at": None, "elapsed_seconds": 4.5}
+    assert decode("extraction.timed_out", 1, v1) == ExtractionTimedOut(
+        run=2, attempt=3, detected_by=detected_by, reason=reason, elapsed_seconds=4.5
+    )
 
 
 def test_a_missing_upcaster_is_an_error(monkeypatch):

@@ -128,3 +128,50 @@ def test_feed_settings_from_environment():
                 {"CLIPLOG_FEED_POLL_INTERVAL": "-1"}, {"CLIPLOG_FEED_BUFFER": "lots"}):
         with pytest.raises(ConfigError):
             load(bad)
+
+
+def progress(project: str, clip: str = "c", percent: float = 10.0):  # noqa: ANN201 - ProgressMessage
+    from eventlog.progress import ProgressMessage
+
+    return ProgressMessage(project_id=project, clip_id=clip, run=1, attempt=1, percent=percent, eta_seconds=None)
+
+
+def test_progress_goes_to_live_subscribers_who_may_see_the_project_latest_per_clip():
+    b = broker()
+    alice_all = b.subscribe("alice")
+    alice_a2 = b.subscribe("alice", "a2")
+    bob = b.subscribe("bob")
+    poll = b.subscribe("alice", live=False)
+    for percent in (10.0, 20.0, 30.0):
+        b.deliver_progress("alice", progress("a1", percent=percent))
+    b.deliver_progress("alice", progress("a1", clip="d", percent=5.0))
+    sent = [msgspec.json.decode(m["text"]) for m in alice_all.take_progress()]
+    assert [(m["clip_id"], m["percent"]) for m in sent] == [("c", 30.0), ("d", 5.0)]  # only the latest per clip
+    assert all("cursor" not in m and "position" not in m for m in sent)
+    assert alice_all.take() == []  # never in the event buffer
+    assert alice_a2.take_progress() == [] and bob.take_progress() == [] and poll.take_progress() == []
+    assert not poll.pending  # a long poll is not woken by progress
+
+
+def test_a_subscriber_behind_on_events_gets_no_progress_and_is_never_pushed_to_overflow():
+    b = broker(buffer=4)
+    slow = b.subscribe("alice")
+    b.deliver([event(11, "a1"), event(12, "a1")])  # half its buffer
+    for percent in range(100):
+        b.deliver_progress("alice", progress("a1", clip=f"c{percent}", percent=float(percent)))
+    assert slow.take_progress() == []
+    assert not slow.overflowed and [p for p, _ in slow.take()] == [11, 12]
+    b.deliver_progress("alice", progress("a1"))  # caught up again: progress flows
+    assert len(slow.take_progress()) == 1
+
+
+def test_progress_of_at_most_progress_limit_clips_is_held():
+    from eventlog.broker import PROGRESS_LIMIT
+
+    b = broker()
+    sub = b.subscribe("alice")
+    for n in range(PROGRESS_LIMIT + 10):
+        b.deliver_progress("alice", progress("a1", clip=f"c{n}"))
+    b.deliver_progress("alice", progress("a1", clip="c0", percent=99.0))  # a clip it holds is still updated
+    held = [msgspec.json.decode(m["text"]) for m in sub.take_progress()]
+    assert len(held) == PROGRESS_LIMIT and held[0]["percent"] == 99.0

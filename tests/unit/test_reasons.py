@@ -108,7 +108,7 @@ def test_a_timeout_found_by_the_reaper_is_retried() -> None:
     clip = Clip()
     clip.run(REGISTER, after=0)
     clip.start()
-    timed_out, requested = clip.run(TimeOut(run=1, attempt=1, detected_by="reaper"))
+    timed_out, requested = clip.run(TimeOut(run=1, attempt=1, detected_by="reaper", reason="lease"))
     assert timed_out.because == "retryable" and "detected by the reaper" in timed_out.text
     assert requested.because == "backoff"
 
