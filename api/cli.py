@@ -11,13 +11,17 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 import asyncpg
 
+from domain.errors import InvalidInput
+from domain.events import UndecodableEvent
 from runtime import settings as config
 from runtime.settings import ConfigError, Settings
 
 log = logging.getLogger("cliplog")
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -46,20 +50,50 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from api.auth import check_id, create_token
+def _on_database(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """`work(conn)` on a connection of its own to the configured database."""
 
-    async def run() -> str:
-        check_id(args.user, "USER")
+    async def run() -> T:
         conn = await _connect(_settings())
         try:
-            return await create_token(conn, args.user)
+            return await work(conn)
         finally:
             await conn.close()
 
-    token = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from api.auth import check_id, create_token
+
+    check_id(args.user, "USER")
+    token = _on_database(lambda conn: create_token(conn, args.user))
     print(f"token for {args.user}:")
     print(token)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    """A user's tokens: an id and the creation time each (the tokens themselves are not stored)."""
+    from api.auth import check_id, list_tokens
+
+    check_id(args.user, "USER")
+    tokens = _on_database(lambda conn: list_tokens(conn, args.user))
+    for info in tokens:
+        print(f"{info.token_id}  {info.created_at.isoformat()}")
+    print(f"{len(tokens)} token(s) for {args.user}", file=sys.stderr)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """Revoke a token, given as the token or as its id from `cliplog token list`."""
+    from api.auth import revoke_token
+
+    revoked = _on_database(lambda conn: revoke_token(conn, args.token))
+    if revoked is None:
+        print("cliplog token revoke: no such token (nothing revoked)", file=sys.stderr)
+        return 1
+    print(f"revoked token {revoked.token_id} of {revoked.user}")
     return 0
 
 
@@ -537,6 +571,14 @@ def parser() -> argparse.ArgumentParser:
     create = token_commands.add_parser("create", help="print a new API token for USER")
     create.add_argument("user")
     create.set_defaults(run=cmd_token)
+    listing = token_commands.add_parser("list", help="USER's tokens: an id and the creation time (never the token)")
+    listing.add_argument("user")
+    listing.set_defaults(run=cmd_token_list)
+    revoke = token_commands.add_parser(
+        "revoke", help="revoke TOKEN (the token, or its id from `token list`): at once, open sockets included"
+    )
+    revoke.add_argument("token")
+    revoke.set_defaults(run=cmd_token_revoke)
     return root
 
 
@@ -550,6 +592,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"cliplog: {error}", file=sys.stderr)
         return 2
+    except InvalidInput as error:
+        print(f"cliplog: {error.detail}", file=sys.stderr)
+        return 2
+    except UndecodableEvent as error:  # replay, check: stopped at an event this version cannot read
+        print(f"cliplog: stopped: {error}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError) as error:
         print(f"cliplog: cannot reach a service: {type(error).__name__}: {error}", file=sys.stderr)
         return 3

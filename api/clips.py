@@ -8,11 +8,13 @@ import secrets
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar import Controller, Request, Response, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import HeaderParameter, JSONBody
 
 from api.auth import check_id, require_project
-from api.files import ranged_file
+from api.files import local_file, serve
+from api.openapi import ClipId, ProjectId, errors, get_or_head
 from api.views import BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, clip_view
 from domain.clip import CANCELLABLE, Cancel, ClipState, Command, Register, Retry
 from domain.errors import Conflict, InvalidInput, NotFound
@@ -82,10 +84,19 @@ class ClipsController(Controller):
     path = "/api/clips/projects/{project_id:str}/clips"
     tags = ["clips"]
 
-    @post("/", summary="Register a clip and request its extraction")
+    @post(
+        "/",
+        summary="Register a clip and request its extraction",
+        status_code=201,
+        responses={
+            200: ResponseSpec(ClipView, description="already registered with the same fields (or the same "
+                              "Idempotency-Key): nothing appended"),
+            **errors(400, 401, 404, 409, 413),
+        },
+    )
     async def register(
         self,
-        project_id: FromPath[str],
+        project_id: ProjectId,
         data: JSONBody[RegisterClip],
         user: UserDep,
         services: ServicesDep,
@@ -121,36 +132,60 @@ class ClipsController(Controller):
         view = clip_view(handled.state, handled.position, utcnow(), services.settings)
         return Response(view, status_code=201 if handled.appended else 200)
 
-    @get("/", summary="List a project's clips (never enqueues anything)")
-    async def list_clips(self, project_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[ClipView]:
+    @get_or_head("/", summary="List a project's clips (never enqueues anything)", responses=errors(401, 404))
+    async def list_clips(self, project_id: ProjectId, user: UserDep, services: ServicesDep) -> list[ClipView]:
         await require_project(services.pool, project_id, user)
         return await live_views(services, project_id, await clip_status.list_project(services.pool, project_id))
 
-    @get("/{clip_id:str}", summary="One clip")
-    async def get_clip(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> ClipView:
+    @get_or_head("/{clip_id:str}", summary="One clip", responses=errors(401, 404))
+    async def get_clip(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> ClipView:
         state, position = await _registered(services, project_id, clip_id, user)
         return (await live_views(services, project_id, [(state, position)]))[0]
 
-    @post("/{clip_id:str}/retry-extraction", summary="Start a new run with a fresh attempt budget")
-    async def retry(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
+    @post(
+        "/{clip_id:str}/retry-extraction",
+        summary="Start a new run with a fresh attempt budget",
+        status_code=202,
+        responses={
+            200: ResponseSpec(ClipView, description="that run's first attempt is still pending: nothing appended"),
+            **errors(401, 404, 409),
+        },
+    )
+    async def retry(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> Response[ClipView]:
         return await _persons_command(services, project_id, clip_id, user, Retry())
 
-    @post("/{clip_id:str}/cancel", summary="Cancel a pending, retrying or running clip")
-    async def cancel(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> Response[ClipView]:
+    @post(
+        "/{clip_id:str}/cancel",
+        summary="Cancel a pending, retrying or running clip",
+        status_code=202,
+        responses={200: ResponseSpec(ClipView, description="already cancelled: nothing appended"), **errors(401, 404, 409)},
+    )
+    async def cancel(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> Response[ClipView]:
         return await _persons_command(services, project_id, clip_id, user, Cancel())
 
-    @get("/{clip_id:str}/events", summary="The clip's whole history, oldest first")
-    async def history(self, project_id: FromPath[str], clip_id: FromPath[str], user: UserDep, services: ServicesDep) -> list[EventView]:
+    @get_or_head("/{clip_id:str}/events", summary="The clip's whole history, oldest first", responses=errors(401, 404))
+    async def history(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> list[EventView]:
         await _registered(services, project_id, clip_id, user)
         epoch = await store.epoch(services.pool)
         return await pages.read_stream(services.pool, epoch, project_id, clip_id)
 
-    @get("/{clip_id:str}/file", summary="The extracted clip (video/mp4, HTTP Range supported)", media_type="video/mp4")
+    @get_or_head(
+        "/{clip_id:str}/file",
+        summary="The extracted clip (video/mp4; Range, conditional requests)",
+        media_type="video/mp4",
+        opt={"skip_compression": True},  # video does not compress, and Range counts the bytes of the file itself
+        response_description="the whole file",
+        responses={
+            206: ResponseSpec(bytes, media_type="video/mp4", description="the requested range", generate_examples=False),
+            304: ResponseSpec(None, description="the file matches `If-None-Match` / `If-Modified-Since`"),
+            **errors(401, 404, 409, 416),
+        },
+    )
     async def file(
         self,
         request: Request,
-        project_id: FromPath[str],
-        clip_id: FromPath[str],
+        project_id: ProjectId,
+        clip_id: ClipId,
         user: UserDep,
         services: ServicesDep,
     ) -> Response:
@@ -160,7 +195,8 @@ class ClipsController(Controller):
         path = resolve_inside(services.settings.output_root, state.output)
         if path is None:
             raise NotFound(f"the file of clip {clip_id!r} is missing from the output folder")
-        return ranged_file(path, request.headers.get("range"))
+        meta, read = local_file(path)
+        return serve(request.method, request.headers, meta, read)
 
 
 async def _each(
@@ -178,14 +214,24 @@ class ProjectActionsController(Controller):
     path = "/api/clips/projects/{project_id:str}"
     tags = ["clips"]
 
-    @post("/retry-failed", status_code=200, summary="Retry every failed clip (or those of the given statuses)")
+    @post(
+        "/retry-failed",
+        status_code=200,
+        summary="Retry every failed clip (or those of the given statuses)",
+        responses=errors(400, 401, 404, 413),
+    )
     async def retry_failed(
-        self, project_id: FromPath[str], user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
+        self, project_id: ProjectId, user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
     ) -> BulkResult:
         return await _each(services, project_id, user, Retry(), data, ("failed",))
 
-    @post("/cancel-all", status_code=200, summary="Cancel every pending, retrying and running clip (or those of the given statuses)")
+    @post(
+        "/cancel-all",
+        status_code=200,
+        summary="Cancel every pending, retrying and running clip (or those of the given statuses)",
+        responses=errors(400, 401, 404, 413),
+    )
     async def cancel_all(
-        self, project_id: FromPath[str], user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
+        self, project_id: ProjectId, user: UserDep, services: ServicesDep, data: JSONBody[StatusFilter | None] = None
     ) -> BulkResult:
         return await _each(services, project_id, user, Cancel(), data, CANCELLABLE)

@@ -11,7 +11,8 @@ event's message is rendered once for all subscribers, and pages below the broker
 has finished) are read without the safe-horizon check.
 
 WebSocket close codes (API.md, plus the additions documented in docs/feed.md):
-4400 bad `after`/`project_id`, 4401 bad token, 4404 project not visible, 4408 too slow (the subscriber's buffer
+4400 bad `after`/`project_id`, 4401 bad or revoked token, 4403 a browser origin not allowed (`api.sockets`),
+4404 project not visible, 4429 too many open sockets for this token (`api.sockets`), 4408 too slow (the subscriber's buffer
 overflowed: reconnect from the last cursor), 4410 cursor from another log (after a `reset` message), 4503
 PostgreSQL unavailable (reconnect later), 1012 server restarting.
 
@@ -23,25 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, AsyncIterator, Literal
 from uuid import UUID
 
 import asyncpg
 import msgspec
-from litestar import Litestar, Response, WebSocket, get, websocket
+from litestar import Litestar, Response, WebSocket, websocket
 from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import QueryParameter
 from litestar.types import Receive, Scope, Send
 
-from api.auth import Unauthorized, bearer, check_id, require_project, user_for_token
+from api.auth import Unauthorized, bearer, check_id, hash_token, require_project, user_for_token
 from api.deps import ServicesDep, UserDep
+from api.openapi import ID_REGEX, errors, get_or_head
+from api.sockets import OpenSockets, origin_allowed
 from api.views import EventPage
 from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
 from eventlog import cursor
-from eventlog.broker import UNAVAILABLE, FeedBroker, Subscription, render
+from eventlog.broker import UNAVAILABLE, EventMessage, FeedBroker, Subscription, render
 from eventlog.pages import EventView, head, locate, read_page
 from usecases.services import Services
 
@@ -54,9 +56,11 @@ CLOSE_TIMEOUT = 10.0
 
 CLOSE_BAD_INPUT = 4400
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_ORIGIN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_SLOW = 4408
 CLOSE_RESET = 4410
+CLOSE_TOO_MANY = 4429
 CLOSE_UNAVAILABLE = 4503
 
 
@@ -73,8 +77,25 @@ class CaughtUpMessage(msgspec.Struct, tag="caught_up", tag_field="type"):
     cursor: str
 
 
+class PingMessage(msgspec.Struct, tag="ping", tag_field="type"):
+    pass
+
+
+# What the socket sends, for the AsyncAPI document (api.openapi.asyncapi): name -> (struct, summary).
+MESSAGES: dict[str, tuple[type, str]] = {
+    "event": (EventMessage, "an event after the cursor: the backlog first, then live, each exactly once"),
+    "ping": (PingMessage, "after CLIPLOG_WS_PING_INTERVAL seconds (15) of silence"),
+    "reset": (ResetMessage, "the cursor belongs to another log (reset or restored database); close 4410 follows"),
+    "caught_up": (CaughtUpMessage, "once, after the backlog: the cursor of the last event sent (or the one given)"),
+}
+QUERY = {
+    "after": "a cursor, or `latest`; none: the beginning of the log",
+    "project_id": "only this project ([A-Za-z0-9_-]{1,64})",
+    "token": "the API token, if the client cannot send `Authorization: Bearer`",
+}
+
 _encode = msgspec.json.Encoder().encode
-PING_MESSAGE = {"type": "websocket.send", "text": '{"type":"ping"}'}
+PING_MESSAGE = {"type": "websocket.send", "text": _encode(PingMessage()).decode()}
 
 
 # Wiring (app lifespan, metrics) ---------------------------------------------------------------------------------
@@ -94,10 +115,14 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         idle_after=settings.ws_ping_interval,
     )
     app.state.feed = broker
+    app.state.sockets = sockets = OpenSockets(services.settings.ws_per_token)
     await broker.start()
+    checker = asyncio.create_task(sockets.run(services.pool, services.settings.token_check_interval))
     try:
         yield
     finally:
+        checker.cancel()
+        await asyncio.gather(checker, return_exceptions=True)
         await broker.stop()
 
 
@@ -133,13 +158,6 @@ async def resolve_after(
     return located.epoch, position, cursor.encode(located.epoch, position, print_), located.final
 
 
-def _check_limits(limit: int, wait: float) -> None:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT} (got {limit})", field="limit")
-    if not (math.isfinite(wait) and 0 <= wait <= MAX_WAIT):
-        raise InvalidInput(f"wait must be between 0 and {MAX_WAIT:g} seconds (got {wait})", field="wait")
-
-
 async def _project_filter(services: Services, project_id: str | None, user: str) -> str | None:
     if project_id is None:
         return None
@@ -163,21 +181,25 @@ async def _read(
 # GET /api/events ------------------------------------------------------------------------------------------------
 
 
-@get(
+@get_or_head(
     "/api/events",
     summary="Events of the caller's projects after a cursor (long poll with `wait`)",
     tags=["feed"],
+    responses=errors(400, 401, 404, 410),
 )
 async def list_events(
     user: UserDep,
     services: ServicesDep,
     state: State,
     after: Annotated[str | None, QueryParameter(description="a cursor, or `latest`; none: the beginning")] = None,
-    project_id: Annotated[str | None, QueryParameter(description="only this project")] = None,
-    limit: Annotated[int, QueryParameter(description=f"1..{MAX_LIMIT}")] = 100,
-    wait: Annotated[float, QueryParameter(description=f"seconds to hold an empty answer, 0..{MAX_WAIT:g}")] = 0.0,
+    project_id: Annotated[
+        str | None, QueryParameter(description="only this project", pattern=ID_REGEX, min_length=1, max_length=64)
+    ] = None,
+    limit: Annotated[int, QueryParameter(description="events per page at most", ge=1, le=MAX_LIMIT)] = 100,
+    wait: Annotated[
+        float, QueryParameter(description="seconds to hold an empty answer (long poll)", ge=0, le=MAX_WAIT)
+    ] = 0.0,
 ) -> Response[EventPage]:
-    _check_limits(limit, wait)
     try:
         page = await _page(services, state.feed, user, parse_after(after), project_id, limit, wait)
     except UNAVAILABLE as error:  # including asyncpg's client-side errors on a connection cut mid-query
@@ -268,11 +290,13 @@ async def events_socket(socket: FeedSocket) -> None:
     await socket.accept()
     services: Services = socket.app.state.services
     broker: FeedBroker = socket.app.state.feed
+    sockets: OpenSockets = socket.app.state.sockets
     params = socket.query_params
+    if not origin_allowed(socket.headers.get("origin"), socket.headers.get("host"), services.settings.cors_origins):
+        return await _close(socket, CLOSE_ORIGIN, "this origin may not open the feed (CLIPLOG_CORS_ORIGINS)")
+    token = bearer(socket.headers.get("authorization")) or params.get("token") or None
     try:
-        user = await user_for_token(
-            services.pool, bearer(socket.headers.get("authorization")) or params.get("token") or None
-        )
+        user = await user_for_token(services.pool, token)
         start = parse_after(params.get("after"))
         project = await _project_filter(services, params.get("project_id") or None, user)
         epoch, position, given, _ = await resolve_after(services, broker, start)
@@ -287,7 +311,18 @@ async def events_socket(socket: FeedSocket) -> None:
     except (*UNAVAILABLE, Unavailable, asyncpg.PostgresError) as error:
         log.warning("feed socket: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
         return await _close(socket, CLOSE_UNAVAILABLE, "PostgreSQL is unavailable; reconnect shortly")
-    await _stream(socket, services, broker, user, project, epoch, position, given)
+    token_hash = hash_token(token or "")
+    sub = broker.subscribe(user, project)
+    if not sockets.add(token_hash, sub):
+        broker.unsubscribe(sub)
+        limit = sockets.per_token
+        return await _close(socket, CLOSE_TOO_MANY, f"this token has {limit} feed sockets open (CLIPLOG_WS_PER_TOKEN)")
+    try:
+        await _stream(socket, services, broker, sub, user, project, epoch, position, given)
+    finally:
+        revoked = sockets.remove(token_hash, sub)
+    if revoked:
+        await _close(socket, CLOSE_UNAUTHORIZED, "the token was revoked")
 
 
 class _Gone(Exception):
@@ -305,6 +340,7 @@ async def _stream(
     socket: FeedSocket,
     services: Services,
     broker: FeedBroker,
+    sub: Subscription,
     user: str,
     project: str | None,
     epoch: UUID,
@@ -313,7 +349,6 @@ async def _stream(
 ) -> None:
     loop = asyncio.get_running_loop()
     send = socket.raw_send
-    sub = broker.subscribe(user, project)
     sub.last_sent = loop.time()
     watcher = asyncio.create_task(_watch_disconnect(socket, sub))
     last = position  # the last position this client has (sent, or its cursor)

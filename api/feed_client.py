@@ -15,9 +15,9 @@ Besides events the socket sends `{"type": "caught_up", "cursor": ...}` once its 
 has none; a client that misses one loses nothing). They are handed to `on_caught_up(cursor)` and
 `on_progress(message)` when given, else ignored, as is any message type this client does not know.
 
-Permanent errors end the iteration: `FeedError` (bad token 401/4401, project not visible 404/4404, bad input
-400/4400) and its subclass `CursorReset` (410/4410: the cursor belongs to another log; start again from
-`latest`). Everything else (connection refused, 503/4503, 4408 "too slow", 1012 "server restarting") is retried.
+Permanent errors end the iteration: `FeedError` (bad token 401/4401, origin not allowed 4403, project not
+visible 404/4404, bad input 400/4400) and its subclass `CursorReset` (410/4410: the cursor belongs to another log; start again from
+`latest`). Everything else (connection refused, 503/4503, 4408 "too slow", 4429 "too many sockets", 1012 "server restarting") is retried.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 Mode = str  # "live" | "polling" | "reconnecting" | "offline"
 
-PERMANENT_CLOSE = {4400: 400, 4401: 401, 4404: 404}
+PERMANENT_CLOSE = {4400: 400, 4401: 401, 4403: 403, 4404: 404}
 RESET_CLOSE = 4410
 
 

@@ -7,7 +7,8 @@ from typing import Iterable, get_args
 from uuid import UUID
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Request, Response
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.datastructures import State
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -18,6 +19,7 @@ from api.views import ClipStatus
 from handlers import reactor
 from handlers.presence import presence_prefix
 from api.deps import ServicesDep
+from api.openapi import errors, get_or_head
 from domain.clip import HANDED_BACK
 from eventlog import store
 from eventlog.store import HorizonHolder
@@ -57,6 +59,9 @@ class Queue(msgspec.Struct):
 
 class Reactor(msgspec.Struct):
     lag_events: int
+    # Set when the reactor stopped before an event it cannot decode (it never skips one): its position and why.
+    stopped_at: int | None = None
+    stopped_reason: str | None = None
 
 
 class Feed(msgspec.Struct):
@@ -156,7 +161,12 @@ async def _rates(services: Services) -> Rates:
     )
 
 
-@get("/api/extraction/health", summary="Health of the extraction pipeline (no token needed)", tags=["operations"])
+@get_or_head(
+    "/api/extraction/health",
+    summary="Health of the extraction pipeline (no token needed)",
+    tags=["operations"],
+    responses={503: ResponseSpec(Health, description="down: PostgreSQL is unreachable", generate_examples=False)},
+)
 async def health(services: ServicesDep) -> Response[Health]:
     database, epoch = await _database(services)
     redis, alive = await _redis(services, epoch)
@@ -164,14 +174,19 @@ async def health(services: ServicesDep) -> Response[Health]:
         return Response(Health(status="down", database=database, redis=redis), status_code=503)
     queue = await _queue(services)
     lag = await reactor.lag(services)
-    degraded = not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000
+    stopped = await reactor.stopped(services)
+    degraded = not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000 or stopped is not None
     result = Health(
         status="degraded" if degraded else "ok",
         database=database,
         redis=redis,
         workers=Workers(alive=alive),
         queue=queue,
-        reactor=Reactor(lag_events=lag),
+        reactor=Reactor(
+            lag_events=lag,
+            stopped_at=stopped.position if stopped else None,
+            stopped_reason=stopped.reason if stopped else None,
+        ),
         feed=await _feed(services),
         rates=await _rates(services),
     )
@@ -255,7 +270,7 @@ async def _metric_values(services: Services, state: State) -> MetricValues:
     )
 
 
-@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain")
+@get_or_head("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain", responses=errors())
 async def metrics(services: ServicesDep, state: State, request: Request) -> Response[bytes]:
     body, content_type = exposition(await _metric_values(services, state), request.headers.get("accept"))
     return Response(body, media_type=content_type, headers={"content-type": content_type})  # as is: no second charset

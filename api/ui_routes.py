@@ -9,9 +9,9 @@ from datetime import datetime
 from pathlib import Path
 
 import msgspec
-from litestar import get
 
 from api.deps import ServicesDep, UserDep
+from api.openapi import errors, get_or_head
 from runtime.media import resolve_inside
 
 MAX_MEDIA_FILES = 2000
@@ -47,7 +47,9 @@ class MediaList(msgspec.Struct):
     truncated: bool  # more than MAX_MEDIA_FILES videos: the first ones in path order are listed
 
 
-@get("/api/clips/projects", summary="The caller's projects, most recently active first", tags=["ui"])
+@get_or_head(
+    "/api/clips/projects", summary="The caller's projects, most recently active first", tags=["ui"], responses=errors(401)
+)
 async def list_projects(user: UserDep, services: ServicesDep) -> list[ProjectView]:
     rows = await services.pool.fetch(
         """
@@ -83,7 +85,7 @@ async def list_projects(user: UserDep, services: ServicesDep) -> list[ProjectVie
     return projects
 
 
-@get("/api/config", summary="The settings the web UI works with", tags=["ui"])
+@get_or_head("/api/config", summary="The settings the web UI works with", tags=["ui"], responses=errors(401))
 async def ui_config(user: UserDep, services: ServicesDep) -> UiConfig:
     settings = services.settings
     return UiConfig(
@@ -120,7 +122,9 @@ def find_videos(root: Path, limit: int = MAX_MEDIA_FILES) -> MediaList:
     return MediaList(files=found, truncated=truncated)
 
 
-@get("/api/media", summary="Video files under the media root (sources for new clips)", tags=["ui"])
+@get_or_head(
+    "/api/media", summary="Video files under the media root (sources for new clips)", tags=["ui"], responses=errors(401)
+)
 async def list_media(user: UserDep, services: ServicesDep) -> MediaList:
     return await asyncio.to_thread(find_videos, services.settings.media_root)
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar.openapi.spec import OpenAPIType, Schema
@@ -78,13 +78,16 @@ class EventPage(msgspec.Struct):
     next_cursor: str
 
 
+ClipIdField = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="[A-Za-z0-9_-]{1,64}")]
+
+
 class RegisterClip(msgspec.Struct, forbid_unknown_fields=True):
-    source: str
-    start: float
-    end: float
-    clip_id: str | None = None
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=1024, description="a video under the media root")]
+    start: Annotated[float, msgspec.Meta(description="seconds; 0 <= start < end")]
+    end: Annotated[float, msgspec.Meta(description="seconds; at most CLIPLOG_MAX_CLIP_SECONDS after start")]
+    clip_id: ClipIdField | None = None
     mode: Literal["copy", "accurate"] = "copy"
-    name: str | None = None
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
 class StatusFilter(msgspec.Struct, forbid_unknown_fields=True):

@@ -122,14 +122,35 @@ def encode_data(event: ExtractionEvent) -> dict[str, Any]:
     return data
 
 
-def decode(event_type: str, schema_version: int, data: dict[str, Any]) -> ExtractionEvent:
+class UndecodableEvent(ValueError):
+    """A stored event this code cannot read: an unknown type, a schema version it has no upcaster for (older) or
+    does not know yet (written by a newer version), or data that does not fit the type."""
+
+
+def decode(event_type: str, schema_version: int, data: Any) -> ExtractionEvent:
+    """The event stored as `(event_type, schema_version, data)`, upcast to the current schema; UndecodableEvent
+    (a ValueError) for anything else, never another exception."""
     current = SCHEMA_VERSION.get(event_type)
     if current is None:
-        raise ValueError(f"unknown event type {event_type!r}")
-    while schema_version < current:
-        data = UPCASTERS[(event_type, schema_version)](data)
-        schema_version += 1
-    return msgspec.convert({**data, "type": event_type}, ExtractionEvent)
+        raise UndecodableEvent(f"unknown event type {event_type!r}")
+    if not isinstance(schema_version, int) or schema_version > current:
+        raise UndecodableEvent(
+            f"{event_type} version {schema_version!r} is newer than this code knows ({current}): upgrade cliplog"
+        )
+    if not isinstance(data, dict):
+        raise UndecodableEvent(f"{event_type} data must be a JSON object, not {type(data).__name__}")
+    try:
+        while schema_version < current:
+            upcast = UPCASTERS.get((event_type, schema_version))
+            if upcast is None:
+                raise UndecodableEvent(f"{event_type} version {schema_version} has no upcaster to {schema_version + 1}")
+            data = upcast(data)
+            schema_version += 1
+        return msgspec.convert({**data, "type": event_type}, ExtractionEvent)
+    except UndecodableEvent:
+        raise
+    except (msgspec.ValidationError, TypeError, ValueError, KeyError) as error:
+        raise UndecodableEvent(f"{event_type} version {schema_version}: bad data: {error}") from error
 
 
 _DECODERS: dict[str, msgspec.json.Decoder] = {
@@ -140,6 +161,10 @@ _DECODERS: dict[str, msgspec.json.Decoder] = {
 def decode_json(event_type: str, schema_version: int, data: bytes | str) -> ExtractionEvent:
     """`decode` from the data's JSON text: one pass straight into the event when it is at the current schema (the
     bulk readers' path: rebuild), through `decode`'s upcasters when it is older."""
-    if SCHEMA_VERSION.get(event_type) == schema_version:
-        return _DECODERS[event_type].decode(data)
-    return decode(event_type, schema_version, msgspec.json.decode(data))
+    try:
+        if SCHEMA_VERSION.get(event_type) == schema_version:
+            return _DECODERS[event_type].decode(data)
+        parsed = msgspec.json.decode(data)
+    except msgspec.DecodeError as error:  # not JSON, or not this event (ValidationError is a DecodeError)
+        raise UndecodableEvent(f"{event_type} version {schema_version}: bad data: {error}") from error
+    return decode(event_type, schema_version, parsed)

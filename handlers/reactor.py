@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 from arq.connections import ArqRedis
 
+from domain.events import ExtractionRequested, UndecodableEvent
 from eventlog import store
 from runtime.aio import reraise_if_cancelled, wait_event
 from usecases.services import Services
@@ -76,7 +77,11 @@ async def enqueue_attempt(
 
 
 async def react_once(services: Services, batch: int = 500) -> int:
-    """Handle the events after the checkpoint (one batch); return how many were read."""
+    """Handle the events after the checkpoint (one batch); return how many were handled.
+
+    An event that cannot be decoded (unknown type, a newer schema version, bad data) is never skipped: the reactor
+    stops just before it, records where and why in its checkpoint row (`health` shows it, the log says it once),
+    and tries again at every wake-up, going on by itself once the event can be read (an upgraded worker)."""
     assert services.redis is not None
     row = await services.pool.fetchrow(
         "SELECT (SELECT position FROM checkpoints WHERE name = $1) AS position, (SELECT epoch FROM log_identity)",
@@ -84,20 +89,59 @@ async def react_once(services: Services, batch: int = 500) -> int:
     )
     queue = JobQueue(row["epoch"])
     events = await store.read_after(services.pool, row["position"] or 0, batch)
+    handled = 0
+    poison: UndecodableEvent | None = None
     for event in events:
-        if event.type == "extraction.requested":
+        try:
             data = event.decoded()
-            await enqueue_attempt(
-                services.redis, queue, event.project_id, event.clip_id, data.run, data.attempt, data.not_before  # type: ignore[union-attr]
-            )
-    if events:
+        except UndecodableEvent as error:
+            poison = error
+            await _stop_at(services, event, str(error))
+            break
+        if isinstance(data, ExtractionRequested):
+            await enqueue_attempt(services.redis, queue, event.project_id, event.clip_id, data.run, data.attempt, data.not_before)
+        handled += 1
+    if handled:
         await services.pool.execute(
-            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) "
-            "ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position)",
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET "
+            "position = GREATEST(checkpoints.position, EXCLUDED.position), "
+            "stopped_at = CASE WHEN checkpoints.stopped_at <= EXCLUDED.position THEN NULL ELSE checkpoints.stopped_at END, "
+            "stopped_reason = CASE WHEN checkpoints.stopped_at <= EXCLUDED.position THEN NULL "
+            "ELSE checkpoints.stopped_reason END",
             CHECKPOINT,
-            events[-1].position,
+            events[handled - 1].position,
         )
-    return len(events)
+    return 0 if poison is not None else handled
+
+
+async def _stop_at(services: Services, event: store.StoredEvent, reason: str) -> None:
+    """Record that the reactor stops before `event`; log it once (not at every retry)."""
+    changed = await services.pool.fetchval(
+        "INSERT INTO checkpoints (name, position, stopped_at, stopped_reason) VALUES ($1, $2 - 1, $2, $3) "
+        "ON CONFLICT (name) DO UPDATE SET stopped_at = $2, stopped_reason = $3 "
+        "WHERE checkpoints.stopped_at IS DISTINCT FROM $2 RETURNING 1",
+        CHECKPOINT,
+        event.position,
+        reason,
+    )
+    if changed:
+        log.error(
+            "reactor stopped before event %s (%s v%s, %s): %s; it goes on once a version of cliplog that reads it runs",
+            event.position, event.stream, event.version, event.type, reason,
+        )
+
+
+class Stopped(msgspec.Struct, frozen=True):
+    position: int
+    reason: str
+
+
+async def stopped(services: Services) -> Stopped | None:
+    """Where the reactor stopped at an event it cannot decode, if it did."""
+    row = await services.pool.fetchrow(
+        "SELECT stopped_at, stopped_reason FROM checkpoints WHERE name = $1 AND stopped_at IS NOT NULL", CHECKPOINT
+    )
+    return Stopped(row["stopped_at"], row["stopped_reason"]) if row else None
 
 
 async def lag(services: Services) -> int:

@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 
 from domain.clip import ClipState
+from domain.events import UndecodableEvent
 from domain.story import Explanation, step
 from eventlog import store
 from eventlog.store import StoredEvent
@@ -25,11 +26,19 @@ class Step(msgspec.Struct, frozen=True):
 
 
 def replay(events: Iterable[StoredEvent]) -> Iterable[Step]:
-    """Each event with the clip's state right after it and why (events in position order, any mix of clips)."""
+    """Each event with the clip's state right after it and why (events in position order, any mix of clips). An
+    event this code cannot decode stops the fold there (UndecodableEvent naming it): skipping it would give wrong
+    states."""
     states: dict[str, ClipState] = {}
     for event in events:
         before = states.get(event.stream) or ClipState(project_id=event.project_id, clip_id=event.clip_id)
-        state, why = step(before, event.decoded(), event.recorded_at)
+        try:
+            decoded = event.decoded()
+        except UndecodableEvent as error:
+            raise UndecodableEvent(
+                f"event {event.position} ({event.stream} v{event.version}) cannot be decoded: {error}"
+            ) from error
+        state, why = step(before, decoded, event.recorded_at)
         states[event.stream] = state
         mismatch = None if event.clip_status == state.status else event.clip_status
         yield Step(event, state, mismatch, why)

@@ -80,7 +80,7 @@ def web_app(settings: Settings) -> Litestar:
     """`cliplog serve`'s application: its services are opened when it starts and closed when it stops."""
     from api.app import create_app  # here, so that a worker or a one-off command does not load the web app
 
-    return create_app(functools.partial(open_services, settings, pool_size=20))
+    return create_app(functools.partial(open_services, settings, pool_size=20), cors_origins=settings.cors_origins)
 
 
 async def worker(settings: Settings, concurrency: int = 2) -> None:

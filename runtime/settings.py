@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -45,6 +46,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_interval: float = 15.0
     feed_buffer: int = 1000
     feed_poll_interval: float = 1.0
+    cors_origins: tuple[str, ...] = ()  # origins a browser may call the API and open the feed from ("*": any)
+    ws_per_token: int = 20  # open feed WebSockets per token and API process (one more: close 4429)
+    token_check_interval: float = 1.0  # seconds between checks of open sockets' tokens (revoked: close 4401)
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -78,7 +82,26 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_WS_PING_INTERVAL": ("ws_ping_interval", float),
     "CLIPLOG_FEED_BUFFER": ("feed_buffer", int),
     "CLIPLOG_FEED_POLL_INTERVAL": ("feed_poll_interval", float),
+    "CLIPLOG_WS_PER_TOKEN": ("ws_per_token", int),
+    "CLIPLOG_TOKEN_CHECK_INTERVAL": ("token_check_interval", float),
 }
+
+
+def parse_origins(raw: str | None) -> tuple[str, ...]:
+    """`CLIPLOG_CORS_ORIGINS`: comma-separated `scheme://host[:port]` origins, or `*`; normalised to lower case."""
+    origins: list[str] = []
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item == "*":
+            origins.append(item)
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+            raise ConfigError(f"CLIPLOG_CORS_ORIGINS: {item!r} is not an origin such as https://app.example.com")
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(origins)
 
 
 def find_ffmpeg(env: Mapping[str, str]) -> str:
@@ -132,5 +155,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ffmpeg=find_ffmpeg(env),
         ffprobe=find_ffprobe(env),
         dev_token=env.get("CLIPLOG_DEV_TOKEN") or None,
+        cors_origins=parse_origins(env.get("CLIPLOG_CORS_ORIGINS")),
         **values,  # type: ignore[arg-type]
     )

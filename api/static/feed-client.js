@@ -12,7 +12,7 @@
  *     onMode(mode, previous) {}, // "live" | "polling" | "reconnecting" | "offline" (see below)
  *     onReset(detail) {},    // the cursor belongs to another log (database reset or restored): reload your
  *                            // state; the client then follows from "latest" with a fresh position
- *     onError(error) {},     // refusals (bad token 4401/401, project not visible 4404/404, bad input 4400/400)
+ *     onError(error) {},     // refusals (bad token 4401/401, origin not allowed 4403, project not visible 4404/404, bad input 4400/400)
  *                            // and exceptions thrown by onEvent; the client keeps retrying regardless
  *     onProgress(message) {}, // {"type": "progress", project_id, clip_id, run, attempt, percent, eta_seconds}:
  *                            // a running clip's progress (socket only; no cursor, nothing lost by missing one)
@@ -54,6 +54,7 @@ export const MODES = Object.freeze(["live", "polling", "reconnecting", "offline"
 const REFUSALS = new Map([
   [4400, 400],
   [4401, 401],
+  [4403, 403],
   [4404, 404],
 ]);
 const PROMPT_RECONNECT = new Set([1000, 1001, 1012, 4408]);

@@ -114,8 +114,9 @@ def test_new_fields_get_their_defaults_from_old_data():
 def test_decode_rejects_unknown_types_and_bad_data():
     with pytest.raises(ValueError, match="unknown event type"):
         decode("extraction.exploded", 1, {"run": 1, "attempt": 1})
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(ev.UndecodableEvent, match="worker_id") as missing:
         decode("extraction.started", 1, {"run": 1, "attempt": 1})  # worker_id and deadline_at missing
+    assert isinstance(missing.value.__cause__, msgspec.ValidationError)
 
 
 def test_an_upcaster_converts_data_of_an_older_schema_version(monkeypatch):
@@ -181,7 +182,7 @@ def test_a_timed_out_event_stored_before_reasons_decodes_with_the_reason_it_had(
 
 def test_a_missing_upcaster_is_an_error(monkeypatch):
     monkeypatch.setitem(SCHEMA_VERSION, "extraction.started", 2)
-    with pytest.raises(KeyError):
+    with pytest.raises(ev.UndecodableEvent, match="no upcaster"):
         decode("extraction.started", 1, {"run": 1, "attempt": 1, "worker_id": "w", "deadline_at": T0.isoformat()})
 
 
