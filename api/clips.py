@@ -1,4 +1,4 @@
-"""Clip routes: register, list, get, retry, cancel, history, file; and the project's bulk routes (retry-failed,
+"""Clip routes: register, list, get, retry, cancel, history, story, export, file; and the project's bulk routes (retry-failed,
 cancel-all)."""
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from litestar.params import HeaderParameter, JSONBody
 from api.auth import check_id, require_project
 from api.files import local_file, serve
 from api.openapi import ClipId, ProjectId, errors, get_or_head
-from api.views import BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, clip_view
+from api.views import (
+    BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, StoryStep, clip_view, story_step,
+)  # fmt: skip
 from domain.clip import CANCELLABLE, Cancel, ClipState, Command, Register, Retry
 from domain.errors import Conflict, InvalidInput, NotFound
-from eventlog import pages, progress, store
+from eventlog import export, pages, progress, store
 from projections import clip_status, queue
+from projections.replay import replay
 from api.deps import ServicesDep, UserDep
 from runtime.media import resolve_inside
 from usecases.clips import handle, handle_each, register, register_once
@@ -168,6 +171,35 @@ class ClipsController(Controller):
         await _registered(services, project_id, clip_id, user)
         epoch = await store.epoch(services.pool)
         return await pages.read_stream(services.pool, epoch, project_id, clip_id)
+
+    @get_or_head(
+        "/{clip_id:str}/story",
+        summary="After each of the clip's events: its state and why (domain/story.py)",
+        responses=errors(401, 404),
+    )
+    async def story(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> list[StoryStep]:
+        await _registered(services, project_id, clip_id, user)
+        return [story_step(s) for s in replay(await store.read_stream(services.pool, project_id, clip_id))]
+
+    @get_or_head(
+        "/{clip_id:str}/export",
+        summary="The clip's history as a file: `cliplog export --project P --clip C` (JSON lines, eventlog/export.py)",
+        media_type=export.NDJSON,
+        responses=errors(401, 404),
+    )
+    async def export_history(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> Response[bytes]:
+        await _registered(services, project_id, clip_id, user)
+        chunks: list[bytes] = []
+
+        async def keep(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        async with services.pool.acquire() as conn:
+            await export.write(conn, keep, export.Selection(project_id=project_id, clip_id=clip_id), now=utcnow())
+        filename = f"{project_id}-{clip_id}.cliplog.jsonl"  # ids are [A-Za-z0-9_-]: nothing to quote
+        return Response(
+            b"".join(chunks), media_type=export.NDJSON, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+        )
 
     @get_or_head(
         "/{clip_id:str}/file",

@@ -30,10 +30,11 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
-from litestar import Litestar, Response, WebSocket, websocket
+from litestar import Litestar, Request, Response, WebSocket, websocket
 from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import QueryParameter
+from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
 
 from api.auth import Unauthorized, bearer, check_id, hash_token, require_project, user_for_token
@@ -44,7 +45,7 @@ from api.views import EventPage
 from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
 from eventlog import cursor
 from eventlog.broker import UNAVAILABLE, EventMessage, FeedBroker, Subscription, render
-from eventlog.pages import EventView, head, locate, read_page
+from eventlog.pages import JsonEvents, head, locate, read_page, read_page_json
 from usecases.services import Services
 
 log = logging.getLogger("cliplog.feed")
@@ -168,26 +169,40 @@ async def _project_filter(services: Services, project_id: str | None, user: str)
 
 async def _read(
     services: Services, epoch: UUID, position: int, limit: int, user: str, project: str | None, final: int | None
-) -> list[EventView]:
-    """Up to `limit` events after `position`: below `final` without the safe-horizon check, beyond it with."""
+) -> JsonEvents:
+    """Up to `limit` events after `position`, as JSON: below `final` without the safe-horizon check, beyond it with."""
     if final is None or position >= final:
-        return await read_page(services.pool, epoch, position, limit, user=user, project_id=project)
-    events = await read_page(services.pool, epoch, position, limit, user=user, project_id=project, upto=final)
-    if len(events) < limit:
-        events += await read_page(services.pool, epoch, final, limit - len(events), user=user, project_id=project)
+        return await read_page_json(services.pool, epoch, position, limit, user=user, project_id=project)
+    events = await read_page_json(services.pool, epoch, position, limit, user=user, project_id=project, upto=final)
+    if len(events.events) < limit:
+        events += await read_page_json(
+            services.pool, epoch, final, limit - len(events.events), user=user, project_id=project
+        )
     return events
 
 
 # GET /api/events ------------------------------------------------------------------------------------------------
 
+NDJSON = "application/x-ndjson"
+STREAM_READ = 5000  # events per read of the NDJSON stream
+
+
+def page_json(events: JsonEvents, given: str) -> bytes:
+    """The page (`EventPage`, exactly as msgspec would write it) around events that are JSON text already."""
+    next_cursor = events.last_cursor if events.last_cursor is not None else given
+    return f'{{"events":[{",".join(events.events)}],"next_cursor":"{next_cursor}"}}'.encode()
+
 
 @get_or_head(
     "/api/events",
-    summary="Events of the caller's projects after a cursor (long poll with `wait`)",
+    summary="Events of the caller's projects after a cursor (long poll with `wait`; NDJSON stream on request)",
+    description="With `Accept: application/x-ndjson` the answer is every event after the cursor up to the log's "
+    "head when the request came, one event per line (each as in a page), and `limit` and `wait` are not used.",
     tags=["feed"],
     responses=errors(400, 401, 404, 410),
 )
 async def list_events(
+    request: Request,
     user: UserDep,
     services: ServicesDep,
     state: State,
@@ -201,11 +216,13 @@ async def list_events(
     ] = 0.0,
 ) -> Response[EventPage]:
     try:
-        page = await _page(services, state.feed, user, parse_after(after), project_id, limit, wait)
+        if NDJSON in request.headers.get("accept", ""):
+            return await _stream_events(services, state.feed, user, parse_after(after), project_id)
+        events, given = await _page(services, state.feed, user, parse_after(after), project_id, limit, wait)
     except UNAVAILABLE as error:  # including asyncpg's client-side errors on a connection cut mid-query
         log.warning("GET /api/events: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
         raise Unavailable("PostgreSQL is unavailable; try again shortly") from None
-    return Response(_encode(page), media_type="application/json")
+    return Response(page_json(events, given), media_type="application/json")
 
 
 async def _page(
@@ -216,7 +233,8 @@ async def _page(
     project_id: str | None,
     limit: int,
     wait: float,
-) -> EventPage:
+) -> tuple[JsonEvents, str]:
+    """The page's events, and the cursor it was read after."""
     project = await _project_filter(services, project_id, user)
     epoch, position, given, final = await resolve_after(services, broker, start)
     if wait <= 0:
@@ -228,7 +246,7 @@ async def _page(
             deadline = loop.time() + wait
             while True:
                 sub.take()  # forget earlier wake-ups: this read sees those events
-                if events := await _read(services, epoch, position, limit, user, project, final):
+                if (events := await _read(services, epoch, position, limit, user, project, final)).events:
                     break
                 remaining = deadline - loop.time()
                 if remaining <= 0 or sub.closed:
@@ -238,7 +256,49 @@ async def _page(
                     raise CursorFromAnotherLog(sub.reset)
         finally:
             broker.unsubscribe(sub)
-    return EventPage(events=events, next_cursor=events[-1].cursor if events else given)
+    return events, given
+
+
+async def _stream_events(
+    services: Services,
+    broker: FeedBroker,
+    user: str,
+    start: cursor.Cursor | Literal["latest"] | None,
+    project_id: str | None,
+) -> Stream:
+    """The NDJSON stream: reads of `STREAM_READ` events up to the head as of now, the next one under way while this
+    one is sent. The first is read before the answer starts (so a bad cursor or an unavailable database is a JSON
+    error); each read takes a pooled connection and gives it back. A stream cut short (the database went away) ends
+    early: continue from its last event's cursor."""
+    project = await _project_filter(services, project_id, user)
+    epoch, position, _, final = await resolve_after(services, broker, start)
+    upto, _ = await head(services.pool)
+    first = await _read(services, epoch, position, STREAM_READ, user, project, final)
+
+    def read_after(page: JsonEvents) -> asyncio.Task[JsonEvents] | None:
+        if len(page.events) < STREAM_READ or page.last_position is None or page.last_position >= upto:
+            return None
+        return asyncio.ensure_future(_read(services, epoch, page.last_position, STREAM_READ, user, project, final))
+
+    async def lines() -> AsyncIterator[bytes]:
+        page, following = first, read_after(first)
+        try:
+            while page.events:
+                yield ("\n".join(page.events) + "\n").encode()
+                if following is None:
+                    return
+                try:
+                    page = await following
+                except UNAVAILABLE as error:
+                    log.warning("GET /api/events (NDJSON): PostgreSQL unavailable: %s: %s", type(error).__name__, error)
+                    return
+                following = read_after(page)
+        finally:  # the client went away: stop the read under way
+            if following is not None and not following.done():
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+
+    return Stream(lines(), media_type=NDJSON)
 
 
 # GET /api/events/ws ---------------------------------------------------------------------------------------------

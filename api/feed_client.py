@@ -8,7 +8,9 @@ It follows `GET /api/events/ws` and keeps the cursor of the last event it yielde
 silent for `silence_timeout` seconds, i.e. missed two pings) it reconnects from that cursor with exponential
 backoff and jitter, and while the socket is down it long-polls `GET /api/events` so that events keep coming. Each
 event is yielded once, in position order (anything at or below the last position is dropped). `after="latest"` is
-resolved to a concrete cursor first, so a reconnection before the first event loses nothing.
+resolved to a concrete cursor first, so a reconnection before the first event loses nothing. A client far behind
+first catches up through the NDJSON stream (`catch_up`: `GET /api/events` with `Accept: application/x-ndjson`, the
+bulk path), then follows the socket.
 
 Besides events the socket sends `{"type": "caught_up", "cursor": ...}` once its backlog is sent and
 `{"type": "progress", ...}` for running clips: neither is an event and neither moves the cursor (a progress message
@@ -30,6 +32,7 @@ from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
+import msgspec
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -57,6 +60,14 @@ class CursorReset(FeedError):
 
 class _Retry(Exception):
     """A transient failure: back off, poll meanwhile, reconnect."""
+
+
+class FeedUnavailable(_Retry):
+    """The API could not answer (unreachable, 503, cut off): try again later."""
+
+
+NDJSON = {"Accept": "application/x-ndjson"}
+BULK = 1000  # `events` catches up through the NDJSON stream until a stream brings fewer events than this
 
 
 class FeedClient:
@@ -103,6 +114,12 @@ class FeedClient:
                 except _Retry:
                     failures += 1
                     await asyncio.sleep(self.delay(failures))
+            try:  # a long way behind: the bulk of it through the NDJSON stream, the rest from the socket's backlog
+                async with contextlib.aclosing(self._catch_up(http, BULK)) as caught_up:
+                    async for event in caught_up:
+                        yield event
+            except _Retry:
+                pass  # the socket's backlog (or polling) brings the same events
             while True:
                 try:
                     async with contextlib.aclosing(self._socket()) as stream:
@@ -117,6 +134,16 @@ class FeedClient:
                 async with contextlib.aclosing(self._poll_until(http, deadline)) as polled:
                     async for event in polled:
                         yield event
+
+    async def catch_up(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event after the cursor up to the log's head, through the NDJSON stream (`Accept:
+        application/x-ndjson`), again from the last event's cursor until a stream brings nothing new; then `cursor`
+        is where to follow from. Raises FeedError / CursorReset on refusals, FeedUnavailable when the API cannot
+        answer."""
+        async with httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}) as http:
+            async with contextlib.aclosing(self._catch_up(http, 1)) as caught_up:
+                async for event in caught_up:
+                    yield event
 
     def delay(self, failures: int) -> float:
         """Exponential backoff with jitter: a random value in [d/2, d], d = min(max, base * 2**failures)."""
@@ -193,6 +220,38 @@ class FeedClient:
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as error:
             raise _Retry(f"cannot open the socket: {error}") from None
 
+    async def _catch_up(self, http: httpx.AsyncClient, enough: int) -> AsyncIterator[dict[str, Any]]:
+        """NDJSON streams from the cursor until one brings fewer than `enough` events."""
+        decode_lines = msgspec.json.Decoder().decode_lines
+        while True:
+            count = 0
+            try:
+                async with http.stream("GET", f"/api/events?{self._query()}", headers=NDJSON, timeout=60) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        self._refused(response)
+                        raise FeedUnavailable(f"catch-up answered {response.status_code}")
+                    rest = b""
+                    async for chunk in response.aiter_bytes():
+                        lines, _, rest = (rest + chunk).rpartition(b"\n")
+                        for event in decode_lines(lines) if lines else ():
+                            count += 1
+                            if self._accept(event):
+                                yield event
+            except httpx.HTTPError as error:
+                raise FeedUnavailable(f"catch-up failed: {error}") from None
+            if count < enough:
+                return
+
+    def _refused(self, response: httpx.Response) -> None:
+        """Raise FeedError / CursorReset for a permanent refusal (400, 401, 404, 410)."""
+        if response.status_code in (400, 401, 404, 410):
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise (CursorReset(detail) if response.status_code == 410 else FeedError(response.status_code, detail))
+
     async def _poll_until(self, http: httpx.AsyncClient, deadline: float) -> AsyncIterator[dict[str, Any]]:
         """Long-poll until `deadline` (the next socket attempt), sleeping instead while polling fails too."""
         loop = asyncio.get_running_loop()
@@ -212,12 +271,7 @@ class FeedClient:
             except httpx.HTTPError as error:
                 self._set_mode("offline")
                 raise _Retry(f"poll failed: {error}") from None
-            if response.status_code in (400, 401, 404, 410):
-                try:
-                    detail = response.json().get("detail", response.text)
-                except ValueError:
-                    detail = response.text
-                raise (CursorReset(detail) if response.status_code == 410 else FeedError(response.status_code, detail))
+            self._refused(response)
             if response.status_code != 200:
                 self._set_mode("reconnecting")
                 raise _Retry(f"poll answered {response.status_code}")

@@ -14,6 +14,7 @@ from litestar.typing import FieldDefinition
 from domain.clip import ClipState
 from eventlog.pages import EventView
 from eventlog.progress import Progress
+from projections.replay import Step, detail
 from runtime.settings import Settings
 
 class RawJsonSchema(OpenAPISchemaPlugin):
@@ -76,6 +77,33 @@ class EventPage(msgspec.Struct):
 
     events: list[EventView]
     next_cursor: str
+
+
+class StoryStep(msgspec.Struct):
+    """One event of a clip's story (`GET .../clips/{clip_id}/story`): what happened, then where the clip stood and
+    why, in the words of `domain.story` (the reason comes from the retry rule that decided)."""
+
+    position: int
+    version: int
+    type: str
+    recorded_at: datetime
+    what: str  # what happened, in full (an error's message, who detected a timeout)
+    status: str  # the clip's status right after the event
+    run: int
+    attempt: int
+    max_attempts: int
+    next_attempt_at: datetime | None  # when a waiting clip's next attempt may start
+    because: str  # a keyword: registered, backoff, retryable, budget_used_up, not_retryable, ...
+    reason: str  # why, in words
+
+
+def story_step(step: Step) -> StoryStep:
+    e, why = step.event, step.why
+    return StoryStep(
+        position=e.position, version=e.version, type=e.type, recorded_at=e.recorded_at, what=detail(e),
+        status=why.status, run=why.run, attempt=why.attempt, max_attempts=why.max_attempts,
+        next_attempt_at=why.next_attempt_at, because=why.because, reason=why.text,
+    )  # fmt: skip
 
 
 ClipIdField = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="[A-Za-z0-9_-]{1,64}")]

@@ -34,6 +34,12 @@ Catch-up: the events table is bulk-loaded (one transaction; VACUUM ANALYZE), all
                decoded with msgspec, until an empty page;
   B  raw       `SELECT <the same columns> FROM events WHERE position > $1 ORDER BY position LIMIT 1000` on an asyncpg
                connection with `store.init_connection` (jsonb decoded the same way).
+  C  NDJSON    `GET /api/events` with `Accept: application/x-ndjson` from the last line's cursor until an empty
+               stream, lines decoded with msgspec's `decode_lines`.
+  D  static    the NDJSON stream's whole answer, captured once, served by a bare ASGI app under uvicorn (no database,
+               no cliplog) and fetched and decoded the same way: the ceiling of HTTP + JSON on this machine.
+  E  baseline  with `--baseline-python PY`: A through a second `cliplog serve` run by PY (e.g. main's
+               `.venv/bin/python`, importing main's tree): a before/after in the same run.
 
 Progress goes to stderr; the result table (medians over the rounds, with min and max) goes to stdout.
 """
@@ -75,6 +81,13 @@ LIVE_PROJECT = "bench-live"
 CASES = ("floor", "ws1", "ws100", "ws1000", "ws1000-asyncio", "poll")
 CASE_SUBSCRIBERS = {
     "ws1": (1, "lean"), "ws100": (100, "lean"), "ws1000": (1000, "lean"), "ws1000-asyncio": (1000, "ws")
+}
+CATCH_UP_LABELS = {
+    "http": "`GET /api/events` limit=1000",
+    "ndjson": "`GET /api/events` NDJSON stream",
+    "baseline": "`GET /api/events` limit=1000, `--baseline-python`'s server",
+    "static": "the stream's bytes, prebuilt, from a bare ASGI app (the HTTP ceiling)",
+    "raw": "raw keyset SELECT",
 }
 CASE_LABELS = {
     "floor": "bare LISTEN/NOTIFY round trip (floor)",
@@ -237,7 +250,7 @@ async def client_main(args: argparse.Namespace) -> None:
 class Server(ApiProcess):
     """`cliplog serve` on a free port (runtime.processes), on `dsn`, its log in `workdir`."""
 
-    def __init__(self, dsn: str, workdir: Path) -> None:
+    def __init__(self, dsn: str, workdir: Path, python: str | None = None) -> None:
         (workdir / "media").mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -248,6 +261,9 @@ class Server(ApiProcess):
         }
         port = free_port()
         super().__init__("serve", env, workdir / f"serve-{port}.log", port=port)
+        if python is not None:  # another tree's cliplog: its venv's interpreter, importing what that venv installed
+            self.args[0] = python
+            self.env["PYTHONSAFEPATH"] = "1"  # not this directory's modules
         self.http = self.url
         self.ws = self.ws_url
         self.start()
@@ -445,6 +461,75 @@ async def catch_up_http(server: Server, token: str, expected: int) -> Rate:
     return Rate(count, seconds)
 
 
+async def catch_up_ndjson(server: Server, token: str, expected: int) -> Rate:
+    """`GET /api/events` with `Accept: application/x-ndjson` from the last event's cursor until an empty stream,
+    each line decoded with msgspec."""
+    import httpx
+
+    decode_lines = msgspec.json.Decoder().decode_lines
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=600) as http:
+        await http.get("/api/events", params={"limit": 1}, headers={"Accept": "application/json"})
+        started = time.perf_counter()
+        count, params = 0, {}
+        while events := decode_lines((await http.get("/api/events", params=params)).content):
+            count += len(events)
+            params["after"] = events[-1]["cursor"]
+        seconds = time.perf_counter() - started
+    if count != expected:
+        raise AssertionError(f"NDJSON catch-up read {count} events, expected {expected}")
+    return Rate(count, seconds)
+
+
+# The ceiling of any HTTP catch-up here: the same NDJSON bytes, prebuilt, from a bare ASGI app under uvicorn (no
+# database, no cliplog), fetched and decoded as `catch_up_ndjson` does.
+STATIC_APP = """
+import sys, uvicorn
+body = open(sys.argv[1], "rb").read()
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]})
+        await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+async def catch_up_static(url: str, expected: int) -> Rate:
+    import httpx
+
+    decode_lines = msgspec.json.Decoder().decode_lines
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        started = time.perf_counter()
+        count = len(decode_lines((await http.get("/")).content))
+        seconds = time.perf_counter() - started
+    if count != expected:
+        raise AssertionError(f"static catch-up read {count} events, expected {expected}")
+    return Rate(count, seconds)
+
+
+async def static_server(server: Server, token: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    """The bare server of STATIC_APP, serving what the NDJSON stream answers from the beginning."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=600) as http:
+        body = (await http.get("/api/events")).content
+    path = workdir / "static.ndjson"
+    path.write_bytes(body)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", STATIC_APP, str(path), str(port)])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+                await http.get("/")
+            return process, url
+        except httpx.HTTPError:
+            await asyncio.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the static server did not start")
+
+
 async def catch_up_raw(conn: asyncpg.Connection, expected: int) -> Rate:
     started = time.perf_counter()
     position, count = 0, 0
@@ -495,8 +580,7 @@ def _ratio(numerators: Sequence[float], denominators: Sequence[float]) -> tuple[
 def render(
     delays: dict[str, list[Delays]],
     memory: list[float],
-    http: list[Rate],
-    raw: list[Rate],
+    catch_up: dict[str, list[Rate]],
     header: list[str],
     warmup: int = WARMUP,
 ) -> str:
@@ -538,19 +622,24 @@ def render(
     mem_ok = bool(kb) and statistics.median(kb) <= 50
     lines.append("| resource | measured | baseline | ratio | target | |")
     lines.append("|---|---:|---:|---:|---|---|")
-    lines.append(
-        f"| API RSS per idle WebSocket subscriber (1,000 connected), KB | {cell(kb)} | — | — | ≤ 50 KB | "
-        f"{'met' if mem_ok else 'NOT met'} |"
-    )
-    ratio, ratio_text = _ratio([r.per_second for r in http], [r.per_second for r in raw])
-    lines.append(
-        f"| catch-up, events/s: `GET /api/events` limit=1000 vs raw keyset SELECT | "
-        f"{cell([r.per_second for r in http])} | {cell([r.per_second for r in raw])} | {ratio_text} | ≥ 0.5 × raw | "
-        f"{'met' if ratio >= 0.5 else 'NOT met'} |"
-    )
+    if kb:
+        lines.append(
+            f"| API RSS per idle WebSocket subscriber (1,000 connected), KB | {cell(kb)} | — | — | ≤ 50 KB | "
+            f"{'met' if mem_ok else 'NOT met'} |"
+        )
+    raw = catch_up["raw"]
+    for case, label in CATCH_UP_LABELS.items():
+        if case == "raw" or not catch_up.get(case):
+            continue
+        rates = catch_up[case]
+        ratio, ratio_text = _ratio([r.per_second for r in rates], [r.per_second for r in raw])
+        lines.append(
+            f"| catch-up, events/s: {label} vs raw keyset SELECT | {cell([r.per_second for r in rates])} | "
+            f"{cell([r.per_second for r in raw])} | {ratio_text} | ≥ 0.5 × raw | {'met' if ratio >= 0.5 else 'NOT met'} |"
+        )
+        verdicts.append(f"catch-up ({case}) at {ratio:.2f} × raw ({'met' if ratio >= 0.5 else 'NOT met'})")
     if kb:
         verdicts.append(f"{statistics.median(kb):.1f} KB per idle subscriber ({'met' if mem_ok else 'NOT met'})")
-    verdicts.append(f"catch-up at {ratio:.2f} × raw ({'met' if ratio >= 0.5 else 'NOT met'})")
     lines.append("")
     lines.append("Cells: median (min–max) over the rounds. Ratios: ratio of the medians (range of the per-round")
     lines.append("ratios, each round's cases run back to back). p50/p99 count the events after the warm-up; \"warm-up")
@@ -585,6 +674,7 @@ async def bench(args: argparse.Namespace) -> str:
     admin: asyncpg.Connection | None = None
     pool: asyncpg.Pool | None = None
     server: Server | None = None
+    baseline: Server | None = None
     try:
         admin = await asyncpg.connect(dsn)
         await migrate(admin)
@@ -597,12 +687,13 @@ async def bench(args: argparse.Namespace) -> str:
         server = await Server(dsn, workdir).ready()
         log(f"cliplog serve on {server.http} (pid {server.pid})")
 
-        log("warming up")
-        await floor_run(dsn, 5)
-        await feed_run(pool, server, token, "lean", 1, 5)
+        if not args.catch_up_only:
+            log("warming up")
+            await floor_run(dsn, 5)
+            await feed_run(pool, server, token, "lean", 1, 5)
 
         delays: dict[str, list[Delays]] = defaultdict(list)
-        for r in range(args.rounds):
+        for r in range(0 if args.catch_up_only else args.rounds):
             for case in args.cases.split(","):
                 busy = HostCpu()
                 if case == "floor":
@@ -620,28 +711,42 @@ async def bench(args: argparse.Namespace) -> str:
                     f"{f', {run.lost} LOST' if run.lost else ''}; host CPUs {run.host_busy:.0%} busy)")
 
         memory: list[float] = []
-        for r in range(args.memory_rounds):
+        for r in range(0 if args.catch_up_only else args.memory_rounds):
             per = await memory_run(dsn, workdir, token)
             memory.append(per)
             log(f"memory round {r + 1}/{args.memory_rounds}: {per / 1024:.1f} KB per idle subscriber")
 
         expected = await admin.fetchval("SELECT count(*) FROM events")
+        if args.baseline_python:
+            baseline = await Server(dsn, workdir, python=args.baseline_python).ready()
+            log(f"baseline cliplog serve ({args.baseline_python}) on {baseline.http} (pid {baseline.pid})")
         raw_conn = await asyncpg.connect(dsn)
         await store.init_connection(raw_conn)
+        runs = {
+            "http": lambda: catch_up_http(server, token, expected),
+            "ndjson": lambda: catch_up_ndjson(server, token, expected),
+            "raw": lambda: catch_up_raw(raw_conn, expected),
+        }
+        if baseline is not None:
+            runs["baseline"] = lambda: catch_up_http(baseline, token, expected)
+        static, static_url = await static_server(server, token, workdir)
+        runs["static"] = lambda: catch_up_static(static_url, expected)
+        catch_up: dict[str, list[Rate]] = defaultdict(list)
         try:
-            await catch_up_http(server, token, expected)  # warm the caches and the statements
-            await catch_up_raw(raw_conn, expected)
-            http: list[Rate] = []
-            raw: list[Rate] = []
+            for run in runs.values():  # warm the caches and the statements
+                await run()
             for r in range(args.rounds):
-                await admin.execute("CHECKPOINT")
-                http.append(await catch_up_http(server, token, expected))
-                await admin.execute("CHECKPOINT")
-                raw.append(await catch_up_raw(raw_conn, expected))
-                log(f"catch-up round {r + 1}/{args.rounds}: HTTP {http[-1].per_second:9,.0f} events/s, "
-                    f"raw {raw[-1].per_second:9,.0f} events/s")
+                for case, run in runs.items():
+                    await admin.execute("CHECKPOINT")
+                    catch_up[case].append(await run())
+                log(f"catch-up round {r + 1}/{args.rounds}: "
+                    + ", ".join(f"{case} {rates[-1].per_second:9,.0f} events/s" for case, rates in catch_up.items()))
         finally:
             await raw_conn.close()
+            if baseline is not None:
+                baseline.stop()
+            static.terminate()
+            static.wait(10)
 
         header = [
             f"## cliplog event feed benchmark (PostgreSQL {server_version}, scratch database {database}, "
@@ -652,7 +757,7 @@ async def bench(args: argparse.Namespace) -> str:
             f"cases interleaved. Memory: {args.memory_rounds} fresh servers. Catch-up: {expected:,} events, "
             f"{args.rounds} interleaved rounds. Whole run {time.perf_counter() - started:.0f} s.",
         ]
-        return render(delays, memory, http, raw, header, args.warmup)
+        return render(delays, memory, catch_up, header, args.warmup)
     finally:
         if server is not None:
             server.stop()
@@ -684,6 +789,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--catch-up-events", type=int, help="events to catch up on (default 500,000, --quick 100,000)")
     parser.add_argument("--warmup", type=int, default=WARMUP, help=f"uncounted events per run (default {WARMUP})")
     parser.add_argument("--cases", default=",".join(CASES), help=f"which delay cases (default {','.join(CASES)})")
+    parser.add_argument("--catch-up-only", action="store_true", help="only the catch-up rows (no delays, no memory)")
+    parser.add_argument(
+        "--baseline-python",
+        help="also catch up through a second `cliplog serve` run by this interpreter (another tree's .venv/bin/python,"
+        " e.g. main's), interleaved with the others: a before/after in one run",
+    )
     parser.add_argument("--client", choices=["ws", "lean", "poll"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)

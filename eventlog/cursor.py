@@ -28,11 +28,19 @@ _LAYOUT = struct.Struct(">8sQI")
 # The text `fingerprint` hashes, `stream:version:<recorded_at.isoformat()>`, built by PostgreSQL (an asyncpg
 # timestamptz is a UTC datetime, whose isoformat drops a zero microsecond part): hashing it costs a tenth of
 # formatting the datetime in Python. tests/integration/test_feed.py checks that the two agree.
-FINGERPRINT_TEXT = (
-    "stream || ':' || version || ':' || to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
-    "CASE WHEN date_part('microseconds', recorded_at)::bigint % 1000000 = 0 THEN '' "
-    "ELSE to_char(recorded_at AT TIME ZONE 'UTC', '.US') END || '+00:00'"
-)
+def utc_timestamp_sql(column: str) -> str:
+    """SQL text of the timestamptz `column` in UTC as Python writes it, without the zone: seconds, then `.` and six
+    digits of microseconds unless they are zero (one `to_char`: `.000000` can only be the fraction)."""
+    return f"replace(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '')"
+
+
+def fingerprint_text_sql(stream: str, version: str, timestamp_text: str) -> str:
+    """SQL of the text `fingerprint` hashes, from SQL expressions of the stream, the version and
+    `utc_timestamp_sql(recorded_at)`."""
+    return f"{stream} || ':' || {version} || ':' || {timestamp_text} || '+00:00'"
+
+
+FINGERPRINT_TEXT = fingerprint_text_sql("stream", "version", utc_timestamp_sql("recorded_at"))
 
 
 class Cursor(msgspec.Struct, frozen=True):

@@ -32,6 +32,7 @@ from eventlog.store import StoredEvent
 
 FORMAT = "cliplog-export"
 FORMAT_VERSION = 1
+NDJSON = "application/x-ndjson"  # the media type of an export
 
 
 class Selection(msgspec.Struct, frozen=True, kw_only=True):

@@ -50,16 +50,21 @@ def _events(rows: Sequence[asyncpg.Record], epoch: UUID) -> list[EventView]:
 
 
 _OWNED = "project_id IN (SELECT project_id FROM projects WHERE owner = $3)"
-_PAGE_SQL = {
-    (False, False): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} AND {_OWNED} "
-    "ORDER BY position LIMIT $2",
-    (True, False): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} AND project_id = $3 "
-    "ORDER BY position LIMIT $2",
-    (False, True): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $4 AND {_OWNED} "
-    "ORDER BY position LIMIT $2",
-    (True, True): f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $4 AND project_id = $3 "
-    "ORDER BY position LIMIT $2",
-}
+
+
+def _page_sql(columns: str) -> dict[tuple[bool, bool], str]:
+    """The page reads selecting `columns`, by (one project?, up to a final position?)."""
+    after = "position > $1 AND " + "{} AND {}"
+    return {
+        (filtered, bounded): f"SELECT {columns} FROM events WHERE "
+        + after.format("position <= $4" if bounded else _SAFE, "project_id = $3" if filtered else _OWNED)
+        + " ORDER BY position LIMIT $2"
+        for filtered in (False, True)
+        for bounded in (False, True)
+    }
+
+
+_PAGE_SQL = _page_sql(_COLUMNS)
 _STREAM_SQL = f"SELECT {_COLUMNS} FROM events WHERE stream = $1 ORDER BY version"
 _ALL_SQL = f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND {_SAFE} ORDER BY position LIMIT $2"
 
@@ -76,11 +81,79 @@ async def read_page(
 ) -> list[EventView]:
     """`user`'s events (or `project_id`'s, whose ownership the caller checked) after `after`, in position order,
     with cursors of the log `epoch`."""
-    sql = _PAGE_SQL[(project_id is not None, upto is not None)]
-    args: list[object] = [after, limit, project_id if project_id is not None else user]
+    return _events(await db.fetch(*_page_query(_PAGE_SQL, after, limit, user, project_id, upto)), epoch)
+
+
+def _page_query(
+    sql: dict[tuple[bool, bool], str], after: int, limit: int, user: str, project_id: str | None, upto: int | None
+) -> list[object]:
+    args: list[object] = [sql[(project_id is not None, upto is not None)], after, limit]
+    args.append(project_id if project_id is not None else user)
     if upto is not None:
         args.append(upto)
-    return _events(await db.fetch(sql, *args), epoch)
+    return args
+
+
+# An event's JSON exactly as msgspec encodes its `EventView`, built by PostgreSQL but for the cursor: the rows hold
+# the position, the fingerprint's text and the JSON after the cursor; `_json_events` mints the cursor
+# (`eventlog.cursor`, the one place that knows its layout) and joins the three. Nothing is decoded in Python. The
+# page is selected first (`e`, with the time's text formatted once for both the fingerprint and `recorded_at`).
+_JSON_AFTER_CURSOR = {
+    "type": "to_json(type)::text",
+    "project_id": "to_json(project_id)::text",
+    "clip_id": "to_json(clip_id)::text",
+    "version": "version::text",
+    "recorded_at": "'\"' || at || 'Z\"'",
+    "clip_status": "to_json(clip_status)::text",
+    "data": "data::text",
+}
+assert EventView.__struct_fields__ == ("position", "cursor", *_JSON_AFTER_CURSOR)
+_JSON_INNER = (
+    "position, stream, type, project_id, clip_id, version, clip_status, data, "
+    f"{cursor.utc_timestamp_sql('recorded_at')} AS at"
+)
+_JSON_OUTER = (
+    f"SELECT position, {cursor.fingerprint_text_sql('stream', 'version', 'at')}, "
+    + " || ".join(f"',\"{name}\":' || {sql}" for name, sql in _JSON_AFTER_CURSOR.items())
+    + " || '}' FROM "
+)
+_JSON_PAGE_SQL = {key: f"{_JSON_OUTER}({sql}) e ORDER BY position" for key, sql in _page_sql(_JSON_INNER).items()}
+
+
+class JsonEvents(msgspec.Struct):
+    """Events as JSON text, each exactly what msgspec writes for its `EventView`, in position order."""
+
+    events: list[str]
+    last_position: int | None  # None when there are no events
+    last_cursor: str | None
+
+    def __add__(self, more: JsonEvents) -> JsonEvents:
+        if not more.events:
+            return self
+        return JsonEvents(self.events + more.events, more.last_position, more.last_cursor)
+
+
+def _json_events(rows: Sequence[asyncpg.Record], epoch: UUID) -> JsonEvents:
+    if not rows:
+        return JsonEvents([], None, None)
+    mint = cursor.minter(epoch)
+    events = [f'{{"position":{p},"cursor":"{mint(p, text)}"{rest}' for p, text, rest in rows]  # the hot loop
+    last = rows[-1]
+    return JsonEvents(events, last[0], mint(last[0], last[1]))
+
+
+async def read_page_json(
+    db: asyncpg.Connection | asyncpg.Pool,
+    epoch: UUID,
+    after: int,
+    limit: int,
+    *,
+    user: str,
+    project_id: str | None = None,
+    upto: int | None = None,
+) -> JsonEvents:
+    """`read_page`'s events as their JSON text (what `GET /api/events` sends, page or NDJSON stream)."""
+    return _json_events(await db.fetch(*_page_query(_JSON_PAGE_SQL, after, limit, user, project_id, upto)), epoch)
 
 
 async def read_stream(
