@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.eventlog_bench $(ARGS)
 	$(VENV)/bin/python -m bench.pipeline_bench $(ARGS)
+	$(VENV)/bin/python -m bench.metrics_bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cliplog .pytest_cache

@@ -8,6 +8,7 @@ compressed (brotli, else gzip) through Litestar's `CompressionConfig`, except th
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ from api.clips import ClipsController, ProjectActionsController
 from api.files import answer_not_modified, typed_head
 from api.health import health, metrics
 from api.views import RawJsonSchema
+from handlers import metrics as metrics_projection
 from usecases.services import Services
 
 STATIC = Path(__file__).parent / "static"
@@ -115,9 +117,14 @@ def create_app(
         opened = services if isinstance(services, Services) else await services()
         app.state.services = opened
         openapi.refine(app.openapi_schema, app.routes)
+        # the metrics projection's follower (one leads across all workers and API instances): /metrics stays
+        # current where no worker runs
+        follower = asyncio.create_task(metrics_projection.follow(opened), name="metrics")
         try:
             yield
         finally:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
             if opened is not services:
                 await opened.close()
 

@@ -121,9 +121,6 @@ class ClipsController(Controller):
             raise InvalidInput(
                 f"source {data.source!r} is not a video file in the media folder", field="source"
             )
-        owner = await services.pool.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id)
-        if owner is not None and owner != user:
-            raise NotFound(f"project {project_id!r} not found")
         command = Register(source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name)
         if data.clip_id is None and idempotency_key is not None:
             fingerprint = hashlib.sha256(msgspec.json.encode(data)).hexdigest()

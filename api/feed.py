@@ -13,11 +13,15 @@ has finished) are read without the safe-horizon check.
 WebSocket close codes (API.md, plus the additions documented in docs/feed.md):
 4400 bad `after`/`project_id`, 4401 bad or revoked token, 4403 a browser origin not allowed (`api.sockets`),
 4404 project not visible, 4429 too many open sockets for this token (`api.sockets`), 4408 too slow (the subscriber's buffer
-overflowed: reconnect from the last cursor), 4410 cursor from another log (after a `reset` message), 4503
+overflowed, or a send did not complete within `CLIPLOG_WS_SEND_TIMEOUT`: reconnect from the last cursor), 4410 cursor from another log (after a `reset` message), 4503
 PostgreSQL unavailable (reconnect later), 1012 server restarting.
 
-Tunables: `CLIPLOG_WS_PING_INTERVAL`, `CLIPLOG_FEED_BUFFER`, `CLIPLOG_FEED_POLL_INTERVAL` (`runtime.settings`;
-documented in docs/feed.md).
+Every send is bounded: the handler marks `sub.sending_since` around each batch and the broker's one timer cancels
+a send stuck for `CLIPLOG_WS_SEND_TIMEOUT` (`Subscription.on_stall`); the socket is then closed with 4408, the
+close itself bounded by the same timeout. Dead peers are found by uvicorn's protocol pings (`api/server.py`).
+
+Tunables: `CLIPLOG_WS_PING_INTERVAL`, `CLIPLOG_WS_SEND_TIMEOUT`, `CLIPLOG_FEED_BUFFER`, `CLIPLOG_FEED_POLL_INTERVAL`
+(`runtime.settings`; documented in docs/feed.md).
 """
 
 from __future__ import annotations
@@ -53,7 +57,6 @@ log = logging.getLogger("cliplog.feed")
 MAX_LIMIT = 1000
 MAX_WAIT = 30.0
 BACKLOG_PAGE = 500
-CLOSE_TIMEOUT = 10.0
 
 CLOSE_BAD_INPUT = 4400
 CLOSE_UNAUTHORIZED = 4401
@@ -114,6 +117,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         buffer=settings.feed_buffer,
         poll_interval=settings.feed_poll_interval,
         idle_after=settings.ws_ping_interval,
+        send_timeout=settings.ws_send_timeout,
     )
     app.state.feed = broker
     app.state.sockets = sockets = OpenSockets(services.settings.ws_per_token)
@@ -320,15 +324,20 @@ def _reason(text: str) -> str:
     return text.encode()[:120].decode(errors="ignore")
 
 
+def _send_timeout(socket: WebSocket) -> float:
+    return socket.app.state.services.settings.ws_send_timeout
+
+
 async def _close(socket: WebSocket, code: int, reason: str) -> None:
+    """Close, waiting at most `CLIPLOG_WS_SEND_TIMEOUT` for the client to take the close frame."""
     with suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
-        async with asyncio.timeout(CLOSE_TIMEOUT):
+        async with asyncio.timeout(_send_timeout(socket)):
             await socket.close(code=code, reason=_reason(reason))
 
 
 async def _reset(socket: WebSocket, detail: str) -> None:
     with suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
-        async with asyncio.timeout(CLOSE_TIMEOUT):
+        async with asyncio.timeout(_send_timeout(socket)):
             await socket.send_text(_encode(ResetMessage(detail)).decode())
     await _close(socket, CLOSE_RESET, detail)
 
@@ -389,11 +398,20 @@ class _Gone(Exception):
     """The client has disconnected."""
 
 
-async def _send(send: Send, message: Any) -> None:
+# What a send to a socket that has gone raises: uvicorn's ClientDisconnected is an OSError; a RuntimeError once
+# uvicorn itself has closed the connection (a protocol ping unanswered) and the handler has not noticed yet.
+GONE = (WebSocketDisconnect, OSError, RuntimeError)
+
+
+async def _send(send: Send, sub: Subscription, message: Any) -> None:
+    """One bounded send (see the module docstring)."""
+    sub.sending_since = asyncio.get_running_loop().time()
     try:
         await send(message)
-    except (WebSocketDisconnect, OSError):  # uvicorn's ClientDisconnected is an OSError
+    except GONE:
         raise _Gone from None
+    finally:
+        sub.sending_since = 0.0
 
 
 async def _stream(
@@ -410,6 +428,9 @@ async def _stream(
     loop = asyncio.get_running_loop()
     send = socket.raw_send
     sub.last_sent = loop.time()
+    task = asyncio.current_task()
+    assert task is not None
+    sub.on_stall = task.cancel  # the broker cancels a send stuck for CLIPLOG_WS_SEND_TIMEOUT
     watcher = asyncio.create_task(_watch_disconnect(socket, sub))
     last = position  # the last position this client has (sent, or its cursor)
     last_cursor = given
@@ -427,7 +448,7 @@ async def _stream(
             if sub.start is None:  # the broker has not reached the database yet: wait (woken when it has, or idle)
                 await sub.wait(broker.idle_after)
                 if sub.start is None and loop.time() - sub.last_sent >= broker.idle_after:
-                    await _send(send, PING_MESSAGE)
+                    await _send(send, sub, PING_MESSAGE)
                     sub.last_sent = loop.time()
                 continue
             target = sub.start
@@ -438,12 +459,12 @@ async def _stream(
             )
             for event in page:
                 if event.position > last:
-                    await _send(send, render(event))
+                    await _send(send, sub, render(event))
                     last, last_cursor = event.position, event.cursor
             if page:
                 sub.last_sent = loop.time()
             covered = page[-1].position if len(page) == BACKLOG_PAGE else target
-        await _send(send, {"type": "websocket.send", "text": _encode(CaughtUpMessage(last_cursor)).decode()})
+        await _send(send, sub, {"type": "websocket.send", "text": _encode(CaughtUpMessage(last_cursor)).decode()})
         sub.last_sent = loop.time()
 
         # Live: what the broker delivers, in order. No timer per wait: the broker wakes idle subscriptions.
@@ -460,24 +481,32 @@ async def _stream(
                 return await _close(socket, CLOSE_TOO_SLOW, reason)
             items = sub.take()
             if items:
+                sub.sending_since = loop.time()  # `_send`, inlined: once per batch, not per event and subscriber
                 for event_position, message in items:
                     if event_position > last:
-                        try:  # `_send`, inlined: once per event and subscriber
+                        try:
                             await send(message)
-                        except (WebSocketDisconnect, OSError):
+                        except GONE:
                             raise _Gone from None
                         last = event_position
+                sub.sending_since = 0.0
                 sub.last_sent = loop.time()
             progress = sub.take_progress()  # after the events it may follow; never counted against the buffer
             for message in progress:
-                await _send(send, message)
+                await _send(send, sub, message)
             if progress:
                 sub.last_sent = loop.time()
             if not items and not progress and loop.time() - sub.last_sent >= broker.idle_after:
-                await _send(send, PING_MESSAGE)
+                await _send(send, sub, PING_MESSAGE)
                 sub.last_sent = loop.time()
     except _Gone:
         pass
+    except asyncio.CancelledError:
+        if not sub.stalled:
+            raise
+        task.uncancel()  # the broker stopped a send stuck for CLIPLOG_WS_SEND_TIMEOUT: the client is not reading
+        timeout = broker.send_timeout
+        await _close(socket, CLOSE_TOO_SLOW, f"too slow: not reading for {timeout:g} s; reconnect from your last cursor")
     except (*UNAVAILABLE, Unavailable, asyncpg.PostgresError) as error:
         log.warning("feed socket: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
         await _close(socket, CLOSE_UNAVAILABLE, "PostgreSQL is unavailable; reconnect from your last cursor")

@@ -1,4 +1,9 @@
-"""`/api/extraction/health` (no token) and `/metrics` (Prometheus text)."""
+"""`/api/extraction/health` (no token) and `/metrics` (Prometheus text).
+
+Neither reads the log: the attempt counters, the duration histogram, the clips by status and the recent window
+come from the metrics projection (`projections/metrics.py`, kept by a follower a moment behind the log), the queue
+from the clip projection's index of unfinished clips, the reactor's lag from two index lookups. Their cost does not
+grow with the log (`python -m bench.metrics_bench`)."""
 
 from __future__ import annotations
 
@@ -20,24 +25,13 @@ from handlers import reactor
 from handlers.presence import presence_prefix
 from api.deps import ServicesDep
 from api.openapi import errors, get_or_head
-from domain.clip import HANDED_BACK
 from eventlog import store
 from eventlog.store import HorizonHolder
+from projections import metrics as metrics_projection
 from usecases.services import Services
 
-WINDOW_SECONDS = 3600
-BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-
-# Cumulative counts of completed attempts' durations per bucket bound, their sum and count, computed in PostgreSQL.
-_DURATION_HISTOGRAM = """
-WITH c AS MATERIALIZED (
-    SELECT (data->>'elapsed_seconds')::float8 AS d FROM events WHERE type = 'extraction.completed'
-)
-SELECT array(SELECT (SELECT count(*) FROM c WHERE c.d <= u.bound)
-             FROM unnest($1::float8[]) WITH ORDINALITY AS u(bound, i) ORDER BY u.i) AS buckets,
-       (SELECT coalesce(sum(d), 0) FROM c) AS total,
-       (SELECT count(*) FROM c) AS n
-"""
+WINDOW_SECONDS = metrics_projection.WINDOW_SECONDS
+BUCKETS = metrics_projection.BUCKETS
 
 
 class Check(msgspec.Struct):
@@ -133,31 +127,16 @@ async def _feed(services: Services) -> Feed:
 
 
 async def _rates(services: Services) -> Rates:
-    row = await services.pool.fetchrow(
-        """
-        SELECT count(*) FILTER (WHERE type = 'extraction.completed') AS completed,
-               count(*) FILTER (WHERE type = 'extraction.failed' AND data->>'code' <> $2) AS failed,
-               count(*) FILTER (WHERE type = 'extraction.timed_out') AS timed_out,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY (data->>'elapsed_seconds')::float)
-                   FILTER (WHERE type = 'extraction.completed') AS p50,
-               percentile_cont(0.95) WITHIN GROUP (ORDER BY (data->>'elapsed_seconds')::float)
-                   FILTER (WHERE type = 'extraction.completed') AS p95
-        FROM events
-        WHERE recorded_at > now() - make_interval(secs => $1)
-          AND type IN ('extraction.completed', 'extraction.failed', 'extraction.timed_out')
-        """,
-        WINDOW_SECONDS,
-        HANDED_BACK,  # a hand-back (a deploy) is not a failed attempt
-    )
-    total = row["completed"] + row["failed"] + row["timed_out"]
+    recent = await metrics_projection.recent_rates(services.pool, WINDOW_SECONDS)
+    total = recent.completed + recent.failed + recent.timed_out
     return Rates(
         window_seconds=WINDOW_SECONDS,
-        completed=row["completed"],
-        failed=row["failed"],
-        timed_out=row["timed_out"],
-        success_rate=round(row["completed"] / total, 4) if total else None,
-        p50_seconds=row["p50"],
-        p95_seconds=row["p95"],
+        completed=recent.completed,
+        failed=recent.failed,
+        timed_out=recent.timed_out,
+        success_rate=round(recent.completed / total, 4) if total else None,
+        p50_seconds=recent.p50_seconds,
+        p95_seconds=recent.p95_seconds,
     )
 
 
@@ -248,23 +227,13 @@ def exposition(values: MetricValues, accept: str | None) -> tuple[bytes, str]:
 
 
 async def _metric_values(services: Services, state: State) -> MetricValues:
-    outcomes = {
-        r["type"].removeprefix("extraction."): r["n"]
-        for r in await services.pool.fetch(
-            "SELECT type, count(*) AS n FROM events WHERE type IN "
-            "('extraction.completed', 'extraction.failed', 'extraction.timed_out', 'extraction.cancelled') "
-            "AND (type <> 'extraction.failed' OR data->>'code' <> $1) GROUP BY type",  # hand-backs are no failures
-            HANDED_BACK,
-        )
-    }
-    durations = await services.pool.fetchrow(_DURATION_HISTOGRAM, list(BUCKETS))
-    clips = {r["status"]: r["n"] for r in await services.pool.fetch("SELECT status, count(*) AS n FROM clips GROUP BY status")}
+    projected = await metrics_projection.read(services.pool)
     return MetricValues(
-        outcomes=outcomes,
-        duration_buckets=list(durations["buckets"]),
-        duration_sum=durations["total"],
-        duration_count=durations["n"],
-        clips=clips,
+        outcomes={o: int(projected.get("attempts", o)) for o in metrics_projection.OUTCOMES},
+        duration_buckets=[int(projected.get("duration_le", f"{bound:g}")) for bound in BUCKETS],
+        duration_sum=projected.get("duration", "sum"),
+        duration_count=int(projected.get("duration", "count")),
+        clips={s: int(projected.get("clips", s)) for s in get_args(ClipStatus)},
         feed_subscribers=subscriber_count(state),
         reactor_lag=await reactor.lag(services),
     )

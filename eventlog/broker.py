@@ -13,6 +13,10 @@ process's subscribers:
 - `deliver` never awaits a subscriber. Each live subscription has a bounded buffer; past it the subscription is
   marked `overflowed`, its buffer dropped, and its owner (the WebSocket handler) closes it (the client resumes from
   its cursor). A slow consumer therefore never delays the others and never holds more than `buffer` events;
+- one timer for all subscriptions (`_tick`) wakes those idle for `idle_after` seconds (their owner pings), and
+  stops those whose owner has been stuck in one send for `send_timeout` seconds (a client that stopped reading):
+  it marks them `stalled` and calls their `on_stall` (the handler cancels its send and closes the socket). Owners
+  mark a send with `sending_since`, one write per batch: a timer per send would cost as much as the send;
 - the same connection LISTENs on `progress.PROGRESS_CHANNEL`: each notification is a running attempt's progress
   message (eventlog/progress.py), rendered once and handed to the live subscriptions that may see its project. It is
   not an event: it has no position and no cursor, each subscription keeps only the latest per clip (at most
@@ -86,8 +90,8 @@ class Subscription:
     """
 
     __slots__ = (
-        "user", "project_id", "live", "start", "limit", "overflowed", "reset", "closed", "last_sent", "_items",
-        "_poked", "_waiter", "_progress",
+        "user", "project_id", "live", "start", "limit", "overflowed", "reset", "closed", "last_sent",
+        "sending_since", "stalled", "on_stall", "_items", "_poked", "_waiter", "_progress",
     )
 
     def __init__(self, user: str, project_id: str | None, live: bool, limit: int) -> None:
@@ -100,6 +104,9 @@ class Subscription:
         self.reset: str | None = None
         self.closed = False
         self.last_sent = 0.0  # loop time the subscriber last sent something (the broker wakes it when idle)
+        self.sending_since = 0.0  # loop time its owner began the send under way; 0.0 when not sending
+        self.stalled = False  # a send took longer than the broker's `send_timeout`
+        self.on_stall: Callable[[], None] | None = None  # what the broker calls then (the owner's cancel)
         self._items: collections.deque[tuple[int, Any]] = collections.deque()
         self._poked = False  # a matching event arrived since the last `take` (what a long poll waits for)
         self._waiter: asyncio.Future[None] | None = None
@@ -191,7 +198,8 @@ class Subscription:
 class FeedBroker:
     """See the module docstring. `render(event)` makes an event's message for live subscribers (once per
     event, whatever the number of subscribers); the broker hands it over as is. Live subscriptions idle for
-    `idle_after` seconds are woken (their owner pings its client)."""
+    `idle_after` seconds are woken (their owner pings its client); one stuck in a send for `send_timeout` seconds
+    is stalled."""
 
     def __init__(
         self,
@@ -202,6 +210,7 @@ class FeedBroker:
         buffer: int = 1000,
         poll_interval: float = 1.0,
         idle_after: float = 15.0,
+        send_timeout: float = 10.0,
         keepalive_interval: float = 10.0,
         page: int = 1000,
     ) -> None:
@@ -211,6 +220,7 @@ class FeedBroker:
         self.buffer = buffer
         self.poll_interval = poll_interval
         self.idle_after = idle_after
+        self.send_timeout = send_timeout
         self.keepalive_interval = keepalive_interval
         self.page = page
         self.head: int | None = None  # last position read and delivered; None until the database was reached
@@ -292,15 +302,27 @@ class FeedBroker:
         self._wake.set()
 
     async def _tick(self) -> None:
-        """Wake live subscriptions idle for `idle_after` seconds (one timer for all, not one per wait)."""
+        """Wake live subscriptions idle for `idle_after` seconds and stall those stuck in a send for
+        `send_timeout` (one timer for all, not one per wait or send)."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(max(0.01, min(1.0, self.idle_after / 4)))
-            due = loop.time() - self.idle_after
-            for subs in self._by_user.values():
-                for sub in subs:
-                    if sub.live and sub.last_sent <= due:
-                        sub.wake()
+            await asyncio.sleep(max(0.01, min(1.0, self.idle_after / 4, self.send_timeout / 4)))
+            now = loop.time()
+            due, stuck = now - self.idle_after, now - self.send_timeout
+            for sub in self._all():
+                if not sub.live:
+                    continue
+                if sub.sending_since and sub.sending_since <= stuck:
+                    self.stall(sub)
+                elif sub.last_sent <= due:
+                    sub.wake()
+
+    @staticmethod
+    def stall(sub: Subscription) -> None:
+        sub.sending_since = 0.0
+        sub.stalled = True
+        if sub.on_stall is not None:
+            sub.on_stall()
 
     # The LISTEN connection -------------------------------------------------------------------------------------------
 

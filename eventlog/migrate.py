@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+from eventlog import locks
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-_LOCK_KEY = 72615
+_LOCK_KEY = locks.MIGRATIONS
 
 
 async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:

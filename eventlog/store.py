@@ -249,8 +249,15 @@ class HorizonStatus(msgspec.Struct, frozen=True):
 
 _HORIZON_STATUS = """
 WITH horizon AS MATERIALIZED (SELECT cliplog_safe_horizon() AS x),
-safe_head AS (SELECT coalesce(max(position), 0) AS p FROM events, horizon WHERE txid < horizon.x),
-waiting AS (SELECT recorded_at FROM events, safe_head WHERE position > safe_head.p ORDER BY position LIMIT 1)
+-- from the head backwards (the primary key): it stops at the first finished row, so its cost is the events appended
+-- since the horizon was held, not the length of the log (max(position) ... WHERE txid < x, and a join with
+-- safe_head instead of a scalar bound, scanned the whole table)
+safe_head AS MATERIALIZED (
+    SELECT coalesce((SELECT position FROM events, horizon WHERE txid < horizon.x ORDER BY position DESC LIMIT 1), 0) AS p
+),
+waiting AS (
+    SELECT recorded_at FROM events WHERE position > (SELECT p FROM safe_head) ORDER BY position LIMIT 1  -- an index bound
+)
 SELECT greatest(0, extract(epoch FROM clock_timestamp() - waiting.recorded_at))::float8 AS lag_seconds,
        holder.pid, holder.application_name,
        extract(epoch FROM clock_timestamp() - holder.xact_start)::float8 AS xact_age

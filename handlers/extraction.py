@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -37,6 +38,15 @@ def attempt_output(project_id: str, clip_id: str, run: int, attempt: int) -> str
 
 def output_name(state: ClipState) -> str:
     return attempt_output(state.project_id, state.clip_id, state.run, state.attempt)
+
+
+_OUTPUT_NAME = re.compile(r"(?P<project>[A-Za-z0-9_-]{1,64})/(?P<clip>[A-Za-z0-9_-]{1,64})\.r[0-9]+a[0-9]+\.mp4")
+
+
+def output_clip(name: str) -> tuple[str, str] | None:
+    """`(project_id, clip_id)` of an output named by `output_name`; None for any other name."""
+    match = _OUTPUT_NAME.fullmatch(name)
+    return (match["project"], match["clip"]) if match else None
 
 
 _SOURCE_INFO: dict[tuple[str, int, int], ffmpeg.MediaInfo] = {}

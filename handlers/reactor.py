@@ -21,11 +21,12 @@ from domain.events import ExtractionRequested, UndecodableEvent
 from eventlog import store
 from runtime.aio import reraise_if_cancelled, wait_event
 from usecases.services import Services
+from eventlog import locks
 
 log = logging.getLogger("cliplog.reactor")
 
 CHECKPOINT = "reactor"
-LEADER_LOCK = 72617
+LEADER_LOCK = locks.REACTOR
 EXTRACT_JOB = "extract"
 WAKE_CHANNEL = "cliplog:wake"  # published after enqueueing: idle workers pick the job up at once
 

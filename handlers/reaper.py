@@ -10,6 +10,11 @@
   that arq holds "in progress" but whose attempt has not started by then counts as not waiting). Each
   re-enqueue has its own job id, and a duplicate job finds its attempt already started and does nothing.
 - Temporary output files older than any attempt may live are removed.
+- Every `orphan_sweep_interval` seconds, outputs no `completed` event points at (a finished cut whose attempt was
+  cancelled, handed back or timed out while its outcome was being recorded) are removed once older than
+  `orphan_grace` (longer than an attempt may take to record its outcome: settings check it, so an output whose
+  `completed` is still on its way is never taken). File-system calls run in threads, off the event loop.
+  `remove_orphaned_outputs` is the local backend's sweep.
 """
 
 from __future__ import annotations
@@ -18,19 +23,25 @@ import asyncio
 import logging
 import time
 from datetime import timedelta
+from pathlib import Path
+from typing import Iterable
+
+import asyncpg
 
 from arq.constants import in_progress_key_prefix
 
 from domain.clip import TimeOut
 from domain.errors import StaleAttempt
 from handlers import reactor
-from handlers.extraction import TEMP_PREFIX, attempt_output
+from eventlog.store import stream_name
+from handlers.extraction import TEMP_PREFIX, output_clip, attempt_output
 from usecases.clips import handle
 from usecases.services import Services, utcnow
+from eventlog import locks
 
 log = logging.getLogger("cliplog.reaper")
 
-LEADER_LOCK = 72618
+LEADER_LOCK = locks.REAPER
 
 
 async def time_out_lost_attempts(services: Services) -> int:
@@ -121,6 +132,50 @@ def remove_stale_temporaries(services: Services) -> int:
     return removed
 
 
+def old_outputs(output_root: Path, modified_before: float) -> list[str]:
+    """Names (as `completed` records them: relative to the output root) of the outputs last modified before
+    `modified_before` (a `time.time()`). Temporaries and files not named like an output are left out. Blocking."""
+    if not output_root.is_dir():
+        return []
+    found = []
+    for path in output_root.glob("*/*.mp4"):
+        name = path.relative_to(output_root).as_posix()
+        if path.name.startswith(TEMP_PREFIX) or output_clip(name) is None:
+            continue
+        try:
+            if path.stat().st_mtime < modified_before:
+                found.append(name)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+async def referenced_outputs(db: asyncpg.Pool | asyncpg.Connection, names: Iterable[str]) -> set[str]:
+    """Those of `names` a `completed` event points at: read by their clips' streams (an index), not the whole log."""
+    streams = sorted({stream_name(*clip) for name in names if (clip := output_clip(name)) is not None})
+    rows = await db.fetch(
+        "SELECT data->>'output' AS output FROM events WHERE stream = ANY($1::text[]) AND type = 'extraction.completed'",
+        streams,
+    )
+    return {row["output"] for row in rows}
+
+
+async def remove_orphaned_outputs(services: Services) -> int:
+    """Remove the outputs older than `orphan_grace` that no `completed` event points at; returns how many. The
+    listing comes first: a `completed` committed before the query is seen, and a later one cannot name a file
+    that old (the grace is longer than an attempt may take to record its outcome)."""
+    settings = services.settings
+    names = await asyncio.to_thread(old_outputs, settings.output_root, time.time() - settings.orphan_grace)
+    if not names:
+        return 0
+    referenced = await referenced_outputs(services.pool, names)
+    orphans = [name for name in names if name not in referenced]
+    for name in orphans:
+        await asyncio.to_thread((settings.output_root / name).unlink, missing_ok=True)
+        log.info("removed the orphaned output %s (no completed event points at it)", name)
+    return len(orphans)
+
+
 async def reap_once(services: Services) -> bool:
     await time_out_lost_attempts(services)
     await requeue_lost_jobs(services)
@@ -129,6 +184,17 @@ async def reap_once(services: Services) -> bool:
 
 
 async def follow(services: Services) -> None:
+    loop = asyncio.get_running_loop()
+    next_sweep = loop.time()  # at once on becoming leader, then every orphan_sweep_interval
+
+    async def step(services: Services) -> bool:
+        nonlocal next_sweep
+        await reap_once(services)
+        if loop.time() >= next_sweep:
+            next_sweep = loop.time() + services.settings.orphan_sweep_interval
+            await remove_orphaned_outputs(services)
+        return False
+
     await reactor.run_as_leader(
-        services, LEADER_LOCK, reap_once, services.settings.reaper_interval, "reaper", wake_on_notify=False
+        services, LEADER_LOCK, step, services.settings.reaper_interval, "reaper", wake_on_notify=False
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from arq.worker import Worker, func
 
-from handlers import reactor, reaper
+from handlers import metrics, reactor, reaper
 from handlers.extraction import extract
 from handlers.presence import PRESENCE_TTL, presence_prefix
 from runtime.aio import reraise_if_cancelled, wait_event
@@ -131,6 +131,7 @@ async def run_worker(services: Services, concurrency: int = 2) -> None:
     background = [
         asyncio.create_task(reactor.follow(services), name="reactor"),
         asyncio.create_task(reaper.follow(services), name="reaper"),
+        asyncio.create_task(metrics.follow(services), name="metrics"),
         asyncio.create_task(announce(services, presence), name="presence"),
         asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"),
     ]

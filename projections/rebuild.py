@@ -33,9 +33,10 @@ from domain.errors import Conflict
 from domain.events import decode_json
 from eventlog import store
 from projections import clip_status
+from eventlog import locks
 
 NEW_TABLE = "clips_rebuild"
-_LOCK = 72620  # one rebuild at a time (an advisory lock key of its own: tests/unit/test_advisory_locks.py)
+_LOCK = locks.REBUILD  # one rebuild at a time
 _PAGE = 20_000
 _READ = (
     "SELECT position, stream, type, schema_version, data::text, recorded_at FROM events "

@@ -43,7 +43,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reaper_interval: float = 5.0
     requeue_after: float = 30.0
     shutdown_grace: float = 20.0
+    orphan_grace: float = 3600.0
+    orphan_sweep_interval: float = 600.0
     ws_ping_interval: float = 15.0
+    ws_send_timeout: float = 10.0
     feed_buffer: int = 1000
     feed_poll_interval: float = 1.0
     cors_origins: tuple[str, ...] = ()  # origins a browser may call the API and open the feed from ("*": any)
@@ -79,7 +82,10 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_REAPER_INTERVAL": ("reaper_interval", float),
     "CLIPLOG_REQUEUE_AFTER": ("requeue_after", float),
     "CLIPLOG_SHUTDOWN_GRACE": ("shutdown_grace", float),
+    "CLIPLOG_ORPHAN_GRACE": ("orphan_grace", float),
+    "CLIPLOG_ORPHAN_SWEEP_INTERVAL": ("orphan_sweep_interval", float),
     "CLIPLOG_WS_PING_INTERVAL": ("ws_ping_interval", float),
+    "CLIPLOG_WS_SEND_TIMEOUT": ("ws_send_timeout", float),
     "CLIPLOG_FEED_BUFFER": ("feed_buffer", int),
     "CLIPLOG_FEED_POLL_INTERVAL": ("feed_poll_interval", float),
     "CLIPLOG_WS_PER_TOKEN": ("ws_per_token", int),
@@ -146,6 +152,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "or every healthy attempt would be timed out"
         )
     data_dir = Path(env.get("CLIPLOG_DATA_DIR") or ".cliplog").absolute()
+    orphan_grace = values.get("orphan_grace", defaults.orphan_grace)
+    attempt_span = values.get("attempt_timeout", defaults.attempt_timeout) + lease  # type: ignore[operator]
+    if orphan_grace <= attempt_span:  # type: ignore[operator]
+        raise ConfigError(
+            f"CLIPLOG_ORPHAN_GRACE ({orphan_grace:g}) must be longer than CLIPLOG_ATTEMPT_TIMEOUT + "
+            f"CLIPLOG_LEASE_TIMEOUT ({attempt_span:g}), or the sweep could delete a clip an attempt is still recording"
+        )
     return Settings(
         database_url=env.get("CLIPLOG_DATABASE_URL") or None,
         redis_url=env.get("CLIPLOG_REDIS_URL") or None,

@@ -267,8 +267,11 @@ class Soak:
                   for r in rows]  # fmt: skip
         completed = [r for r in rows if r["status"] == "completed"]
         outputs = await asyncio.to_thread(self._output_facts, completed)
-        files = [str(p.relative_to(self.settings.output_root)) for p in self.settings.output_root.rglob("*") if p.is_file()]
-        leftovers, awaiting = checks.check_leftover_files(files, [r["output"] for r in completed], events)
+        leftovers, awaiting = self._leftovers(completed, events)
+        sweep = getattr(self.settings, "orphan_grace", None)
+        if leftovers and sweep is not None:  # an output a cancel or a hand-back left: the orphan sweep's to remove
+            await asyncio.sleep(sweep + self.settings.orphan_sweep_interval + 1)
+            leftovers, awaiting = self._leftovers(completed, events)
         if awaiting:
             self.notes.append(
                 f"{len(awaiting)} temporary file(s) of attempts whose worker was SIGKILLed wait for the reaper's sweep "
@@ -318,6 +321,11 @@ class Soak:
             faults=self.faults, clips=by_behaviour, expected=as_expected, settle_seconds=None, gaps=gaps,
             bounds=bounds, slack=slack, feeds=feeds, checks=results, notes=self.notes,
         )  # fmt: skip
+
+    def _leftovers(self, completed: list[asyncpg.Record], events: list[LoggedEvent]) -> tuple[list[str], list[str]]:
+        root = self.settings.output_root
+        files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+        return checks.check_leftover_files(files, [r["output"] for r in completed], events)
 
     def _dispatch_limits(self, events: list[LoggedEvent], owners: dict[str, str]) -> list[tuple[str, list[str]]]:
         """Fair dispatch's limits, where it exists: never more attempts running at once per project or per user

@@ -36,7 +36,10 @@ SOAK_ENV = {
     "CLIPLOG_RETRY_MAX": "4",
     "CLIPLOG_MAX_ATTEMPTS": "3",
     "CLIPLOG_SHUTDOWN_GRACE": "2",
-    "CLIPLOG_STALL_AFTER": "2",  # stall detection (ignored where it has not landed)
+    "CLIPLOG_STALL_AFTER": "2",  # stall detection
+    # The orphan sweep: outputs no `completed` points at, once older than the grace (> attempt timeout + lease).
+    "CLIPLOG_ORPHAN_GRACE": "10",
+    "CLIPLOG_ORPHAN_SWEEP_INTERVAL": "2",
     # Fair dispatch's limits (ignored where it has not landed): 6 worker slots, 3 users, 7 projects.
     "CLIPLOG_PROJECT_CONCURRENCY": "2",
     "CLIPLOG_OWNER_CONCURRENCY": "3",

@@ -48,14 +48,15 @@ async def register(pool: asyncpg.Pool, project: str, user: str, *, clip: str | N
     return handled.position
 
 
-async def burst(pool: asyncpg.Pool, project: str, user: str, count: int) -> list[int]:
-    """`count` events in one transaction (one new stream), then NOTIFY: positions a reader gets in one batch."""
+async def burst(pool: asyncpg.Pool, project: str, user: str, count: int, source: str = "a.mp4") -> list[int]:
+    """`count` events in one transaction (one new stream), then NOTIFY: positions a reader gets in one batch (a
+    long `source` makes every other event as big)."""
     now = utcnow()
     events: list[tuple[Any, str]] = []
     for attempt in range(1, count + 1):
         if attempt % 2:
             events.append((ExtractionRequested(run=1, attempt=attempt, reason="registered", not_before=now,
-                                               source="a.mp4", start=0.0, end=1.0), "pending"))
+                                               source=source, start=0.0, end=1.0), "pending"))
         else:
             events.append((ExtractionStarted(run=1, attempt=attempt, worker_id="w",
                                              deadline_at=now + timedelta(minutes=10)), "running"))

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import uvicorn
 
+from api.server import config as server_config
 from runtime.bootstrap import web_app
 from runtime import settings as config
 
@@ -34,16 +35,7 @@ class InProcessServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                log_level="warning",
-                ws_ping_interval=None,
-                ws_per_message_deflate=False,
-                lifespan="on",
-                timeout_graceful_shutdown=5,
-            )
-        )
+        self.server = uvicorn.Server(server_config(self.app, self.settings, lifespan="on"))  # as `cliplog serve`
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, name=f"cliplog-api-{self.port}", daemon=True)
         self.error: BaseException | None = None

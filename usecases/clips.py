@@ -21,6 +21,7 @@ from eventlog import store
 from projections import clip_status
 
 ExtraWrite = Callable[[asyncpg.Connection, ClipState], Awaitable[None]]
+Check = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 class Handled(msgspec.Struct, frozen=True):
@@ -37,9 +38,12 @@ async def handle(
     context: Callable[[], Context],
     *,
     after_append: ExtraWrite | None = None,
+    check: Check | None = None,
     attempts: int = 5,
 ) -> Handled:
-    """Run `command` against the clip; `after_append` runs in the same transaction, after the events."""
+    """Run `command` against the clip; `after_append` runs in the same transaction, after the events. `check` runs
+    after the clip's row is read and before deciding, on every try (a raise ends the command): what it reads is at
+    least as new as that row."""
     for remaining in range(attempts - 1, -1, -1):
         async with pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -50,6 +54,8 @@ async def handle(
                 if row
                 else ClipState(project_id=project_id, clip_id=clip_id)
             )
+            if check is not None:
+                await check(conn)
             ctx = context()
             events = decide(state, command, ctx)
             if not events:
@@ -86,9 +92,19 @@ async def handle(
 async def register(
     pool: asyncpg.Pool, project_id: str, clip_id: str, command: Register, context: Callable[[], Context], *, user: str
 ) -> Handled:
-    """Register a clip; its project becomes `user`'s in the same transaction unless someone else has it (404)."""
+    """Register a clip; its project becomes `user`'s in the same transaction unless someone else has it (404).
+
+    Two users posting a new project's first clip at once: the loser's append waits for the winner's transaction,
+    then conflicts, and its retry reads the winner's clip. Deciding on that clip would answer the loser with it
+    (200) or with 409; the ownership check before each decision answers 404, as for any project of someone else."""
     return await handle(
-        pool, project_id, clip_id, command, context, after_append=lambda conn, _: claim_project(conn, project_id, user)
+        pool,
+        project_id,
+        clip_id,
+        command,
+        context,
+        after_append=lambda conn, _: claim_project(conn, project_id, user),
+        check=lambda conn: require_unclaimed_or_own(conn, project_id, user),
     )
 
 
@@ -104,6 +120,13 @@ async def start_attempt(
         context,
         after_append=lambda conn, new_state: renew_lease(conn, new_state, command.worker_id),
     )
+
+
+async def require_unclaimed_or_own(conn: asyncpg.Connection, project_id: str, user: str) -> None:
+    """404 when the project belongs to someone else (a project nobody has claimed yet may be claimed)."""
+    owner = await conn.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id)
+    if owner is not None and owner != user:
+        raise NotFound(f"project {project_id!r} not found")
 
 
 async def claim_project(conn: asyncpg.Connection, project_id: str, user: str) -> None:

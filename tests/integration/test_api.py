@@ -16,6 +16,7 @@ from domain.clip import Complete, Fail, HandBack, Start
 from usecases.clips import handle
 from usecases.services import utcnow
 from runtime.settings import Settings
+from tests.projected import metrics_projected
 
 
 
@@ -37,6 +38,7 @@ async def event_count(pool: asyncpg.Pool, project: str) -> int:
 
 
 CLIP = {"source": "games/match.mp4", "start": 300.0, "end": 310.0}
+
 
 
 async def test_register_is_idempotent_and_conflicts_on_other_fields(client_factory, pool, ids) -> None:
@@ -238,6 +240,7 @@ async def test_the_duration_histogram_counts_what_the_log_holds(client_factory, 
     await handle(pool, project, clip, Start(run=1, attempt=1, worker_id="w"), ctx)
     done = Complete(run=1, attempt=1, bytes=1, duration_seconds=10, elapsed_seconds=0.05, output="x.mp4")
     await handle(pool, project, clip, done, ctx)
+    await metrics_projected(pool)
     durations = [r["d"] for r in await pool.fetch(
         "SELECT (data->>'elapsed_seconds')::float8 AS d FROM events WHERE type = 'extraction.completed'"
     )]
@@ -280,6 +283,7 @@ async def test_hand_backs_are_not_counted_as_failed_attempts(client_factory, poo
         )
         return health["rates"]["failed"], float(lines['cliplog_extraction_attempts_total{outcome="failed"}'])
 
+    await metrics_projected(pool)
     before = await failed_counts()
     project = ids.project()
     for clip in ("deployed", "broken"):
@@ -290,5 +294,60 @@ async def test_hand_backs_are_not_counted_as_failed_attempts(client_factory, poo
     assert await pool.fetchval(
         "SELECT count(*) FROM events WHERE project_id = $1 AND type = 'extraction.failed'", project
     ) == 2
+    await metrics_projected(pool)
     after = await failed_counts()
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)  # the real failure only
+
+
+RACED = {"source": "a.mp4", "start": 1.0, "end": 2.0}  # a file of the `api_server`'s media root
+
+
+@pytest.mark.parametrize("fields", [RACED, {**RACED, "end": 3.0}], ids=["same-fields", "other-fields"])
+async def test_the_loser_of_a_race_for_a_new_projects_first_clip_gets_404(
+    api_server, pool, ids, make_user, fields
+) -> None:
+    """User A's registering transaction has appended the project's first clip and claimed the project, and is held
+    open; user B posts the same clip id to the real server. B's append waits for A's transaction (pg_blocking_pids
+    shows it), which then commits: B must get 404 (someone else's project), not A's clip (200) nor 409, and append
+    nothing."""
+    import asyncio
+
+    import httpx
+
+    from domain.clip import Register
+    from usecases.clips import claim_project
+
+    project, clip = ids.project(), ids.clip()
+    (winner_user, _), (_, loser_token) = await make_user(), await make_user()
+    holding, release = asyncio.Event(), asyncio.Event()
+    winner_pid: list[int] = []
+
+    async def claim_and_hold(conn: asyncpg.Connection, _state: object) -> None:
+        await claim_project(conn, project, winner_user)
+        winner_pid.append(conn.get_server_pid())
+        holding.set()
+        await release.wait()
+
+    ctx = lambda: Settings(database_url="x").context(utcnow())  # noqa: E731
+    register = Register(source=RACED["source"], start=RACED["start"], end=RACED["end"])
+    winner = asyncio.create_task(handle(pool, project, clip, register, ctx, after_append=claim_and_hold))
+    headers = {"Authorization": f"Bearer {loser_token}"}
+    async with httpx.AsyncClient(base_url=api_server.url, headers=headers, timeout=20) as loser:
+        try:
+            await asyncio.wait_for(holding.wait(), 10)
+            url = f"/api/clips/projects/{project}/clips"
+            posted = asyncio.create_task(loser.post(url, json={"clip_id": clip, **fields}))
+            async with asyncio.timeout(10):  # the race happened: B's statement waits for A's open transaction
+                while not await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", winner_pid[0]
+                ):
+                    await asyncio.sleep(0.01)
+            assert not posted.done()
+        finally:
+            release.set()
+        assert (await winner).appended
+        response = await asyncio.wait_for(posted, 10)
+    assert response.status_code == 404, response.text
+    assert response.json() == {"status_code": 404, "detail": f"project {project!r} not found"}
+    assert await event_count(pool, project) == 1
+    assert await pool.fetchval("SELECT owner FROM projects WHERE project_id = $1", project) == winner_user

@@ -16,6 +16,7 @@ from eventlog import store
 from runtime.settings import Settings
 from usecases import clips
 from usecases.services import utcnow
+from tests.projected import metrics_projected
 
 CLIP = {"source": "games/match.mp4", "start": 300.0, "end": 310.0}
 
@@ -292,6 +293,7 @@ async def test_cancel_racing_a_completion_leaves_exactly_one_outcome(client, poo
 async def test_metrics_count_cancelled_clips_and_attempts(client, pool, ids) -> None:
     project = ids.project()
     await make_clip(client, pool, project, "c", "cancelled")
+    await metrics_projected(pool)  # asynchronous: its follower runs in the app
     lines = dict(
         line.rsplit(" ", 1) for line in (await client.get("/metrics")).text.splitlines() if not line.startswith("#")
     )

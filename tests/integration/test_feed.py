@@ -326,6 +326,20 @@ async def test_subscriber_metric(api_server, make_user: MakeUser):
 # Slow consumers ------------------------------------------------------------------------------------------------
 
 
+async def events_until_closed(ws) -> tuple[list[dict], object]:  # noqa: ANN001
+    """The events `ws` gets until the server closes it, and the close frame it sent."""
+    got: list[dict] = []
+    with pytest.raises(ConnectionClosed) as closed:
+        async with asyncio.timeout(20):
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "event":
+                    got.append(message["event"])
+    assert closed.value.rcvd is not None, closed.value
+    return got, closed.value.rcvd
+
+
+
 async def test_a_slow_consumer_is_closed_4408_and_resumes_without_delaying_others(
     database_url, api_env, pool, ids, make_user: MakeUser
 ):
@@ -351,14 +365,8 @@ async def test_a_slow_consumer_is_closed_4408_and_resumes_without_delaying_other
         received = await receive_events(fast, written[-1], timeout=20)
         assert [e["position"] for e in received] == written, "the reading client got everything, in order"
         # the slow client now reads what the network held for it, then the close
-        got: list[dict] = []
-        with pytest.raises(ConnectionClosed) as closed:
-            async with asyncio.timeout(20):
-                while True:
-                    message = json.loads(await slow.recv())
-                    if message["type"] == "event":
-                        got.append(message["event"])
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4408, closed.value
+        got, close = await events_until_closed(slow)
+        assert close.code == 4408, close
         assert 0 < len(got) < len(written)
         assert [e["position"] for e in got] == written[: len(got)]
         # it resumes from the last cursor it has
@@ -366,6 +374,41 @@ async def test_a_slow_consumer_is_closed_4408_and_resumes_without_delaying_other
             rest = await receive_events(again, written[-1], timeout=20)
         assert [e["position"] for e in got + rest] == written
         await fast.close()
+    finally:
+        server.stop()
+
+
+async def test_a_send_stuck_for_the_send_timeout_closes_the_socket_4408(database_url, api_env, pool, ids, make_user):
+    """A client stops reading; the buffer (large here) does not overflow, but the server's send blocks. After
+    CLIPLOG_WS_SEND_TIMEOUT the broker stalls the subscription and the handler closes the socket with 4408: a client
+    that reads again in time gets what the network held, then the close; it resumes from its last cursor."""
+    env = api_env(database_url, CLIPLOG_WS_SEND_TIMEOUT="2", CLIPLOG_WS_PING_INTERVAL="60", CLIPLOG_FEED_BUFFER="100000")
+    server = InProcessServer(env, send_buffer=4096).start()
+    try:
+        user, token = await make_user()
+        project = ids.project()
+        start = await cursor_at(pool, await register(pool, project, user))
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", server.port))
+        slow = await open_socket(ws_url(server.ws_url, token=token, after=start), max_queue=1, sock=raw)
+        written: list[int] = []
+        for _ in range(30):
+            written += await burst(pool, project, user, 20)
+
+        async def stalled() -> bool:
+            return any(sub.stalled for sub in server.state.feed._all())
+
+        async with asyncio.timeout(20):
+            while not await server.acall(stalled):
+                await asyncio.sleep(0.02)
+        got, close = await events_until_closed(slow)
+        assert close.code == 4408, close
+        assert "not reading" in close.reason
+        assert 0 < len(got) < len(written) and [e["position"] for e in got] == written[: len(got)]
+        async with await open_socket(ws_url(server.ws_url, token=token, after=got[-1]["cursor"])) as again:
+            rest = await receive_events(again, written[-1], timeout=20)
+        assert [e["position"] for e in got + rest] == written
     finally:
         server.stop()
 

@@ -22,7 +22,7 @@ from api.auth import create_token
 from eventlog import store
 from eventlog.migrate import migrate
 from runtime.processes import ApiProcess, Postgres, Process
-from tests.feed_support import open_socket, receive_events, register, ws_url
+from tests.feed_support import burst, open_socket, receive_events, register, ws_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,5 +147,99 @@ async def test_subscribers_live_through_a_postgres_restart(private_postgres, api
             assert [e["position"] for e in events] == [second]
     finally:
         await db.close()
+        api.stop(15)
+    assert "Traceback" not in api.log.read_text(), api.log.read_text()
+
+
+# A client that stops reading -------------------------------------------------------------------------------------
+
+# A feed client in a process of its own, with a small receive buffer: it reads everything the server sends until it
+# is stopped (SIGSTOP), as a frozen tab or a suspended laptop would.
+STOPPABLE_CLIENT = """
+import socket, sys
+from websockets.sync.client import connect
+raw = socket.socket()
+raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+raw.connect(("127.0.0.1", int(sys.argv[1])))
+with connect(sys.argv[2], sock=raw, compression=None, open_timeout=10) as ws:
+    print(raw.getsockname()[1], flush=True)
+    for _ in ws:
+        pass
+"""
+
+
+def server_holds_connection(server_port: int, client_port: int) -> bool:
+    """True while a process holds the server's end of the TCP connection to `client_port` (a socket the process has
+    closed is either gone from /proc/net/tcp or orphaned, with inode 0)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                if int(local.rsplit(":", 1)[1], 16) == server_port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                    if inode != "0":
+                        return True
+    return False
+
+
+async def feed_subscribers(api: ApiProcess) -> int:
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        text = (await http.get("/metrics")).text
+    return int(float(next(line.split()[1] for line in text.splitlines() if line.startswith("cliplog_feed_subscribers "))))
+
+
+@pytest.mark.parametrize(
+    ("case", "env", "bound"),
+    [
+        # events keep coming: the socket's buffers fill and a send blocks; the watchdog stops it after the send
+        # timeout, the close waits at most as long, then the connection is aborted after as long again
+        ("events", {"CLIPLOG_WS_PING_INTERVAL": "60", "CLIPLOG_WS_SEND_TIMEOUT": "2"}, 3 * 2),
+        # nothing to send: the protocol ping goes unanswered (ping interval + send timeout)
+        ("idle", {"CLIPLOG_WS_PING_INTERVAL": "2", "CLIPLOG_WS_SEND_TIMEOUT": "2"}, 2 + 2),
+    ],
+)
+async def test_a_stopped_client_is_dropped_within_the_documented_bound(
+    database_url, api_env, pool, ids, make_user, tmp_path, case, env, bound
+):
+    """docs/feed.md: a client that stops reading is dropped (subscription ended, TCP connection closed by the
+    server) within 3 x CLIPLOG_WS_SEND_TIMEOUT of the first send that cannot complete, and within
+    CLIPLOG_WS_PING_INTERVAL + 2 x CLIPLOG_WS_SEND_TIMEOUT of the moment it stopped reading. Measured against a real
+    `cliplog serve`, with a client process stopped by SIGSTOP (events: from the end of the burst, by which time the
+    server's sends block). Margin: 2 s for scheduling and the 0.1 s polling here on a shared machine."""
+    api = serve(api_env(database_url, **env), tmp_path / "serve.log")
+    client = None
+    try:
+        user, token = await make_user()
+        project = ids.project()
+        await register(pool, project, user)
+        client = subprocess.Popen(
+            [sys.executable, "-c", STOPPABLE_CLIENT, str(api.port), ws_url(api.ws_url, token, after="latest")],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        client_port = int(await asyncio.to_thread(client.stdout.readline))
+        async with asyncio.timeout(10):
+            while await feed_subscribers(api) != 1:
+                await asyncio.sleep(0.05)
+        assert server_holds_connection(api.port, client_port)
+        client.send_signal(signal.SIGSTOP)
+        if case == "events":  # 6 MB of events: more than the socket buffers on both sides hold (the server's
+            for _ in range(30):  # kernel buffer grows to 4 MB here)
+                await burst(pool, project, user, 100, source="x" * 4000)
+        stopped = time.monotonic()  # the client stopped reading, and (events) a send can no longer complete
+        dropped = ended = None
+        async with asyncio.timeout(bound + 20):  # long enough to see by how much a miss misses
+            while dropped is None or ended is None:
+                if ended is None and await feed_subscribers(api) == 0:
+                    ended = time.monotonic() - stopped
+                if dropped is None and not server_holds_connection(api.port, client_port):
+                    dropped = time.monotonic() - stopped
+                await asyncio.sleep(0.1)
+        print(f"{case}: subscription ended after {ended:.1f} s, connection closed after {dropped:.1f} s (bound {bound} s)")
+        assert ended <= bound + 2 and dropped <= bound + 2, (ended, dropped, bound)
+    finally:
+        if client is not None:
+            client.kill()
+            client.communicate()
         api.stop(15)
     assert "Traceback" not in api.log.read_text(), api.log.read_text()

@@ -130,6 +130,30 @@ def test_feed_settings_from_environment():
             load(bad)
 
 
+async def test_a_subscription_stuck_in_a_send_for_the_send_timeout_is_stalled():
+    b = broker()
+    b.idle_after, b.send_timeout = 100.0, 0.05
+    stuck, idle = b.subscribe("alice"), b.subscribe("bob")
+    called = asyncio.Event()
+    stuck.on_stall = called.set
+    idle.on_stall = lambda: pytest.fail("a subscription that is not sending is never stalled")
+    stuck.sending_since = asyncio.get_running_loop().time()
+    tick = asyncio.create_task(b._tick())
+    try:
+        await asyncio.wait_for(called.wait(), 5)
+    finally:
+        tick.cancel()
+    assert stuck.stalled and stuck.sending_since == 0.0
+    assert not idle.stalled
+
+
+def test_the_send_timeout_from_environment():
+    assert load({}).ws_send_timeout == 10.0
+    assert load({"CLIPLOG_WS_SEND_TIMEOUT": "2.5"}).ws_send_timeout == 2.5
+    with pytest.raises(ConfigError):
+        load({"CLIPLOG_WS_SEND_TIMEOUT": "0"})
+
+
 def progress(project: str, clip: str = "c", percent: float = 10.0):  # noqa: ANN201 - ProgressMessage
     from eventlog.progress import ProgressMessage
 
