@@ -31,8 +31,13 @@ log = logging.getLogger("cliplog.extraction")
 TEMP_PREFIX = ".tmp-"
 
 
+def attempt_output(project_id: str, clip_id: str, run: int, attempt: int) -> str:
+    """Where attempt `run`.`attempt` of a clip publishes its file, under the output root."""
+    return f"{project_id}/{clip_id}.r{run}a{attempt}.mp4"
+
+
 def output_name(state: ClipState) -> str:
-    return f"{state.project_id}/{state.clip_id}.r{state.run}a{state.attempt}.mp4"
+    return attempt_output(state.project_id, state.clip_id, state.run, state.attempt)
 
 
 _OUTPUT_NAME = re.compile(r"(?P<project>[A-Za-z0-9_-]{1,64})/(?P<clip>[A-Za-z0-9_-]{1,64})\.r[0-9]+a[0-9]+\.mp4")

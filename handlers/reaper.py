@@ -2,7 +2,9 @@
 
 - A running attempt whose lease has not been renewed for `lease_timeout` (its worker is gone) or whose deadline
   has passed gets `timed_out` (detected_by: reaper; reason: lease, or deadline when that has passed too); the
-  clip's retry policy then schedules the next attempt.
+  clip's retry policy then schedules the next attempt. The file that attempt may have published is removed: a
+  worker lost between publishing and recording `completed` would otherwise leave an output no clip points at, and a
+  live latecomer's `completed` can no longer be recorded.
 - With CLIPLOG_DISPATCH=fifo, a requested attempt that has not started `requeue_after` seconds after it was due,
   and whose job is not waiting in the queue, is enqueued again (Redis was flushed or restarted, or a worker died
   before starting it: a job
@@ -37,7 +39,7 @@ from domain.clip import TimeOut
 from domain.errors import StaleAttempt
 from eventlog.store import stream_name
 from handlers import dispatcher, reactor
-from handlers.extraction import TEMP_PREFIX, output_clip
+from handlers.extraction import TEMP_PREFIX, output_clip, attempt_output
 from usecases.clips import handle
 from usecases.services import Services, utcnow
 from eventlog import locks
@@ -78,7 +80,9 @@ async def time_out_lost_attempts(services: Services) -> int:
             )
             log.warning("timed out attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])
         except StaleAttempt:
-            pass  # it finished meanwhile
+            continue  # it finished meanwhile
+        output = settings.output_root / attempt_output(row["project_id"], row["clip_id"], row["run"], row["attempt"])
+        await asyncio.to_thread(output.unlink, missing_ok=True)
     return len(rows)
 
 

@@ -17,7 +17,7 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
 
-from domain.clip import ClipState, Register
+from domain.clip import ClipState, Register, Start
 from eventlog import store
 from usecases import clips
 from handlers import dispatcher, extraction, mp4, reactor, reaper
@@ -341,3 +341,26 @@ exec "{FFMPEG}" -hide_banner -loglevel error -nostdin -y -f lavfi -i testsrc2=si
         assert await outcomes(services, "c1") == [(1, "failed", "output_invalid")]
     assert state.status == "failed" and state.last_error is not None and state.last_error.retryable is False
     assert "1.50–2.50 s was expected" in state.last_error.message
+
+
+# A worker lost between publishing its file and recording `completed` (found by `cliplog soak`) ---------------------
+
+
+async def test_the_reaper_removes_the_file_a_lost_worker_published_but_never_recorded(settings_for):
+    settings = await settings_for(lease_timeout=1.0)
+    services = await open_services(settings, pool_size=4)
+    try:
+        await register(services, "c1")
+        await clips.start_attempt(services.pool, "p", "c1", Start(run=1, attempt=1, worker_id="lost"), services.context)
+        published = settings.output_root / extraction.attempt_output("p", "c1", 1, 1)
+        published.parent.mkdir(parents=True, exist_ok=True)
+        published.write_bytes(b"a whole clip whose completed was never recorded")
+        other = settings.output_root / extraction.attempt_output("p", "c2", 1, 1)  # another clip's: left alone
+        other.write_bytes(b"another clip")
+        await services.pool.execute("UPDATE leases SET renewed_at = now() - interval '1 minute'")
+        assert await reaper.time_out_lost_attempts(services) == 1
+        state = await clip_status.load(services.pool, "p", "c1")
+        assert (state.status, state.last_error.code if state.last_error else None) == ("retrying", "timed_out")
+        assert not published.exists() and other.exists()
+    finally:
+        await services.close()
