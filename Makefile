@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m bench.eventlog_bench $(ARGS)
 	$(VENV)/bin/python -m bench.pipeline_bench $(ARGS)
 	$(VENV)/bin/python -m bench.metrics_bench $(ARGS)
+	$(VENV)/bin/python -m bench.dispatch_bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cliplog .pytest_cache

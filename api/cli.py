@@ -1,4 +1,4 @@
-"""The `cliplog` command: dev, migrate, serve, worker, tail, replay, check, token."""
+"""The `cliplog` command: dev, migrate, serve, worker, tail, replay, check, token, soak."""
 
 from __future__ import annotations
 
@@ -408,6 +408,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    """The mixed-fault soak of the whole topology (soak/): exit 0 only when every check holds."""
+    from soak.runner import Options, run
+
+    if args.duration <= 0:
+        raise ConfigError("--duration must be greater than 0")
+    data_dir = Path(args.data_dir).absolute() if args.data_dir else None
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    return run(Options(duration=args.duration, seed=args.seed, clips=args.clips, data_dir=data_dir, keep=args.keep))
+
+
 # cliplog dev -----------------------------------------------------------------------------------------------
 
 
@@ -555,6 +566,14 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("check", help="compare the clip projection with a rebuild from the log").set_defaults(
         run=cmd_check
     )
+
+    soak = commands.add_parser("soak", help="a mixed-fault soak of the whole topology, with its report")
+    soak.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
+    soak.add_argument("--seed", type=int, default=None, help="repeat a run's random choices (default: a new seed)")
+    soak.add_argument("--clips", type=int, default=None, help="clips to register (default: max(240, 1.5 a second))")
+    soak.add_argument("--data-dir", default=None, help="where its servers, media and logs go (default: a temp dir)")
+    soak.add_argument("--keep", action="store_true", help="keep the data dir after a passing run")
+    soak.set_defaults(run=cmd_soak)
 
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)

@@ -59,7 +59,10 @@ async def live_views(services: Services, project_id: str, clips: list[tuple[Clip
     in the queue and ETA."""
     running = [(s.clip_id, s.run, s.attempt) for s, _ in clips if s.status == "running"]
     progress_of = await progress.read(services.pool, project_id, running)
-    waiting = await queue.estimate(services.pool, project_id, [s.clip_id for s, _ in clips if s.status == "pending"])
+    waiting = await queue.estimate(
+        services.pool, project_id, [s.clip_id for s, _ in clips if s.status == "pending"],
+        fair=services.settings.dispatch == "fair",
+    )
     now = utcnow()
     return [
         clip_view(
@@ -121,7 +124,9 @@ class ClipsController(Controller):
             raise InvalidInput(
                 f"source {data.source!r} is not a video file in the media folder", field="source"
             )
-        command = Register(source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name)
+        command = Register(
+            source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name, priority=data.priority
+        )
         if data.clip_id is None and idempotency_key is not None:
             fingerprint = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
             handled = await register_once(

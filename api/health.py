@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from api.feed import subscriber_count
 from api.views import ClipStatus
-from handlers import reactor
+from handlers import dispatcher, reactor
 from handlers.presence import presence_prefix
 from api.deps import ServicesDep
 from api.openapi import errors, get_or_head
@@ -63,6 +63,11 @@ class Feed(msgspec.Struct):
     held_by: HorizonHolder | None
 
 
+class Dispatch(msgspec.Struct):
+    waiting: dict[str, int]  # attempts due and waiting for admission, per priority
+    oldest_wait_seconds: float
+
+
 class Rates(msgspec.Struct):
     window_seconds: int
     completed: int
@@ -81,6 +86,7 @@ class Health(msgspec.Struct):
     queue: Queue | None = None
     reactor: Reactor | None = None
     feed: Feed | None = None
+    dispatch: Dispatch | None = None
     rates: Rates | None = None
 
 
@@ -140,6 +146,13 @@ async def _rates(services: Services) -> Rates:
     )
 
 
+async def _backlog(services: Services) -> dispatcher.Backlog | None:
+    try:
+        return await dispatcher.backlog(services)
+    except Exception:  # Redis went away since it was checked: the rest of the answer still holds
+        return None
+
+
 @get_or_head(
     "/api/extraction/health",
     summary="Health of the extraction pipeline (no token needed)",
@@ -153,6 +166,7 @@ async def health(services: ServicesDep) -> Response[Health]:
         return Response(Health(status="down", database=database, redis=redis), status_code=503)
     queue = await _queue(services)
     lag = await reactor.lag(services)
+    backlog = await _backlog(services) if redis.ok else None
     stopped = await reactor.stopped(services)
     degraded = not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000 or stopped is not None
     result = Health(
@@ -167,6 +181,7 @@ async def health(services: ServicesDep) -> Response[Health]:
             stopped_reason=stopped.reason if stopped else None,
         ),
         feed=await _feed(services),
+        dispatch=Dispatch(backlog.waiting, backlog.oldest_wait_seconds) if backlog else None,
         rates=await _rates(services),
     )
     return Response(result, status_code=200)
@@ -182,6 +197,8 @@ class MetricValues(msgspec.Struct, frozen=True, kw_only=True):
     clips: dict[str, int]  # clips by status
     feed_subscribers: int
     reactor_lag: int
+    dispatch_waiting: dict[str, int] = msgspec.field(default_factory=dict)  # attempts waiting for admission
+    dispatch_oldest_wait: float = 0.0
 
 
 def metric_families(values: MetricValues) -> list[Metric]:
@@ -204,7 +221,16 @@ def metric_families(values: MetricValues) -> list[Metric]:
         "cliplog_feed_subscribers", "WebSocket feed subscribers on this instance.", value=values.feed_subscribers
     )
     lag = GaugeMetricFamily("cliplog_reactor_lag_events", "Events the reactor has not handled yet.", value=values.reactor_lag)
-    return [attempts, duration, clips, subscribers, lag]
+    waiting = GaugeMetricFamily(
+        "cliplog_dispatch_waiting", "Attempts due and waiting for admission to the workers.", labels=["priority"]
+    )
+    for priority in ("interactive", "batch"):
+        waiting.add_metric([priority], values.dispatch_waiting.get(priority, 0))
+    oldest = GaugeMetricFamily(
+        "cliplog_dispatch_oldest_wait_seconds", "How long the attempt waiting longest for admission has waited.",
+        value=values.dispatch_oldest_wait,
+    )
+    return [attempts, duration, clips, subscribers, lag, waiting, oldest]
 
 
 class _Scrape:
@@ -228,6 +254,7 @@ def exposition(values: MetricValues, accept: str | None) -> tuple[bytes, str]:
 
 async def _metric_values(services: Services, state: State) -> MetricValues:
     projected = await metrics_projection.read(services.pool)
+    backlog = await _backlog(services) if services.redis is not None else None
     return MetricValues(
         outcomes={o: int(projected.get("attempts", o)) for o in metrics_projection.OUTCOMES},
         duration_buckets=[int(projected.get("duration_le", f"{bound:g}")) for bound in BUCKETS],
@@ -236,6 +263,8 @@ async def _metric_values(services: Services, state: State) -> MetricValues:
         clips={s: int(projected.get("clips", s)) for s in get_args(ClipStatus)},
         feed_subscribers=subscriber_count(state),
         reactor_lag=await reactor.lag(services),
+        dispatch_waiting=backlog.waiting if backlog else {},
+        dispatch_oldest_wait=backlog.oldest_wait_seconds if backlog else 0.0,
     )
 
 

@@ -65,6 +65,7 @@ class ClipView(msgspec.Struct):
     created_at: datetime | None = None
     duration_seconds: float | None = None
     bytes: int | None = None
+    priority: Literal["interactive", "batch"] = "interactive"
     # Live, not from the log: `progress` only while running, `queue_position` (attempts ahead of it) and
     # `queue_eta_seconds` (until it is extracted, from recent attempt durations) only while pending.
     progress: Progress | None = None
@@ -116,6 +117,7 @@ class RegisterClip(msgspec.Struct, forbid_unknown_fields=True):
     clip_id: ClipIdField | None = None
     mode: Literal["copy", "accurate"] = "copy"
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    priority: Literal["interactive", "batch"] = "interactive"
 
 
 class StatusFilter(msgspec.Struct, forbid_unknown_fields=True):
@@ -176,6 +178,7 @@ def clip_view(
         created_at=state.created_at,
         duration_seconds=state.duration_seconds if state.status == "completed" else None,
         bytes=state.bytes if state.status == "completed" else None,
+        priority=state.priority,
         progress=progress if state.status == "running" else None,
         queue_position=queue_position if state.status == "pending" else None,
         queue_eta_seconds=queue_eta_seconds if state.status == "pending" else None,

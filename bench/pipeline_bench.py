@@ -853,7 +853,7 @@ async def run_detection(
 ) -> list[DetectionRun]:
     wrapper = cluster.wrapper("slow-ffmpeg", f'sleep {WRAPPER_SLEEP}\nexec "$REAL" "$@"\n')
     survivor = cluster.worker("survivor", concurrency=1, **env)
-    await cluster.wait_log(survivor, [r"worker \S+ started", r"reactor: leading", r"reaper: leading"], timeout=60)
+    await cluster.wait_log(survivor, [r"worker \S+ started", r"(reactor|dispatcher): leading", r"reaper: leading"], timeout=60)
     rng = random.Random(20261128)
     results = []
     for k in range(runs):
@@ -1183,7 +1183,7 @@ async def bench(args: argparse.Namespace) -> str:
         redis = ArqRedis.from_url(cluster.redis_url)
         log(f"cliplog serve at {cluster.api.url}, Redis at {cluster.redis_url}, logs in {cluster.log_dir}")
         worker_a = cluster.worker("a", concurrency=1)
-        await cluster.wait_log(worker_a, [r"worker \S+ started", r"reactor: leading", r"reaper: leading"], timeout=60)
+        await cluster.wait_log(worker_a, [r"worker \S+ started", r"(reactor|dispatcher): leading", r"reaper: leading"], timeout=60)
 
         # Warm-up (connections, statements, page cache), then check the feed.
         t = time.perf_counter()

@@ -22,6 +22,7 @@ from domain.events import (
     ExtractionStarted,
     ExtractionTimedOut,
     Mode,
+    Priority,
     Reason,
     TimeoutReason,
 )
@@ -52,6 +53,7 @@ class ClipState(msgspec.Struct, frozen=True, kw_only=True):
     start: float = 0.0
     end: float = 0.0
     mode: Mode = "copy"
+    priority: Priority = "interactive"
     run: int = 0
     attempt: int = 0
     max_attempts: int = 3
@@ -108,6 +110,7 @@ class Register(msgspec.Struct, frozen=True, kw_only=True):
     end: float
     mode: Mode = "copy"
     name: str | None = None
+    priority: Priority = "interactive"
 
 
 class Start(msgspec.Struct, frozen=True, kw_only=True):
@@ -255,12 +258,13 @@ def _register(state: ClipState, command: Register, ctx: Context) -> list[Extract
             f"the clip is {length:g} s long; the longest clip that may be requested is {ctx.max_clip_seconds:g} s"
         )
     if state.registered:
-        same = (state.source, state.start, state.end, state.mode, state.name) == (
+        same = (state.source, state.start, state.end, state.mode, state.name, state.priority) == (
             command.source,
             command.start,
             command.end,
             command.mode,
             command.name,
+            command.priority,
         )
         if same:
             return []
@@ -288,7 +292,9 @@ def _request(
     max_attempts: int,
     fields: Register | None = None,
 ) -> ExtractionRequested:
-    f = fields or Register(source=state.source, start=state.start, end=state.end, mode=state.mode, name=state.name)
+    f = fields or Register(
+        source=state.source, start=state.start, end=state.end, mode=state.mode, name=state.name, priority=state.priority
+    )
     return ExtractionRequested(
         run=run,
         attempt=attempt,
@@ -300,6 +306,7 @@ def _request(
         mode=f.mode,
         name=f.name,
         max_attempts=max_attempts,
+        priority=f.priority,
     )
 
 
@@ -438,6 +445,7 @@ def evolve(state: ClipState, event: ExtractionEvent, at: datetime) -> ClipState:
                 start=event.start,
                 end=event.end,
                 mode=event.mode,
+                priority=event.priority,
                 run=event.run,
                 attempt=event.attempt,
                 max_attempts=event.max_attempts,

@@ -14,6 +14,9 @@ import msgspec
 Reason = Literal["registered", "auto_retry", "manual_retry", "handed_back"]
 Mode = Literal["copy", "accurate"]
 Detector = Literal["worker", "reaper", "user"]
+# How the dispatcher treats an attempt while it waits for a worker (domain/dispatch.py): interactive work first,
+# batch work with a guaranteed share.
+Priority = Literal["interactive", "batch"]
 # Why an attempt was timed out: it passed its deadline, its worker's lease expired, FFmpeg stopped making progress
 # for CLIPLOG_STALL_AFTER seconds, or a person retried it while it was slow.
 TimeoutReason = Literal["deadline", "lease", "stalled", "user"]
@@ -34,6 +37,7 @@ class ExtractionRequested(Event, tag="extraction.requested"):
     mode: Mode = "copy"
     name: str | None = None
     max_attempts: int = 3
+    priority: Priority = "interactive"
 
 
 class ExtractionStarted(Event, tag="extraction.started"):

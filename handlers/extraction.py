@@ -17,7 +17,7 @@ from pathlib import Path
 
 from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, TimeOut
 from domain.errors import StaleAttempt
-from domain.policy import is_retryable
+from domain.policy import attempt_deadline_seconds, is_retryable
 from handlers import ffmpeg, mp4
 from handlers.progress import ProgressReporter
 from projections import clip_status
@@ -31,8 +31,13 @@ log = logging.getLogger("cliplog.extraction")
 TEMP_PREFIX = ".tmp-"
 
 
+def attempt_output(project_id: str, clip_id: str, run: int, attempt: int) -> str:
+    """Where attempt `run`.`attempt` of a clip publishes its file, under the output root."""
+    return f"{project_id}/{clip_id}.r{run}a{attempt}.mp4"
+
+
 def output_name(state: ClipState) -> str:
-    return f"{state.project_id}/{state.clip_id}.r{state.run}a{state.attempt}.mp4"
+    return attempt_output(state.project_id, state.clip_id, state.run, state.attempt)
 
 
 _OUTPUT_NAME = re.compile(r"(?P<project>[A-Za-z0-9_-]{1,64})/(?P<clip>[A-Za-z0-9_-]{1,64})\.r[0-9]+a[0-9]+\.mp4")
@@ -195,22 +200,27 @@ async def extract(
     state = await clip_status.load(services.pool, project_id, clip_id)
     if (state.run, state.attempt) != (run, attempt) or state.started or state.status not in ("pending", "retrying"):
         return "stale"
-    if state.not_before is not None:
-        wait = (state.not_before - utcnow()).total_seconds()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    # A job is only ever queued once its attempt is due (the dispatcher admits it no earlier than `not_before`; the
+    # fifo reactor defers it in arq), so it starts at once. FFmpeg starts while `started` (with the lease) commits:
+    # the cut does not wait for the log's fsync. When the attempt cannot start (another job of it started first),
+    # the cut is stopped and its temporary file removed; nothing is published before `started` is recorded.
+    began = time.monotonic()
+    allowed = attempt_deadline_seconds(state.end - state.start, state.mode, services.settings.attempt_timeout)
+    reporter = ProgressReporter(services, state)  # the same attempt as the one `started` records
+    production = asyncio.create_task(produce_clip(services, state, allowed, reporter.on_report))  # and its deadline
     try:
         started = await start_attempt(
             services.pool, project_id, clip_id, Start(run=run, attempt=attempt, worker_id=worker_id), services.context
         )
-    except StaleAttempt:
-        return "stale"
+    except BaseException as error:
+        production.cancel()
+        await asyncio.gather(production, return_exceptions=True)
+        if isinstance(error, StaleAttempt):
+            return "stale"
+        raise
     state = started.state
-    began = time.monotonic()
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
     cancelled = False  # by the worker's shutdown or the queue: record the outcome quickly
-    reporter = ProgressReporter(services, state)
-    production = asyncio.create_task(produce_clip(services, state, max(0.0, time_left), reporter.on_report))
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
         command: Command = await production

@@ -1,5 +1,6 @@
 """Worker presence: each worker keeps the Redis key `presence_prefix(epoch) + worker_id` alive (expiring after
-`PRESENCE_TTL` seconds); the health check counts those of its own log. Here, so that health need not import the
+`PRESENCE_TTL` seconds), holding its concurrency; the health check counts those of its own log, the dispatcher
+adds up their slots. Here, so that health need not import the
 worker."""
 
 from __future__ import annotations

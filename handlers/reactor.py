@@ -1,5 +1,5 @@
-"""The reactor: follows the log from a checkpoint kept in PostgreSQL and turns each `requested` attempt into an
-arq job. Enqueueing is idempotent (the job id is unique to the attempt), so a crash between the enqueue and the
+"""The reactor (CLIPLOG_DISPATCH=fifo; the fair default runs handlers/dispatcher.py under the same leader lock
+instead): follows the log from a checkpoint kept in PostgreSQL and turns each `requested` attempt into an arq job. Enqueueing is idempotent (the job id is unique to the attempt), so a crash between the enqueue and the
 checkpoint only enqueues again what arq already holds, or what the job itself then finds stale.
 
 One reactor runs at a time across all workers (a PostgreSQL advisory lock on its own connection). It wakes on
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
+from typing import Callable
 from uuid import UUID
 
 import asyncpg
@@ -20,6 +21,7 @@ from arq.connections import ArqRedis
 from domain.events import ExtractionRequested, UndecodableEvent
 from eventlog import store
 from runtime.aio import reraise_if_cancelled, wait_event
+from runtime.settings import Settings
 from usecases.services import Services
 from eventlog import locks
 
@@ -44,6 +46,27 @@ class JobQueue(msgspec.Struct, frozen=True):
     def job_id(self, project_id: str, clip_id: str, run: int, attempt: int) -> str:
         return f"extract:{self.epoch}:{project_id}/{clip_id}:{run}:{attempt}"
 
+    def attempt_of(self, job: str | bytes) -> tuple[str, str, int, int] | None:
+        """The attempt (project, clip, run, attempt) of one of this queue's job ids, with or without a re-enqueue
+        suffix; None for any other id."""
+        text = job.decode() if isinstance(job, bytes) else job
+        prefix = f"extract:{self.epoch}:"
+        if not text.startswith(prefix):
+            return None
+        stream, _, numbers = text[len(prefix):].partition(":")
+        project_id, _, clip_id = stream.partition("/")
+        run, _, tail = numbers.partition(":")
+        try:
+            return (project_id, clip_id, int(run), int(tail.partition(":")[0]))
+        except ValueError:
+            return None
+
+
+def job_timeout(settings: Settings) -> float:
+    """arq's limit on one extraction job: the attempt's own timeout plus room to record its outcome. arq keeps a
+    job it runs "in progress" for this plus 10 s."""
+    return settings.attempt_timeout + 120
+
 
 async def job_queue(db: asyncpg.Connection | asyncpg.Pool) -> JobQueue:
     return JobQueue(await store.epoch(db))
@@ -59,9 +82,11 @@ async def enqueue_attempt(
     not_before: datetime | None,
     *,
     job: str | None = None,
+    publish: bool = True,
 ) -> bool:
-    """Enqueue the attempt's job (id `job`, by default the attempt's own) and wake idle workers; False when arq
-    already holds a job (or its result) with that id."""
+    """Enqueue the attempt's job (id `job`, by default the attempt's own) and wake idle workers (unless `publish`
+    is false: the caller wakes them once for several); False when arq already holds a job (or its result) with that
+    id."""
     job = await redis.enqueue_job(
         EXTRACT_JOB,
         project_id,
@@ -72,7 +97,7 @@ async def enqueue_attempt(
         _queue_name=queue.name,
         _defer_until=not_before,
     )
-    if job is not None:
+    if job is not None and publish:
         await redis.publish(WAKE_CHANNEL, "1")
     return job is not None
 
@@ -145,6 +170,15 @@ async def stopped(services: Services) -> Stopped | None:
     return Stopped(row["stopped_at"], row["stopped_reason"]) if row else None
 
 
+async def save_checkpoint(pool: asyncpg.Pool, position: int) -> None:
+    await pool.execute(
+        "INSERT INTO checkpoints (name, position) VALUES ($1, $2) "
+        "ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position)",
+        CHECKPOINT,
+        position,
+    )
+
+
 async def lag(services: Services) -> int:
     """Positions in the log the reactor has not passed yet (an upper bound on its unhandled events)."""
     return await services.pool.fetchval(
@@ -155,28 +189,33 @@ async def lag(services: Services) -> int:
 
 
 async def run_as_leader(  # noqa: ANN001
-    services: Services, lock_key: int, step, period: float, name: str, *, wake_on_notify: bool = True
-) -> None:
-    """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by NOTIFY or every `period`.
+    services: Services, lock_key: int, step, period: float | Callable[[], float], name: str, *,
+    wake_on_notify: bool = True,
+) -> None:  # fmt: skip
+    """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by NOTIFY or every `period`
+    seconds (a function: asked again after every pass).
 
     Survives PostgreSQL outages: on any connection error it waits and tries again.
     """
+    sleep = period if callable(period) else lambda: period
     while True:
         conn = None
         try:
             conn = await services.connect_leader()
+            reraise_if_cancelled()  # asyncpg's connect timeout (wait_for on 3.11) can swallow a cancellation
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
-                await asyncio.sleep(min(period, 2.0))
+                await asyncio.sleep(min(sleep(), 2.0))
             wake = asyncio.Event()
             if wake_on_notify:
                 await conn.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
             log.info("%s: leading", name)
             while True:
+                reraise_if_cancelled()  # one a library swallowed in the last pass must still end the loop
                 wake.clear()
                 while await step(services):
                     pass
-                await wait_event(wake, period)
-                await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly
+                if not await wait_event(wake, sleep()):
+                    await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly (a NOTIFY proves it)
         except asyncio.CancelledError:
             raise
         except Exception as error:

@@ -2,11 +2,18 @@
 
 - A running attempt whose lease has not been renewed for `lease_timeout` (its worker is gone) or whose deadline
   has passed gets `timed_out` (detected_by: reaper; reason: lease, or deadline when that has passed too); the
-  clip's retry policy then schedules the next attempt.
-- A requested attempt that has not started `requeue_after` seconds after it was due, and whose job is not waiting
-  in the queue, is enqueued again (Redis was flushed or restarted, or a worker died before starting it: a job
+  clip's retry policy then schedules the next attempt. The file that attempt may have published is removed: a
+  worker lost between publishing and recording `completed` would otherwise leave an output no clip points at, and a
+  live latecomer's `completed` can no longer be recorded.
+- With CLIPLOG_DISPATCH=fifo, a requested attempt that has not started `requeue_after` seconds after it was due,
+  and whose job is not waiting in the queue, is enqueued again (Redis was flushed or restarted, or a worker died
+  before starting it: a job
   that arq holds "in progress" but whose attempt has not started by then counts as not waiting). Each
-  re-enqueue has its own job id, and a duplicate job finds its attempt already started and does nothing.
+  re-enqueue has its own job id, and a duplicate job finds its attempt already started and does nothing. With
+  fair dispatch the dispatcher itself admits again, within a second, an admitted attempt missing from the queue
+  (within the capacity and the limits); the reaper only takes out of the queue an admitted job that a worker took
+  and did not start for `requeue_after` seconds (`dispatcher.release_stuck_admissions`), for the dispatcher to
+  admit again.
 - Temporary output files older than any attempt may live are removed.
 - Every `orphan_sweep_interval` seconds, outputs no `completed` event points at (a finished cut whose attempt was
   cancelled, handed back or timed out while its outcome was being recorded) are removed once older than
@@ -30,9 +37,9 @@ from arq.constants import in_progress_key_prefix
 
 from domain.clip import TimeOut
 from domain.errors import StaleAttempt
-from handlers import reactor
 from eventlog.store import stream_name
-from handlers.extraction import TEMP_PREFIX, output_clip
+from handlers import dispatcher, reactor
+from handlers.extraction import TEMP_PREFIX, output_clip, attempt_output
 from usecases.clips import handle
 from usecases.services import Services, utcnow
 from eventlog import locks
@@ -73,7 +80,9 @@ async def time_out_lost_attempts(services: Services) -> int:
             )
             log.warning("timed out attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])
         except StaleAttempt:
-            pass  # it finished meanwhile
+            continue  # it finished meanwhile
+        output = settings.output_root / attempt_output(row["project_id"], row["clip_id"], row["run"], row["attempt"])
+        await asyncio.to_thread(output.unlink, missing_ok=True)
     return len(rows)
 
 
@@ -174,7 +183,10 @@ async def remove_orphaned_outputs(services: Services) -> int:
 
 async def reap_once(services: Services) -> bool:
     await time_out_lost_attempts(services)
-    await requeue_lost_jobs(services)
+    if services.settings.dispatch == "fifo":
+        await requeue_lost_jobs(services)
+    else:
+        await dispatcher.release_stuck_admissions(services)
     await asyncio.to_thread(remove_stale_temporaries, services)  # a glob and a stat per file: slow storage blocks
     return False  # one pass per period
 

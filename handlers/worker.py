@@ -18,7 +18,7 @@ from typing import Any
 
 from arq.worker import Worker, func
 
-from handlers import metrics, reactor, reaper
+from handlers import dispatcher, metrics, reactor, reaper
 from handlers.extraction import extract
 from handlers.presence import PRESENCE_TTL, presence_prefix
 from runtime.aio import reraise_if_cancelled, wait_event
@@ -27,13 +27,16 @@ from usecases.services import DEPENDENCY_ERRORS, Services
 log = logging.getLogger("cliplog.worker")
 
 
-async def announce(services: Services, presence_key: str) -> None:
-    """Keep a short-lived presence key in Redis so health can count the live workers."""
+async def announce(services: Services, presence_key: str, concurrency: int) -> None:
+    """Keep a short-lived presence key in Redis, holding the worker's concurrency: health counts the live workers,
+    the dispatcher adds up their slots."""
     while True:
         try:
-            await services.redis.set(presence_key, "1", ex=PRESENCE_TTL)
+            await services.redis.set(presence_key, str(concurrency), ex=PRESENCE_TTL)
         except Exception as error:
+            reraise_if_cancelled()
             log.warning("cannot announce worker presence: %s", error)
+        reraise_if_cancelled()  # a cancellation the Redis client swallowed must still end the loop
         await asyncio.sleep(PRESENCE_TTL / 3)
 
 
@@ -126,20 +129,21 @@ async def run_worker(services: Services, concurrency: int = 2) -> None:
     queue = await _log_queue(services)
     presence = presence_prefix(queue.epoch) + worker_id
     worker = make_worker(
-        services, worker_id, queue, concurrency=concurrency, job_timeout=settings.attempt_timeout + 120
+        services, worker_id, queue, concurrency=concurrency, job_timeout=reactor.job_timeout(settings)
     )
+    leader = dispatcher.follow if settings.dispatch == "fair" else reactor.follow
     background = [
-        asyncio.create_task(reactor.follow(services), name="reactor"),
+        asyncio.create_task(announce(services, presence, concurrency), name="presence"),
+        asyncio.create_task(leader(services), name="dispatcher" if settings.dispatch == "fair" else "reactor"),
         asyncio.create_task(reaper.follow(services), name="reaper"),
         asyncio.create_task(metrics.follow(services), name="metrics"),
-        asyncio.create_task(announce(services, presence), name="presence"),
         asyncio.create_task(listen_for_wakes(services, worker.wake), name="wake"),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("worker %s started (concurrency %d)", worker_id, concurrency)
+    log.info("worker %s started (concurrency %d, %s dispatch)", worker_id, concurrency, settings.dispatch)
     polling = asyncio.create_task(_poll_forever(worker), name="poll")
     try:
         await asyncio.wait([polling, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)

@@ -20,18 +20,19 @@ _decoder = msgspec.json.Decoder(ClipState)
 
 _UPSERT = """
 INSERT INTO clips (project_id, clip_id, version, status, run, attempt, not_before, deadline_at, status_since,
-                   position, created_at, updated_at, state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                   position, created_at, updated_at, state, priority)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (project_id, clip_id) DO UPDATE SET
     version = EXCLUDED.version, status = EXCLUDED.status, run = EXCLUDED.run, attempt = EXCLUDED.attempt,
     not_before = EXCLUDED.not_before, deadline_at = EXCLUDED.deadline_at, status_since = EXCLUDED.status_since,
-    position = EXCLUDED.position, updated_at = EXCLUDED.updated_at, state = EXCLUDED.state
-WHERE clips.version = $14
+    position = EXCLUDED.position, updated_at = EXCLUDED.updated_at, state = EXCLUDED.state,
+    priority = EXCLUDED.priority
+WHERE clips.version = $15
 """
 
 
 COLUMNS = ("project_id", "clip_id", "version", "status", "run", "attempt", "not_before", "deadline_at", "status_since",
-           "position", "created_at", "updated_at", "state")  # fmt: skip
+           "position", "created_at", "updated_at", "state", "priority")  # fmt: skip
 _encode = msgspec.json.encode
 
 
@@ -39,7 +40,7 @@ def values(state: ClipState, position: int) -> tuple:
     """The clip's row, in COLUMNS order (the state as builtins, as `save` writes it)."""
     return (state.project_id, state.clip_id, state.version, state.status, state.run, state.attempt, state.not_before,
             state.deadline_at, state.status_since, position, state.created_at, state.updated_at,
-            msgspec.to_builtins(state))  # fmt: skip
+            msgspec.to_builtins(state), state.priority)  # fmt: skip
 
 
 def _time(value: datetime | None) -> bytes:
@@ -52,6 +53,7 @@ def copy_line(state: ClipState, position: int) -> bytes:
         state.project_id.encode(), state.clip_id.encode(), b"%d" % state.version, state.status.encode(),
         b"%d" % state.run, b"%d" % state.attempt, _time(state.not_before), _time(state.deadline_at),
         _time(state.status_since), b"%d" % position, _time(state.created_at), _time(state.updated_at), _encode(state),
+        state.priority.encode(),
     )) + b"\n"  # fmt: skip
 
 

@@ -49,6 +49,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_send_timeout: float = 10.0
     feed_buffer: int = 1000
     feed_poll_interval: float = 1.0
+    dispatch: str = "fair"  # "fair": admission as workers free up (handlers/dispatcher.py); "fifo": enqueue on sight
+    project_concurrency: int | None = None  # running attempts per project (fair dispatch); None: unlimited
+    owner_concurrency: int | None = None  # per user
     cors_origins: tuple[str, ...] = ()  # origins a browser may call the API and open the feed from ("*": any)
     ws_per_token: int = 20  # open feed WebSockets per token and API process (one more: close 4429)
     token_check_interval: float = 1.0  # seconds between checks of open sockets' tokens (revoked: close 4401)
@@ -88,9 +91,12 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_WS_SEND_TIMEOUT": ("ws_send_timeout", float),
     "CLIPLOG_FEED_BUFFER": ("feed_buffer", int),
     "CLIPLOG_FEED_POLL_INTERVAL": ("feed_poll_interval", float),
+    "CLIPLOG_PROJECT_CONCURRENCY": ("project_concurrency", int),
+    "CLIPLOG_OWNER_CONCURRENCY": ("owner_concurrency", int),
     "CLIPLOG_WS_PER_TOKEN": ("ws_per_token", int),
     "CLIPLOG_TOKEN_CHECK_INTERVAL": ("token_check_interval", float),
 }
+DISPATCH_MODES = ("fair", "fifo")
 
 
 def parse_origins(raw: str | None) -> tuple[str, ...]:
@@ -151,6 +157,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             f"CLIPLOG_HEARTBEAT_INTERVAL ({heartbeat:g}) must be shorter than CLIPLOG_LEASE_TIMEOUT ({lease:g}), "
             "or every healthy attempt would be timed out"
         )
+    dispatch = env.get("CLIPLOG_DISPATCH") or "fair"
+    if dispatch not in DISPATCH_MODES:
+        raise ConfigError(f"CLIPLOG_DISPATCH must be one of {', '.join(DISPATCH_MODES)} (got {dispatch!r})")
     data_dir = Path(env.get("CLIPLOG_DATA_DIR") or ".cliplog").absolute()
     orphan_grace = values.get("orphan_grace", defaults.orphan_grace)
     attempt_span = values.get("attempt_timeout", defaults.attempt_timeout) + lease  # type: ignore[operator]
@@ -168,6 +177,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ffmpeg=find_ffmpeg(env),
         ffprobe=find_ffprobe(env),
         dev_token=env.get("CLIPLOG_DEV_TOKEN") or None,
+        dispatch=dispatch,
         cors_origins=parse_origins(env.get("CLIPLOG_CORS_ORIGINS")),
         **values,  # type: ignore[arg-type]
     )

@@ -93,7 +93,8 @@ def test_cancel_stops_a_running_ffmpeg_within_a_heartbeat_and_leaves_no_output(c
     cluster.check_log()
 
 
-def test_a_cancelled_pending_or_retrying_clip_is_never_started(cluster: Cluster) -> None:
+@pytest.mark.parametrize("dispatch", ["fifo", "fair"])
+def test_a_cancelled_pending_or_retrying_clip_is_never_started(cluster: Cluster, dispatch: str) -> None:
     # Every first run of a clip fails (exit 1); later ones run the real FFmpeg.
     flaky = cluster.wrapper(
         "flaky", 'for a in "$@"; do case "$a" in *.tmp-*) base=$(basename "$a"); esac; done\n'
@@ -103,7 +104,7 @@ def test_a_cancelled_pending_or_retrying_clip_is_never_started(cluster: Cluster)
     api = cluster.serve()
     assert api.register("p1", clip_id="waiting", **SHORT).status_code == 201
     assert api.cancel("p1", "waiting").status_code == 202  # pending: no worker yet
-    cluster.worker(CLIPLOG_FFMPEG=flaky, CLIPLOG_RETRY_BASE="3", CLIPLOG_RETRY_MAX="3")
+    cluster.worker(CLIPLOG_FFMPEG=flaky, CLIPLOG_RETRY_BASE="3", CLIPLOG_RETRY_MAX="3", CLIPLOG_DISPATCH=dispatch)
     assert api.register("p1", clip_id="flaky", **SHORT).status_code == 201
     clip = api.wait_for("p1", ["flaky"], until=lambda c: c["status"] == "retrying", timeout=30)["flaky"]
     assert clip["last_error"]["stderr_tail"] == "boom: first try"
@@ -111,11 +112,15 @@ def test_a_cancelled_pending_or_retrying_clip_is_never_started(cluster: Cluster)
     assert not any(str(cluster.root) in arg for arg in clip["last_error"]["command"])
     cancelled = api.cancel("p1", "flaky")
     assert cancelled.status_code == 202 and cancelled.json()["attempt"] == 2
-    # The jobs of both cancelled attempts ran (the retry's once it was due) and found them cancelled.
-    for job in (r"extract:\S*p1/waiting:1:1:extract ●", r"extract:\S*p1/flaky:1:2:extract ●"):  # arq's "job done"
-        _wait(lambda: re.search(job, cluster.logs()) is not None, 30, f"no {job}")
-    # Past the requeue (2 s) and the lease timeout (2 s): nothing moved.
+    jobs = (r"extract:\S*p1/waiting:1:1:extract ●", r"extract:\S*p1/flaky:1:2:extract ●")  # arq's "job done"
+    if dispatch == "fifo":  # the jobs of both cancelled attempts ran (the retry's once it was due), found them cancelled
+        for job in jobs:
+            _wait(lambda: re.search(job, cluster.logs()) is not None, 30, f"no {job}")
+    # Past the requeue (2 s), the lease timeout (2 s) and the retry's due time (at most 3 s after the failure):
+    # nothing moved.
     _nothing_moves(cluster, "flaky", 4.0)
+    if dispatch == "fair":  # a cancelled attempt waits for nothing: it was never admitted, no job of it ever ran
+        assert not [job for job in jobs if re.search(job, cluster.logs(tail=10**8))]
     assert _types(cluster, "waiting") == ["requested", "cancelled"]
     assert _types(cluster, "flaky") == ["requested", "started", "failed", "requested", "cancelled"]
     failed = next(e for e in cluster.api.history("p1", "flaky") if e["type"] == "extraction.failed")

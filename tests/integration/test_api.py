@@ -203,6 +203,40 @@ async def test_health_metrics_and_schema(client_factory) -> None:
     assert "ClipView" in msgspec.json.encode(schema).decode()
 
 
+async def test_priority_is_part_of_the_registration_and_health_counts_what_waits_for_admission(
+    client_factory, ids
+) -> None:
+    """No worker runs here, so every registered attempt waits for admission: health and /metrics count them per
+    priority (the difference from before, other tests' clips wait too)."""
+    client = await client_factory()
+
+    async def waiting() -> tuple[dict, dict[str, float]]:
+        dispatch = (await client.get("/api/extraction/health")).json()["dispatch"]
+        lines = (await client.get("/metrics")).text.splitlines()
+        gauges = dict(line.rsplit(" ", 1) for line in lines if line.startswith("cliplog_dispatch_waiting{"))
+        return dispatch, {k.split('"')[1]: float(v) for k, v in gauges.items()}
+
+    before, gauges_before = await waiting()
+    project = ids.project()
+    url = f"/api/clips/projects/{project}/clips"
+    batch = await client.post(url, json={"clip_id": "bulk", **CLIP, "priority": "batch"})
+    assert batch.status_code == 201 and batch.json()["priority"] == "batch"
+    plain = await client.post(url, json={"clip_id": "plain", **CLIP})
+    assert plain.status_code == 201 and plain.json()["priority"] == "interactive"
+    assert (await client.post(url, json={"clip_id": "bulk", **CLIP, "priority": "batch"})).status_code == 200
+    assert (await client.post(url, json={"clip_id": "bulk", **CLIP})).status_code == 409  # other fields
+    bad = await client.post(url, json={"clip_id": "x", **CLIP, "priority": "urgent"})
+    assert bad.status_code == 400 and "priority" in bad.text
+    after, gauges_after = await waiting()
+    assert after["waiting"]["batch"] - before["waiting"]["batch"] == 1
+    assert after["waiting"]["interactive"] - before["waiting"]["interactive"] == 1
+    assert gauges_after["batch"] - gauges_before["batch"] == 1
+    assert gauges_after["interactive"] - gauges_before["interactive"] == 1
+    assert after["oldest_wait_seconds"] >= 0
+    events = (await client.get(f"{url}/bulk/events")).json()
+    assert events[0]["data"]["priority"] == "batch"
+
+
 async def test_database_down_gives_503_not_500(media: Path, tmp_path: Path) -> None:
     settings = Settings(
         database_url="postgresql://postgres@127.0.0.1:1/nowhere", redis_url="redis://127.0.0.1:1/0",
@@ -266,6 +300,8 @@ async def test_metrics_are_prometheus_text_a_scraper_parses(client_factory) -> N
         "cliplog_clips": "gauge",
         "cliplog_feed_subscribers": "gauge",
         "cliplog_reactor_lag_events": "gauge",
+        "cliplog_dispatch_waiting": "gauge",
+        "cliplog_dispatch_oldest_wait_seconds": "gauge",
     }
     openmetrics = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")

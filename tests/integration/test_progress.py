@@ -16,6 +16,7 @@ from websockets.asyncio.client import ClientConnection
 from api.feed_client import FeedClient
 from domain.clip import Start
 from eventlog import progress
+from eventlog.store import init_connection
 from projections import clip_status, queue
 from tests.feed_support import context, open_socket, register, ws_url
 from tests.integration.test_feed import client, fast_pings  # noqa: F401 - a fixture
@@ -122,22 +123,24 @@ async def test_progress_reaches_only_sockets_that_may_see_the_project_and_get_cl
         assert all(c["progress"] is None and isinstance(c["queue_position"], int) for c in pending)
 
 
-async def test_queue_positions_count_the_due_attempts_ahead_in_dispatch_order(pool, ids, make_user):
-    user, _ = await make_user()
-    project = ids.project()
-    for clip in ("a", "b", "c"):
-        await register(pool, project, user, clip=clip)
-    positions = await queue.queue_positions(pool, project, ["a", "b", "c"])
-    assert positions["b"] == positions["a"] + 1 and positions["c"] == positions["b"] + 1
-    await start_attempt(pool, project, "a", Start(run=1, attempt=1, worker_id="w"), context)
-    after = await queue.queue_positions(pool, project, ["a", "b", "c"])
-    assert "a" not in after and after["b"] == positions["b"] - 1 and after["c"] == positions["c"] - 1
-    estimate = await queue.estimate(pool, project, ["b", "c"])
-    assert estimate.running >= 1
-    if estimate.typical_seconds is None:
-        assert estimate.eta_seconds("b") is None
-    else:
-        assert estimate.eta_seconds("c") >= estimate.eta_seconds("b") > 0
+async def test_queue_positions_count_the_due_attempts_ahead_in_dispatch_order(make_database, ids):
+    """On a log of its own (only these clips wait): alice's three clips, then bob's one. Fair dispatch takes the
+    users in turn (alice's oldest, bob's, then alice's); first come, first served takes them in request order."""
+    async with asyncpg.create_pool(await make_database(migrated=True), init=init_connection) as pool:
+        alice, bob = ids.project(), ids.project()
+        for clip in ("a", "b", "c"):
+            await register(pool, alice, "alice", clip=clip)
+        await register(pool, bob, "bob", clip="x")
+        fair = await queue.queue_positions(pool, alice, ["a", "b", "c"]) | await queue.queue_positions(pool, bob, ["x"])
+        assert fair == {"a": 0, "x": 1, "b": 2, "c": 3}
+        fifo = await queue.queue_positions(pool, alice, ["a", "b", "c"], fair=False)
+        assert fifo == {"a": 0, "b": 1, "c": 2}
+        assert await queue.queue_positions(pool, bob, ["x"], fair=False) == {"x": 3}
+        await start_attempt(pool, alice, "a", Start(run=1, attempt=1, worker_id="w"), context)
+        after = await queue.queue_positions(pool, alice, ["a", "b", "c"]) | await queue.queue_positions(pool, bob, ["x"])
+        assert after == {"x": 0, "b": 1, "c": 2}  # alice has one running: bob's goes first
+        estimate = await queue.estimate(pool, alice, ["b", "c"])
+        assert estimate.running == 1 and estimate.typical_seconds is None and estimate.eta_seconds("b") is None
 
 
 @pytest.mark.parametrize("ahead,running,expected", [(0, 0, 2.0), (3, 2, 4.0), (4, 2, 6.0)])

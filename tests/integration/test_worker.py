@@ -1,5 +1,5 @@
-"""The worker in this process: arq's real Worker (`handlers.worker.make_worker`) with the reactor, on a database of
-its own and the test Redis, running real FFmpeg or FFmpeg stand-ins (shell scripts)."""
+"""The worker in this process: arq's real Worker (`handlers.worker.make_worker`) with the dispatcher (or, with
+dispatch "fifo", the reactor) and its presence key, on a database of its own and the test Redis, running real FFmpeg or FFmpeg stand-ins (shell scripts)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
 
-from domain.clip import ClipState, Register
+from domain.clip import ClipState, Register, Start
 from eventlog import store
 from usecases import clips
-from handlers import extraction, mp4, reactor, reaper
+from handlers import dispatcher, extraction, mp4, reactor, reaper
 from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
 from projections import clip_status
 from runtime.bootstrap import open_services, redis_settings
@@ -73,20 +73,24 @@ async def settings_for(make_database, source_root: Path, tmp_path: Path) -> Call
 async def running_worker(
     settings: Settings, *, job_timeout: float | None = None, name: str = "test-worker"
 ) -> AsyncIterator[Services]:
-    """A worker (one job at a time) and the reactor, as `cliplog worker` runs them, until the block ends; then the
-    worker shuts down as on SIGTERM."""
+    """A worker (one job at a time), its presence key and the dispatcher (the reactor with dispatch "fifo"), as
+    `cliplog worker` runs them, until the block ends; then the worker shuts down as on SIGTERM."""
     services = await open_services(settings, pool_size=8)
     queue = await reactor.job_queue(services.pool)
     worker = make_worker(services, name, queue, concurrency=1,
                          job_timeout=job_timeout or settings.attempt_timeout + 120)
-    following = asyncio.create_task(reactor.follow(services))
+    presence = presence_prefix(queue.epoch) + name
+    leader = dispatcher.follow if settings.dispatch == "fair" else reactor.follow
+    following = [asyncio.create_task(announce(services, presence, 1)), asyncio.create_task(leader(services))]
     polling = asyncio.create_task(_poll_forever(worker))
     try:
         yield services
     finally:
         await _shut_down(worker, polling, grace=0.1)
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
+        for task in following:
+            task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)
+        await services.redis.delete(presence)
         if worker._pool is not None:  # noqa: SLF001 - arq's own close() still calls redis' deprecated close()
             await worker.pool.aclose(close_connection_pool=True)
         await services.close()
@@ -161,30 +165,43 @@ async def test_health_counts_only_the_workers_of_its_own_deployment(settings_for
     from runtime.bootstrap import web_app
 
     first, second = await settings_for(), await settings_for()
-    async with running_worker(second, name="second-worker") as two:
+    async with running_worker(second, name="second-worker") as two:  # it announces itself, as `cliplog worker` does
         presence = presence_prefix(await store.epoch(two.pool)) + "second-worker"
-        announcing = asyncio.create_task(announce(two, presence))
-        try:
-            while not await two.redis.exists(presence):
-                await asyncio.sleep(0.01)
-            alive = {}
-            for name, settings in (("first", first), ("second", second)):
-                async with AsyncTestClient(app=web_app(settings)) as http:
-                    alive[name] = (await http.get("/api/extraction/health")).json()["workers"]["alive"]
-        finally:
-            announcing.cancel()
-            await asyncio.gather(announcing, return_exceptions=True)
-            await two.redis.delete(presence)
+        while not await two.redis.exists(presence):
+            await asyncio.sleep(0.01)
+        alive = {}
+        for name, settings in (("first", first), ("second", second)):
+            async with AsyncTestClient(app=web_app(settings)) as http:
+                alive[name] = (await http.get("/api/extraction/health")).json()["workers"]["alive"]
     assert alive == {"first": 0, "second": 1}
 
 
 # 8. A worker that died between taking a job and starting its attempt ------------------------------------------
 
 
+async def release(doomed: Worker, never: asyncio.Event, services: Services) -> None:
+    """Let the dead worker's job end and close what the test opened."""
+    never.set()
+    await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
+    await doomed.pool.aclose(close_connection_pool=True)
+    await services.close()
+
+
+async def taken_over_after_reaping(settings: Settings, services: Services) -> ClipState:
+    """With the reaper running, a healthy worker takes clip c1 over: its state once settled."""
+    reaping = asyncio.create_task(reaper.follow(services))
+    try:
+        async with running_worker(settings) as healthy:
+            return await settled(healthy, "c1", timeout=15)
+    finally:
+        reaping.cancel()
+        await asyncio.gather(reaping, return_exceptions=True)
+
+
 async def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_enqueued_again_within_requeue_after(
     settings_for,
 ):
-    settings = await settings_for(requeue_after=1.0, reaper_interval=0.2)
+    settings = await settings_for(requeue_after=1.0, reaper_interval=0.2, dispatch="fifo")
     services = await open_services(settings, pool_size=4)
     queue = await reactor.job_queue(services.pool)
     taken, never = asyncio.Event(), asyncio.Event()
@@ -207,19 +224,44 @@ async def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_enqueued_
         assert await services.redis.exists(in_progress_key_prefix + job)
         assert await services.redis.pttl(in_progress_key_prefix + job) > 60_000  # arq's job_timeout + 10 s
 
-        reaping = asyncio.create_task(reaper.follow(services))
-        try:
-            async with running_worker(settings) as healthy:
-                state = await settled(healthy, "c1", timeout=15)
-        finally:
-            reaping.cancel()
-            await asyncio.gather(reaping, return_exceptions=True)
+        state = await taken_over_after_reaping(settings, services)
         assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
     finally:
-        never.set()
-        await asyncio.gather(*doomed.tasks.values(), return_exceptions=True)
-        await doomed.pool.aclose(close_connection_pool=True)
-        await services.close()
+        await release(doomed, never, services)
+
+
+async def test_with_fair_dispatch_a_job_a_dead_worker_took_and_never_started_is_admitted_again(settings_for):
+    """The dispatcher counts the job as admitted while it is in the queue; the reaper takes it out once a worker has
+    held it "in progress" for `requeue_after` without starting its attempt, and the next pass admits it again."""
+    settings = await settings_for(requeue_after=1.0, reaper_interval=0.2)
+    services = await open_services(settings, pool_size=4)
+    queue = await reactor.job_queue(services.pool)
+    taken, never = asyncio.Event(), asyncio.Event()
+
+    async def dies_before_starting(ctx: dict, *args: object) -> None:
+        taken.set()
+        await never.wait()
+
+    doomed = Worker(functions=[func(dies_before_starting, name=reactor.EXTRACT_JOB)], queue_name=queue.name,
+                    redis_settings=redis_settings(settings), handle_signals=False, poll_delay=0.05,
+                    job_timeout=reactor.job_timeout(settings))  # fmt: skip
+    presence = presence_prefix(queue.epoch) + "doomed"
+    await services.redis.set(presence, "1", ex=60)  # its one slot
+    doomed_polling = asyncio.create_task(doomed.main())
+    try:
+        await register(services, "c1")
+        await dispatcher.Dispatcher().step(services)  # admitted into that slot
+        async with asyncio.timeout(10):
+            await taken.wait()
+        doomed_polling.cancel()
+        await asyncio.gather(doomed_polling, return_exceptions=True)
+        await services.redis.delete(presence)  # the worker is gone
+        job = queue.job_id("p", "c1", 1, 1)
+        assert await services.redis.exists(in_progress_key_prefix + job)
+        state = await taken_over_after_reaping(settings, services)
+        assert (state.status, state.attempt, state.worker_id) == ("completed", 1, "test-worker")
+    finally:
+        await release(doomed, never, services)
 
 
 # 6. No blocking file I/O on the worker's event loop ---------------------------------------------------------------
@@ -299,3 +341,26 @@ exec "{FFMPEG}" -hide_banner -loglevel error -nostdin -y -f lavfi -i testsrc2=si
         assert await outcomes(services, "c1") == [(1, "failed", "output_invalid")]
     assert state.status == "failed" and state.last_error is not None and state.last_error.retryable is False
     assert "1.50–2.50 s was expected" in state.last_error.message
+
+
+# A worker lost between publishing its file and recording `completed` (found by `cliplog soak`) ---------------------
+
+
+async def test_the_reaper_removes_the_file_a_lost_worker_published_but_never_recorded(settings_for):
+    settings = await settings_for(lease_timeout=1.0)
+    services = await open_services(settings, pool_size=4)
+    try:
+        await register(services, "c1")
+        await clips.start_attempt(services.pool, "p", "c1", Start(run=1, attempt=1, worker_id="lost"), services.context)
+        published = settings.output_root / extraction.attempt_output("p", "c1", 1, 1)
+        published.parent.mkdir(parents=True, exist_ok=True)
+        published.write_bytes(b"a whole clip whose completed was never recorded")
+        other = settings.output_root / extraction.attempt_output("p", "c2", 1, 1)  # another clip's: left alone
+        other.write_bytes(b"another clip")
+        await services.pool.execute("UPDATE leases SET renewed_at = now() - interval '1 minute'")
+        assert await reaper.time_out_lost_attempts(services) == 1
+        state = await clip_status.load(services.pool, "p", "c1")
+        assert (state.status, state.last_error.code if state.last_error else None) == ("retrying", "timed_out")
+        assert not published.exists() and other.exists()
+    finally:
+        await services.close()

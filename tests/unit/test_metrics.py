@@ -17,6 +17,8 @@ BIG = MetricValues(
     clips={"pending": 1_234_567, "completed": 7_654_321},
     feed_subscribers=3,
     reactor_lag=1_048_577,
+    dispatch_waiting={"interactive": 1_234_568, "batch": 2},
+    dispatch_oldest_wait=3600.5,
 )
 
 
@@ -33,6 +35,9 @@ def test_values_above_a_million_are_written_exactly() -> None:
     assert samples[("cliplog_clips", (("status", "pending"),))] == 1_234_567
     assert samples[("cliplog_clips", (("status", "completed"),))] == 7_654_321
     assert samples[("cliplog_reactor_lag_events", ())] == 1_048_577
+    assert samples[("cliplog_dispatch_waiting", (("priority", "interactive"),))] == 1_234_568
+    assert samples[("cliplog_dispatch_waiting", (("priority", "batch"),))] == 2
+    assert samples[("cliplog_dispatch_oldest_wait_seconds", ())] == 3600.5
     assert samples[("cliplog_extraction_duration_seconds_count", ())] == 2_000_003
     assert samples[("cliplog_extraction_duration_seconds_sum", ())] == 1_234_567.891
     assert samples[("cliplog_extraction_duration_seconds_bucket", (("le", "600"),))] == 1_000_000 + len(BUCKETS) - 1
@@ -48,6 +53,8 @@ def test_every_metric_api_md_names_keeps_its_type_labels_and_buckets() -> None:
         "cliplog_clips": "gauge",
         "cliplog_feed_subscribers": "gauge",
         "cliplog_reactor_lag_events": "gauge",
+        "cliplog_dispatch_waiting": "gauge",
+        "cliplog_dispatch_oldest_wait_seconds": "gauge",
     }
     outcomes = {s.labels["outcome"] for s in families["cliplog_extraction_attempts"].samples}
     assert outcomes == {"completed", "failed", "timed_out", "cancelled"}
