@@ -28,7 +28,6 @@ from usecases.services import Services
 from runtime.settings import Settings, find_ffmpeg
 from tests.e2e.system import make_video
 
-REDIS_URL = os.environ.get("CLIPLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 FFMPEG = find_ffmpeg(os.environ)
 
 
@@ -47,13 +46,15 @@ def script(path: Path, body: str) -> str:
 
 
 @pytest.fixture
-async def settings_for(make_database, source_root: Path, tmp_path: Path) -> Callable[..., Awaitable[Settings]]:
+async def settings_for(
+    make_database, redis_url: str, source_root: Path, tmp_path: Path
+) -> Callable[..., Awaitable[Settings]]:
     """`await settings_for(**overrides)`: settings on a new migrated database (nothing else follows its log)."""
 
     async def make(**overrides: object) -> Settings:
         values: dict[str, object] = dict(
             database_url=await make_database(migrated=True),
-            redis_url=REDIS_URL,
+            redis_url=redis_url,
             data_dir=tmp_path,
             media_root=source_root,
             output_root=tmp_path / "clips",
