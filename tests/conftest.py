@@ -207,8 +207,18 @@ async def clean_db(pool: asyncpg.Pool) -> None:
         "SELECT quote_ident(tablename) AS name FROM pg_tables WHERE schemaname = 'public' AND tablename <> ALL($1)",
         list(_KEEP),
     )
-    if tables:
-        await pool.execute(f"TRUNCATE {', '.join(r['name'] for r in tables)}")
+    if not tables:
+        return
+    # A follower running in this process (the metrics projection of a session-wide API, say) may hold a lock on a
+    # projection table while it reads the log, which TRUNCATE has just locked: PostgreSQL then aborts one of the two
+    # with a deadlock. The aborted TRUNCATE changed nothing, so it is simply taken again.
+    for attempt in itertools.count(1):
+        try:
+            await pool.execute(f"TRUNCATE {', '.join(r['name'] for r in tables)}")
+            return
+        except asyncpg.DeadlockDetectedError:
+            if attempt == 5:
+                raise
 
 
 # Identifiers -----------------------------------------------------------------------------------------------------
