@@ -14,6 +14,8 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from eventlog.broker import LISTENER_NAME
 from eventlog.store import init_connection
 from runtime.settings import ConfigError, Settings
+from storage.base import Storage
+from storage.local import LocalStorage
 from usecases.services import Services
 
 if TYPE_CHECKING:
@@ -61,6 +63,28 @@ def leader_factory(settings: Settings) -> Callable[[], Awaitable[asyncpg.Connect
     )
 
 
+def open_storage(settings: Settings) -> Storage:
+    """The storage backend CLIPLOG_STORAGE names (README "Object storage")."""
+    if settings.storage == "s3":
+        from storage.s3 import S3Config, S3Storage  # here, so that local storage never loads the S3 client
+
+        if not settings.s3_bucket:
+            raise ConfigError("CLIPLOG_STORAGE=s3 needs CLIPLOG_S3_BUCKET")
+        return S3Storage(
+            S3Config(
+                bucket=settings.s3_bucket,
+                output_bucket=settings.s3_output_bucket,
+                endpoint=settings.s3_endpoint,
+                region=settings.s3_region,
+                source_prefix=settings.s3_source_prefix,
+                output_prefix=settings.s3_output_prefix,
+                path_style=settings.s3_path_style,
+                timeout=settings.s3_timeout,
+            )
+        )
+    return LocalStorage(settings.media_root, settings.output_root)
+
+
 async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
     """Connections are made lazily, so a process starts (and answers 503) while PostgreSQL or Redis is down."""
     pool = await create_db_pool(settings, min_size=0, max_size=pool_size)
@@ -73,6 +97,7 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
         connect_listener=listener_factory(settings),
         connect_leader=leader_factory(settings),
         connect_queue=functools.partial(create_pool, queue_settings),
+        storage=open_storage(settings),
     )
 
 
