@@ -130,16 +130,25 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
     return start, end
 
 
-def serve(
+class Streaming(msgspec.Struct, frozen=True):
+    """What a GET that sends bytes answers: the status, the headers, and the byte range to read."""
+
+    status: int
+    headers: dict[str, str]
+    start: int
+    length: int
+
+
+def answer(
     method: str,
     headers: Mapping[str, str],
     meta: FileMeta,
-    read: ReadRange,
     *,
     media_type: str = "video/mp4",
     cache_control: str = IMMUTABLE_PRIVATE,
-) -> Response:
-    """The answer to a GET or HEAD of a file: 304, 206, 416 or 200 (HEAD: the same headers, no body, nothing read)."""
+) -> Response | Streaming:
+    """The answer decided from the metadata alone: a complete Response (304, 416, and any HEAD), or the bytes a
+    GET must send (`Streaming`), read by the caller."""
     validators = {
         "ETag": meta.etag,
         "Last-Modified": format_datetime(meta.modified.astimezone(timezone.utc), usegmt=True),
@@ -167,7 +176,25 @@ def serve(
     validators["Content-Length"] = str(length)
     if method == "HEAD":
         return Response(b"", status_code=status, media_type=media_type, headers=validators)
-    return Stream(read(start, length), status_code=status, media_type=media_type, headers=validators)
+    return Streaming(status=status, headers=validators, start=start, length=length)
+
+
+def serve(
+    method: str,
+    headers: Mapping[str, str],
+    meta: FileMeta,
+    read: ReadRange,
+    *,
+    media_type: str = "video/mp4",
+    cache_control: str = IMMUTABLE_PRIVATE,
+) -> Response:
+    """The answer to a GET or HEAD of a file: 304, 206, 416 or 200 (HEAD: the same headers, no body, nothing read)."""
+    decided = answer(method, headers, meta, media_type=media_type, cache_control=cache_control)
+    if isinstance(decided, Response):
+        return decided
+    return Stream(
+        read(decided.start, decided.length), status_code=decided.status, media_type=media_type, headers=decided.headers
+    )
 
 
 def answer_not_modified(app: ASGIApp) -> ASGIApp:
