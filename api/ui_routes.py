@@ -32,13 +32,13 @@ class ProjectView(msgspec.Struct):
     updated_at: datetime | None  # the last change to one of its clips
 
 
-class UiConfig(msgspec.Struct):
+class UiConfig(msgspec.Struct, omit_defaults=True):
     user: str
     poll_after: float
     slow_after: float
     max_clip_seconds: float
     max_attempts: int
-    # true when the file route redirects to the bucket (s3 storage, CLIPLOG_S3_SERVE=redirect): the player then
+    # (only sent when true) true when the file route redirects to the bucket (s3 storage, CLIPLOG_S3_SERVE=redirect): the player then
     # plays the presigned URL of GET .../file-link itself instead of fetching the bytes with the token
     file_links: bool = False
 
