@@ -102,7 +102,7 @@ async def check_source(services: Services, source: str) -> None:
 # files -----------------------------------------------------------------------------------------------------------
 
 
-class FileLink(msgspec.Struct):
+class FileLink(msgspec.Struct, omit_defaults=True):
     """`GET .../clips/{clip_id}/file-link`: where a browser can fetch the clip itself."""
 
     url: str  # a presigned URL (direct) or the API's file route (needs the token)
