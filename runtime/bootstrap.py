@@ -85,8 +85,9 @@ def open_storage(settings: Settings) -> Storage:
     return LocalStorage(settings.media_root, settings.output_root)
 
 
-async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
-    """Connections are made lazily, so a process starts (and answers 503) while PostgreSQL or Redis is down."""
+async def open_services(settings: Settings, *, pool_size: int = 10, storage: Storage | None = None) -> Services:
+    """Connections are made lazily, so a process starts (and answers 503) while PostgreSQL or Redis is down.
+    `storage`: a backend made elsewhere (tests, benchmarks); else the one the settings name."""
     pool = await create_db_pool(settings, min_size=0, max_size=pool_size)
     queue_settings = redis_settings(settings)  # validates the URL
     redis = ArqRedis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
@@ -97,7 +98,7 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
         connect_listener=listener_factory(settings),
         connect_leader=leader_factory(settings),
         connect_queue=functools.partial(create_pool, queue_settings),
-        storage=open_storage(settings),
+        storage=storage if storage is not None else open_storage(settings),
     )
 
 

@@ -16,8 +16,8 @@ environment of the moto process and given to the clients explicitly (`CREDENTIAL
 from __future__ import annotations
 
 import os
-import selectors
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -37,25 +37,23 @@ def free_port() -> int:
 
 
 class Gate:
-    """A TCP relay 127.0.0.1:<port> -> `target`, in a thread, that counts the bytes sent back and can fail."""
+    """A TCP relay 127.0.0.1:<port> -> `target` that counts the bytes sent back and can fail: a thread accepts,
+    and each connection has a thread per direction (so a client that stops reading holds up no other)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
         self.state = "open"  # "open" | "refuse" | "hang"
         self.sent = 0  # bytes from the store to clients since the last reset
         self.received = 0  # bytes from clients to the store
         self.connections = 0
         self._lock = threading.Lock()
-        self._pairs: dict[socket.socket, socket.socket] = {}
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.listener, selectors.EVENT_READ, "accept")
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._changed = threading.Condition(self._lock)
+        self._open: set[socket.socket] = set()
+        self._ended: dict[int, set[str]] = {}  # per connection: the directions that ended cleanly
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="s3-gate", daemon=True)
+        self._thread = threading.Thread(target=self._accept_forever, name="s3-gate", daemon=True)
         self._thread.start()
 
     # what a test calls ------------------------------------------------------------------------------------------
@@ -65,117 +63,115 @@ class Gate:
             self.sent = self.received = self.connections = 0
 
     def refuse(self) -> None:
-        """New connections are reset at once, open ones are reset: a store that went away."""
-        self._set("refuse")
+        """New connections are reset at once and open ones are reset: a store that went away."""
+        with self._lock:
+            self.state = "refuse"
+            doomed = list(self._open)
+            self._changed.notify_all()
+        for sock in doomed:
+            _reset(sock)
 
     def hang(self) -> None:
-        """Connections are accepted but nothing is passed on: a store that stopped answering."""
-        self._set("hang")
+        """Connections are accepted but nothing more is passed on either way: a store that stopped answering."""
+        with self._lock:
+            self.state = "hang"
+            self._changed.notify_all()
 
     def open(self) -> None:
-        self._set("open")
-
-    def _set(self, state: str) -> None:
         with self._lock:
-            self.state = state
-        self._wake_w.send(b"x")
+            self.state = "open"
+            self._changed.notify_all()
 
     def close(self) -> None:
         self._stopping = True
-        self._wake_w.send(b"x")
+        self.open()
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()  # wakes accept()
+        except OSError:
+            pass
         self._thread.join(5)
-        for sock in list(self._pairs):
-            sock.close()
-        self._selector.close()
+        with self._lock:
+            doomed = list(self._open)
+        for sock in doomed:
+            _reset(sock)
         self.listener.close()
-        self._wake_r.close()
-        self._wake_w.close()
 
     # the relay ---------------------------------------------------------------------------------------------------
 
-    def _drop(self, sock: socket.socket) -> None:
-        peer = self._pairs.pop(sock, None)
-        for one in (sock, peer):
-            if one is None:
-                continue
-            self._pairs.pop(one, None)
-            try:
-                self._selector.unregister(one)
-            except (KeyError, ValueError):
-                pass
-            try:  # a reset, not a clean close: RST as a crashed store would
-                one.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            except OSError:
-                pass
-            one.close()
-
-    def _run(self) -> None:
+    def _accept_forever(self) -> None:
         while not self._stopping:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
             with self._lock:
                 state = self.state
-            if state == "refuse":
-                for sock in [s for s in self._pairs]:
-                    self._drop(sock)
-            for key, _ in self._selector.select(timeout=0.5):
-                if key.data == "wake":
-                    key.fileobj.recv(64)  # type: ignore[union-attr]
-                    continue
-                if key.data == "accept":
-                    self._accept(state)
-                    continue
-                if state == "hang":
-                    continue  # read nothing: the kernel's buffers fill and both sides wait
-                self._relay(key.fileobj, key.data)  # type: ignore[arg-type]
-            if state == "hang":
-                time.sleep(0.05)  # readable sockets stay readable: do not spin
+            if self._stopping or state == "refuse":
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _reset(client)
+                continue
+            with self._lock:
+                self.connections += 1
+                self._open.update((client, upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream, "received"), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, "sent"), daemon=True).start()
 
-    def _accept(self, state: str) -> None:
+    def _pipe(self, source: socket.socket, target: socket.socket, counter: str) -> None:
+        """Relay one direction. A clean end (EOF) is passed on as a half-close, so what is still buffered reaches
+        the peer; the connection is closed when both directions have ended. A failure, or `refuse`, resets both."""
+        clean = False
         try:
-            client, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        if state == "refuse":
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            client.close()
-            return
-        try:
-            upstream = socket.create_connection(self.target, timeout=5)
+            while True:
+                data = source.recv(256 * 1024)
+                if not data:
+                    clean = True
+                    break
+                with self._lock:
+                    while self.state == "hang" and not self._stopping:
+                        self._changed.wait()
+                    if self.state == "refuse":
+                        break
+                    setattr(self, counter, getattr(self, counter) + len(data))
+                target.sendall(data)
         except OSError:
-            client.close()
-            return
-        for sock in (client, upstream):
-            sock.setblocking(False)
-        self._pairs[client], self._pairs[upstream] = upstream, client
-        self._selector.register(client, selectors.EVENT_READ, "client")
-        self._selector.register(upstream, selectors.EVENT_READ, "store")
+            pass
         with self._lock:
-            self.connections += 1
+            ended = self._ended.setdefault(id(target) ^ id(source), set())
+            ended.add(counter)
+            both = len(ended) == 2
+            if both or not clean:
+                self._ended.pop(id(target) ^ id(source), None)
+                self._open.discard(source)
+                self._open.discard(target)
+        if not clean:
+            _reset(source)
+            _reset(target)
+            return
+        try:
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if both:
+            source.close()
+            target.close()
 
-    def _relay(self, sock: socket.socket, side: str) -> None:
-        peer = self._pairs.get(sock)
-        if peer is None:
-            return
-        try:
-            data = sock.recv(256 * 1024)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(sock)
-            return
-        try:
-            peer.setblocking(True)
-            peer.sendall(data)
-            peer.setblocking(False)
-        except OSError:
-            self._drop(sock)
-            return
-        with self._lock:
-            if side == "store":
-                self.sent += len(data)
-            else:
-                self.received += len(data)
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (RST), as a crashed store's connections end."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)  # wakes a thread blocked in recv() on it; sends nothing
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class S3Server:

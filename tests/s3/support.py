@@ -1,9 +1,22 @@
-"""Helpers of the storage tests: an S3Storage on the test server's gate."""
+"""Helpers of the storage tests: an S3Storage on the test server's gate, sources made with FFmpeg (a long one by
+stream-copying a short one many times over), and a worker in this process with a given storage."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from handlers import dispatcher, reactor
+from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
+from runtime.bootstrap import open_services
+from runtime.settings import Settings
+from storage.base import Storage
 from storage.s3 import S3Config, S3Storage
 from tests.s3server import CREDENTIALS, S3Server
+from usecases.services import Services
 
 
 def s3_storage(server: S3Server, bucket: str, **config: object) -> S3Storage:
@@ -11,3 +24,54 @@ def s3_storage(server: S3Server, bucket: str, **config: object) -> S3Storage:
                                  "retry_seconds": 1.0}  # fmt: skip
     values.update(config)
     return S3Storage(S3Config(**values), credentials=dict(CREDENTIALS))  # type: ignore[arg-type]
+
+
+def make_long_video(ffmpeg: str, target: Path, minutes: int = 60) -> Path:
+    """A source of `minutes` minutes, quick to make: one minute of a small, low-bitrate test pattern with a tone
+    (a keyframe a second), stream-copied `minutes` times into one MP4 (its moov box at the end, after the media
+    data, as FFmpeg writes it without +faststart)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    piece = target.with_name(f".{target.stem}-piece.mp4")
+    subprocess.run(
+        [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050",
+         "-t", "60", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-b:v", "250k",
+         "-c:a", "aac", "-b:a", "32k", "-shortest", "-f", "mp4", str(piece)],
+        check=True,
+    )  # fmt: skip
+    listing = target.with_name(f".{target.stem}-list.txt")
+    listing.write_text("".join(f"file '{piece.name}'\n" for _ in range(minutes)))
+    subprocess.run(
+        [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0",
+         "-i", str(listing), "-c", "copy", "-f", "mp4", str(target)],
+        check=True,
+    )  # fmt: skip
+    piece.unlink()
+    listing.unlink()
+    return target
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, storage: Storage | None, *, name: str = "s3-test-worker", concurrency: int = 1
+) -> AsyncIterator[Services]:
+    """A worker, its presence key and the dispatcher, as `cliplog worker` runs them, with `storage` wired in
+    (None: what the settings name), until the block ends; then it shuts down as on SIGTERM."""
+    services = await open_services(settings, pool_size=8, storage=storage)
+    queue = await reactor.job_queue(services.pool)
+    worker = make_worker(services, name, queue, concurrency=concurrency, job_timeout=settings.attempt_timeout + 120)
+    presence = presence_prefix(queue.epoch) + name
+    following = [asyncio.create_task(announce(services, presence, concurrency)),
+                 asyncio.create_task(dispatcher.follow(services))]  # fmt: skip
+    polling = asyncio.create_task(_poll_forever(worker))
+    try:
+        yield services
+    finally:
+        await _shut_down(worker, polling, grace=0.1)
+        for task in following:
+            task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)
+        await services.redis.delete(presence)
+        if worker._pool is not None:  # noqa: SLF001 - arq's own close() still calls redis' deprecated close()
+            await worker.pool.aclose(close_connection_pool=True)
+        await services.close()
