@@ -3,9 +3,9 @@ server (`tests/s3server.py`, moto behind a gate), and direct reads of what the b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-import urllib.request
 
 from tests.s3server import TEST_ENV, S3Server
 
@@ -42,9 +42,18 @@ def base_env() -> dict[str, str]:
 
 
 def stored_bytes(server: S3Server, bucket: str, key: str) -> bytes:
-    """The object as moto holds it, read past the gate (moto checks no signature by default)."""
-    with urllib.request.urlopen(f"{server.direct}/{bucket}/{key}", timeout=30) as response:
-        return response.read()
+    """The object as the bucket holds it (read with the test credentials: what the worker uploaded is private)."""
+    from tests.s3.support import s3_storage
+
+    async def read() -> bytes:
+        storage = s3_storage(server, bucket, output_prefix="")
+        try:
+            size = (await storage.head_output(key)).size
+            return b"".join([chunk async for chunk in storage.read_output(key, 0, size)])
+        finally:
+            await storage.close()
+
+    return asyncio.run(read())
 
 
 __all__ = ["base_env", "new_bucket", "s3_env", "stored_bytes"]
