@@ -9,15 +9,13 @@
  *   redirect to another origin, which the bucket would have to allow (CORS) and which would download the whole
  *   clip first; instead the player asks `GET .../file-link` for the presigned URL and gives it to the <video>
  *   itself, which reads it with ranges like any video on another site (no CORS needed). The URL expires
- *   (CLIPLOG_S3_URL_EXPIRES): when the video then fails to load, a fresh link is fetched and playing resumes where
+ *   (CLIPLOG_S3_URL_EXPIRES): when a link that played then fails, a fresh link is fetched and playing resumes where
  *   it was.
  */
 
 import { clipName } from "./clip-state.js";
 import { h, setText } from "./dom.js";
 import { session } from "./session.js";
-
-const RENEW_AFTER_MS = 5000; // a link younger than this that fails is not expired
 
 export class Player {
   constructor() {
@@ -67,8 +65,9 @@ export class Player {
     return session.api.get(`${clip.file_url}-link`, { signal: abort.signal });
   }
 
-  /** Play a presigned URL; when the video fails (an expired link), fetch a fresh one, unless the link failing
-   * is less than RENEW_AFTER_MS old (then the store itself refuses: say so instead of asking again and again). */
+  /** Play a presigned URL. When a link that has played fails (it expired: CLIPLOG_S3_URL_EXPIRES), fetch a fresh
+   * one and go on where the video was; a link that fails before it ever loaded means the store refuses or is
+   * away: say so, and ask no further (a fresh link would fail the same way, again and again). */
   showDirect(clip, link, abort, status) {
     if (abort.signal.aborted) return;
     if (!link.direct) {
@@ -76,20 +75,24 @@ export class Player {
       return;
     }
     const video = this.show(clip, link.url, { newTab: true });
-    let linkedAt = Date.now();
+    let loaded = false; // whether the current link has delivered the video
+    video.addEventListener("loadedmetadata", () => {
+      loaded = true;
+    });
     video.addEventListener("error", () => {
       if (abort.signal.aborted) return;
-      if (Date.now() - linkedAt < RENEW_AFTER_MS) {
-        this.root.append(h("p", { class: "muted", text: "The video could not be loaded from storage." }));
+      if (!loaded) {
+        if (!this.root.querySelector(".player-error")) {
+          this.root.append(h("p", { class: "muted player-error", text: "The video could not be loaded from storage." }));
+        }
         return;
       }
+      loaded = false;
       const at = video.currentTime;
       const playing = !video.paused;
-      linkedAt = Date.now();
       this.link(clip, abort).then(
         (fresh) => {
           if (abort.signal.aborted || !fresh.direct) return;
-          linkedAt = Date.now();
           video.addEventListener(
             "loadedmetadata",
             () => {

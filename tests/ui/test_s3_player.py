@@ -114,3 +114,46 @@ def test_the_player_loads_and_plays_a_clip_from_the_bucket(cluster: S3UiCluster,
     dialog = page.get_by_role("dialog", name="Add a clip")
     options = dialog.get_by_label("Source video").locator("option")
     expect(options).to_have_text([re.compile("Choose a video"), "games/match.mp4", "games/second-half.mp4"])
+
+
+@pytest.mark.parametrize("cluster", ["redirect"], indirect=True)
+def test_an_expired_link_is_renewed_and_a_refused_one_is_reported_once(cluster: S3UiCluster, page) -> None:
+    """moto does not expire presigned URLs, so the bucket's answer to an expired one (403) is played by Playwright:
+    a link that played and then gets 403 is renewed, the video goes on; a fresh link refused before it ever
+    loaded is reported, and no further link is asked for."""
+    response = cluster.api.register(PROJECT, clip_id="pass", source="games/match.mp4", start=5.0, end=9.0,
+                                    name="Brilliant pass")  # fmt: skip
+    assert response.status_code == 201, response.text
+    links: list[str] = []
+    page.on("request", lambda request: links.append(request.url) if request.url.endswith("/file-link") else None)
+    refusing = {"from": None}  # refuse the bucket's answers once this many links were asked for
+
+    def bucket(route) -> None:  # noqa: ANN001
+        if refusing["from"] is not None and len(links) <= refusing["from"]:
+            route.fulfill(status=403, content_type="application/xml", body="<Error><Code>AccessDenied</Code>"
+                          "<Message>Request has expired</Message></Error>")  # fmt: skip
+        else:
+            route.continue_()
+
+    page.route(f"{cluster.server.endpoint}/**", bucket)
+    page.goto(cluster.url(f"/projects/{PROJECT}"))
+    card = clip_card(page, "Brilliant pass")
+    expect(card).to_have_accessible_description(state_pattern("Extracted"), timeout=60_000)
+    card.get_by_role("link", name="Brilliant pass").click()
+    panel = page.get_by_role("region", name="Brilliant pass")
+    video = panel.get_by_label("Video of Brilliant pass")
+    page.wait_for_function("v => v.readyState >= 2", arg=video.element_handle(), timeout=20_000)
+    assert len(links) == 1, links
+
+    refusing["from"] = 1  # the first link "expires": the bucket refuses it, a second link is served
+    video.evaluate("v => v.load()")
+    page.wait_for_function("v => v.readyState >= 2 && !v.error", arg=video.element_handle(), timeout=20_000)
+    assert len(links) == 2, links
+    expect(panel.get_by_text("could not be loaded from storage")).to_have_count(0)
+
+    refusing["from"] = 99  # every link refused: the renewed one never loads, the page says so and stops asking
+    video.evaluate("v => v.load()")
+    expect(panel.get_by_text("The video could not be loaded from storage.")).to_be_visible(timeout=20_000)
+    assert len(links) == 3, links
+    page.wait_for_function("v => v.error !== null", arg=video.element_handle())
+    assert len(links) == 3, links
