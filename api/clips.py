@@ -232,7 +232,7 @@ class ClipsController(Controller):
         path = await asyncio.to_thread(resolve_inside, services.settings.output_root, state.output)
         if path is None:
             raise NotFound(f"the file of clip {clip_id!r} is missing from the output folder")
-        meta, read = local_file(path)
+        meta, read = await asyncio.to_thread(local_file, path)
         return serve(request.method, request.headers, meta, read)
 
     @get_or_head(

@@ -8,6 +8,7 @@ file on disk). `not_modified` is the same decision for any response with validat
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import mimetypes
 import re
@@ -48,15 +49,18 @@ def local_file(path: Path) -> tuple[FileMeta, ReadRange]:
     modified = datetime.fromtimestamp(int(stat.st_mtime), timezone.utc)
 
     async def read(start: int, length: int) -> AsyncIterator[bytes]:
-        with path.open("rb") as handle:
-            handle.seek(start)
+        handle = await asyncio.to_thread(path.open, "rb")  # file-system calls in a thread, off the event loop
+        try:
+            await asyncio.to_thread(handle.seek, start)
             remaining = length
             while remaining > 0:
-                chunk = handle.read(min(_CHUNK, remaining))
+                chunk = await asyncio.to_thread(handle.read, min(_CHUNK, remaining))
                 if not chunk:
                     break
                 remaining -= len(chunk)
                 yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
 
     return FileMeta(size=stat.st_size, modified=modified, etag=f'"{tag}"'), read
 
