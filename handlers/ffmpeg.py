@@ -423,7 +423,7 @@ async def cut(
     shown: Shown = Shown(),
     watch: Watch | None = None,
     input_options: dict[str, str] | None = None,
-) -> None:
+) -> dict:
     """Run the cut. Raises Deadline past `timeout`, Stalled when `watch` sees no progress for its `stall_after`
     seconds, ExtractionError(ffmpeg_exit / ffmpeg_killed) on failure, all with the redacted command and stderr tail
     (`shown` says which roots to name)."""
@@ -442,3 +442,4 @@ async def cut(
         raise ExtractionError(
             "ffmpeg_exit", f"FFmpeg exited with code {result.returncode}: {_tail(result.stderr)}", **said
         )
+    return said  # what it ran and said, for a caller that finds the result wanting (FFmpeg ends a lost input as EOF)
