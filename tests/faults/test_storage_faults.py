@@ -216,3 +216,38 @@ async def test_the_orphan_sweep_removes_old_objects_no_completed_event_points_at
         assert (await storage.head_source("games/done.r1a1.mp4")).size == len(b"a source, not an output")
     finally:
         await services.close()
+
+
+def test_a_worker_process_configured_for_s3_by_its_environment_rides_out_a_refusing_store(
+    cluster, s3_server, s3_gate, source_video
+):
+    """`cliplog worker` as deployed: CLIPLOG_STORAGE=s3 and the CLIPLOG_S3_* settings, credentials from the standard
+    AWS variables (bootstrap wires obstore from them). The store refuses at first: `storage_unavailable`, retried
+    after the backoff, completed once the store answers, with the clip's object under the output prefix."""
+    from tests.s3server import TEST_ENV
+
+    bucket = f"proc-{secrets.token_hex(4)}"
+    s3_server.create_bucket(bucket)
+    s3_server.put_object(bucket, "media/games/match.mp4", source_video)
+    storage_env = {
+        "CLIPLOG_STORAGE": "s3", "CLIPLOG_S3_ENDPOINT": s3_server.endpoint, "CLIPLOG_S3_BUCKET": bucket,
+        "CLIPLOG_S3_PATH_STYLE": "1", "CLIPLOG_S3_SOURCE_PREFIX": "media/", "CLIPLOG_S3_OUTPUT_PREFIX": "out/",
+        "CLIPLOG_S3_TIMEOUT": "3", "CLIPLOG_RETRY_BASE": "2", "CLIPLOG_RETRY_MAX": "2", **TEST_ENV,
+    }  # fmt: skip
+    api = cluster.serve()  # registers against its local media folder (the API side of S3 is another branch's)
+    s3_gate.refuse()
+    cluster.worker("s3-worker", concurrency=1, **storage_env)
+    assert api.register("p1", clip_id="c1", source="games/match.mp4", start=2.0, end=4.0).status_code == 201
+    first = api.wait_for("p1", ["c1"], until=lambda clip: clip["attempt"] >= 1 and clip["last_error"] is not None)
+    assert first["c1"]["last_error"]["code"] == "storage_unavailable", first
+    assert f"s3://{bucket}/media/games/match.mp4" in first["c1"]["last_error"]["message"]
+    s3_gate.open()
+    clip = api.wait_for("p1", ["c1"], timeout=60)["c1"]
+    assert clip["status"] == "completed", clip
+    assert [e["type"] for e in api.history("p1", "c1") if e["type"] != "extraction.requested"] == [
+        "extraction.started", "extraction.failed", "extraction.started", "extraction.completed",
+    ]  # fmt: skip
+    storage = s3_storage(s3_server, bucket, output_prefix="out/")
+    head = asyncio.run(storage.head_output("p1/c1.r1a2.mp4"))
+    assert head.size == clip["bytes"]
+    cluster.check_log()
