@@ -149,10 +149,12 @@ async def storage_failure(
     except StorageError as failure:
         return failure
     said = (error.stderr_tail or "") + "\n" + error.message
+    locate = getattr(storage, "source_location", None)
+    where = locate(key) if locate is not None else repr(key)
     if _REFUSED.search(said):
-        return StorageDenied(f"The store refused FFmpeg's read of the source {key!r} ({error.message}).")
+        return StorageDenied(f"The store refused FFmpeg's read of {where} ({error.message}).")
     if _NETWORK.search(said) and error.code != "not_a_video":
-        return StorageUnavailable(f"FFmpeg lost its connection to the store reading {key!r} ({error.message}).")
+        return StorageUnavailable(f"FFmpeg lost its connection to the store reading {where} ({error.message}).")
     return None
 
 
@@ -246,7 +248,7 @@ async def _produce(
     uploading = False
     try:
         try:
-            await ffmpeg.cut(
+            said = await ffmpeg.cut(
                 ffmpeg=settings.ffmpeg,
                 source=source,  # type: ignore[arg-type]
                 start=state.start,
@@ -272,11 +274,18 @@ async def _produce(
         )
         shortest, longest = expected_duration(state, info)
         if not result.has_video or not shortest <= result.duration <= longest:
-            raise ffmpeg.ExtractionError(
+            invalid = ffmpeg.ExtractionError(
                 "output_invalid",
                 f"FFmpeg produced a clip of {result.duration:.2f} s where {shortest:.2f}–{longest:.2f} s was "
                 "expected" + ("" if result.has_video else ", with no video"),
+                **said,
             )
+            # FFmpeg ends an input whose connection broke as if it had ended (exit 0, a short clip): the store's
+            # fault, retryable, not a result that would come out the same again.
+            failure = None if local else await storage_failure(storage, state.source, deadline, invalid)
+            if failure is not None:
+                raise ffmpeg.ExtractionError(failure.code, failure.message, **said) from None
+            raise invalid
         uploading = True
         stored = await bounded(storage.put_output(temporary, name), deadline, f"uploading {name}")
         uploading = False

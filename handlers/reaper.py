@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterable
 
@@ -173,14 +173,14 @@ async def referenced_outputs(db: asyncpg.Pool | asyncpg.Connection, names: Itera
 SWEEP_BATCH = 1000  # outputs looked up in the log at once
 
 
-async def remove_orphaned_outputs(services: Services) -> int:
+async def remove_orphaned_outputs(services: Services, now: datetime | None = None) -> int:
     """Remove the outputs (files under the output root, or objects under the S3 output prefix) older than
     `orphan_grace` that no `completed` event points at; returns how many. Names not shaped like an output, and
     temporaries, are left alone. The listing comes first: a `completed` committed before the query is seen, and a
     later one cannot name an output that old (the grace is longer than an attempt may take to record its
     outcome)."""
     storage = services.store
-    oldest = utcnow() - timedelta(seconds=services.settings.orphan_grace)
+    oldest = (now or utcnow()) - timedelta(seconds=services.settings.orphan_grace)
     removed = 0
     batch: list[str] = []
 

@@ -180,6 +180,10 @@ class S3Storage:
     def _source(self, key: str) -> str:
         return self.config.source_prefix + key
 
+    def source_location(self, key: str) -> str:
+        """`s3://bucket/prefix/key`, for messages."""
+        return f"s3://{self.config.bucket}/{self._source(key)}"
+
     def _output(self, name: str) -> str:
         return self.config.output_prefix + name
 

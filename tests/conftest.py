@@ -373,3 +373,18 @@ def s3_gate(s3_server: "S3Server") -> Iterator[object]:
         yield s3_server.gate
     finally:
         s3_server.gate.open()
+
+
+@pytest.fixture(scope="session")
+def s3_denying_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple["S3Server", str, dict[str, str]]]:
+    """A second moto server that checks signatures and IAM policies: `(server, bucket, credentials)`, where the
+    credentials' user may do anything in the bucket except read under `tests.s3server.DENIED_PREFIX` (a key
+    without access: 403). moto answers presigned URLs with 500 when it checks IAM, so only tests that never get
+    as far as FFmpeg use it."""
+    from tests.s3server import IAM_SETUP_ACTIONS, S3Server, deny_a_prefix
+
+    server = S3Server(tmp_path_factory.mktemp("moto-iam"), unauthenticated_actions=IAM_SETUP_ACTIONS)
+    try:
+        yield server, "guarded", deny_a_prefix(server, "guarded")
+    finally:
+        server.stop()

@@ -52,6 +52,7 @@ class Gate:
         self._changed = threading.Condition(self._lock)
         self._open: set[socket.socket] = set()
         self._ended: dict[int, set[str]] = {}  # per connection: the directions that ended cleanly
+        self._refuse_at: int | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._accept_forever, name="s3-gate", daemon=True)
         self._thread.start()
@@ -71,6 +72,11 @@ class Gate:
         for sock in doomed:
             _reset(sock)
 
+    def refuse_once_received(self, total: int) -> None:
+        """`refuse()` as soon as clients have sent `total` bytes in all (`received`): in the middle of an upload."""
+        with self._lock:
+            self._refuse_at = total
+
     def hang(self) -> None:
         """Connections are accepted but nothing more is passed on either way: a store that stopped answering."""
         with self._lock:
@@ -80,6 +86,7 @@ class Gate:
     def open(self) -> None:
         with self._lock:
             self.state = "open"
+            self._refuse_at = None
             self._changed.notify_all()
 
     def close(self) -> None:
@@ -137,6 +144,12 @@ class Gate:
                     if self.state == "refuse":
                         break
                     setattr(self, counter, getattr(self, counter) + len(data))
+                    tripped = self._refuse_at is not None and self.received >= self._refuse_at
+                    if tripped:
+                        self._refuse_at = None
+                if tripped:
+                    self.refuse()
+                    break
                 target.sendall(data)
         except OSError:
             pass
@@ -175,14 +188,17 @@ def _reset(sock: socket.socket) -> None:
 
 
 class S3Server:
-    """moto's server in a subprocess, and the gate in front of it."""
+    """moto's server in a subprocess, and the gate in front of it. `unauthenticated_actions`: moto checks
+    signatures and IAM policies after that many requests (its INITIAL_NO_AUTH_ACTION_COUNT; default never)."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, unauthenticated_actions: int | None = None) -> None:
         self.port = free_port()
         env = {**os.environ, **TEST_ENV}
+        if unauthenticated_actions is not None:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(unauthenticated_actions)
         for variable in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env.pop(variable, None)
-        self.log = (log_dir / "moto.log").open("wb")
+        self.log = (log_dir / f"moto-{self.port}.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
@@ -190,12 +206,12 @@ class S3Server:
         self.direct = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while True:
-            try:
-                urllib.request.urlopen(f"{self.direct}/moto-api/data.json", timeout=2).read()
+            try:  # a TCP connection, not a request: with IAM checks on, every request counts
+                socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
                 break
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's server did not start (see {log_dir / 'moto.log'})") from None
+                    raise RuntimeError(f"moto's server did not start (see {self.log.name})") from None
                 time.sleep(0.1)
         self.gate = Gate(("127.0.0.1", self.port))
         self.endpoint = f"http://127.0.0.1:{self.gate.port}"
@@ -224,3 +240,34 @@ class S3Server:
             self.process.kill()
             self.process.wait()
         self.log.close()
+
+
+DENIED_PREFIX = "sources/locked/"
+IAM_SETUP_ACTIONS = 5  # the requests `deny_a_prefix` makes before moto starts checking
+
+
+def deny_a_prefix(server: S3Server, bucket: str) -> dict[str, str]:
+    """On a server started with `unauthenticated_actions=IAM_SETUP_ACTIONS`: make `bucket`, and a user allowed
+    everything on it except reading under DENIED_PREFIX; returns that user's credentials. Exactly
+    IAM_SETUP_ACTIONS requests, so that every later one is checked (signature and policy)."""
+    import json
+
+    import boto3
+
+    options = {"endpoint_url": server.direct, "region_name": "us-east-1", "aws_access_key_id": "setup",
+               "aws_secret_access_key": "setup"}  # fmt: skip
+    boto3.client("s3", **options).create_bucket(Bucket=bucket)  # 1
+    iam = boto3.client("iam", **options)
+    iam.create_user(UserName="worker")  # 2
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/{DENIED_PREFIX}*"},
+    ]}  # fmt: skip
+    iam.put_user_policy(UserName="worker", PolicyName="no-locked-sources", PolicyDocument=json.dumps(policy))  # 3
+    key = iam.create_access_key(UserName="worker")["AccessKey"]  # 4
+    credentials = {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+    boto3.client(
+        "s3", endpoint_url=server.direct, region_name="us-east-1", aws_access_key_id=credentials["access_key_id"],
+        aws_secret_access_key=credentials["secret_access_key"],
+    ).put_object(Bucket=bucket, Key=f"{DENIED_PREFIX}match.mp4", Body=b"a video no one may read")  # 5
+    return credentials

@@ -123,7 +123,9 @@ async def test_a_10_s_clip_of_a_1_hour_source_reads_a_small_fraction_of_it(
     assert state.duration_seconds == pytest.approx(10.5 if mode == "copy" else 10.0, abs=DURATION_TOLERANCE)
     print(f"\n{mode}: read {read} bytes from the store for a 10 s clip of a {source_size}-byte source "
           f"({read / source_size:.2%}); the clip has {state.bytes} bytes")  # fmt: skip
-    assert read < source_size / 5, (read, source_size)  # measured here: 4-11 % (the moov box twice, the clip, TCP read-ahead at each seek)
+    # measured here: 3-4 % with FFmpeg 7.1+ (bounded range requests), 10-12 % with an older one (TCP read-ahead at
+    # each seek); the moov box alone is 1.2 % and is read twice (the probe, FFmpeg)
+    assert read < source_size / 5, (read, source_size)
 
 
 async def test_the_probe_reads_only_box_headers_and_the_moov_box_once_per_etag(s3_server, s3_gate, bucket, sources):

@@ -75,3 +75,46 @@ async def running_worker(
         if worker._pool is not None:  # noqa: SLF001 - arq's own close() still calls redis' deprecated close()
             await worker.pool.aclose(close_connection_pool=True)
         await services.close()
+
+
+async def register(services: Services, clip: str, **fields: object) -> None:
+    from domain.clip import Register
+    from usecases import clips
+
+    command = Register(**{"source": "games/match.mp4", "start": 1.0, "end": 3.0, **fields})  # type: ignore[arg-type]
+    await clips.handle(services.pool, "p", clip, command, services.context)
+
+
+async def settled(services: Services, clip: str, timeout: float = 60):  # noqa: ANN201
+    """The clip's state once it is completed or failed (or, past `timeout`, whatever it is then)."""
+    import time
+
+    from projections import clip_status
+
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await clip_status.load(services.pool, "p", clip)
+        if state.status in ("completed", "failed") or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.05)
+
+
+async def outcomes(services: Services, clip: str) -> list[tuple[int, str, str | None]]:
+    """`(attempt, type, code or detector)` of the clip's outcome events."""
+    from eventlog import store
+
+    return [
+        (e.data["attempt"], e.type.removeprefix("extraction."), e.data.get("code") or e.data.get("detected_by"))
+        for e in await store.read_stream(services.pool, "p", clip)
+        if e.type in ("extraction.failed", "extraction.timed_out", "extraction.completed")
+    ]
+
+
+async def first_outcome(services: Services, clip: str, timeout: float = 60) -> tuple[int, str, str | None]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (found := await outcomes(services, clip)):
+        assert time.monotonic() < deadline, f"no outcome of {clip} in {timeout} s"
+        await asyncio.sleep(0.05)
+    return found[0]
