@@ -36,7 +36,7 @@ log = logging.getLogger("cliplog.api")
 REQUEST_SECONDS = 10.0  # a storage call a request waits for (a HEAD, a page of a listing)
 HEALTH_SECONDS = 2.0  # health's ping, like its PostgreSQL and Redis checks
 MAX_LIST_CALLS = 10  # pages of the store's listing one GET /api/media reads at most (a page holds up to `limit`)
-VIDEO_SUFFIXES = frozenset(
+VIDEO_SUFFIXES = frozenset(  # what the media listings offer (by file name), local and s3 alike
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split()
 )
 NO_STORE = "private, no-store"  # a redirect to a URL that expires must not be kept

@@ -14,13 +14,10 @@ from litestar.params import Parameter
 
 from api.deps import ServicesDep, UserDep
 from api.openapi import errors, get_or_head
-from api.stored import media_page
+from api.stored import VIDEO_SUFFIXES, media_page
 from runtime.media import resolve_inside
 
 MAX_MEDIA_FILES = 2000
-VIDEO_SUFFIXES = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split()
-)
 
 
 class ProjectView(msgspec.Struct):
