@@ -145,7 +145,8 @@ async def parked_long_polls(server: InProcessServer, user: str) -> int:
 
     async def count() -> int:
         subs = server.state.feed._by_user.get(user, ())  # noqa: SLF001 - no public view of the long polls
-        return sum(1 for sub in subs if not sub.live and sub._waiter is not None and not sub._waiter.done())  # noqa: SLF001
+        waiters = [sub._waiter for sub in subs if not sub.live]  # noqa: SLF001
+        return sum(1 for waiter in waiters if waiter is not None and not waiter.done())
 
     return await server.acall(count)
 
