@@ -119,6 +119,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--ops", type=int)
+    parser.add_argument("--dsn", help="ignored (`make bench ARGS=...` passes it to every bench); no database is used")
     arguments = apply_defaults(parser.parse_args(), {"rounds": 3, "ops": 10}, {"rounds": 5, "ops": 30})
     os.environ.pop("AWS_PROFILE", None)
     asyncio.run(main(arguments))

@@ -278,7 +278,7 @@ async def _produce(
                 "output_invalid",
                 f"FFmpeg produced a clip of {result.duration:.2f} s where {shortest:.2f}–{longest:.2f} s was "
                 "expected" + ("" if result.has_video else ", with no video"),
-                **said,
+                **({} if local else said),  # a local result's failure says what it always said
             )
             # FFmpeg ends an input whose connection broke as if it had ended (exit 0, a short clip): the store's
             # fault, retryable, not a result that would come out the same again.

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Iterable
 
 import asyncpg
@@ -140,24 +139,6 @@ def remove_stale_temporaries(services: Services) -> int:
             except FileNotFoundError:
                 pass
     return removed
-
-
-def old_outputs(output_root: Path, modified_before: float) -> list[str]:
-    """Names (as `completed` records them: relative to the output root) of the outputs last modified before
-    `modified_before` (a `time.time()`). Temporaries and files not named like an output are left out. Blocking."""
-    if not output_root.is_dir():
-        return []
-    found = []
-    for path in output_root.glob("*/*.mp4"):
-        name = path.relative_to(output_root).as_posix()
-        if path.name.startswith(TEMP_PREFIX) or output_clip(name) is None:
-            continue
-        try:
-            if path.stat().st_mtime < modified_before:
-                found.append(name)
-        except FileNotFoundError:
-            pass
-    return found
 
 
 async def referenced_outputs(db: asyncpg.Pool | asyncpg.Connection, names: Iterable[str]) -> set[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import configparser
-import hashlib
 import os
 import re
 from datetime import timedelta
@@ -134,23 +133,11 @@ def _stored(meta: ObjectMeta | dict[str, Any], prefix: str) -> StoredObject:
     )
 
 
-def file_md5(path: Path) -> str:
-    """The hex MD5 of a file: what S3 returns as the ETag of a single-PUT, unencrypted object. Blocking."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class S3Storage:
     backend = "s3"
 
-    def __init__(
-        self, config: S3Config, *, credentials: dict[str, str] | None = None, md5_etags: bool = True
-    ) -> None:
+    def __init__(self, config: S3Config, *, credentials: dict[str, str] | None = None) -> None:
         self.config = config
-        self.md5_etags = md5_etags  # False for a store whose plain ETags are not MD5s (SSE-KMS)
         keys = shared_file_credentials() if credentials is None else credentials
         options: dict[str, Any] = {
             "region": config.region,
@@ -278,12 +265,12 @@ class S3Storage:
 
     async def put_output(self, local_path: Path, name: str) -> StoredObject:
         """One PUT (the object appears whole or not at all; above 5 GiB a multipart upload, which S3 shows only once
-        completed), sent with its SHA-256 checksum so that the store refuses a body damaged on the way; then a HEAD
-        must show the file's size and the ETag the PUT returned (another writer's object would differ), and, when
-        the store's ETag is an MD5 (a single PUT without SSE-KMS), the file's MD5."""
+        completed), sent with its SHA-256 checksum (`x-amz-checksum-sha256`), which the store checks against the
+        body it received and refuses on a mismatch; then a HEAD must show the file's size and the ETag the PUT
+        returned (so the object under the key is this upload, whole). A plain MD5 ETag is not compared with the
+        file: with SSE-KMS, AWS's single-PUT ETags are not MD5s, and the checksum already covers the body."""
         bucket, path = self.config.outputs_bucket, self._output(name)
         size = (await asyncio.to_thread(local_path.stat)).st_size
-        md5 = await asyncio.to_thread(file_md5, local_path)
         single = size <= MAX_SINGLE_PUT
         try:
             put = await obstore.put_async(
@@ -296,15 +283,16 @@ class S3Storage:
             )
         except (BaseError, OSError) as error:
             raise storage_error(error, bucket, path, "uploading") from None
-        stored = await self._head(self.outputs, bucket, path, self.config.output_prefix)
+        try:
+            stored = await self._head(self.outputs, bucket, path, self.config.output_prefix)
+        except ObjectMissing:
+            raise StorageUnavailable(f"The upload of s3://{bucket}/{path} is not there after it was accepted.") from None
         etag = (put.get("e_tag") or "").strip('"')
-        stored_etag = stored.etag.strip('"')
-        md5_like = single and re.fullmatch(r"[0-9a-f]{32}", stored_etag) is not None
-        if stored.size != size or (etag and etag != stored_etag) or (md5_like and stored_etag != md5 and self.md5_etags):
+        if stored.size != size or (etag and etag != stored.etag.strip('"')):
             await self.delete_output(name)
             raise StorageUnavailable(
                 f"The upload of s3://{bucket}/{path} did not arrive intact ({stored.size} bytes, ETag {stored.etag}; "
-                f"expected {size} bytes, MD5 {md5}); it was removed."
+                f"expected {size} bytes, ETag \"{etag}\"); it was removed."
             )
         return stored
 
