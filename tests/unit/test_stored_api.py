@@ -206,3 +206,4 @@ async def test_health_checks_the_store_in_bounded_time(monkeypatch: pytest.Monke
     store.fail, store.hang = None, True
     check = await asyncio.wait_for(stored.storage_check(services(store)), 1)  # type: ignore[arg-type]
     assert check.ok is False and "no answer within 0.05 s" in (check.detail or "")
+
