@@ -108,19 +108,29 @@ def _cause(error: BaseException) -> str:
     return type(error).__name__
 
 
+# The store's error codes that no retry can fix: the credentials, the policy, the bucket itself. Any other 4xx
+# (400 RequestTimeout, 409 OperationAborted, 416 InvalidRange, 503/400 SlowDown, ...) may pass: storage_unavailable.
+DENIED_CODES = frozenset({
+    "AccessDenied", "AccountProblem", "AllAccessDisabled", "AuthorizationHeaderMalformed", "InvalidAccessKeyId",
+    "InvalidBucketName", "InvalidToken", "NoSuchBucket", "NotSignedUp", "SignatureDoesNotMatch",
+})  # fmt: skip
+
+
 def storage_error(error: BaseException, bucket: str, key: str, doing: str) -> StorageError:
-    """The StorageError for obstore's `error` while `doing` (e.g. "reading") `key` in `bucket`."""
+    """The StorageError for obstore's `error` while `doing` (e.g. "reading") `key` in `bucket`: denied only for
+    what really means denied (401, 403, DENIED_CODES), missing for a 404 of the key, unavailable otherwise."""
     where = f"s3://{bucket}/{key}"
+    text = str(error)
     status = _status(error)
     cause = _cause(error)
-    if isinstance(error, (PermissionDeniedError, UnauthenticatedError)) or status in (401, 403):
-        return StorageDenied(f"Access to {where} was denied while {doing} it ({cause}).")
-    if "NoSuchBucket" in str(error):
+    found = _S3_CODE.search(text)
+    code = found[1] if found else ("NoSuchBucket" if "NoSuchBucket" in text else None)
+    if code == "NoSuchBucket":
         return StorageDenied(f"The bucket {bucket!r} does not exist (while {doing} {where}).")
+    if isinstance(error, (PermissionDeniedError, UnauthenticatedError)) or status in (401, 403) or code in DENIED_CODES:
+        return StorageDenied(f"Access to {where} was denied while {doing} it ({cause}).")
     if isinstance(error, (NotFoundError, FileNotFoundError)) or status == 404:
         return ObjectMissing(f"There is no object {where} ({doing} it answered {cause}).")
-    if status is not None and 400 <= status < 500 and status not in (408, 429):
-        return StorageDenied(f"The store refused {doing} {where} ({cause}).")
     return StorageUnavailable(f"The store did not answer {doing} {where} ({cause}); it may be unreachable.")
 
 

@@ -84,6 +84,21 @@ class _Failure(Exception):
         ("Generic S3 error: ... Server returned non-2xx status code: 503 Service Unavailable", StorageUnavailable),
         ("Generic S3 error: Error performing HEAD ... HTTP error: error sending request", StorageUnavailable),
         ("Generic S3 error: ... operation timed out", StorageUnavailable),
+        # transient 4xx answers: another attempt may succeed (not storage_denied)
+        ("Generic S3 error: ... non-2xx status code: 400 Bad Request: <Code>RequestTimeout</Code>", StorageUnavailable),
+        ("Object at location x already exists: ... non-2xx status code: 409 Conflict: <Code>OperationAborted</Code>",
+         StorageUnavailable),
+        ("Generic S3 error: ... non-2xx status code: 416 Range Not Satisfiable: <Code>InvalidRange</Code>",
+         StorageUnavailable),
+        ("Generic S3 error: ... non-2xx status code: 400 Bad Request: <Code>SlowDown</Code>", StorageUnavailable),
+        ("Generic S3 error: ... non-2xx status code: 429 Too Many Requests", StorageUnavailable),
+        # what really means denied, whatever the status
+        ("Generic S3 error: ... non-2xx status code: 400 Bad Request: <Code>InvalidAccessKeyId</Code>", StorageDenied),
+        ("Generic S3 error: ... non-2xx status code: 400 Bad Request: <Code>InvalidBucketName</Code>", StorageDenied),
+        ("Generic S3 error: ... non-2xx status code: 403 Forbidden: <Code>SignatureDoesNotMatch</Code>", StorageDenied),
+        ("Generic S3 error: ... non-2xx status code: 403 Forbidden: <Code>AllAccessDisabled</Code>", StorageDenied),
+        ("Generic S3 error: ... non-2xx status code: 403 Forbidden: <Code>AccountProblem</Code>", StorageDenied),
+        ("Object at location x not found: ... non-2xx status code: 404 Not Found: <Code>NoSuchKey</Code>", ObjectMissing),
     ],
 )
 def test_a_store_failure_becomes_its_storage_error_naming_bucket_and_key(text: str, kind: type) -> None:
