@@ -9,6 +9,7 @@ one read of 16 bytes per top-level box header and one of the `moov` box, never t
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from pathlib import Path
 from typing import Awaitable, BinaryIO, Callable, Iterator
@@ -177,6 +178,10 @@ async def read_info_ranged(read_at: ReadAt, file_size: int) -> MediaInfo | None:
     """`read_info` of an object of `file_size` bytes read through `read_at` (ranged GETs): the box headers and the
     moov box only. Errors of `read_at` (a storage error) pass through; a malformed file gives None."""
     moov = await _find_moov_ranged(read_at, file_size)
+    return await asyncio.to_thread(_parsed, moov)  # a moov box of up to 64 MiB: not on the event loop
+
+
+def _parsed(moov: bytes | None) -> MediaInfo | None:
     try:
         return _info(moov)
     except (IndexError, struct.error):

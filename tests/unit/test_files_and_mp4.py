@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.files import byte_range, local_file, not_modified, serve
+from handlers import mp4
 from handlers.mp4 import read_info
 from runtime.settings import ConfigError, load
 
@@ -128,3 +129,22 @@ def test_malformed_mp4_boxes_fall_back_to_ffmpeg(tmp_path: Path, content: bytes)
 def test_bad_settings_fail_with_a_clear_message(env: dict[str, str], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         load(env)
+
+
+async def test_a_remote_moov_box_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    box = lambda kind, body: struct.pack(">I4s", 8 + len(body), kind) + body  # noqa: E731
+    data = box(b"ftyp", b"isom\0\0\0\0") + box(b"moov", box(b"free", b"x" * 64))
+    parsed_in: list[threading.Thread] = []
+
+    def info(moov: bytes | None) -> None:
+        parsed_in.append(threading.current_thread())
+
+    monkeypatch.setattr(mp4, "_info", info)
+
+    async def read_at(offset: int, length: int) -> bytes:
+        return data[offset : offset + length]
+
+    assert await mp4.read_info_ranged(read_at, len(data)) is None
+    assert parsed_in and parsed_in[0] is not threading.main_thread()
