@@ -157,13 +157,30 @@ def storage_settings(env: Mapping[str, str]) -> dict[str, object]:
         buckets[field] = bucket
     if storage == "s3" and buckets["s3_bucket"] is None:
         raise ConfigError("CLIPLOG_STORAGE=s3 needs CLIPLOG_S3_BUCKET (the bucket the sources are in)")
+    source_prefix = _prefix("CLIPLOG_S3_SOURCE_PREFIX", env.get("CLIPLOG_S3_SOURCE_PREFIX"), "sources/")
+    output_prefix = _prefix("CLIPLOG_S3_OUTPUT_PREFIX", env.get("CLIPLOG_S3_OUTPUT_PREFIX"), "clips/")
+    if storage == "s3":
+        # The orphan sweep deletes every clip-shaped object under the output prefix that no `completed` event of
+        # this deployment points at: the prefix must hold this deployment's clips and nothing else.
+        if not output_prefix:
+            raise ConfigError(
+                "CLIPLOG_S3_OUTPUT_PREFIX must not be empty: the orphan sweep deletes what no clip of this deployment "
+                "points at under it (give each deployment its own prefix, such as 'clips/')"
+            )
+        same_bucket = (buckets["s3_output_bucket"] or buckets["s3_bucket"]) == buckets["s3_bucket"]
+        if same_bucket and (output_prefix.startswith(source_prefix) or source_prefix.startswith(output_prefix)):
+            raise ConfigError(
+                f"CLIPLOG_S3_SOURCE_PREFIX ({source_prefix!r}) and CLIPLOG_S3_OUTPUT_PREFIX ({output_prefix!r}) "
+                "overlap in the same bucket: the orphan sweep could delete sources (use disjoint prefixes such as "
+                "'sources/' and 'clips/', or CLIPLOG_S3_OUTPUT_BUCKET)"
+            )
     return {
         "storage": storage,
         "s3_endpoint": endpoint,
         "s3_region": (env.get("CLIPLOG_S3_REGION") or "").strip() or "us-east-1",
         **buckets,
-        "s3_source_prefix": _prefix("CLIPLOG_S3_SOURCE_PREFIX", env.get("CLIPLOG_S3_SOURCE_PREFIX"), "sources/"),
-        "s3_output_prefix": _prefix("CLIPLOG_S3_OUTPUT_PREFIX", env.get("CLIPLOG_S3_OUTPUT_PREFIX"), "clips/"),
+        "s3_source_prefix": source_prefix,
+        "s3_output_prefix": output_prefix,
         "s3_serve": serve,
         "s3_path_style": _flag("CLIPLOG_S3_PATH_STYLE", env.get("CLIPLOG_S3_PATH_STYLE")),
     }

@@ -47,15 +47,19 @@ def test_keys_a_source_may_not_have_each_with_a_reason(key: str, says: str) -> N
     assert problem is not None and says in problem
 
 
+_S3 = {"CLIPLOG_STORAGE": "s3", "CLIPLOG_S3_BUCKET": "games"}
+
+
 def test_the_storage_settings_default_to_local_and_are_checked() -> None:
+    assert load({**_S3, "CLIPLOG_S3_SOURCE_PREFIX": "media/raw", "CLIPLOG_S3_OUTPUT_PREFIX": "media/raw-clips"})
     settings = load({})
     assert (settings.storage, settings.s3_source_prefix, settings.s3_output_prefix, settings.s3_serve) == (
         "local", "sources/", "clips/", "redirect")  # fmt: skip
     s3 = load({"CLIPLOG_STORAGE": "s3", "CLIPLOG_S3_BUCKET": "games", "CLIPLOG_S3_OUTPUT_BUCKET": "game-clips",
-               "CLIPLOG_S3_SOURCE_PREFIX": "raw", "CLIPLOG_S3_OUTPUT_PREFIX": "", "CLIPLOG_S3_PATH_STYLE": "yes",
+               "CLIPLOG_S3_SOURCE_PREFIX": "raw", "CLIPLOG_S3_OUTPUT_PREFIX": "raw", "CLIPLOG_S3_PATH_STYLE": "yes",
                "CLIPLOG_S3_ENDPOINT": "http://minio:9000", "CLIPLOG_S3_SERVE": "proxy"})  # fmt: skip
     assert (s3.s3_bucket, s3.s3_output_bucket, s3.s3_source_prefix, s3.s3_output_prefix, s3.s3_path_style) == (
-        "games", "game-clips", "raw/", "", True)  # fmt: skip
+        "games", "game-clips", "raw/", "raw/", True)  # fmt: skip  # another bucket: the same prefix is fine
     assert (s3.s3_endpoint, s3.s3_serve, s3.s3_region) == ("http://minio:9000", "proxy", "us-east-1")
     for env, says in [
         ({"CLIPLOG_STORAGE": "s3"}, "CLIPLOG_S3_BUCKET"),
@@ -66,6 +70,13 @@ def test_the_storage_settings_default_to_local_and_are_checked() -> None:
         ({"CLIPLOG_S3_SOURCE_PREFIX": "../up"}, "CLIPLOG_S3_SOURCE_PREFIX"),
         ({"CLIPLOG_S3_OUTPUT_PREFIX": "/abs"}, "CLIPLOG_S3_OUTPUT_PREFIX"),
         ({"CLIPLOG_S3_PATH_STYLE": "maybe"}, "CLIPLOG_S3_PATH_STYLE"),
+        # the orphan sweep deletes unreferenced clip-shaped objects under the output prefix: never sources
+        ({**_S3, "CLIPLOG_S3_OUTPUT_PREFIX": ""}, "must not be empty"),
+        ({**_S3, "CLIPLOG_S3_OUTPUT_BUCKET": "game-clips", "CLIPLOG_S3_OUTPUT_PREFIX": ""}, "must not be empty"),
+        ({**_S3, "CLIPLOG_S3_SOURCE_PREFIX": "", "CLIPLOG_S3_OUTPUT_PREFIX": "clips/"}, "overlap"),
+        ({**_S3, "CLIPLOG_S3_SOURCE_PREFIX": "media/", "CLIPLOG_S3_OUTPUT_PREFIX": "media/clips"}, "overlap"),
+        ({**_S3, "CLIPLOG_S3_SOURCE_PREFIX": "media/raw", "CLIPLOG_S3_OUTPUT_PREFIX": "media"}, "overlap"),
+        ({**_S3, "CLIPLOG_S3_OUTPUT_BUCKET": "games", "CLIPLOG_S3_OUTPUT_PREFIX": "sources"}, "overlap"),
     ]:
         with pytest.raises(ConfigError, match=says):
             load(env)
