@@ -362,6 +362,7 @@ async def extract(
         raise
     state = started.state
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
+    deadline = time.monotonic() + time_left
     cancelled = False  # by the worker's shutdown or the queue: record the outcome quickly
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
@@ -416,7 +417,7 @@ async def extract(
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
         await reporter.close()
-    patience = 5.0 if cancelled else time_left + services.settings.lease_timeout
+    patience = 5.0 if cancelled else record_patience(deadline, time.monotonic(), services.settings.lease_timeout)
     try:
         await record(services, project_id, clip_id, command, give_up_after=patience)
     except StaleAttempt:
@@ -430,6 +431,14 @@ async def extract(
                  run, attempt, project_id, clip_id, type(command).__name__)
         return "discarded"
     return type(command).__name__.lower()
+
+
+def record_patience(deadline: float, now: float, lease_timeout: float) -> float:
+    """How long the worker keeps retrying the append of its outcome: until the attempt's deadline plus a lease
+    (by then the reaper has timed it out, so the result would be stale), counted from its deadline, not from
+    when the cut ended. So a published output's `completed` lands within CLIPLOG_ATTEMPT_TIMEOUT +
+    CLIPLOG_LEASE_TIMEOUT of the attempt's start, which CLIPLOG_ORPHAN_GRACE must exceed (settings check it)."""
+    return max(0.0, deadline - now) + lease_timeout
 
 
 async def record(services: Services, project_id: str, clip_id: str, command: Command, give_up_after: float) -> None:
