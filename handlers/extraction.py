@@ -80,19 +80,25 @@ STORAGE_MARGIN = 1.0  # seconds of an attempt's time left that no storage call m
 CLEANUP_TIMEOUT = 5.0  # seconds a best-effort delete of a discarded object may take
 
 
+class OutOfTime(StorageUnavailable):
+    """`bounded` stopped a storage call (or did not start it) for the attempt's deadline: the store gave no answer
+    of its own."""
+
+
 async def bounded(call, deadline: float, what: str):  # noqa: ANN001, ANN201 - an awaitable and its result
     """Await a storage call, but not past `deadline` (a `time.monotonic()`) minus the margin: a slow store
-    cannot hold an attempt past its deadline. Raises StorageUnavailable (retryable) when it takes too long."""
+    cannot hold an attempt past its deadline. Raises OutOfTime (StorageUnavailable, retryable) when it takes too
+    long."""
     left = deadline - time.monotonic() - STORAGE_MARGIN
     if left <= 0:
         if asyncio.iscoroutine(call):
             call.close()
-        raise StorageUnavailable(f"No time was left before the attempt's deadline for {what}.")
+        raise OutOfTime(f"No time was left before the attempt's deadline for {what}.")
     try:
         async with asyncio.timeout(left):
             return await call
     except TimeoutError:
-        raise StorageUnavailable(f"The store did not answer {what} within {left:.1f} s (the attempt's time left).") from None
+        raise OutOfTime(f"The store did not answer {what} within {left:.1f} s (the attempt's time left).") from None
 
 
 async def discard_output(storage: Storage, name: str) -> None:
@@ -130,12 +136,17 @@ async def remote_source_info(
     return info
 
 
-_REFUSED = re.compile(r"Server returned 40[13]|HTTP error 40[13]|403 Forbidden|401 Unauthorized")
+# What FFmpeg says about its HTTP input only: "Server returned ..." and "HTTP error ..." come from its http
+# protocol alone; the generic network words count only on lines of the HTTP/TCP/TLS layers or of the (remote)
+# input, never on an output's ("[out#0/mp4 @ ...] Error writing trailer: Input/output error" is the local disk's).
+_REFUSED = re.compile(r"Server returned 40[13]|HTTP error 40[13]|^\[https? @ [^\]]*\].*(?:403 Forbidden|401 Unauthorized)",
+                      re.IGNORECASE | re.MULTILINE)  # fmt: skip
 _NETWORK = re.compile(
-    r"Server returned 5[0-9][0-9]|HTTP error 5[0-9][0-9]|Connection refused|Connection reset|Connection timed out|"
-    r"Operation timed out|timed out|Input/output error|End of file|Broken pipe|Network is unreachable|"
-    r"Error number -\d+ occurred",
-    re.IGNORECASE,
+    r"Server returned 5[0-9][0-9]|HTTP error 5[0-9][0-9]|"
+    r"^\[(?:https?|tcp|tls|in#\d+(?:/[^ \]]*)?) @ [^\]]*\].*(?:Connection refused|Connection reset|"
+    r"Connection timed out|Operation timed out|timed out|Input/output error|End of file|Broken pipe|"
+    r"Network is unreachable|Error number -\d+ occurred)",
+    re.IGNORECASE | re.MULTILINE,
 )
 
 
@@ -143,9 +154,12 @@ async def storage_failure(
     storage: Storage, key: str, deadline: float, error: ffmpeg.ExtractionError
 ) -> StorageError | None:
     """Whether FFmpeg failed reading a remote source because of the store: the store's own answer to a HEAD of
-    the source (unreachable, refused), else what FFmpeg said about the HTTP connection. None: FFmpeg's failure."""
+    the source (unreachable, refused, missing), else what FFmpeg said about its HTTP input. None: FFmpeg's own
+    failure, recorded with its own code (also when no time was left to ask the store: no answer is no verdict)."""
     try:
         await bounded(storage.head_source(key), min(deadline, time.monotonic() + 3 + STORAGE_MARGIN), f"reading {key!r}")
+    except OutOfTime:
+        pass
     except StorageError as failure:
         return failure
     said = (error.stderr_tail or "") + "\n" + error.message

@@ -3,9 +3,13 @@ FFmpeg failures are the store's."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from handlers.extraction import record_patience
+from handlers import ffmpeg
+from handlers.extraction import STORAGE_MARGIN, record_patience, storage_failure
+from storage.base import ObjectMissing, StorageDenied, StorageUnavailable
 from runtime.settings import load
 
 
@@ -25,3 +29,65 @@ def test_an_outcome_lands_within_the_attempt_timeout_plus_a_lease_of_its_start_s
     assert gives_up_at <= start + settings.attempt_timeout + settings.lease_timeout + (max(0.0, now - deadline))
     assert gives_up_at - start < settings.orphan_grace
     assert record_patience(deadline, now, settings.lease_timeout) >= settings.lease_timeout
+
+
+class _Store:
+    """A storage whose HEAD of the source answers `head` (an exception to raise, or None: the object is there)."""
+
+    backend = "s3"
+
+    def __init__(self, head: Exception | None = None) -> None:
+        self.head = head
+        self.heads = 0
+
+    async def head_source(self, key: str) -> object:
+        self.heads += 1
+        if self.head is not None:
+            raise self.head
+        return object()
+
+    def source_location(self, key: str) -> str:
+        return f"s3://games/sources/{key}"
+
+
+def _ffmpeg_failed(stderr: str) -> ffmpeg.ExtractionError:
+    return ffmpeg.ExtractionError("ffmpeg_failed", "FFmpeg exited with status 1.", stderr_tail=stderr)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind"),
+    [
+        # the HTTP input's own words: the store's fault
+        ("[https @ 0x5581] Will reconnect at 1234 in 0 second(s), error=Connection reset by peer.", StorageUnavailable),
+        ("[tcp @ 0x5581] Connection to tcp://127.0.0.1:9000 failed: Connection refused", StorageUnavailable),
+        ("[in#0/mov,mp4,m4a,3gp,3g2,mj2 @ 0x55] Error during demuxing: Input/output error", StorageUnavailable),
+        ("[http @ 0x5581] HTTP error 503 Service Unavailable", StorageUnavailable),
+        ("[in#0 @ 0x55] Error opening input: Server returned 403 Forbidden (access denied)", StorageDenied),
+        # local or output-side failures: FFmpeg's own code stays
+        ("[out#0/mp4 @ 0x55] Error writing trailer: Input/output error", None),
+        ("[out#0/mp4 @ 0x55] Error muxing a packet\nError number -28 occurred", None),
+        ("[aac @ 0x55] Input buffer exhausted before END element found\nEnd of file", None),
+        ("[vost#0:0/libx264 @ 0x55] Error while opening encoder: Operation timed out", None),
+        ("Conversion failed!", None),
+    ],
+)
+async def test_only_the_http_inputs_errors_are_the_stores(stderr: str, kind: type | None) -> None:
+    failure = await storage_failure(_Store(), "match.mp4", time.monotonic() + 60, _ffmpeg_failed(stderr))  # type: ignore[arg-type]
+    assert type(failure) is kind if kind is not None else failure is None
+
+
+async def test_a_genuine_ffmpeg_failure_near_the_deadline_keeps_its_code() -> None:
+    """With less than STORAGE_MARGIN left the HEAD cannot be asked: no answer is no verdict (it used to be
+    recorded as storage_unavailable)."""
+    store = _Store()
+    near = time.monotonic() + STORAGE_MARGIN / 2
+    assert await storage_failure(store, "match.mp4", near, _ffmpeg_failed("Conversion failed!")) is None  # type: ignore[arg-type]
+    assert store.heads == 0
+
+
+@pytest.mark.parametrize("answer", [StorageDenied("denied"), ObjectMissing("gone"), StorageUnavailable("unreachable")])
+async def test_a_definite_answer_of_the_store_overrides_ffmpegs_code(answer: Exception) -> None:
+    failure = await storage_failure(
+        _Store(answer), "match.mp4", time.monotonic() + 60, _ffmpeg_failed("Conversion failed!")  # type: ignore[arg-type]
+    )
+    assert failure is answer
