@@ -223,9 +223,6 @@ async def _produce(
     settings = services.settings
     began = time.monotonic()
     deadline = began + time_left
-    problem = source_key_problem(state.source)
-    if problem is not None:
-        raise ffmpeg.ExtractionError("source_missing", f"The source {state.source!r} cannot be read: {problem}.")
     local = isinstance(storage, LocalStorage)
     source: Path | object
     if local:
@@ -236,6 +233,11 @@ async def _produce(
             )
         info = await source_info(source, settings, timeout=max(0.1, deadline - time.monotonic()))
     else:
+        # The key rule for objects (the API applies it to new registrations; a local source keeps the path rule it
+        # was accepted under, `resolve_inside`, so clips registered before the rule still run).
+        problem = source_key_problem(state.source)
+        if problem is not None:
+            raise ffmpeg.ExtractionError("source_missing", f"The source {state.source!r} cannot be read: {problem}.")
         head = await bounded(storage.head_source(state.source), deadline, f"reading {state.source!r}")
         # The URL stays valid until the attempt's deadline (and a little after: FFmpeg's last reads near it).
         url = await bounded(
@@ -300,9 +302,14 @@ async def _produce(
             if failure is not None:
                 raise ffmpeg.ExtractionError(failure.code, failure.message, **said) from None
             raise invalid
-        uploading = True
-        stored = await bounded(storage.put_output(temporary, name), deadline, f"uploading {name}")
-        uploading = False
+        if local:
+            # An fsync and a rename in a thread, not bounded: a timeout could not stop the thread (the file would be
+            # published after the attempt failed), and a cut that finished in time is not lost to the margin.
+            stored = await storage.put_output(temporary, name)
+        else:
+            uploading = True
+            stored = await bounded(storage.put_output(temporary, name), deadline, f"uploading {name}")
+            uploading = False
     except ffmpeg.ExtractionError as error:
         if error.code == "not_a_video":  # the temporary output could not be read: the cut is broken, not the source
             raise ffmpeg.ExtractionError(

@@ -24,7 +24,7 @@ from handlers import dispatcher, extraction, mp4, reactor, reaper
 from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
 from projections import clip_status
 from runtime.bootstrap import open_services, redis_settings
-from usecases.services import Services
+from usecases.services import Services, utcnow
 from runtime.settings import Settings, find_ffmpeg
 from tests.e2e.system import make_video
 
@@ -366,3 +366,42 @@ async def test_the_reaper_removes_the_file_a_lost_worker_published_but_never_rec
         assert not published.exists() and other.exists()
     finally:
         await services.close()
+
+
+# Local storage keeps its behaviour from before S3 storage ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["./match.mp4", "sub//match.mp4"])
+async def test_a_local_source_the_old_api_accepted_still_runs(settings_for, source_root, source):
+    """The S3 key rule (storage/keys.py) is the API's for new registrations and the worker's for objects only: a
+    local clip registered before it, with a path `resolve_inside` accepts, still completes."""
+    (source_root / "sub").mkdir(exist_ok=True)
+    if not (source_root / "sub" / "match.mp4").exists():
+        (source_root / "sub" / "match.mp4").symlink_to(source_root / "match.mp4")
+    settings = await settings_for()
+    async with running_worker(settings) as services:
+        await register(services, "c1", source=source)
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
+
+
+async def test_a_local_cut_finishing_just_before_its_deadline_is_published(settings_for, tmp_path):
+    """Less than the storage margin (1 s) left when a local cut is done: its rename is not a storage call that
+    could hang, so it is published and recorded (it used to fail storage_unavailable)."""
+    release = tmp_path / "release"
+    held = script(tmp_path / "held.sh", f""""{FFMPEG}" "$@" || exit $?
+while [ ! -e "{release}" ]; do sleep 0.02; done
+""")
+    settings = await settings_for(ffmpeg=held, attempt_timeout=4.0)
+    async with running_worker(settings) as services:
+        await register(services, "c1", start=1.0, end=2.0, mode="copy")
+        while (state := await clip_status.load(services.pool, "p", "c1")).deadline_at is None:
+            await asyncio.sleep(0.02)
+        # released 0.6 s before the deadline: the cut ends with less than STORAGE_MARGIN left
+        wait = (state.deadline_at - utcnow()).total_seconds() - 0.6
+        assert wait > 0
+        await asyncio.sleep(wait)
+        release.touch()
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
+    assert (settings.output_root / state.output).exists()
