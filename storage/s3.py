@@ -108,6 +108,10 @@ def _cause(error: BaseException) -> str:
     return type(error).__name__
 
 
+class BucketMissing(StorageDenied):
+    """The store answered NoSuchBucket (storage_denied: no retry can fix it)."""
+
+
 # The store's error codes that no retry can fix: the credentials, the policy, the bucket itself. Any other 4xx
 # (400 RequestTimeout, 409 OperationAborted, 416 InvalidRange, 503/400 SlowDown, ...) may pass: storage_unavailable.
 DENIED_CODES = frozenset({
@@ -126,7 +130,7 @@ def storage_error(error: BaseException, bucket: str, key: str, doing: str) -> St
     found = _S3_CODE.search(text)
     code = found[1] if found else ("NoSuchBucket" if "NoSuchBucket" in text else None)
     if code == "NoSuchBucket":
-        return StorageDenied(f"The bucket {bucket!r} does not exist (while {doing} {where}).")
+        return BucketMissing(f"The bucket {bucket!r} does not exist (while {doing} {where}).")
     if isinstance(error, (PermissionDeniedError, UnauthenticatedError)) or status in (401, 403) or code in DENIED_CODES:
         return StorageDenied(f"Access to {where} was denied while {doing} it ({cause}).")
     if isinstance(error, (NotFoundError, FileNotFoundError)) or status == 404:
@@ -207,12 +211,16 @@ class S3Storage:
         except (BaseError, OSError) as error:
             failure = storage_error(error, bucket, path, "reading")
         if isinstance(failure, ObjectMissing):  # a HEAD's 404 has no body: tell a missing bucket from a missing key
+            # by one listing of at most one key under the prefix (a least-privilege policy may allow listing only
+            # there); only the store's NoSuchBucket changes the verdict: a refused or failed probe keeps the 404's.
             try:
-                await obstore.list(store, None, chunk_size=1).__anext__()
+                await obstore.list(store, prefix.rstrip("/") or None, chunk_size=1).__anext__()
             except StopAsyncIteration:
                 pass
             except (BaseError, OSError) as error:
-                failure = storage_error(error, bucket, path, "reading")
+                probed = storage_error(error, bucket, path, "reading")
+                if isinstance(probed, BucketMissing):
+                    failure = probed
         raise failure
 
     async def head_source(self, key: str) -> StoredObject:

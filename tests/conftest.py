@@ -388,3 +388,16 @@ def s3_denying_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         yield server, "guarded", deny_a_prefix(server, "guarded")
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_unlistable_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple["S3Server", str, dict[str, str]]]:
+    """As `s3_denying_server`, but the user may not list the bucket either (a least-privilege policy: it may
+    read and write objects, and listing the bucket's root is refused with 403)."""
+    from tests.s3server import IAM_SETUP_ACTIONS, S3Server, deny_a_prefix
+
+    server = S3Server(tmp_path_factory.mktemp("moto-unlistable"), unauthenticated_actions=IAM_SETUP_ACTIONS)
+    try:
+        yield server, "unlistable", deny_a_prefix(server, "unlistable", unlistable=True)
+    finally:
+        server.stop()

@@ -246,10 +246,15 @@ DENIED_PREFIX = "sources/locked/"
 IAM_SETUP_ACTIONS = 5  # the requests `deny_a_prefix` makes before moto starts checking
 
 
-def deny_a_prefix(server: S3Server, bucket: str) -> dict[str, str]:
+# What `deny_a_prefix` denies besides reading under DENIED_PREFIX, with `unlistable=True`: listing the bucket at
+# all (moto checks no Condition, so "list only under the prefixes" cannot be said; this is stricter).
+NO_LISTING = {"Effect": "Deny", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::{bucket}"}
+
+
+def deny_a_prefix(server: S3Server, bucket: str, *, unlistable: bool = False) -> dict[str, str]:
     """On a server started with `unauthenticated_actions=IAM_SETUP_ACTIONS`: make `bucket`, and a user allowed
-    everything on it except reading under DENIED_PREFIX; returns that user's credentials. Exactly
-    IAM_SETUP_ACTIONS requests, so that every later one is checked (signature and policy)."""
+    everything on it except reading under DENIED_PREFIX (and, `unlistable`, listing it); returns that user's
+    credentials. Exactly IAM_SETUP_ACTIONS requests, so that every later one is checked (signature and policy)."""
     import json
 
     import boto3
@@ -263,6 +268,8 @@ def deny_a_prefix(server: S3Server, bucket: str) -> dict[str, str]:
         {"Effect": "Allow", "Action": "s3:*", "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
         {"Effect": "Deny", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/{DENIED_PREFIX}*"},
     ]}  # fmt: skip
+    if unlistable:
+        policy["Statement"].append({**NO_LISTING, "Resource": NO_LISTING["Resource"].format(bucket=bucket)})
     iam.put_user_policy(UserName="worker", PolicyName="no-locked-sources", PolicyDocument=json.dumps(policy))  # 3
     key = iam.create_access_key(UserName="worker")["AccessKey"]  # 4
     credentials = {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}

@@ -10,6 +10,7 @@ import pytest
 
 from storage.base import ObjectMissing, StorageDenied, StorageUnavailable
 from storage.local import LocalStorage
+from storage.s3 import S3Config, S3Storage
 from tests.s3.support import s3_storage
 
 
@@ -81,3 +82,39 @@ async def test_a_missing_bucket_is_denied_and_a_closed_store_unavailable_naming_
     with pytest.raises(StorageUnavailable, match=f"s3://{bucket}/sources/x.mp4") as caught:
         await store.head_source("x.mp4")
     assert "X-Amz" not in str(caught.value) and "cliplog-test" not in str(caught.value)
+
+
+async def test_a_missing_source_stays_missing_when_the_policy_refuses_listing_the_bucket(
+    s3_unlistable_server, monkeypatch: pytest.MonkeyPatch
+):
+    """A HEAD's 404 is told from a missing bucket by a listing: under the source prefix (where a least-privilege
+    policy allows it), and a refused listing keeps the 404's verdict (it used to list the bucket's root and turn
+    a missing source into storage_denied)."""
+    import obstore
+
+    server, bucket, credentials = s3_unlistable_server
+    store = S3Storage(
+        S3Config(bucket=bucket, endpoint=server.endpoint, path_style=True, timeout=5.0, retry_seconds=1.0),
+        credentials=credentials,
+    )
+    listed: list[str | None] = []
+    listing = obstore.list
+
+    def spy(store, prefix=None, **options):  # noqa: ANN001, ANN003, ANN202
+        listed.append(prefix)
+        return listing(store, prefix, **options)
+
+    monkeypatch.setattr(obstore, "list", spy)
+    with pytest.raises(StorageDenied):  # the policy really refuses listing
+        await store.list_sources(None, 1)
+    listed.clear()
+    with pytest.raises(ObjectMissing, match="sources/nope.mp4"):
+        await store.head_source("nope.mp4")
+    assert listed == ["sources"]
+    missing = S3Storage(
+        S3Config(bucket="no-such-bucket-here", endpoint=server.endpoint, path_style=True, timeout=5.0,
+                 retry_seconds=1.0),
+        credentials=credentials,
+    )  # fmt: skip
+    with pytest.raises(StorageDenied, match="no-such-bucket-here"):
+        await missing.head_source("x.mp4")

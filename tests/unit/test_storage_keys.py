@@ -114,7 +114,7 @@ class _Failure(Exception):
 )
 def test_a_store_failure_becomes_its_storage_error_naming_bucket_and_key(text: str, kind: type) -> None:
     error = storage_error(_Failure(text), "games", "sources/final.mp4", "reading")
-    assert type(error) is kind
+    assert isinstance(error, kind) and error.code == kind.code
     assert "s3://games/sources/final.mp4" in error.message or "'games'" in error.message
     assert is_retryable(error.code) is (kind is StorageUnavailable)
 
