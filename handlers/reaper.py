@@ -2,7 +2,8 @@
 
 - A running attempt whose lease has not been renewed for `lease_timeout` (its worker is gone) or whose deadline
   has passed gets `timed_out` (detected_by: reaper; reason: lease, or deadline when that has passed too); the
-  clip's retry policy then schedules the next attempt. The file that attempt may have published is removed: a
+  clip's retry policy then schedules the next attempt. The file that attempt may have published is removed (once
+  every timeout of the round is appended, together, within 5 s in all, so a hung store delays no timeout): a
   worker lost between publishing and recording `completed` would otherwise leave an output no clip points at, and a
   live latecomer's `completed` can no longer be recorded.
 - With CLIPLOG_DISPATCH=fifo, a requested attempt that has not started `requeue_after` seconds after it was due,
@@ -39,7 +40,7 @@ from arq.constants import in_progress_key_prefix
 from domain.clip import TimeOut
 from domain.errors import StaleAttempt
 from eventlog.store import stream_name
-from handlers import dispatcher, reactor
+from handlers import dispatcher, extraction, reactor
 from handlers.extraction import TEMP_PREFIX, attempt_output, cutting_root, discard_output, output_clip
 from usecases.clips import handle
 from usecases.services import Services, utcnow
@@ -49,6 +50,7 @@ log = logging.getLogger("cliplog.reaper")
 
 LEADER_LOCK = locks.REAPER
 SWEEP_LOCK = locks.ORPHAN_SWEEP
+DISCARD_CONCURRENCY = 16  # deletions of timed-out attempts' outputs at once
 
 
 async def time_out_lost_attempts(services: Services) -> int:
@@ -66,6 +68,7 @@ async def time_out_lost_attempts(services: Services) -> int:
         utcnow() - timedelta(seconds=2 * settings.heartbeat_interval),
         settings.lease_timeout,
     )
+    timed_out: list[str] = []
     for row in rows:
         try:
             await handle(
@@ -83,8 +86,28 @@ async def time_out_lost_attempts(services: Services) -> int:
             log.warning("timed out attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])
         except StaleAttempt:
             continue  # it finished meanwhile
-        await discard_output(services.store, attempt_output(row["project_id"], row["clip_id"], row["run"], row["attempt"]))
+        timed_out.append(attempt_output(row["project_id"], row["clip_id"], row["run"], row["attempt"]))
+    await discard_outputs(services, timed_out)
     return len(rows)
+
+
+async def discard_outputs(services: Services, names: list[str]) -> None:
+    """Remove the outputs the timed-out attempts may have published, once every timeout is appended, together and
+    within CLEANUP_TIMEOUT in all: a hung store delays the reaper by that at most, never each timeout (what is left
+    the orphan sweep removes)."""
+    if not names:
+        return
+    try:
+        limit = asyncio.Semaphore(DISCARD_CONCURRENCY)
+
+        async def discard(name: str) -> None:
+            async with limit:
+                await discard_output(services.store, name)
+
+        async with asyncio.timeout(extraction.CLEANUP_TIMEOUT):
+            await asyncio.gather(*(discard(name) for name in names))
+    except TimeoutError:
+        log.warning("could not remove the outputs of %d timed-out attempts in time; the orphan sweep will", len(names))
 
 
 async def requeue_lost_jobs(services: Services) -> int:

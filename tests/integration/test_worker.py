@@ -405,3 +405,33 @@ while [ ! -e "{release}" ]; do sleep 0.02; done
         state = await settled(services, "c1")
         assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
     assert (settings.output_root / state.output).exists()
+
+
+async def test_the_reaper_appends_every_timeout_before_removing_outputs_and_a_hung_store_holds_it_briefly(
+    settings_for, monkeypatch
+):
+    """The outputs of timed-out attempts are removed after every timeout is appended, and within CLEANUP_TIMEOUT
+    in all (it used to delete after each timeout, up to 5 s each against a hung store)."""
+    from storage.local import LocalStorage
+
+    monkeypatch.setattr(extraction, "CLEANUP_TIMEOUT", 0.3)
+    settings = await settings_for(lease_timeout=1.0)
+    seen: list[int] = []  # timeouts in the log when each deletion began
+
+    class HungStore(LocalStorage):
+        async def delete_output(self, name: str) -> None:
+            seen.append(await services.pool.fetchval("SELECT count(*) FROM events WHERE type = 'extraction.timed_out'"))
+            await asyncio.Event().wait()  # never answers
+
+    services = await open_services(settings, pool_size=4, storage=HungStore(settings.media_root, settings.output_root))
+    try:
+        for clip in ("c1", "c2", "c3"):
+            await register(services, clip)
+            await clips.start_attempt(services.pool, "p", clip, Start(run=1, attempt=1, worker_id="lost"), services.context)
+        await services.pool.execute("UPDATE leases SET renewed_at = now() - interval '1 minute'")
+        assert await reaper.time_out_lost_attempts(services) == 3
+        assert seen == [3, 3, 3]
+        for clip in ("c1", "c2", "c3"):
+            assert (await clip_status.load(services.pool, "p", clip)).status == "retrying"
+    finally:
+        await services.close()
