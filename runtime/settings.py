@@ -67,7 +67,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     s3_serve: str = "redirect"  # GET .../file: "redirect" to a presigned URL, or "proxy" the bytes through the API
     s3_path_style: bool = False  # path-style addressing (endpoint/bucket/key), for MinIO, Ceph, many R2 set-ups
     s3_url_expires: float = 300.0  # seconds a presigned download URL (the file route's redirect) stays valid
-    s3_timeout: float = 30.0  # seconds per storage request (an attempt's own deadline bounds it further)
+    s3_timeout: float = 30.0  # seconds per storage request without a body, and per chunk of a read (not per
+    # transfer: an upload takes as long as its size needs); an attempt's own deadline bounds every call further
 
     @property
     def retry_policy(self) -> RetryPolicy:

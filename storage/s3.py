@@ -7,8 +7,10 @@ web identity, the container and instance metadata, which obstore reads itself) o
 environment, from the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`,
 profile `AWS_PROFILE` or `default`).
 
-Each request is bounded (`CLIPLOG_S3_TIMEOUT`) and retried by the client only briefly (connection errors and 5xx,
-within a few seconds): an attempt that cannot reach the store fails `storage_unavailable` and is retried by the
+Each request without a body transfer (HEAD, a listing's page, DELETE, signing) is bounded by `CLIPLOG_S3_TIMEOUT`,
+and so is each chunk of a body read (an idle limit: a slow read that keeps moving goes on); an upload takes as long
+as its size needs, within the attempt's deadline (the worker's `bounded`). Requests are retried by the client only
+briefly (connection errors and 5xx, within a few seconds): an attempt that cannot reach the store fails `storage_unavailable` and is retried by the
 clip's retry policy, within its deadline. Every error becomes a `StorageError` whose message names the bucket and
 the key and says what the store answered, never a URL's query string or a credential.
 """
@@ -38,8 +40,13 @@ from storage.base import ObjectMissing, StorageDenied, StorageError, StorageUnav
 if TYPE_CHECKING:
     from obstore import ObjectMeta
 
-MAX_SINGLE_PUT = 5 * 1024**3 - 1  # one PUT up to S3's limit; above it, a multipart upload completed only when whole
-READ_CHUNK = 1024 * 1024
+MULTIPART_ABOVE = 64 * 1024 * 1024  # one PUT up to this; above it, a multipart upload (S3 shows it only once whole)
+PART_SIZE = 64 * 1024 * 1024
+READ_CHUNK = 256 * 1024  # a body read yields at least this much at a time (an idle limit applies per chunk)
+# The HTTP client's own limit on a whole request, body included: none that matters. A body transfer takes as long
+# as its size needs (an upload is bounded by the attempt's deadline, a read by `timeout` without a byte); every
+# other request is bounded by `timeout` here, around the call.
+CLIENT_TIMEOUT = timedelta(days=1)
 
 
 class S3Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,7 +57,7 @@ class S3Config(msgspec.Struct, frozen=True, kw_only=True):
     source_prefix: str = "sources/"
     output_prefix: str = "clips/"
     path_style: bool = False
-    timeout: float = 30.0  # seconds per request
+    timeout: float = 30.0  # seconds a request without a body may take, and a body read may go without a byte
     retry_seconds: float = 5.0  # the client's own retries of connection errors and 5xx stop after this
 
     @property
@@ -162,7 +169,7 @@ class S3Storage:
         if config.endpoint:
             options["endpoint"] = config.endpoint.rstrip("/")
         client = {
-            "timeout": timedelta(seconds=config.timeout),
+            "timeout": CLIENT_TIMEOUT,
             "connect_timeout": timedelta(seconds=min(5.0, config.timeout)),
             "allow_http": bool(config.endpoint and config.endpoint.startswith("http://")),
         }
@@ -193,11 +200,22 @@ class S3Storage:
         for store, bucket, prefix in self._buckets():
             try:
                 stream = obstore.list(store, prefix.rstrip("/") or None, chunk_size=1)
-                await stream.__anext__()
+                await self._within(stream.__anext__(), bucket, prefix, "listing")
             except StopAsyncIteration:
                 pass
             except (BaseError, OSError) as error:
                 raise storage_error(error, bucket, prefix, "listing") from None
+
+    async def _within(self, call, bucket: str, key: str, doing: str):  # noqa: ANN001, ANN202 - an awaitable, its result
+        """Await a request without a body transfer (or one chunk of a body) for at most `timeout` seconds."""
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                return await call
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"The store did not answer {doing} s3://{bucket}/{key} within {self.config.timeout:g} s; "
+                "it may be unreachable."
+            ) from None
 
     def _buckets(self) -> list[tuple[S3Store, str, str]]:
         found = [(self.sources, self.config.bucket, self.config.source_prefix)]
@@ -207,15 +225,16 @@ class S3Storage:
 
     async def _head(self, store: S3Store, bucket: str, path: str, prefix: str) -> StoredObject:
         try:
-            return _stored(await obstore.head_async(store, path), prefix)
+            return _stored(await self._within(obstore.head_async(store, path), bucket, path, "reading"), prefix)
         except (BaseError, OSError) as error:
             failure = storage_error(error, bucket, path, "reading")
         if isinstance(failure, ObjectMissing):  # a HEAD's 404 has no body: tell a missing bucket from a missing key
             # by one listing of at most one key under the prefix (a least-privilege policy may allow listing only
             # there); only the store's NoSuchBucket changes the verdict: a refused or failed probe keeps the 404's.
             try:
-                await obstore.list(store, prefix.rstrip("/") or None, chunk_size=1).__anext__()
-            except StopAsyncIteration:
+                probe = obstore.list(store, prefix.rstrip("/") or None, chunk_size=1)
+                await self._within(probe.__anext__(), bucket, path, "reading")
+            except (StopAsyncIteration, StorageError):
                 pass
             except (BaseError, OSError) as error:
                 probed = storage_error(error, bucket, path, "reading")
@@ -233,8 +252,17 @@ class S3Storage:
         if length <= 0:
             return
         try:
-            result = await obstore.get_async(store, path, options={"range": (start, start + length)})
-            async for chunk in result.stream(min_chunk_size=READ_CHUNK):
+            # The answer's headers within `timeout`, then each chunk of the body within `timeout` of the last: a
+            # slow but moving transfer goes on as long as it needs, a store that stopped sending fails it.
+            result = await self._within(
+                obstore.get_async(store, path, options={"range": (start, start + length)}), bucket, path, "reading"
+            )
+            chunks = result.stream(min_chunk_size=READ_CHUNK)
+            while True:
+                try:
+                    chunk = await self._within(chunks.__anext__(), bucket, path, "reading")
+                except StopAsyncIteration:
+                    return
                 yield bytes(chunk)
         except (BaseError, OSError) as error:
             raise storage_error(error, bucket, path, "reading") from None
@@ -247,7 +275,10 @@ class S3Storage:
 
     async def _sign(self, store: S3Store, bucket: str, path: str, expires_seconds: float) -> str:
         try:
-            return await obstore.sign_async(store, "GET", path, timedelta(seconds=max(1, int(expires_seconds))))
+            return await self._within(
+                obstore.sign_async(store, "GET", path, timedelta(seconds=max(1, int(expires_seconds)))),
+                bucket, path, "signing a URL for",
+            )  # fmt: skip
         except (BaseError, OSError) as error:
             raise storage_error(error, bucket, path, "signing a URL for") from None
 
@@ -269,7 +300,7 @@ class S3Storage:
                 offset=prefix + after if after is not None else None,
                 chunk_size=min(1000, max(limit, 1)),
             )
-            async for chunk in stream:
+            async for chunk in self._pages(stream, self.config.bucket, prefix):
                 for meta in chunk:
                     item = _stored(meta, prefix)
                     if not meta["path"].startswith(prefix) or item.key.endswith("/"):
@@ -282,22 +313,23 @@ class S3Storage:
         return sorted(found, key=lambda o: o.key)
 
     async def put_output(self, local_path: Path, name: str) -> StoredObject:
-        """One PUT (the object appears whole or not at all; above 5 GiB a multipart upload, which S3 shows only once
-        completed), sent with its SHA-256 checksum (`x-amz-checksum-sha256`), which the store checks against the
+        """One PUT (the object appears whole or not at all; above 64 MiB a multipart upload of 64 MiB parts, which S3
+        shows only once completed), sent with its SHA-256 checksum (`x-amz-checksum-sha256`), which the store checks against the
         body it received and refuses on a mismatch; then a HEAD must show the file's size and the ETag the PUT
         returned (so the object under the key is this upload, whole). A plain MD5 ETag is not compared with the
         file: with SSE-KMS, AWS's single-PUT ETags are not MD5s, and the checksum already covers the body."""
         bucket, path = self.config.outputs_bucket, self._output(name)
         size = (await asyncio.to_thread(local_path.stat)).st_size
-        single = size <= MAX_SINGLE_PUT
         try:
+            # Not bounded here: the body takes as long as its size needs; the worker bounds the whole upload by the
+            # attempt's deadline (handlers/extraction.py `bounded`).
             put = await obstore.put_async(
                 self.outputs,
                 path,
                 local_path,
                 attributes={"Content-Type": "video/mp4"},
-                use_multipart=not single,
-                chunk_size=64 * 1024 * 1024,
+                use_multipart=size > MULTIPART_ABOVE,
+                chunk_size=PART_SIZE,
             )
         except (BaseError, OSError) as error:
             raise storage_error(error, bucket, path, "uploading") from None
@@ -317,7 +349,7 @@ class S3Storage:
     async def delete_output(self, name: str) -> None:
         bucket, path = self.config.outputs_bucket, self._output(name)
         try:
-            await obstore.delete_async(self.outputs, path)
+            await self._within(obstore.delete_async(self.outputs, path), bucket, path, "deleting")
         except (NotFoundError, FileNotFoundError):
             return
         except (BaseError, OSError) as error:
@@ -326,12 +358,22 @@ class S3Storage:
     async def list_outputs(self) -> AsyncIterator[StoredObject]:
         prefix = self.config.output_prefix
         try:
-            async for chunk in obstore.list(self.outputs, prefix.rstrip("/") or None, chunk_size=1000):
+            stream = obstore.list(self.outputs, prefix.rstrip("/") or None, chunk_size=1000)
+            async for chunk in self._pages(stream, self.config.outputs_bucket, prefix):
                 for meta in chunk:
                     if meta["path"].startswith(prefix):
                         yield _stored(meta, prefix)
         except (BaseError, OSError) as error:
             raise storage_error(error, self.config.outputs_bucket, prefix, "listing") from None
+
+    async def _pages(self, stream, bucket: str, prefix: str) -> AsyncIterator[Any]:  # noqa: ANN001 - obstore's list stream
+        """A listing's pages, each within `timeout` of the last."""
+        while True:
+            try:
+                page = await self._within(stream.__anext__(), bucket, prefix, "listing")
+            except StopAsyncIteration:
+                return
+            yield page
 
     async def close(self) -> None:
         return None

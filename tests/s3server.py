@@ -3,6 +3,7 @@ subprocess on a free port of 127.0.0.1, behind a TCP gate of this process that
 
 - counts the bytes the store sends to clients (`gate.sent`, `gate.reset_counts()`), so a test can assert how much
   of a source FFmpeg and the probe really read;
+- can limit the bandwidth either way (`gate.throttle(received=..., sent=...)`, bytes per second: a slow link);
 - can be closed (`gate.refuse()`: new connections are refused and open ones reset, as a store that went away),
   hung (`gate.hang()`: connections are accepted and open ones kept, but nothing is passed on either way, as a store
   that stopped answering) and opened again (`gate.open()`), mid-test.
@@ -53,6 +54,7 @@ class Gate:
         self._open: set[socket.socket] = set()
         self._ended: dict[int, set[str]] = {}  # per connection: the directions that ended cleanly
         self._refuse_at: int | None = None
+        self._rates: dict[str, float | None] = {"received": None, "sent": None}  # bytes per second; None: no limit
         self._stopping = False
         self._thread = threading.Thread(target=self._accept_forever, name="s3-gate", daemon=True)
         self._thread.start()
@@ -77,6 +79,12 @@ class Gate:
         with self._lock:
             self._refuse_at = total
 
+    def throttle(self, *, received: float | None = None, sent: float | None = None) -> None:
+        """Pass at most `received` bytes per second from clients to the store and `sent` back (None: no limit),
+        in slices of a tenth of a second, so the transfer keeps moving."""
+        with self._lock:
+            self._rates = {"received": received, "sent": sent}
+
     def hang(self) -> None:
         """Connections are accepted but nothing more is passed on either way: a store that stopped answering."""
         with self._lock:
@@ -87,6 +95,7 @@ class Gate:
         with self._lock:
             self.state = "open"
             self._refuse_at = None
+            self._rates = {"received": None, "sent": None}
             self._changed.notify_all()
 
     def close(self) -> None:
@@ -134,7 +143,9 @@ class Gate:
         clean = False
         try:
             while True:
-                data = source.recv(256 * 1024)
+                with self._lock:
+                    rate = self._rates[counter]
+                data = source.recv(256 * 1024 if rate is None else max(1, int(rate / 10)))
                 if not data:
                     clean = True
                     break
@@ -151,6 +162,8 @@ class Gate:
                     self.refuse()
                     break
                 target.sendall(data)
+                if rate is not None:
+                    time.sleep(len(data) / rate)
         except OSError:
             pass
         with self._lock:

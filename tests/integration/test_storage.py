@@ -118,3 +118,50 @@ async def test_a_missing_source_stays_missing_when_the_policy_refuses_listing_th
     )  # fmt: skip
     with pytest.raises(StorageDenied, match="no-such-bucket-here"):
         await missing.head_source("x.mp4")
+
+
+async def test_a_slow_link_is_no_timeout_but_a_hung_store_is_stopped(s3_server, s3_gate, tmp_path: Path):
+    """CLIPLOG_S3_TIMEOUT bounds a request without a body and each chunk of a read, not a whole transfer: an
+    upload and a read that take several times the timeout on a slow link succeed (they used to fail
+    storage_unavailable every attempt); a store that stops answering is still stopped, by the attempt's deadline
+    (upload) or by the timeout without a byte (read)."""
+    import time
+
+    from handlers.extraction import bounded
+
+    bucket = f"b-{secrets.token_hex(4)}"
+    s3_server.create_bucket(bucket)
+    store = s3_storage(s3_server, bucket, timeout=1.0)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(secrets.token_bytes(1_200_000))
+    content = cut.read_bytes()
+    s3_gate.throttle(received=300_000)  # 4 s for the body, four times the timeout
+    stored = await store.put_output(cut, "p1/c1.r1a1.mp4")
+    assert stored.size == len(content)
+    s3_gate.throttle(sent=300_000)
+    assert await collect(store.read_output("p1/c1.r1a1.mp4", 0, len(content))) == content
+    s3_gate.throttle()
+    s3_gate.hang()
+    with pytest.raises(StorageUnavailable, match="uploading"):
+        await bounded(store.put_output(cut, "p1/c1.r1a2.mp4"), time.monotonic() + 2.5, "uploading p1/c1.r1a2.mp4")
+    with pytest.raises(StorageUnavailable, match="s3://.*/clips/p1/c1.r1a1.mp4"):
+        await collect(store.read_output("p1/c1.r1a1.mp4", 0, len(content)))
+    with pytest.raises(StorageUnavailable, match="within 1 s"):
+        await store.head_output("p1/c1.r1a1.mp4")
+
+
+async def test_an_output_above_the_multipart_threshold_is_uploaded_in_parts_and_checked(
+    s3_server, s3_gate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from storage import s3
+
+    monkeypatch.setattr(s3, "MULTIPART_ABOVE", 1024 * 1024)
+    monkeypatch.setattr(s3, "PART_SIZE", 5 * 1024 * 1024)
+    bucket = f"b-{secrets.token_hex(4)}"
+    s3_server.create_bucket(bucket)
+    store = s3_storage(s3_server, bucket)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(secrets.token_bytes(2 * 1024 * 1024))
+    stored = await store.put_output(cut, "p1/c1.r1a1.mp4")
+    assert stored.size == 2 * 1024 * 1024 and stored.etag.strip('"').endswith("-1")  # a multipart upload's ETag
+    assert await collect(store.read_output("p1/c1.r1a1.mp4", 0, stored.size)) == cut.read_bytes()
