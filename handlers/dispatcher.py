@@ -9,7 +9,9 @@ Redis holds no truth here either; every pass derives the whole admission state a
 - admitted: those whose job, under the attempt's own id (`JobQueue.job_id`), is in the log's arq queue. After a Redis flush
   the queue is empty, so they are admitted again under the same id; arq refuses a second job with an id it holds, so
   no attempt is ever queued twice, and a duplicate job would find its attempt started and do nothing;
-- capacity: the sum of the live workers' concurrency, from their presence keys.
+- capacity: what the live workers take at once, from their presence keys: each FFmpeg slot's running attempt and
+  one waiting behind it (`handlers.worker.holds`), so a slot starts its next cut the moment FFmpeg exits, not a
+  dispatcher pass after the outcome is recorded.
 A pass admits `capacity - running - admitted` attempts (or fewer, under the concurrency limits). It runs on every
 NOTIFY of the log (a request, an outcome), when the next retry falls due, and at least every second.
 """
@@ -77,7 +79,7 @@ async def queued_attempts(redis: ArqRedis, queue: JobQueue) -> set[Key]:
 
 
 async def live_capacity(redis: ArqRedis, queue: JobQueue) -> int:
-    """The sum of the concurrency of the log's live workers (each worker's presence key holds its own)."""
+    """The sum of what the log's live workers take at once (each worker's presence key holds its own)."""
     keys = [key async for key in redis.scan_iter(match=presence_prefix(queue.epoch) + "*", count=1000)]
     if not keys:
         return 0

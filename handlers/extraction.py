@@ -14,6 +14,7 @@ import re
 import secrets
 import time
 from pathlib import Path
+from typing import Callable
 
 from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, TimeOut
 from domain.errors import StaleAttempt
@@ -92,10 +93,13 @@ def expected_duration(state: ClipState, source: ffmpeg.MediaInfo) -> tuple[float
 
 
 async def produce_clip(
-    services: Services, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None = None
+    services: Services, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None = None,
+    cut_done: Callable[[], None] | None = None,
 ) -> Complete:
-    """Cut `state`'s current attempt into its final file, handing FFmpeg's progress reports to `on_report`. Raises
-    ffmpeg.ExtractionError, ffmpeg.Deadline or (no progress for CLIPLOG_STALL_AFTER seconds) ffmpeg.Stalled."""
+    """Cut `state`'s current attempt into its final file, handing FFmpeg's progress reports to `on_report` and
+    calling `cut_done` once FFmpeg has exited (its slot may cut the next clip while this one is validated and made
+    durable). Raises ffmpeg.ExtractionError, ffmpeg.Deadline or (no progress for CLIPLOG_STALL_AFTER seconds)
+    ffmpeg.Stalled."""
     settings = services.settings
     began = time.monotonic()
     deadline = began + time_left
@@ -117,17 +121,21 @@ async def produce_clip(
     await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
     temporary = final.parent / f"{TEMP_PREFIX}{state.clip_id}.r{state.run}a{state.attempt}.{secrets.token_hex(4)}.mp4"
     try:
-        await ffmpeg.cut(
-            ffmpeg=settings.ffmpeg,
-            source=source,
-            start=state.start,
-            end=state.end,
-            mode=state.mode,
-            target=temporary,
-            timeout=max(0.1, deadline - time.monotonic()),
-            shown=shown(settings),
-            watch=ffmpeg.Watch(on_report or (lambda _: None), settings.stall_after),
-        )
+        try:
+            await ffmpeg.cut(
+                ffmpeg=settings.ffmpeg,
+                source=source,
+                start=state.start,
+                end=state.end,
+                mode=state.mode,
+                target=temporary,
+                timeout=max(0.1, deadline - time.monotonic()),
+                shown=shown(settings),
+                watch=ffmpeg.Watch(on_report or (lambda _: None), settings.stall_after),
+            )
+        finally:
+            if cut_done is not None:
+                cut_done()
         result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
         )
@@ -191,6 +199,8 @@ async def extract(
     attempt: int,
     worker_id: str,
     shutting_down: asyncio.Event | None = None,
+    *,
+    cut_done: Callable[[], None] | None = None,
 ) -> str:
     """Run one attempt. Returns what happened: started work ends in an appended outcome or a discarded result.
 
@@ -207,7 +217,7 @@ async def extract(
     began = time.monotonic()
     allowed = attempt_deadline_seconds(state.end - state.start, state.mode, services.settings.attempt_timeout)
     reporter = ProgressReporter(services, state)  # the same attempt as the one `started` records
-    production = asyncio.create_task(produce_clip(services, state, allowed, reporter.on_report))  # and its deadline
+    production = asyncio.create_task(produce_clip(services, state, allowed, reporter.on_report, cut_done))
     try:
         started = await start_attempt(
             services.pool, project_id, clip_id, Start(run=run, attempt=attempt, worker_id=worker_id), services.context
