@@ -59,10 +59,12 @@ def shown(settings: Settings) -> ffmpeg.Shown:
     return ffmpeg.Shown({str(settings.media_root): "$CLIPLOG_MEDIA_ROOT", str(settings.output_root): "$CLIPLOG_OUTPUT_ROOT"})
 
 
-async def source_info(path: Path, settings: Settings, timeout: float) -> ffmpeg.MediaInfo:
+async def source_info(
+    path: Path, settings: Settings, timeout: float, stat: os.stat_result | None = None
+) -> ffmpeg.MediaInfo:
     """Probe a source once per version of the file (clips of one source share it): the MP4 boxes when they can be
-    read, else FFmpeg."""
-    stat = await asyncio.to_thread(path.stat)
+    read, else FFmpeg. `stat`: the file's, when the caller has it."""
+    stat = stat or await asyncio.to_thread(path.stat)
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     info = _SOURCE_INFO.get(key)
     if info is None:
@@ -108,7 +110,9 @@ async def produce_clip(
         raise ffmpeg.ExtractionError(
             "source_missing", f"The source video {state.source!r} does not exist in the media folder."
         )
-    info = await source_info(source, settings, timeout=max(0.1, deadline - time.monotonic()))
+    final = settings.output_root / output_name(state)
+    stat = await asyncio.to_thread(_stat_and_make_folder, source, final.parent)  # one thread hop for both
+    info = await source_info(source, settings, timeout=max(0.1, deadline - time.monotonic()), stat=stat)
     if not info.has_video:
         raise ffmpeg.ExtractionError("not_a_video", f"The source {state.source!r} has no video stream.")
     if info.duration and (state.start >= info.duration or state.end > info.duration + 0.5):
@@ -117,9 +121,8 @@ async def produce_clip(
             f"The clip {state.start:g}–{state.end:g} s lies past the end of {state.source!r}, "
             f"which is {info.duration:.1f} s long.",
         )
-    final = settings.output_root / output_name(state)
-    await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
     temporary = final.parent / f"{TEMP_PREFIX}{state.clip_id}.r{state.run}a{state.attempt}.{secrets.token_hex(4)}.mp4"
+    published: int | None = None  # the file's size once it has its final name
     try:
         try:
             await ffmpeg.cut(
@@ -146,7 +149,7 @@ async def produce_clip(
                 f"FFmpeg produced a clip of {result.duration:.2f} s where {shortest:.2f}–{longest:.2f} s was "
                 "expected" + ("" if result.has_video else ", with no video"),
             )
-        await asyncio.to_thread(_publish, temporary, final)
+        published = await asyncio.to_thread(_publish, temporary, final)
     except ffmpeg.ExtractionError as error:
         if error.code == "not_a_video":  # the temporary output could not be read: the cut is broken, not the source
             raise ffmpeg.ExtractionError(
@@ -154,25 +157,34 @@ async def produce_clip(
             ) from None
         raise
     finally:
-        await asyncio.to_thread(temporary.unlink, missing_ok=True)
+        if published is None:
+            await asyncio.to_thread(temporary.unlink, missing_ok=True)
     return Complete(
         run=state.run,
         attempt=state.attempt,
-        bytes=(await asyncio.to_thread(final.stat)).st_size,
+        bytes=published,
         duration_seconds=round(result.duration, 3),
         elapsed_seconds=round(time.monotonic() - began, 3),
         output=output_name(state),
     )
 
 
-def _publish(temporary: Path, final: Path) -> None:
-    """Make the validated file durable, then give it its final name (blocking: run it in a thread)."""
+def _stat_and_make_folder(source: Path, folder: Path) -> os.stat_result:
+    """The source's stat, and the clip's output folder made (blocking: run it in a thread)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return source.stat()
+
+
+def _publish(temporary: Path, final: Path) -> int:
+    """Make the validated file durable, then give it its final name; its size (blocking: run it in a thread)."""
     fd = os.open(temporary, os.O_RDONLY)
     try:
         os.fsync(fd)
+        size = os.fstat(fd).st_size
     finally:
         os.close(fd)
     os.replace(temporary, final)
+    return size
 
 
 async def _heartbeat(services: Services, state: ClipState, worker_id: str, production: asyncio.Task) -> None:
