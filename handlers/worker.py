@@ -99,13 +99,17 @@ class WakeableWorker(Worker):
         self.cutting.discard(job_id)
         self._release_sem_dec_counter_on_complete()
 
-    async def main(self) -> None:
+    async def connect(self) -> None:
+        """The worker's own Redis connection (once), and its script."""
         if self._pool is None:
             self._pool = await self.ctx["services"].connect_queue(
                 default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
             )
         self.ctx["redis"] = self.pool
         self._take = self.pool.register_script(_TAKE)
+
+    async def main(self) -> None:
+        await self.connect()
         while True:
             self.wake.clear()
             await self._poll_iteration()
@@ -118,6 +122,8 @@ class WakeableWorker(Worker):
                 max=timestamp_ms(),
             )  # fmt: skip
             await self.start_jobs(job_ids)
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
