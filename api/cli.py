@@ -354,15 +354,16 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from runtime.progress import Progress
 
     async def run() -> int:
-        conn = await _connect(_settings())
+        settings = _settings()
+        conn = await _connect(settings)
         try:
             await init_connection(conn)
             with Progress("check" if args.check else "rebuild") as progress:
                 if args.check:
                     found = await drift(conn, on_count=progress.total, on_progress=progress.advance)
                 else:
-                    done = await rebuild(conn, on_count=progress.total, on_progress=progress.advance,
-                                         clock=time.monotonic)  # fmt: skip
+                    done = await rebuild(conn, connect=lambda: _connect(settings), on_count=progress.total,
+                                         on_progress=progress.advance, clock=time.monotonic)  # fmt: skip
         finally:
             await conn.close()
         if not args.check:
