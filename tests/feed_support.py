@@ -6,7 +6,7 @@ import asyncio
 import json
 import secrets
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import asyncpg
@@ -20,6 +20,9 @@ from usecases import clips
 from usecases.clips import claim_project
 from usecases.services import utcnow
 from runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.inprocess import InProcessServer
 
 SETTINGS = Settings()
 
@@ -122,3 +125,35 @@ async def receive_events(ws: ClientConnection, until: int, timeout: float = 10) 
             if message["type"] == "event":
                 events.append(message["event"])
     return events
+
+
+async def until_caught_up(ws: ClientConnection, timeout: float = 10) -> list[dict]:
+    """Read `ws` until its `caught_up` message (sent once, after the backlog): from then on the socket's subscription
+    is live, so anything committed afterwards reaches it. Returns the events of the backlog (pings skipped)."""
+    events: list[dict] = []
+    async with asyncio.timeout(timeout):
+        while (message := json.loads(await ws.recv()))["type"] != "caught_up":
+            if message["type"] == "event":
+                events.append(message["event"])
+    return events
+
+
+async def parked_long_polls(server: InProcessServer, user: str) -> int:
+    """How many of `user`'s long polls (`GET /api/events?wait=...`) the in-process server holds parked on its broker:
+    subscribed, their first read done and empty, waiting for a wake-up. Read in the server's own event loop (the
+    broker's state is not thread-safe); `Subscription._waiter` is the future `Subscription.wait` awaits."""
+
+    async def count() -> int:
+        subs = server.state.feed._by_user.get(user, ())  # noqa: SLF001 - no public view of the long polls
+        waiters = [sub._waiter for sub in subs if not sub.live]  # noqa: SLF001
+        return sum(1 for waiter in waiters if waiter is not None and not waiter.done())
+
+    return await server.acall(count)
+
+
+async def until_parked(server: InProcessServer, user: str, count: int = 1, timeout: float = 10) -> None:
+    """Until the server holds `count` of `user`'s long polls parked (`parked_long_polls`): an event committed from
+    now on can reach such a poll only through the broker's wake-up, not through the poll's first read."""
+    async with asyncio.timeout(timeout):
+        while await parked_long_polls(server, user) < count:
+            await asyncio.sleep(0.01)

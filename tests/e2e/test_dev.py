@@ -77,9 +77,16 @@ def test_dev_stops_everything_on_sigterm(tmp_path: Path) -> None:
     process.wait_log(["cliplog is running"], timeout=90)
     process.stop(60)
     assert process.returncode == 0, log.read_text()
-    time.sleep(1)
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
-    assert leftovers == [], f"processes left running: {leftovers}"
+
+    def leftovers() -> list[str]:
+        return subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True).stdout.split()
+
+    # `pg_ctl -w stop` (pgserver, at dev's exit) returns once the postmaster removed its pid file, a moment before
+    # the process itself is gone: wait for the processes to go, with a deadline, rather than a fixed second.
+    deadline = time.monotonic() + 10
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == [], f"processes left running: {left}"
 
 
 def test_dev_refuses_a_port_in_use(tmp_path: Path) -> None:

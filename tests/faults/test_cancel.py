@@ -48,13 +48,17 @@ def _types(cluster: Cluster, clip_id: str) -> list[str]:
 
 def _nothing_moves(cluster: Cluster, clip_id: str, seconds: float) -> None:
     """Absence takes waiting: for `seconds` (past every automatic timer in FAST: lease 2 s, requeue 2 s, reaper
-    0.5 s) the cancelled clip's history stays as it is."""
+    0.5 s) the cancelled clip's history stays as it is, while what could move it was there to: every process still
+    running, a worker alive, and the reactor (or the dispatcher) through every event so far, the cancel included."""
     before = _types(cluster, clip_id)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert cluster.api.clip("p1", clip_id)["status"] == "cancelled"
         time.sleep(0.2)
     assert _types(cluster, clip_id) == before
+    assert all(process.running for process in cluster.processes), [p.name for p in cluster.processes if not p.running]
+    health = cluster.api.http.get("/api/extraction/health").json()
+    assert health["workers"]["alive"] >= 1 and health["reactor"]["lag_events"] == 0, health
 
 
 def test_cancel_stops_a_running_ffmpeg_within_a_heartbeat_and_leaves_no_output(cluster: Cluster) -> None:

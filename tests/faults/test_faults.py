@@ -27,6 +27,13 @@ def _history(cluster: Cluster, clip_id: str, project: str = "p1") -> list[dict]:
     return cluster.api.history(project, clip_id)
 
 
+def _until(condition, what: str, timeout: float = 30) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        time.sleep(0.02)
+
+
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -124,9 +131,12 @@ def test_postgres_restart_mid_run_gives_503s_meanwhile_and_loses_nothing(cluster
     prober = threading.Thread(target=probe)
     prober.start()
     try:
-        time.sleep(0.3)
+        # mid-run: extractions under way (the rest still waiting) and the prober answered
+        api.wait_for("p1", clip_ids[:1], until=lambda c: c["status"] != "pending", timeout=20)
+        _until(lambda: 200 in codes, "the prober got no answer")
         cluster.postgres.restart()
-        time.sleep(0.5)
+        restarted = len(codes)
+        _until(lambda: 200 in codes[restarted:], "the API did not answer 200 again after the restart")
     finally:
         done.set()
         prober.join()
@@ -263,6 +273,6 @@ def test_a_person_retrying_a_slow_clip_stops_the_hung_ffmpeg_at_once(cluster: Cl
 def test_an_idle_worker_stops_cleanly_on_sigterm(cluster: Cluster) -> None:
     cluster.serve()
     worker = cluster.worker()
-    time.sleep(2)
+    worker.wait_log([r"worker \S+ started"])  # its signal handlers are in place; idle: no clip was registered
     worker.terminate()
     assert worker.wait(15) == 0

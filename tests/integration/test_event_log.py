@@ -330,11 +330,16 @@ async def test_two_concurrent_starts_of_one_attempt_one_wins_the_other_is_stale(
     first_in = asyncio.Event()
 
     async def hold_the_transaction(conn, state) -> None:
-        # The first writer to get here keeps its transaction open a moment, so that the other one decides on the
-        # same (old) state and runs into the version conflict instead of simply arriving later.
+        # The first writer to get here keeps its transaction open until the other one, having decided on the same
+        # (old) state, waits on it in its append (the same stream version): it then runs into the version conflict
+        # instead of simply arriving later.
         if not first_in.is_set():
             first_in.set()
-            await asyncio.sleep(0.2)
+            async with asyncio.timeout(10):
+                while not await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", conn.get_server_pid()
+                ):
+                    await asyncio.sleep(0.01)
 
     results = await asyncio.gather(
         *(

@@ -28,6 +28,8 @@ from tests.feed_support import (
     open_socket,
     receive_events,
     register,
+    until_caught_up,
+    until_parked,
     ws_url,
 )
 from tests.inprocess import InProcessServer
@@ -144,7 +146,7 @@ async def test_long_poll_answers_when_an_event_arrives(api_server, pool, ids, ma
         head = (await http.get("/api/events", params={"after": "latest"})).json()["next_cursor"]
         started = time.monotonic()
         polling = asyncio.create_task(http.get("/api/events", params={"after": head, "wait": "20"}))
-        await asyncio.sleep(0.3)
+        await until_parked(api_server, user)  # its first read found nothing: only the broker can answer it now
         assert not polling.done()
         position = await register(pool, project, user)
         page = (await polling).json()
@@ -165,11 +167,14 @@ async def test_long_poll_ignores_other_users_events(api_server, pool, ids, make_
     bob, _ = await make_user()
     async with client(api_server, alice_token) as http:
         head = (await http.get("/api/events", params={"after": "latest"})).json()["next_cursor"]
-        polling = asyncio.create_task(http.get("/api/events", params={"after": head, "wait": "1"}))
-        await asyncio.sleep(0.2)
-        await register(pool, ids.project(), bob)
+        polling = asyncio.create_task(http.get("/api/events", params={"after": head, "wait": "20"}))
+        await until_parked(api_server, alice)
+        bobs = await register(pool, ids.project(), bob)
+        # then one of alice's: the poll answers with it, and its read (after `head`) covers bob's event too
+        alices = await register(pool, ids.project(), alice)
         page = (await polling).json()
-    assert page["events"] == []
+    assert bobs < alices
+    assert [e["position"] for e in page["events"]] == [alices]
 
 
 # Authentication and isolation ---------------------------------------------------------------------------------
@@ -230,7 +235,7 @@ async def test_a_user_never_sees_another_users_events(api_server, pool, ids, mak
 async def test_a_project_claimed_after_subscribing_is_followed(api_server, pool, ids, make_user: MakeUser):
     user, token = await make_user()
     async with await open_socket(ws_url(api_server.ws_url, token=token, after="latest")) as ws:
-        await asyncio.sleep(0.2)  # subscribed before the project exists
+        assert await until_caught_up(ws) == []  # subscribed (live) before the project exists
         new_project = ids.project()
         position = await register(pool, new_project, user)
         events = await receive_events(ws, position)
@@ -439,7 +444,7 @@ async def test_the_listener_reconnects_and_notify_still_wakes_the_feed(
         user, token = await make_user()
         project = ids.project()
         async with await open_socket(ws_url(server.ws_url, token=token, after="latest")) as ws:
-            await asyncio.sleep(0.1)
+            await until_caught_up(ws)
             started = time.monotonic()
             position = await register(pool, project, user)
             assert [e["position"] for e in await receive_events(ws, position, timeout=10)] == [position]
@@ -463,7 +468,7 @@ async def test_live_subscribers_are_reset_when_the_log_is_replaced(api_env, make
             await receive_events(ws, 1)
             head = (await http.get("/api/events", params={"after": "latest"})).json()["next_cursor"]
             polling = asyncio.create_task(http.get("/api/events", params={"after": head, "wait": "20"}))
-            await asyncio.sleep(0.3)
+            await until_parked(server, "replaced")  # the reset, not its first read, must end it
             await db.execute("UPDATE log_identity SET epoch = gen_random_uuid()")
             messages: list[dict] = []
             with pytest.raises(ConnectionClosed) as closed:

@@ -22,7 +22,8 @@ from api.auth import create_token
 from eventlog import store
 from eventlog.migrate import migrate
 from runtime.processes import ApiProcess, Postgres, Process
-from tests.feed_support import burst, open_socket, receive_events, register, ws_url
+from tests.feed_support import burst, open_socket, receive_events, register, until_caught_up, until_parked, ws_url
+from tests.inprocess import InProcessServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +44,24 @@ def two_servers(database_url, api_env, tmp_path) -> Iterator[tuple[ApiProcess, A
         Process.stop_many(servers, 15)
 
 
-async def test_an_event_appended_anywhere_reaches_subscribers_of_every_instance(two_servers, pool, ids, make_user):
+@pytest.fixture
+def in_process(database_url, api_env) -> Iterator[InProcessServer]:
+    """A third instance on the same database, in this process (the same app under uvicorn, tests/inprocess.py), whose
+    broker the test can inspect: it shows when a long poll is parked."""
+    server = InProcessServer(api_env(database_url, CLIPLOG_FEED_POLL_INTERVAL="30")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_an_event_appended_anywhere_reaches_subscribers_of_every_instance(
+    two_servers, in_process, pool, ids, make_user
+):
+    """Sockets on A and B (`cliplog serve` processes) and a long poll on C (`in_process`): an event posted through
+    B, and one appended by this process, reach them all through NOTIFY."""
     a, b = two_servers
+    c = in_process
     user, token = await make_user()
     project = ids.project()
     headers = {"Authorization": f"Bearer {token}"}
@@ -52,12 +69,13 @@ async def test_an_event_appended_anywhere_reaches_subscribers_of_every_instance(
         await open_socket(ws_url(a.ws_url, token, after="latest")) as on_a,
         await open_socket(ws_url(b.ws_url, token, after="latest")) as on_b,
         httpx.AsyncClient(base_url=b.url, headers=headers) as via_b,
-        httpx.AsyncClient(base_url=a.url, headers=headers, timeout=40) as via_a,
+        httpx.AsyncClient(base_url=c.url, headers=headers, timeout=40) as via_c,
     ):
-        await asyncio.sleep(0.3)
-        head = (await via_a.get("/api/events", params={"after": "latest"})).json()["next_cursor"]
-        long_poll_on_a = asyncio.create_task(via_a.get("/api/events", params={"after": head, "wait": "20"}))
-        await asyncio.sleep(0.2)
+        for ws in (on_a, on_b):  # both subscriptions are live
+            assert await until_caught_up(ws) == []
+        head = (await via_c.get("/api/events", params={"after": "latest"})).json()["next_cursor"]
+        long_poll_on_c = asyncio.create_task(via_c.get("/api/events", params={"after": head, "wait": "20"}))
+        await until_parked(c, user)  # its first read found nothing: only C's broker can answer it now
         # through instance B's API
         started = time.monotonic()
         body = {"source": "a.mp4", "start": 0, "end": 1}
@@ -66,8 +84,9 @@ async def test_an_event_appended_anywhere_reaches_subscribers_of_every_instance(
         first = response.json()["position"]
         assert [e["position"] for e in await receive_events(on_a, first)] == [first]
         assert time.monotonic() - started < 3, "woken by NOTIFY, not by the 30 s poll"
-        page = (await long_poll_on_a).json()
+        page = (await long_poll_on_c).json()
         assert [e["position"] for e in page["events"]] == [first]
+        assert time.monotonic() - started < 3, "the long poll too: woken by NOTIFY, not by C's 30 s poll"
         # by another process altogether (as a worker appends)
         second = await register(pool, project, user)
         assert [e["position"] for e in await receive_events(on_a, second)] == [second]

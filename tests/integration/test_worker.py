@@ -168,8 +168,9 @@ async def test_health_counts_only_the_workers_of_its_own_deployment(settings_for
     first, second = await settings_for(), await settings_for()
     async with running_worker(second, name="second-worker") as two:  # it announces itself, as `cliplog worker` does
         presence = presence_prefix(await store.epoch(two.pool)) + "second-worker"
-        while not await two.redis.exists(presence):
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while not await two.redis.exists(presence):
+                await asyncio.sleep(0.01)
         alive = {}
         for name, settings in (("first", first), ("second", second)):
             async with AsyncTestClient(app=web_app(settings)) as http:

@@ -39,6 +39,11 @@ def test_blocked_websocket_polls_then_goes_live_again_without_applying_an_event_
             ws.connect_to_server()
 
     page.route_web_socket("**/api/events/ws**", route_socket)
+    polls = re.compile(r"/api/events\?")
+    polls_in_flight: set = set()  # the page's polls not answered (or aborted) yet
+    page.on("request", lambda request: polls.search(request.url) and polls_in_flight.add(request))
+    page.on("requestfinished", lambda request: polls_in_flight.discard(request))
+    page.on("requestfailed", lambda request: polls_in_flight.discard(request))
     page.goto(cluster.url(f"/projects/{PROJECT}"))
     indicator = page.get_by_role("status", name="Connection")
     expect(clip_card(page, "First")).to_have_accessible_description(state_pattern("Extracted"))
@@ -53,7 +58,6 @@ def test_blocked_websocket_polls_then_goes_live_again_without_applying_an_event_
     screenshot(page, "polling")
 
     # Neither the socket nor the server: offline; then the server again: polling, with what happened meanwhile.
-    polls = re.compile(r"/api/events\?")
     during = re.compile(r"/clips/during$")
     page.route(polls, lambda route: route.abort("connectionrefused"))
     page.route(during, lambda route: route.abort("connectionrefused"))
@@ -64,7 +68,10 @@ def test_blocked_websocket_polls_then_goes_live_again_without_applying_an_event_
     page.unroute(polls)
     expect(indicator).to_have_text("Polling", timeout=POLL_AFTER * 1000 + 1000)
     # Its events arrive (each applied once), but reading the clip still fails: the page keeps trying until it works.
-    time.sleep(1)
+    positions = [e["position"] for e in api.history(PROJECT, "during")]
+    page.wait_for_function("(ps) => ps.every((p) => window.cliplogDebug.applied[p] === 1)", arg=positions)
+    with page.expect_event("requestfailed", lambda request: during.search(request.url) is not None, timeout=10_000):
+        pass  # the next read of the clip, after all of its events were applied: refused as well
     expect(clip_card(page, "During the outage")).to_have_count(0)
     page.unroute(during)
     expect(clip_card(page, "During the outage")).to_have_accessible_description(state_pattern("Extracted"))
@@ -75,11 +82,17 @@ def test_blocked_websocket_polls_then_goes_live_again_without_applying_an_event_
     assert sockets["opened"] >= 1
     _register(api, "third", "Third")
     expect(clip_card(page, "Third")).to_have_accessible_description(state_pattern("Extracted"), timeout=10_000)
-    time.sleep(0.5)  # let any straggling poll answer arrive: it must not apply anything again
+    # No poll answer still to come could apply anything again: every poll the page sent has ended (live, it sends
+    # none), and a marker clip registered after Third has come through the socket since.
+    _register(api, "marker", "Marker")
+    expect(clip_card(page, "Marker")).to_have_accessible_description(state_pattern("Extracted"), timeout=10_000)
+    assert not polls_in_flight, [request.url for request in polls_in_flight]
 
     counts = applied_counts(page)
     assert counts and set(counts.values()) == {1}, counts
-    later = {str(e["position"]) for clip_id in ("second", "during", "third") for e in api.history(PROJECT, clip_id)}
+    later = {
+        str(e["position"]) for clip_id in ("second", "during", "third", "marker") for e in api.history(PROJECT, clip_id)
+    }
     assert later <= set(counts), later - set(counts)
     modes = page.evaluate("() => window.cliplogDebug.modes")
     assert modes[-1] == "live" and "polling" in modes and "offline" in modes, modes
