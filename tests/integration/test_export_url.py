@@ -43,6 +43,11 @@ async def test_an_export_over_http_equals_the_export_from_the_database(
         assert {e.stream for e in events} <= {f"{project}/{c}" for c in ("budget", *([] if "--clip" in selection
                                                                                       else [e.clip_id for e in events]))}
 
+    # --all over HTTP: every project of the token's user (here the one), none of another user's
+    cliplog("export", "--all", *url, "--output", str(tmp_path / "mine.jsonl"), database_url=None)
+    header, events = read(tmp_path / "mine.jsonl")
+    assert header["owners"] == {project: user} and {e.project_id for e in events} == {project}
+
     # continuing from the export's upto_cursor brings nothing more, as from the database
     after = read(tmp_path / "http.jsonl")[0]["range"]["upto_cursor"]
     cliplog("export", "--project", project, *url, "--after", after, "--output", str(tmp_path / "more.jsonl"),
