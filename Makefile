@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m bench.pipeline_bench $(ARGS)
 	$(VENV)/bin/python -m bench.metrics_bench $(ARGS)
 	$(VENV)/bin/python -m bench.dispatch_bench $(ARGS)
+	$(VENV)/bin/python -m bench.storage_client_bench $(ARGS)
+	$(VENV)/bin/python -m bench.storage_bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cliplog .pytest_cache

@@ -44,6 +44,7 @@ from litestar.types import Receive, Scope, Send
 from api.auth import Unauthorized, bearer, check_id, hash_token, require_project, user_for_token
 from api.deps import ServicesDep, UserDep
 from api.openapi import ID_REGEX, errors, get_or_head
+from api.server import SCOPE_PROTOCOL, SCOPE_SEND
 from api.sockets import OpenSockets, origin_allowed
 from api.views import EventPage
 from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
@@ -324,13 +325,15 @@ async def _stream_events(
 
 class FeedSocket(WebSocket):
     """Litestar's WebSocket, keeping the server's own `send` for the hot path: a live event's message is one
-    prebuilt dict handed to every subscriber (the wrapper only re-checks a state the handler tracks itself)."""
+    prebuilt dict handed to every subscriber (the wrapper only re-checks a state the handler tracks itself). Under
+    `cliplog serve` that is the WebSocket protocol's own `send` (api/server.py puts it in the scope), without the
+    framework's wrappers; elsewhere, the `send` the framework hands over."""
 
     __slots__ = ("raw_send",)
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         super().__init__(scope, receive, send)
-        self.raw_send = send
+        self.raw_send = scope.get(SCOPE_SEND) or send  # type: ignore[call-overload]
 
 
 def _reason(text: str) -> str:
@@ -481,11 +484,20 @@ async def _stream(
         await _send(send, sub, {"type": "websocket.send", "text": _encode(CaughtUpMessage(last_cursor)).decode()})
         sub.last_sent = loop.time()
 
-        # Live: what the broker delivers, in order. No timer per wait: the broker wakes idle subscriptions.
+        # Live: what the broker delivers, in order. No timer per wait: the broker wakes idle subscriptions. While this
+        # task waits with nothing queued, the broker writes each event's prebuilt frame to the connection itself
+        # (`sub.direct`; eventlog/broker.py), up to `sub.sent_upto`: one task wake-up fewer per event and subscriber.
+        sub.direct = socket.scope.get(SCOPE_PROTOCOL)  # type: ignore[call-overload]
         while True:
+            sub.sent_upto = last
             waiter = sub.waiter()
             if waiter is not None:
-                await waiter
+                sub.parked = True
+                try:
+                    await waiter
+                finally:
+                    sub.parked = False
+                last = sub.sent_upto
             if sub.closed:
                 return
             if sub.reset:

@@ -8,6 +8,13 @@ the transport, and asyncio's `close()` waits until the peer has taken the bytes 
 stopped client never does: the socket and its buffers would stay for ever. `AbortingWebSocketProtocol` aborts
 such a transport `CLIPLOG_WS_SEND_TIMEOUT` seconds after the close. (Only WebSockets: a paused video download on
 the HTTP side is left to the client.)
+
+The feed's hot path (1,000 subscribers get each event): a live event's message, rendered once for all of them,
+carries its whole WebSocket frame (`eventlog.broker.PREBUILT_FRAME`); while the connection is open and its transport
+below the high-water mark, `send` writes those bytes as they are instead of encoding the text and framing it again
+for every subscriber (anything else, and any other state, goes through uvicorn's `send` unchanged). The protocol
+also puts its own `send` in the scope (`SCOPE_SEND`), so that the feed's handler can send live events without the
+framework's per-message wrappers (which only track HTTP response state).
 """
 
 from __future__ import annotations
@@ -17,8 +24,14 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
+from eventlog.broker import PREBUILT_FRAME
 from runtime.settings import Settings
+from runtime.websocket import write_now
+
+SCOPE_SEND = "cliplog.send"  # the scope key under which the protocol puts its own `send`
+SCOPE_PROTOCOL = "cliplog.protocol"  # ... and itself, for `runtime.websocket.write_now`
 
 
 class _AbortLater:
@@ -47,6 +60,19 @@ class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_AbortLater(transport, self.abort_after))  # type: ignore[arg-type]
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the ASGI task it just created has not run yet
+            scope[SCOPE_SEND] = self.send  # type: ignore[literal-required]
+            scope[SCOPE_PROTOCOL] = self  # type: ignore[literal-required]
+
+    async def send(self, message: Any) -> None:
+        frame = message.get(PREBUILT_FRAME)
+        if frame is not None and write_now(self, frame):  # what uvicorn's `send` would write, framed once
+            return
+        await super().send(message)
 
 
 def websocket_protocol(settings: Settings) -> type[AbortingWebSocketProtocol]:

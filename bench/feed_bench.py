@@ -258,6 +258,9 @@ class Server(ApiProcess):
             "CLIPLOG_REDIS_URL": os.environ.get("CLIPLOG_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
             "CLIPLOG_DATA_DIR": str(workdir),
             "CLIPLOG_LOG_LEVEL": "WARNING",
+            # every subscriber of the client process uses the bench user's one token: above the default of 20 per
+            # token, all but 20 of them would be refused (4429) and the figures would be those of 20 subscribers
+            "CLIPLOG_WS_PER_TOKEN": "10000",
         }
         port = free_port()
         super().__init__("serve", env, workdir / f"serve-{port}.log", port=port)

@@ -35,6 +35,9 @@ RETRYABLE: dict[str, bool] = {
     "timed_out": True,
     "worker_lost": True,
     "internal": True,
+    # Object storage (storage/base.py): unreachable, 5xx or a timeout may pass; a refusal or a missing bucket will not.
+    "storage_unavailable": True,
+    "storage_denied": False,
 }
 
 

@@ -10,7 +10,11 @@ process's subscribers:
 - each event is matched against the subscribers by its project's owner (immutable once claimed, cached), so a
   project a user claims after subscribing reaches that user's subscribers without re-subscribing, and rendered to
   its JSON message once for all of them;
-- `deliver` never awaits a subscriber. Each live subscription has a bounded buffer; past it the subscription is
+- `deliver` never awaits a subscriber. A live WebSocket subscription whose owner waits with nothing queued gets the
+  event's prebuilt frame written to its connection at once (`Subscription.direct`, `runtime.websocket.write_now`:
+  only when uvicorn's own `send` would write it at once), without waking its owner; 1,000 subscribers then cost
+  1,000 socket writes per event, not 1,000 task switches as well. Otherwise the event is queued and the owner woken.
+  Each live subscription has a bounded buffer; past it the subscription is
   marked `overflowed`, its buffer dropped, and its owner (the WebSocket handler) closes it (the client resumes from
   its cursor). A slow consumer therefore never delays the others and never holds more than `buffer` events;
 - one timer for all subscriptions (`_tick`) wakes those idle for `idle_after` seconds (their owner pings), and
@@ -48,6 +52,7 @@ import msgspec
 
 from domain.errors import Unavailable
 from eventlog import cursor, store
+from runtime.websocket import text_frame, write_now
 from eventlog.pages import EventView, head, read_all
 from eventlog.progress import PROGRESS_CHANNEL, ProgressMessage, decode_message
 
@@ -68,14 +73,25 @@ class EventMessage(msgspec.Struct, tag="event", tag_field="type"):
 _encode = msgspec.json.Encoder().encode
 
 
+# An extra key of a rendered ASGI message: the message's whole WebSocket frame (runtime/websocket.py). A server that
+# knows the key writes these bytes as they are (api/server.py: framed once per event instead of once per
+# subscriber), and so does the broker for a subscriber waiting with nothing queued (`Subscription.direct`); any
+# other server ignores it.
+PREBUILT_FRAME = "cliplog.frame"
+
+
+def _message(payload: bytes) -> dict[str, Any]:
+    return {"type": "websocket.send", "text": payload.decode(), PREBUILT_FRAME: text_frame(payload)}
+
+
 def render(event: EventView) -> dict[str, Any]:
     """An event's ASGI message (built once; uvicorn only reads it, so every subscriber sends the same dict)."""
-    return {"type": "websocket.send", "text": _encode(EventMessage(event)).decode()}
+    return _message(_encode(EventMessage(event)))
 
 
 def render_progress(message: ProgressMessage) -> dict[str, Any]:
     """A progress message's ASGI message (built once for all subscribers)."""
-    return {"type": "websocket.send", "text": _encode(message).decode()}
+    return _message(_encode(message))
 
 
 PROGRESS_LIMIT = 256  # clips whose latest progress one subscription holds
@@ -91,7 +107,8 @@ class Subscription:
 
     __slots__ = (
         "user", "project_id", "live", "start", "limit", "overflowed", "reset", "closed", "last_sent",
-        "sending_since", "stalled", "on_stall", "_items", "_poked", "_waiter", "_progress",
+        "sending_since", "stalled", "on_stall", "direct", "parked", "sent_upto", "_items", "_poked", "_waiter",
+        "_progress",
     )
 
     def __init__(self, user: str, project_id: str | None, live: bool, limit: int) -> None:
@@ -107,6 +124,11 @@ class Subscription:
         self.sending_since = 0.0  # loop time its owner began the send under way; 0.0 when not sending
         self.stalled = False  # a send took longer than the broker's `send_timeout`
         self.on_stall: Callable[[], None] | None = None  # what the broker calls then (the owner's cancel)
+        # The fast path (module docstring): the owner's uvicorn WebSocket connection, for `runtime.websocket.write_now`
+        # (None: none, or not a live WebSocket); `parked` while the owner waits with everything up to `sent_upto` sent.
+        self.direct: Any = None
+        self.parked = False
+        self.sent_upto = 0
         self._items: collections.deque[tuple[int, Any]] = collections.deque()
         self._poked = False  # a matching event arrived since the last `take` (what a long poll waits for)
         self._waiter: asyncio.Future[None] | None = None
@@ -500,6 +522,7 @@ class FeedBroker:
         """Hand `events` (the next contiguous part of the log) to the matching subscribers; never awaits."""
         if not events:
             return
+        now: float | None = None  # the loop's time, once a direct write needs it
         for event in events:
             owner = self._owners.get(event.project_id)
             subs = self._by_user.get(owner) if owner is not None else None
@@ -507,6 +530,7 @@ class FeedBroker:
                 continue
             position, project = event.position, event.project_id
             message: Any = None
+            frame: bytes | None = None
             for sub in subs:  # `sub.wants(event)`, inlined: this loop runs once per event and subscriber
                 start = sub.start
                 if start is None or position <= start or sub.overflowed or sub.reset is not None or sub.closed:
@@ -515,6 +539,21 @@ class FeedBroker:
                     continue
                 if message is None and sub.live:
                     message = self.render(event)
+                    frame = message.get(PREBUILT_FRAME) if isinstance(message, dict) else None
+                # the fast path: its owner waits with nothing queued, so this event is the next it would send
+                if (
+                    sub.parked
+                    and frame is not None
+                    and position > sub.sent_upto
+                    and not sub._items  # noqa: SLF001 - the broker's own subscription
+                    and not sub._progress  # noqa: SLF001
+                    and write_now(sub.direct, frame)
+                ):
+                    sub.sent_upto = position
+                    if now is None:
+                        now = asyncio.get_running_loop().time()
+                    sub.last_sent = now
+                    continue
                 sub.deliver(position, message)
         self.head = events[-1].position
         self._head_print = events[-1].fingerprint

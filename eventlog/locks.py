@@ -11,5 +11,6 @@ REACTOR = 72617  # handlers/reactor.py: the one reactor (session lock on its lea
 REAPER = 72618  # handlers/reaper.py: the one reaper
 APPENDERS = 72619  # shared, transaction-level: "this transaction appends" (SQL, migration 005; the safe horizon)
 REBUILD = 72620  # projections/rebuild.py: one `cliplog rebuild` at a time
+ORPHAN_SWEEP = 72621  # handlers/reaper.py: the one orphan sweep (local files or S3 objects under the output prefix)
 METRICS_FOLLOWER = 72631  # handlers/metrics.py: the one metrics-projection follower
 METRICS_WRITER = 72632  # projections/metrics.py: one metrics batch at a time (transaction-level)

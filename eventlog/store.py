@@ -8,11 +8,14 @@ appender for the readers' horizon (shared: appenders do not wait for each other)
 
 Reading in position order: a transaction that allocated a low position may commit after one holding a higher
 position. Readers therefore read only rows whose transaction id is below the oldest appending transaction still
-running in their snapshot (`cliplog_safe_horizon`, migrations/005: like `pg_snapshot_xmin`, but blind to
+running in their snapshot (`cliplog_safe_horizon`, migrations/005 and 017: like `pg_snapshot_xmin`, but blind to
 transactions that do not append events, such as an operator's open `BEGIN; UPDATE ...` or a transaction of another
 database): every appender below it has finished, and every appender still running or yet to come holds positions
 above every row read. A reader that follows the log by position never skips a late commit and never sees a row
-twice.
+twice. A transaction is told to be an appender by one read of pg_locks: its lock on its own id and the appenders'
+lock held by the same backend (pid; pg_locks' virtual transaction id is not stable while a backend commits, which
+once let a committing appender look like a non-appender and a reader skip its rows: migrations/017).
+`python -m bench.horizon_stress` follows the log under load and counts skips.
 """
 
 from __future__ import annotations

@@ -1,15 +1,21 @@
 """The extraction job: start the attempt, cut with FFmpeg under its deadline, validate, publish, record.
 
-Result files are written under a temporary name in the clip's project folder, validated (it opens, has video,
-has the expected duration), fsynced and renamed to a name unique to the attempt. A result that arrives after its
-attempt stopped being current is discarded together with its file.
+Result files are written under a temporary name (local storage: in the clip's project folder; S3: in
+`<data dir>/cutting`), validated (it opens, has video, has the expected duration), then published under a name
+unique to the attempt (`Storage.put_output`: fsynced and renamed; or one PUT, checked against the store's size and
+ETag). A result that arrives after its attempt stopped being current is discarded together with its file or object.
+
+With S3 storage the source is never downloaded: it is probed with ranged reads (the MP4's box headers and its
+`moov` box, once per key and ETag), and FFmpeg reads it through a presigned URL valid until the attempt's deadline,
+with HTTP range requests. Every storage call is bounded by the attempt's time left; a store that cannot be reached,
+answers 5xx or times out fails the attempt `storage_unavailable` (retried), a refusal or a missing bucket
+`storage_denied`, a missing key `source_missing` (neither retried).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import secrets
 import time
@@ -23,6 +29,9 @@ from handlers.progress import ProgressReporter
 from projections import clip_status
 from runtime.media import resolve_inside
 from runtime.settings import Settings
+from storage.base import Storage, StorageDenied, StorageError, StorageUnavailable, StoredObject
+from storage.keys import source_key_problem
+from storage.local import LocalStorage
 from usecases.clips import handle, renew_lease, start_attempt
 from usecases.services import DEPENDENCY_ERRORS, Services, utcnow
 
@@ -53,9 +62,100 @@ _SOURCE_INFO: dict[tuple[str, int, int], ffmpeg.MediaInfo] = {}
 _SOURCE_INFO_LIMIT = 512
 
 
+def cutting_root(settings: Settings) -> Path:
+    """Where a worker with remote storage writes its cuts before uploading them."""
+    return settings.data_dir / "cutting"
+
+
 def shown(settings: Settings) -> ffmpeg.Shown:
     """How a run's command and stderr name the roots in an attempt's outcome (never their absolute paths)."""
-    return ffmpeg.Shown({str(settings.media_root): "$CLIPLOG_MEDIA_ROOT", str(settings.output_root): "$CLIPLOG_OUTPUT_ROOT"})
+    return ffmpeg.Shown({
+        str(settings.media_root): "$CLIPLOG_MEDIA_ROOT",
+        str(settings.output_root): "$CLIPLOG_OUTPUT_ROOT",
+        str(cutting_root(settings)): "$CLIPLOG_DATA_DIR/cutting",
+    })  # fmt: skip
+
+
+STORAGE_MARGIN = 1.0  # seconds of an attempt's time left that no storage call may use (to record the outcome)
+CLEANUP_TIMEOUT = 5.0  # seconds a best-effort delete of a discarded object may take
+
+
+async def bounded(call, deadline: float, what: str):  # noqa: ANN001, ANN201 - an awaitable and its result
+    """Await a storage call, but not past `deadline` (a `time.monotonic()`) minus the margin: a slow store
+    cannot hold an attempt past its deadline. Raises StorageUnavailable (retryable) when it takes too long."""
+    left = deadline - time.monotonic() - STORAGE_MARGIN
+    if left <= 0:
+        if asyncio.iscoroutine(call):
+            call.close()
+        raise StorageUnavailable(f"No time was left before the attempt's deadline for {what}.")
+    try:
+        async with asyncio.timeout(left):
+            return await call
+    except TimeoutError:
+        raise StorageUnavailable(f"The store did not answer {what} within {left:.1f} s (the attempt's time left).") from None
+
+
+async def discard_output(storage: Storage, name: str) -> None:
+    """Remove a published output no `completed` event will point at, best effort (the orphan sweep catches a
+    failure)."""
+    try:
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            await storage.delete_output(name)
+    except (StorageError, TimeoutError, OSError) as error:
+        log.warning("could not remove the discarded output %s (%s); the orphan sweep will", name, error)
+
+
+_REMOTE_INFO: dict[tuple[str, str, str, int], ffmpeg.MediaInfo] = {}
+
+
+async def remote_source_info(
+    storage: Storage, head: StoredObject, source: object, settings: Settings, timeout: float
+) -> ffmpeg.MediaInfo:
+    """Probe a remote source once per version of the object (its key and ETag): the MP4's boxes through ranged
+    reads (box headers and the moov box, never the media data), else FFmpeg through the presigned URL."""
+    where = getattr(getattr(storage, "config", None), "bucket", storage.backend)
+    key = (str(where), head.key, head.etag, head.size)
+    info = _REMOTE_INFO.get(key)
+    if info is None:
+
+        async def read_at(offset: int, length: int) -> bytes:
+            return b"".join([chunk async for chunk in storage.read_source(head.key, offset, length)])
+
+        info = await mp4.read_info_ranged(read_at, head.size) or await ffmpeg.probe(
+            source, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=timeout, shown=shown(settings)  # type: ignore[arg-type]
+        )
+        if len(_REMOTE_INFO) >= _SOURCE_INFO_LIMIT:
+            _REMOTE_INFO.pop(next(iter(_REMOTE_INFO)))
+        _REMOTE_INFO[key] = info
+    return info
+
+
+_REFUSED = re.compile(r"Server returned 40[13]|HTTP error 40[13]|403 Forbidden|401 Unauthorized")
+_NETWORK = re.compile(
+    r"Server returned 5[0-9][0-9]|HTTP error 5[0-9][0-9]|Connection refused|Connection reset|Connection timed out|"
+    r"Operation timed out|timed out|Input/output error|End of file|Broken pipe|Network is unreachable|"
+    r"Error number -\d+ occurred",
+    re.IGNORECASE,
+)
+
+
+async def storage_failure(
+    storage: Storage, key: str, deadline: float, error: ffmpeg.ExtractionError
+) -> StorageError | None:
+    """Whether FFmpeg failed reading a remote source because of the store: the store's own answer to a HEAD of
+    the source (unreachable, refused), else what FFmpeg said about the HTTP connection. None: FFmpeg's failure."""
+    try:
+        await bounded(storage.head_source(key), min(deadline, time.monotonic() + 3 + STORAGE_MARGIN), f"reading {key!r}")
+    except StorageError as failure:
+        return failure
+    said = (error.stderr_tail or "") + "\n" + error.message
+    locate = getattr(storage, "source_location", None)
+    where = locate(key) if locate is not None else repr(key)
+    if _REFUSED.search(said):
+        return StorageDenied(f"The store refused FFmpeg's read of {where} ({error.message}).")
+    if _NETWORK.search(said) and error.code != "not_a_video":
+        return StorageUnavailable(f"FFmpeg lost its connection to the store reading {where} ({error.message}).")
+    return None
 
 
 async def source_info(path: Path, settings: Settings, timeout: float) -> ffmpeg.MediaInfo:
@@ -94,17 +194,45 @@ def expected_duration(state: ClipState, source: ffmpeg.MediaInfo) -> tuple[float
 async def produce_clip(
     services: Services, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None = None
 ) -> Complete:
-    """Cut `state`'s current attempt into its final file, handing FFmpeg's progress reports to `on_report`. Raises
-    ffmpeg.ExtractionError, ffmpeg.Deadline or (no progress for CLIPLOG_STALL_AFTER seconds) ffmpeg.Stalled."""
+    """Cut `state`'s current attempt into its final file or object, handing FFmpeg's progress reports to
+    `on_report`. Raises ffmpeg.ExtractionError (storage errors among them, with their codes), ffmpeg.Deadline or
+    (no progress for CLIPLOG_STALL_AFTER seconds) ffmpeg.Stalled."""
+    try:
+        return await _produce(services, services.store, state, time_left, on_report)
+    except StorageError as error:
+        raise ffmpeg.ExtractionError(error.code, error.message) from None
+
+
+async def _produce(
+    services: Services, storage: Storage, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None
+) -> Complete:
     settings = services.settings
     began = time.monotonic()
     deadline = began + time_left
-    source = resolve_inside(settings.media_root, state.source)
-    if source is None:
-        raise ffmpeg.ExtractionError(
-            "source_missing", f"The source video {state.source!r} does not exist in the media folder."
+    problem = source_key_problem(state.source)
+    if problem is not None:
+        raise ffmpeg.ExtractionError("source_missing", f"The source {state.source!r} cannot be read: {problem}.")
+    local = isinstance(storage, LocalStorage)
+    source: Path | object
+    if local:
+        source = resolve_inside(storage.media_root, state.source)
+        if source is None:
+            raise ffmpeg.ExtractionError(
+                "source_missing", f"The source video {state.source!r} does not exist in the media folder."
+            )
+        info = await source_info(source, settings, timeout=max(0.1, deadline - time.monotonic()))
+    else:
+        head = await bounded(storage.head_source(state.source), deadline, f"reading {state.source!r}")
+        # The URL stays valid until the attempt's deadline (and a little after: FFmpeg's last reads near it).
+        url = await bounded(
+            storage.source_input(state.source, time_left + 60), deadline, f"signing a URL for {state.source!r}"
         )
-    info = await source_info(source, settings, timeout=max(0.1, deadline - time.monotonic()))
+        source = ffmpeg.remote(url, state.source)
+        info = await bounded(
+            remote_source_info(storage, head, source, settings, timeout=max(0.1, deadline - time.monotonic())),
+            deadline,
+            f"probing {state.source!r}",
+        )
     if not info.has_video:
         raise ffmpeg.ExtractionError("not_a_video", f"The source {state.source!r} has no video stream.")
     if info.duration and (state.start >= info.duration or state.end > info.duration + 0.5):
@@ -113,32 +241,54 @@ async def produce_clip(
             f"The clip {state.start:g}–{state.end:g} s lies past the end of {state.source!r}, "
             f"which is {info.duration:.1f} s long.",
         )
-    final = settings.output_root / output_name(state)
-    await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-    temporary = final.parent / f"{TEMP_PREFIX}{state.clip_id}.r{state.run}a{state.attempt}.{secrets.token_hex(4)}.mp4"
+    name = output_name(state)
+    folder = (storage.output_root if local else cutting_root(settings)) / state.project_id  # type: ignore[attr-defined]
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    temporary = folder / f"{TEMP_PREFIX}{state.clip_id}.r{state.run}a{state.attempt}.{secrets.token_hex(4)}.mp4"
+    uploading = False
     try:
-        await ffmpeg.cut(
-            ffmpeg=settings.ffmpeg,
-            source=source,
-            start=state.start,
-            end=state.end,
-            mode=state.mode,
-            target=temporary,
-            timeout=max(0.1, deadline - time.monotonic()),
-            shown=shown(settings),
-            watch=ffmpeg.Watch(on_report or (lambda _: None), settings.stall_after),
-        )
+        try:
+            said = await ffmpeg.cut(
+                ffmpeg=settings.ffmpeg,
+                source=source,  # type: ignore[arg-type]
+                start=state.start,
+                end=state.end,
+                mode=state.mode,
+                target=temporary,
+                timeout=max(0.1, deadline - time.monotonic()),
+                shown=shown(settings),
+                watch=ffmpeg.Watch(on_report or (lambda _: None), settings.stall_after),
+                input_options=None if local else ffmpeg.remote_input_options(
+                    await asyncio.to_thread(ffmpeg.http_options_of, settings.ffmpeg), min(settings.stall_after, 15.0)
+                ),
+            )
+        except ffmpeg.ExtractionError as error:
+            failure = None if local else await storage_failure(storage, state.source, deadline, error)
+            if failure is None:
+                raise
+            raise ffmpeg.ExtractionError(
+                failure.code, failure.message, command=error.command, stderr_tail=error.stderr_tail
+            ) from None
         result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
         )
         shortest, longest = expected_duration(state, info)
         if not result.has_video or not shortest <= result.duration <= longest:
-            raise ffmpeg.ExtractionError(
+            invalid = ffmpeg.ExtractionError(
                 "output_invalid",
                 f"FFmpeg produced a clip of {result.duration:.2f} s where {shortest:.2f}–{longest:.2f} s was "
                 "expected" + ("" if result.has_video else ", with no video"),
+                **({} if local else said),  # a local result's failure says what it always said
             )
-        await asyncio.to_thread(_publish, temporary, final)
+            # FFmpeg ends an input whose connection broke as if it had ended (exit 0, a short clip): the store's
+            # fault, retryable, not a result that would come out the same again.
+            failure = None if local else await storage_failure(storage, state.source, deadline, invalid)
+            if failure is not None:
+                raise ffmpeg.ExtractionError(failure.code, failure.message, **said) from None
+            raise invalid
+        uploading = True
+        stored = await bounded(storage.put_output(temporary, name), deadline, f"uploading {name}")
+        uploading = False
     except ffmpeg.ExtractionError as error:
         if error.code == "not_a_video":  # the temporary output could not be read: the cut is broken, not the source
             raise ffmpeg.ExtractionError(
@@ -146,25 +296,17 @@ async def produce_clip(
             ) from None
         raise
     finally:
+        if uploading and not local:  # a PUT cut short may still land: no object without its `completed`
+            await discard_output(storage, name)
         await asyncio.to_thread(temporary.unlink, missing_ok=True)
     return Complete(
         run=state.run,
         attempt=state.attempt,
-        bytes=(await asyncio.to_thread(final.stat)).st_size,
+        bytes=stored.size,
         duration_seconds=round(result.duration, 3),
         elapsed_seconds=round(time.monotonic() - began, 3),
-        output=output_name(state),
+        output=name,
     )
-
-
-def _publish(temporary: Path, final: Path) -> None:
-    """Make the validated file durable, then give it its final name (blocking: run it in a thread)."""
-    fd = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, final)
 
 
 async def _heartbeat(services: Services, state: ClipState, worker_id: str, production: asyncio.Task) -> None:
@@ -283,7 +425,7 @@ async def extract(
             current = await clip_status.load(services.pool, project_id, clip_id)
             if current.status == "completed" and current.output == command.output:
                 return "complete"
-            await asyncio.to_thread((services.settings.output_root / command.output).unlink, missing_ok=True)
+            await discard_output(services.store, command.output)
         log.info("attempt %s.%s of %s/%s ended meanwhile (cancelled, timed out or retried); its %s was discarded",
                  run, attempt, project_id, clip_id, type(command).__name__)
         return "discarded"

@@ -3,14 +3,15 @@
 for an ffprobe process.
 
 Only box headers are read while walking the file; `mdat` is skipped with a seek. Anything unexpected returns None
-and the caller falls back to FFmpeg.
+and the caller falls back to FFmpeg. `read_info_ranged` does the same through a range reader (an object in S3):
+one read of 16 bytes per top-level box header and one of the `moov` box, never the media data.
 """
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Awaitable, BinaryIO, Callable, Iterator
 
 from handlers.ffmpeg import MediaInfo
 
@@ -36,27 +37,59 @@ def _boxes(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         offset += size
 
 
+def _box_at(head: bytes, offset: int, file_size: int) -> tuple[bytes, int, int] | None:
+    """`(kind, header length, box size)` of the box whose first bytes (up to 16) are `head`, else None."""
+    if len(head) < 8:
+        return None
+    size, kind = struct.unpack_from(">I4s", head)
+    header = 8
+    if size == 1:
+        if len(head) < 16:
+            return None
+        size = struct.unpack_from(">Q", head, 8)[0]
+        header = 16
+    elif size == 0:
+        size = file_size - offset
+    if size < header:
+        return None
+    return kind, header, size
+
+
 def _find_moov(handle: BinaryIO, file_size: int) -> bytes | None:
     offset = 0
     while offset + 8 <= file_size:
         handle.seek(offset)
-        head = handle.read(16)
-        if len(head) < 8:
+        box = _box_at(handle.read(16), offset, file_size)
+        if box is None:
             return None
-        size, kind = struct.unpack_from(">I4s", head)
-        header = 8
-        if size == 1:
-            size = struct.unpack_from(">Q", head, 8)[0]
-            header = 16
-        elif size == 0:
-            size = file_size - offset
-        if size < header:
-            return None
+        kind, header, size = box
         if kind == b"moov":
             if size > _MAX_MOOV:
                 return None
             handle.seek(offset + header)
             body = handle.read(size - header)
+            return body if len(body) == size - header else None
+        offset += size
+    return None
+
+
+ReadAt = Callable[[int, int], Awaitable[bytes]]  # (offset, length) -> up to `length` bytes from `offset`
+_MAX_TOP_BOXES = 64  # a real MP4 has a handful (ftyp, free, mdat, moov, ...); a broken one must not cost a read each
+
+
+async def _find_moov_ranged(read_at: ReadAt, file_size: int) -> bytes | None:
+    offset = 0
+    for _ in range(_MAX_TOP_BOXES):
+        if offset + 8 > file_size:
+            return None
+        box = _box_at(await read_at(offset, min(16, file_size - offset)), offset, file_size)
+        if box is None:
+            return None
+        kind, header, size = box
+        if kind == b"moov":
+            if size > _MAX_MOOV or offset + size > file_size:
+                return None
+            body = await read_at(offset + header, size - header)
             return body if len(body) == size - header else None
         offset += size
     return None
@@ -121,17 +154,30 @@ def _video_keyframes(moov: bytes) -> tuple[float, ...] | None:
     return None
 
 
+def _info(moov: bytes | None) -> MediaInfo | None:
+    if moov is None:
+        return None
+    duration = next((_mvhd_duration(body) for kind, body in _boxes(moov) if kind == b"mvhd"), None)
+    if duration is None:
+        return None
+    return MediaInfo(duration=duration, has_video=_has_video(moov), keyframes=_video_keyframes(moov))
+
+
 def read_info(path: Path) -> MediaInfo | None:
     """Duration, video presence and keyframe times of an MP4/MOV file, or None when it is not one this reader
     understands."""
     try:
         with path.open("rb") as handle:
-            moov = _find_moov(handle, path.stat().st_size)
-        if moov is None:
-            return None
-        duration = next((_mvhd_duration(body) for kind, body in _boxes(moov) if kind == b"mvhd"), None)
-        if duration is None:
-            return None
-        return MediaInfo(duration=duration, has_video=_has_video(moov), keyframes=_video_keyframes(moov))
+            return _info(_find_moov(handle, path.stat().st_size))
     except (OSError, IndexError, struct.error):  # unreadable or malformed: FFmpeg decides
+        return None
+
+
+async def read_info_ranged(read_at: ReadAt, file_size: int) -> MediaInfo | None:
+    """`read_info` of an object of `file_size` bytes read through `read_at` (ranged GETs): the box headers and the
+    moov box only. Errors of `read_at` (a storage error) pass through; a malformed file gives None."""
+    moov = await _find_moov_ranged(read_at, file_size)
+    try:
+        return _info(moov)
+    except (IndexError, struct.error):
         return None

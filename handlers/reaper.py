@@ -16,10 +16,12 @@
   admit again.
 - Temporary output files older than any attempt may live are removed.
 - Every `orphan_sweep_interval` seconds, outputs no `completed` event points at (a finished cut whose attempt was
-  cancelled, handed back or timed out while its outcome was being recorded) are removed once older than
-  `orphan_grace` (longer than an attempt may take to record its outcome: settings check it, so an output whose
-  `completed` is still on its way is never taken). File-system calls run in threads, off the event loop.
-  `remove_orphaned_outputs` is the local backend's sweep.
+  cancelled, handed back or timed out while its outcome was being recorded, or an upload cut short) are removed once
+  older than `orphan_grace` (longer than an attempt may take to record its outcome: settings check it, so an output
+  whose `completed` is still on its way is never taken). One sweep for both backends (`remove_orphaned_outputs`
+  lists the storage's outputs: the files under the output root, or the objects under the S3 output prefix), run by
+  one worker at a time under its own advisory lock (`locks.ORPHAN_SWEEP`), beside the reaper, so that listing a
+  large bucket never delays the reaper's timeouts. File-system calls run in threads, off the event loop.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Iterable
 
 import asyncpg
@@ -39,7 +40,7 @@ from domain.clip import TimeOut
 from domain.errors import StaleAttempt
 from eventlog.store import stream_name
 from handlers import dispatcher, reactor
-from handlers.extraction import TEMP_PREFIX, output_clip, attempt_output
+from handlers.extraction import TEMP_PREFIX, attempt_output, cutting_root, discard_output, output_clip
 from usecases.clips import handle
 from usecases.services import Services, utcnow
 from eventlog import locks
@@ -47,6 +48,7 @@ from eventlog import locks
 log = logging.getLogger("cliplog.reaper")
 
 LEADER_LOCK = locks.REAPER
+SWEEP_LOCK = locks.ORPHAN_SWEEP
 
 
 async def time_out_lost_attempts(services: Services) -> int:
@@ -81,8 +83,7 @@ async def time_out_lost_attempts(services: Services) -> int:
             log.warning("timed out attempt %s.%s of %s/%s", row["run"], row["attempt"], row["project_id"], row["clip_id"])
         except StaleAttempt:
             continue  # it finished meanwhile
-        output = settings.output_root / attempt_output(row["project_id"], row["clip_id"], row["run"], row["attempt"])
-        await asyncio.to_thread(output.unlink, missing_ok=True)
+        await discard_output(services.store, attempt_output(row["project_id"], row["clip_id"], row["run"], row["attempt"]))
     return len(rows)
 
 
@@ -122,37 +123,22 @@ async def requeue_lost_jobs(services: Services) -> int:
 
 
 def remove_stale_temporaries(services: Services) -> int:
+    """Temporary cuts older than any attempt may live: beside the local outputs, and in this machine's cutting
+    folder (S3 storage cuts there before uploading). Blocking."""
     settings = services.settings
     oldest = time.time() - settings.attempt_timeout - 60
     removed = 0
-    if not settings.output_root.is_dir():
-        return 0
-    for path in settings.output_root.glob(f"*/{TEMP_PREFIX}*"):
-        try:
-            if path.stat().st_mtime < oldest:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def old_outputs(output_root: Path, modified_before: float) -> list[str]:
-    """Names (as `completed` records them: relative to the output root) of the outputs last modified before
-    `modified_before` (a `time.time()`). Temporaries and files not named like an output are left out. Blocking."""
-    if not output_root.is_dir():
-        return []
-    found = []
-    for path in output_root.glob("*/*.mp4"):
-        name = path.relative_to(output_root).as_posix()
-        if path.name.startswith(TEMP_PREFIX) or output_clip(name) is None:
+    for root in (settings.output_root, cutting_root(settings)):
+        if not root.is_dir():
             continue
-        try:
-            if path.stat().st_mtime < modified_before:
-                found.append(name)
-        except FileNotFoundError:
-            pass
-    return found
+        for path in root.glob(f"*/{TEMP_PREFIX}*"):
+            try:
+                if path.stat().st_mtime < oldest:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 async def referenced_outputs(db: asyncpg.Pool | asyncpg.Connection, names: Iterable[str]) -> set[str]:
@@ -165,20 +151,39 @@ async def referenced_outputs(db: asyncpg.Pool | asyncpg.Connection, names: Itera
     return {row["output"] for row in rows}
 
 
-async def remove_orphaned_outputs(services: Services) -> int:
-    """Remove the outputs older than `orphan_grace` that no `completed` event points at; returns how many. The
-    listing comes first: a `completed` committed before the query is seen, and a later one cannot name a file
-    that old (the grace is longer than an attempt may take to record its outcome)."""
-    settings = services.settings
-    names = await asyncio.to_thread(old_outputs, settings.output_root, time.time() - settings.orphan_grace)
-    if not names:
-        return 0
-    referenced = await referenced_outputs(services.pool, names)
-    orphans = [name for name in names if name not in referenced]
-    for name in orphans:
-        await asyncio.to_thread((settings.output_root / name).unlink, missing_ok=True)
-        log.info("removed the orphaned output %s (no completed event points at it)", name)
-    return len(orphans)
+SWEEP_BATCH = 1000  # outputs looked up in the log at once
+
+
+async def remove_orphaned_outputs(services: Services, now: datetime | None = None) -> int:
+    """Remove the outputs (files under the output root, or objects under the S3 output prefix) older than
+    `orphan_grace` that no `completed` event points at; returns how many. Names not shaped like an output, and
+    temporaries, are left alone. The listing comes first: a `completed` committed before the query is seen, and a
+    later one cannot name an output that old (the grace is longer than an attempt may take to record its
+    outcome)."""
+    storage = services.store
+    oldest = (now or utcnow()) - timedelta(seconds=services.settings.orphan_grace)
+    removed = 0
+    batch: list[str] = []
+
+    async def sweep(names: list[str]) -> int:
+        referenced = await referenced_outputs(services.pool, names)
+        count = 0
+        for name in names:
+            if name not in referenced:
+                await storage.delete_output(name)
+                log.info("removed the orphaned output %s (no completed event points at it)", name)
+                count += 1
+        return count
+
+    async for item in storage.list_outputs():
+        if item.modified < oldest and output_clip(item.key) is not None and not item.key.split("/")[-1].startswith(TEMP_PREFIX):
+            batch.append(item.key)
+            if len(batch) >= SWEEP_BATCH:
+                removed += await sweep(batch)
+                batch = []
+    if batch:
+        removed += await sweep(batch)
+    return removed
 
 
 async def reap_once(services: Services) -> bool:
@@ -191,18 +196,27 @@ async def reap_once(services: Services) -> bool:
     return False  # one pass per period
 
 
-async def follow(services: Services) -> None:
-    loop = asyncio.get_running_loop()
-    next_sweep = loop.time()  # at once on becoming leader, then every orphan_sweep_interval
+async def sweep_once(services: Services) -> bool:
+    await remove_orphaned_outputs(services)
+    return False  # one pass per period
 
-    async def step(services: Services) -> bool:
-        nonlocal next_sweep
-        await reap_once(services)
-        if loop.time() >= next_sweep:
-            next_sweep = loop.time() + services.settings.orphan_sweep_interval
-            await remove_orphaned_outputs(services)
-        return False
 
+async def follow_sweep(services: Services) -> None:
+    """The orphan sweep: at once on becoming its leader, then every `orphan_sweep_interval` seconds."""
     await reactor.run_as_leader(
-        services, LEADER_LOCK, step, services.settings.reaper_interval, "reaper", wake_on_notify=False
+        services, SWEEP_LOCK, sweep_once, services.settings.orphan_sweep_interval, "orphan sweep",
+        wake_on_notify=False,
+    )  # fmt: skip
+
+
+async def follow(services: Services) -> None:
+    """The reaper, and beside it (under its own lock) the orphan sweep."""
+    reaping = reactor.run_as_leader(
+        services, LEADER_LOCK, reap_once, services.settings.reaper_interval, "reaper", wake_on_notify=False
     )
+    sweeping = asyncio.ensure_future(follow_sweep(services))
+    try:
+        await reaping
+    finally:
+        sweeping.cancel()
+        await asyncio.gather(sweeping, return_exceptions=True)

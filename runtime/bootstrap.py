@@ -14,6 +14,8 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from eventlog.broker import LISTENER_NAME
 from eventlog.store import init_connection
 from runtime.settings import ConfigError, Settings
+from storage.base import Storage
+from storage.local import LocalStorage
 from usecases.services import Services
 
 if TYPE_CHECKING:
@@ -61,8 +63,31 @@ def leader_factory(settings: Settings) -> Callable[[], Awaitable[asyncpg.Connect
     )
 
 
-async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
-    """Connections are made lazily, so a process starts (and answers 503) while PostgreSQL or Redis is down."""
+def open_storage(settings: Settings) -> Storage:
+    """The storage backend CLIPLOG_STORAGE names (README "Object storage")."""
+    if settings.storage == "s3":
+        from storage.s3 import S3Config, S3Storage  # here, so that local storage never loads the S3 client
+
+        if not settings.s3_bucket:
+            raise ConfigError("CLIPLOG_STORAGE=s3 needs CLIPLOG_S3_BUCKET")
+        return S3Storage(
+            S3Config(
+                bucket=settings.s3_bucket,
+                output_bucket=settings.s3_output_bucket,
+                endpoint=settings.s3_endpoint,
+                region=settings.s3_region,
+                source_prefix=settings.s3_source_prefix,
+                output_prefix=settings.s3_output_prefix,
+                path_style=settings.s3_path_style,
+                timeout=settings.s3_timeout,
+            )
+        )
+    return LocalStorage(settings.media_root, settings.output_root)
+
+
+async def open_services(settings: Settings, *, pool_size: int = 10, storage: Storage | None = None) -> Services:
+    """Connections are made lazily, so a process starts (and answers 503) while PostgreSQL or Redis is down.
+    `storage`: a backend made elsewhere (tests, benchmarks); else the one the settings name."""
     pool = await create_db_pool(settings, min_size=0, max_size=pool_size)
     queue_settings = redis_settings(settings)  # validates the URL
     redis = ArqRedis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
@@ -73,6 +98,7 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> Services:
         connect_listener=listener_factory(settings),
         connect_leader=leader_factory(settings),
         connect_queue=functools.partial(create_pool, queue_settings),
+        storage=storage if storage is not None else open_storage(settings),
     )
 
 

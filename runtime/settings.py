@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Mapping
@@ -55,6 +56,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: tuple[str, ...] = ()  # origins a browser may call the API and open the feed from ("*": any)
     ws_per_token: int = 20  # open feed WebSockets per token and API process (one more: close 4429)
     token_check_interval: float = 1.0  # seconds between checks of open sockets' tokens (revoked: close 4401)
+    # Storage (README "Object storage"): "local" (media_root/output_root) or "s3".
+    storage: str = "local"
+    s3_endpoint: str | None = None  # None: AWS S3
+    s3_region: str = "us-east-1"
+    s3_bucket: str | None = None  # the sources' bucket (required with storage "s3")
+    s3_output_bucket: str | None = None  # the clips' bucket; None: s3_bucket
+    s3_source_prefix: str = "sources/"
+    s3_output_prefix: str = "clips/"
+    s3_serve: str = "redirect"  # GET .../file: "redirect" to a presigned URL, or "proxy" the bytes through the API
+    s3_path_style: bool = False  # path-style addressing (endpoint/bucket/key), for MinIO, Ceph, many R2 set-ups
+    s3_url_expires: float = 300.0  # seconds a presigned download URL (the file route's redirect) stays valid
+    s3_timeout: float = 30.0  # seconds per storage request (an attempt's own deadline bounds it further)
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -95,8 +108,65 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "CLIPLOG_OWNER_CONCURRENCY": ("owner_concurrency", int),
     "CLIPLOG_WS_PER_TOKEN": ("ws_per_token", int),
     "CLIPLOG_TOKEN_CHECK_INTERVAL": ("token_check_interval", float),
+    "CLIPLOG_S3_URL_EXPIRES": ("s3_url_expires", float),
+    "CLIPLOG_S3_TIMEOUT": ("s3_timeout", float),
 }
 DISPATCH_MODES = ("fair", "fifo")
+STORAGE_BACKENDS = ("local", "s3")
+S3_SERVE_MODES = ("redirect", "proxy")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _prefix(variable: str, raw: str | None, default: str) -> str:
+    """A key prefix: empty (the bucket's root) or folder-like, ending in `/`; no leading `/`, `..` or `//`."""
+    value = default if raw is None else raw.strip()
+    if value and not value.endswith("/"):
+        value += "/"
+    if value.startswith("/") or "//" in value or any(part in (".", "..") for part in value.split("/")):
+        raise ConfigError(f"{variable}={raw!r} must be a relative prefix such as 'sources/' (or empty)")
+    return value
+
+
+def _flag(variable: str, raw: str | None) -> bool:
+    value = (raw or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{variable} must be true or false (got {raw!r})")
+
+
+def storage_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """CLIPLOG_STORAGE and the CLIPLOG_S3_* variables, checked: with `s3`, a bucket is required."""
+    storage = env.get("CLIPLOG_STORAGE") or "local"
+    if storage not in STORAGE_BACKENDS:
+        raise ConfigError(f"CLIPLOG_STORAGE must be one of {', '.join(STORAGE_BACKENDS)} (got {storage!r})")
+    serve = env.get("CLIPLOG_S3_SERVE") or "redirect"
+    if serve not in S3_SERVE_MODES:
+        raise ConfigError(f"CLIPLOG_S3_SERVE must be one of {', '.join(S3_SERVE_MODES)} (got {serve!r})")
+    endpoint = (env.get("CLIPLOG_S3_ENDPOINT") or "").strip() or None
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(f"CLIPLOG_S3_ENDPOINT must be an http(s):// URL such as https://minio:9000 (got {endpoint!r})")
+    buckets = {}
+    for variable, field in (("CLIPLOG_S3_BUCKET", "s3_bucket"), ("CLIPLOG_S3_OUTPUT_BUCKET", "s3_output_bucket")):
+        bucket = (env.get(variable) or "").strip() or None
+        if bucket is not None and not _BUCKET.fullmatch(bucket):
+            raise ConfigError(f"{variable}={bucket!r} is not a bucket name (3-63 lower-case letters, digits, '.', '-')")
+        buckets[field] = bucket
+    if storage == "s3" and buckets["s3_bucket"] is None:
+        raise ConfigError("CLIPLOG_STORAGE=s3 needs CLIPLOG_S3_BUCKET (the bucket the sources are in)")
+    return {
+        "storage": storage,
+        "s3_endpoint": endpoint,
+        "s3_region": (env.get("CLIPLOG_S3_REGION") or "").strip() or "us-east-1",
+        **buckets,
+        "s3_source_prefix": _prefix("CLIPLOG_S3_SOURCE_PREFIX", env.get("CLIPLOG_S3_SOURCE_PREFIX"), "sources/"),
+        "s3_output_prefix": _prefix("CLIPLOG_S3_OUTPUT_PREFIX", env.get("CLIPLOG_S3_OUTPUT_PREFIX"), "clips/"),
+        "s3_serve": serve,
+        "s3_path_style": _flag("CLIPLOG_S3_PATH_STYLE", env.get("CLIPLOG_S3_PATH_STYLE")),
+    }
 
 
 def parse_origins(raw: str | None) -> tuple[str, ...]:
@@ -179,5 +249,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         dev_token=env.get("CLIPLOG_DEV_TOKEN") or None,
         dispatch=dispatch,
         cors_origins=parse_origins(env.get("CLIPLOG_CORS_ORIGINS")),
+        **storage_settings(env),  # type: ignore[arg-type]
         **values,  # type: ignore[arg-type]
     )

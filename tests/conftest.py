@@ -71,6 +71,7 @@ from tests.redis_claim import claimed_database
 
 if TYPE_CHECKING:
     from tests.inprocess import InProcessServer
+    from tests.s3server import S3Server
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -272,6 +273,7 @@ def api_env(
 @pytest.fixture(scope="session")
 def api_server(database_url: str, api_env: Callable[..., dict[str, str]]) -> Iterator["InProcessServer"]:
     from tests.inprocess import InProcessServer
+    from tests.s3server import S3Server
 
     server = InProcessServer(api_env(database_url)).start()
     try:
@@ -343,3 +345,46 @@ def private_postgres() -> Iterator[tuple[object, str]]:
         logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs from an exit hook, after capture ends
         server.cleanup()
         shutil.rmtree(pgdata, ignore_errors=True)
+
+
+# S3 storage -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["S3Server"]:
+    """moto's S3 server on a free port of 127.0.0.1 behind a gate that counts bytes and injects faults
+    (`tests/s3server.py`): `.endpoint` (what clients use), `.gate`, `.create_bucket(name)`, `.put_object(...)`.
+    Tests that close or hang the gate open it again when they end (the `s3_gate` fixture does it for them)."""
+    from tests.s3server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_gate(s3_server: "S3Server") -> Iterator[object]:
+    """The S3 server's gate, open and with its counts at zero, opened again after the test."""
+    s3_server.gate.open()
+    s3_server.gate.reset_counts()
+    try:
+        yield s3_server.gate
+    finally:
+        s3_server.gate.open()
+
+
+@pytest.fixture(scope="session")
+def s3_denying_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple["S3Server", str, dict[str, str]]]:
+    """A second moto server that checks signatures and IAM policies: `(server, bucket, credentials)`, where the
+    credentials' user may do anything in the bucket except read under `tests.s3server.DENIED_PREFIX` (a key
+    without access: 403). moto answers presigned URLs with 500 when it checks IAM, so only tests that never get
+    as far as FFmpeg use it."""
+    from tests.s3server import IAM_SETUP_ACTIONS, S3Server, deny_a_prefix
+
+    server = S3Server(tmp_path_factory.mktemp("moto-iam"), unauthenticated_actions=IAM_SETUP_ACTIONS)
+    try:
+        yield server, "guarded", deny_a_prefix(server, "guarded")
+    finally:
+        server.stop()

@@ -131,3 +131,72 @@ async def test_an_open_appending_transaction_holds_the_feed_back_and_health_name
         assert await health_feed(api_server) == {"horizon_lag_seconds": 0.0, "held_by": None}
     finally:
         await appender.close()
+
+
+# The decision itself (cliplog_horizon_of, migrations/017), on lock tables as PostgreSQL showed them ------------------
+
+DATABASE = 16969
+
+
+def advisory(vxid: str, pid: int | None, database: int = DATABASE) -> tuple:
+    """The appenders' shared lock (72619) as a row of pg_locks."""
+    return ("advisory", database, 0, 72619, 1, "ShareLock", True, None, vxid, pid)
+
+
+def holds_xid(xid: int, vxid: str, pid: int | None) -> tuple:
+    """A transaction's exclusive lock on its own id as a row of pg_locks."""
+    return ("transactionid", None, None, None, None, "ExclusiveLock", True, xid, vxid, pid)
+
+
+async def horizon_of(pool: asyncpg.Pool, snapshot: str, locks: list[tuple], prepared_elsewhere: list[int] = []) -> int:
+    return int(await pool.fetchval(
+        "SELECT cliplog_horizon_of($1::text::pg_snapshot, $2::cliplog_lock[], $3, $4::xid[])::text",
+        snapshot, locks, DATABASE, prepared_elsewhere,
+    ))
+
+
+async def test_an_appender_committing_while_pg_locks_is_read_still_holds_the_horizon(pool):
+    """One read of pg_locks caught under heavy load (PostgreSQL 16, 8 writers committing out of order; the reader then
+    skipped events 6292-6293 of transaction 94064 for good). Backend 19391 was committing transaction 94064, an
+    appender of the reader's snapshot: PostgreSQL clears a backend's local transaction id when the transaction leaves
+    the ProcArray, before it releases its locks, and pg_locks reads that id from the live backend while it copies the
+    lock table, without a lock the committing backend takes. So the one read showed 19391's two locks under two
+    virtual transaction ids, `12/7831` and `12/0`. Matched by virtual transaction id, 94064 looked like a transaction
+    that does not append and was left out of the horizon; matched by backend, it holds the horizon back."""
+    snapshot = "94064:94071:94064,94067,94068"
+    locks = [
+        holds_xid(94064, "12/7831", 19391), advisory("12/0", 19391),  # committing: its rows are not in the snapshot
+        holds_xid(94067, "7/7797", 19385), advisory("7/7797", 19385),  # appending, as the snapshot saw it
+        holds_xid(94068, "13/7746", 19395), advisory("13/7746", 19395),
+        holds_xid(94073, "9/7797", 19389), advisory("9/7797", 19389),  # newer than the snapshot
+    ]
+    assert await horizon_of(pool, snapshot, locks) == 94064
+
+
+async def test_the_horizon_passes_only_transactions_that_cannot_append(pool):
+    snapshot = "100:110:100,103,107"
+    locks = [
+        holds_xid(100, "3/40", 501),  # an operator's open write transaction: it already has an id, it never appends
+        holds_xid(103, "4/41", 502), advisory("4/41", 502),  # an appender
+        holds_xid(107, "5/9", 503), advisory("5/9", 503, database=DATABASE + 1),  # an appender of another database
+    ]
+    assert await horizon_of(pool, snapshot, locks) == 103
+    assert await horizon_of(pool, snapshot, locks[:2] + locks[3:]) == 110  # 103 does not append either: the xmax
+    # 103 has finished meanwhile (neither of its locks is left): it may have appended rows this snapshot cannot see
+    assert await horizon_of(pool, snapshot, [locks[0]] + locks[3:]) == 103
+    # the same backend's locks under two virtual transaction ids (it is committing): still one appender
+    assert await horizon_of(pool, snapshot, [locks[0], holds_xid(103, "4/0", 502), advisory("4/41", 502)]) == 103
+    assert await horizon_of(pool, snapshot, [locks[0], holds_xid(103, "4/41", 502), advisory("4/0", 502)]) == 103
+
+
+async def test_a_prepared_transaction_holds_the_horizon_back_unless_it_belongs_to_another_database(pool):
+    snapshot = "100:110:100,105"
+    operator = holds_xid(100, "3/40", 501)
+    prepared = holds_xid(105, "-1/105", None)  # pg_locks shows no pid for a prepared transaction
+    assert await horizon_of(pool, snapshot, [operator, prepared]) == 105
+    assert await horizon_of(pool, snapshot, [operator, prepared, advisory("-1/105", None)]) == 105
+    assert await horizon_of(pool, snapshot, [operator, prepared], prepared_elsewhere=[105]) == 110
+    # PREPARE moves a transaction's locks partition by partition: one read can show its lock on its id still under
+    # its backend and the appenders' lock already under the prepared transaction, or the other way round
+    assert await horizon_of(pool, snapshot, [operator, holds_xid(105, "7/3", 507), advisory("-1/105", None)]) == 105
+    assert await horizon_of(pool, snapshot, [operator, prepared, advisory("7/3", 507)]) == 105

@@ -199,3 +199,113 @@ def test_progress_of_at_most_progress_limit_clips_is_held():
     b.deliver_progress("alice", progress("a1", clip="c0", percent=99.0))  # a clip it holds is still updated
     held = [msgspec.json.decode(m["text"]) for m in sub.take_progress()]
     assert len(held) == PROGRESS_LIMIT and held[0]["percent"] == 99.0
+
+
+# The fast path: frames written straight to a waiting subscriber's connection ---------------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class FakeConnection:
+    """The attributes of uvicorn's sans-I/O WebSocket protocol that `runtime.websocket.write_now` reads."""
+
+    def __init__(self) -> None:
+        from websockets.protocol import State
+
+        self.handshake_complete, self.close_sent, self.initial_response, self.disconnected = True, False, None, False
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.conn = type("Conn", (), {"state": State.OPEN})()
+        self.transport = FakeTransport()
+
+
+def framing_broker() -> FeedBroker:
+    from eventlog.broker import PREBUILT_FRAME
+    from runtime.websocket import text_frame
+
+    def render(e: EventView) -> dict:
+        text = f"m{e.position}"
+        return {"type": "websocket.send", "text": text, PREBUILT_FRAME: text_frame(text.encode())}
+
+    b = FeedBroker(None, None, render)  # type: ignore[arg-type]
+    b.head, b.epoch = 10, uuid.uuid4()
+    b._owners.update({"a1": "alice"})
+    return b
+
+
+def frames(*positions: int) -> list[bytes]:
+    from runtime.websocket import text_frame
+
+    return [text_frame(f"m{p}".encode()) for p in positions]
+
+
+async def test_a_waiting_subscriber_gets_each_frame_written_to_its_connection_without_being_woken():
+    b = framing_broker()
+    sub, connection = b.subscribe("alice"), FakeConnection()
+    sub.direct, sub.sent_upto = connection, 10
+    waiter = sub.waiter()
+    assert waiter is not None
+    sub.parked = True  # as the handler does around `await waiter`
+    b.deliver([event(11, "a1"), event(12, "a1")])
+    assert connection.transport.written == frames(11, 12)
+    assert sub.sent_upto == 12 and sub.take() == [] and not waiter.done()
+    assert 0 < sub.last_sent <= asyncio.get_running_loop().time()
+
+
+async def test_past_the_high_water_mark_events_queue_in_order_and_wake_the_handler():
+    b = framing_broker()
+    sub, connection = b.subscribe("alice"), FakeConnection()
+    sub.direct, sub.sent_upto, sub.parked = connection, 10, True
+    waiter = sub.waiter()
+    b.deliver([event(11, "a1")])
+    connection.writable.clear()  # uvicorn's pause_writing: the handler's send must wait (and may be stalled)
+    b.deliver([event(12, "a1")])
+    connection.writable.set()
+    b.deliver([event(13, "a1")])  # writable again, but 12 waits in the queue: 13 must follow it, not pass it
+    assert connection.transport.written == frames(11)
+    assert waiter.done() and sub.sent_upto == 11
+    assert [p for p, _ in sub.take()] == [12, 13]
+
+
+@pytest.mark.parametrize("state", ["close_sent", "disconnected", "closing", "not_open", "not_parked", "old"])
+async def test_nothing_is_written_directly_unless_uvicorn_would_write_it_at_once(state: str):
+    from websockets.protocol import State
+
+    b = framing_broker()
+    sub, connection = b.subscribe("alice"), FakeConnection()
+    sub.direct, sub.sent_upto, sub.parked = connection, 10, True
+    if state == "close_sent":
+        connection.close_sent = True
+    elif state == "disconnected":
+        connection.disconnected = True
+    elif state == "closing":
+        connection.transport.closing = True
+    elif state == "not_open":
+        connection.conn.state = State.CLOSING
+    elif state == "not_parked":
+        sub.parked = False
+    else:
+        sub.sent_upto = 11  # the handler has sent 11 already (its backlog)
+    b.deliver([event(11, "a1")])
+    assert connection.transport.written == []
+    assert [p for p, _ in sub.take()] == [11]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_a_prebuilt_frame_is_what_websockets_would_send(size: int):
+    from websockets.frames import Frame, Opcode
+
+    from runtime.websocket import text_frame
+
+    payload = b"x" * size
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])

@@ -10,14 +10,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("domain", "runtime", "eventlog", "projections", "usecases", "handlers", "api", "soak")
+PACKAGES = ("domain", "runtime", "storage", "eventlog", "projections", "usecases", "handlers", "api", "soak")
 
-# Lowest first. `runtime` is the helper package (settings, aio, media, embedded) that adapters may use; its
+# Lowest first. `runtime` is the helper package (settings, aio, media, embedded) that adapters may use; `storage`
+# (the local folders or an S3 bucket) sits just above it; its
 # `bootstrap` module is the wiring, at the top with the command line that calls it and the soak (an entry point that
 # drives the whole topology; the command line runs it).
 LAYERS: list[tuple[str, ...]] = [
     ("domain",),
     ("runtime",),
+    ("storage",),
     ("eventlog",),
     ("projections",),
     ("usecases",),
@@ -193,4 +195,4 @@ def test_the_checks_find_what_they_look_for():
         }
     ) == ["domain.bad imports eventlog", "domain.bad imports eventlog.store", "domain.bad imports os",
           "domain.bad imports time"]
-    assert layer_of("runtime.settings") == 1 and layer_of("runtime.bootstrap") == layer_of("api.cli") == 7
+    assert layer_of("runtime.settings") == 1 and layer_of("runtime.bootstrap") == layer_of("api.cli") == 8

@@ -1,0 +1,120 @@
+"""Helpers of the storage tests: an S3Storage on the test server's gate, sources made with FFmpeg (a long one by
+stream-copying a short one many times over), and a worker in this process with a given storage."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from handlers import dispatcher, reactor
+from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
+from runtime.bootstrap import open_services
+from runtime.settings import Settings
+from storage.base import Storage
+from storage.s3 import S3Config, S3Storage
+from tests.s3server import CREDENTIALS, S3Server
+from usecases.services import Services
+
+
+def s3_storage(server: S3Server, bucket: str, **config: object) -> S3Storage:
+    values: dict[str, object] = {"bucket": bucket, "endpoint": server.endpoint, "path_style": True, "timeout": 5.0,
+                                 "retry_seconds": 1.0}  # fmt: skip
+    values.update(config)
+    return S3Storage(S3Config(**values), credentials=dict(CREDENTIALS))  # type: ignore[arg-type]
+
+
+def make_long_video(ffmpeg: str, target: Path, minutes: int = 60) -> Path:
+    """A source of `minutes` minutes, quick to make: one minute of a small, low-bitrate test pattern with a tone
+    (a keyframe a second), stream-copied `minutes` times into one MP4 (its moov box at the end, after the media
+    data, as FFmpeg writes it without +faststart)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    piece = target.with_name(f".{target.stem}-piece.mp4")
+    subprocess.run(
+        [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050",
+         "-t", "60", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-b:v", "250k",
+         "-c:a", "aac", "-b:a", "32k", "-shortest", "-f", "mp4", str(piece)],
+        check=True,
+    )  # fmt: skip
+    listing = target.with_name(f".{target.stem}-list.txt")
+    listing.write_text("".join(f"file '{piece.name}'\n" for _ in range(minutes)))
+    subprocess.run(
+        [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "concat", "-safe", "0",
+         "-i", str(listing), "-c", "copy", "-f", "mp4", str(target)],
+        check=True,
+    )  # fmt: skip
+    piece.unlink()
+    listing.unlink()
+    return target
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, storage: Storage | None, *, name: str = "s3-test-worker", concurrency: int = 1
+) -> AsyncIterator[Services]:
+    """A worker, its presence key and the dispatcher, as `cliplog worker` runs them, with `storage` wired in
+    (None: what the settings name), until the block ends; then it shuts down as on SIGTERM."""
+    services = await open_services(settings, pool_size=8, storage=storage)
+    queue = await reactor.job_queue(services.pool)
+    worker = make_worker(services, name, queue, concurrency=concurrency, job_timeout=settings.attempt_timeout + 120)
+    presence = presence_prefix(queue.epoch) + name
+    following = [asyncio.create_task(announce(services, presence, concurrency)),
+                 asyncio.create_task(dispatcher.follow(services))]  # fmt: skip
+    polling = asyncio.create_task(_poll_forever(worker))
+    try:
+        yield services
+    finally:
+        await _shut_down(worker, polling, grace=0.1)
+        for task in following:
+            task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)
+        await services.redis.delete(presence)
+        if worker._pool is not None:  # noqa: SLF001 - arq's own close() still calls redis' deprecated close()
+            await worker.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+async def register(services: Services, clip: str, **fields: object) -> None:
+    from domain.clip import Register
+    from usecases import clips
+
+    command = Register(**{"source": "games/match.mp4", "start": 1.0, "end": 3.0, **fields})  # type: ignore[arg-type]
+    await clips.handle(services.pool, "p", clip, command, services.context)
+
+
+async def settled(services: Services, clip: str, timeout: float = 60):  # noqa: ANN201
+    """The clip's state once it is completed or failed (or, past `timeout`, whatever it is then)."""
+    import time
+
+    from projections import clip_status
+
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await clip_status.load(services.pool, "p", clip)
+        if state.status in ("completed", "failed") or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.05)
+
+
+async def outcomes(services: Services, clip: str) -> list[tuple[int, str, str | None]]:
+    """`(attempt, type, code or detector)` of the clip's outcome events."""
+    from eventlog import store
+
+    return [
+        (e.data["attempt"], e.type.removeprefix("extraction."), e.data.get("code") or e.data.get("detected_by"))
+        for e in await store.read_stream(services.pool, "p", clip)
+        if e.type in ("extraction.failed", "extraction.timed_out", "extraction.completed")
+    ]
+
+
+async def first_outcome(services: Services, clip: str, timeout: float = 60) -> tuple[int, str, str | None]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (found := await outcomes(services, clip)):
+        assert time.monotonic() < deadline, f"no outcome of {clip} in {timeout} s"
+        await asyncio.sleep(0.05)
+    return found[0]
