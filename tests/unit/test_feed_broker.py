@@ -23,7 +23,7 @@ EPOCH = uuid.uuid4()
 
 def event(position: int, project: str) -> EventView:
     return EventView(position, cursor.encode(EPOCH, position, position), "extraction.requested", project, "c", position,
-                     T0, "pending", msgspec.Raw(b"{}"))
+                     T0, "pending", msgspec.Raw(b"{}"), 1)
 
 
 def broker(buffer: int = 1000) -> FeedBroker:
