@@ -26,8 +26,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_token() -> str:
+    """32 random bytes, URL-safe; never starting with '-', which a command line would read as an option
+    (`cliplog token revoke -abc...` failed for one token in 64)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
+
+
 async def create_token(db: asyncpg.Connection | asyncpg.Pool, user: str, token: str | None = None) -> str:
-    token = token or secrets.token_urlsafe(32)
+    token = token or new_token()
     await db.execute(
         "INSERT INTO api_tokens (token_hash, user_id) VALUES ($1, $2) ON CONFLICT (token_hash) DO UPDATE SET user_id = $2",
         hash_token(token),

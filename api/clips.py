@@ -3,6 +3,7 @@ cancel-all)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from typing import Annotated
@@ -14,6 +15,7 @@ from litestar.params import HeaderParameter, JSONBody
 
 from api.auth import check_id, require_project
 from api.files import local_file, serve
+from api.stored import FileLink, check_source, presigned, serve_stored
 from api.openapi import ClipId, ProjectId, errors, get_or_head
 from api.views import (
     BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, StoryStep, clip_view, story_step,
@@ -120,10 +122,7 @@ class ClipsController(Controller):
             raise InvalidInput("source must be a path relative to the media folder", field="source")
         if data.name is not None and (len(data.name) > MAX_NAME or "\x00" in data.name):
             raise InvalidInput(f"name must be at most {MAX_NAME} characters, without NUL", field="name")
-        if resolve_inside(services.settings.media_root, data.source) is None:
-            raise InvalidInput(
-                f"source {data.source!r} is not a video file in the media folder", field="source"
-            )
+        await check_source(services, data.source)  # 400 with why (and 503 when the store does not answer)
         command = Register(
             source=data.source, start=data.start, end=data.end, mode=data.mode, name=data.name, priority=data.priority
         )
@@ -212,6 +211,8 @@ class ClipsController(Controller):
         responses={
             206: ResponseSpec(bytes, media_type="video/mp4", description="the requested range", generate_examples=False),
             304: ResponseSpec(None, description="the file matches `If-None-Match` / `If-Modified-Since`"),
+            307: ResponseSpec(None, description="s3 storage with CLIPLOG_S3_SERVE=redirect (the default): `Location` is "
+                               "a presigned URL of the clip, valid for CLIPLOG_S3_URL_EXPIRES seconds"),
             **errors(401, 404, 409, 416),
         },
     )
@@ -226,11 +227,28 @@ class ClipsController(Controller):
         state, _ = await _registered(services, project_id, clip_id, user)
         if state.status != "completed" or not state.output:
             raise Conflict(f"clip {clip_id!r} is {state.status}, not extracted yet")
-        path = resolve_inside(services.settings.output_root, state.output)
+        if services.settings.storage == "s3":
+            return await serve_stored(services, request.method, request.headers, state.output, clip_id)
+        path = await asyncio.to_thread(resolve_inside, services.settings.output_root, state.output)
         if path is None:
             raise NotFound(f"the file of clip {clip_id!r} is missing from the output folder")
-        meta, read = local_file(path)
+        meta, read = await asyncio.to_thread(local_file, path)
         return serve(request.method, request.headers, meta, read)
+
+    @get_or_head(
+        "/{clip_id:str}/file-link",
+        summary="Where a browser fetches the extracted clip: a presigned URL (s3 storage, redirect mode) or the file route",
+        responses=errors(401, 404, 409),
+    )
+    async def file_link(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> FileLink:
+        state, _ = await _registered(services, project_id, clip_id, user)
+        if state.status != "completed" or not state.output:
+            raise Conflict(f"clip {clip_id!r} is {state.status}, not extracted yet")
+        settings = services.settings
+        if settings.storage == "s3" and settings.s3_serve == "redirect":
+            url, expires_at = await presigned(services, state.output)
+            return FileLink(url=url, direct=True, expires_at=expires_at)
+        return FileLink(url=f"/api/clips/projects/{project_id}/clips/{clip_id}/file", direct=False)
 
 
 async def _each(

@@ -10,6 +10,7 @@ from litestar.exceptions import HTTPException
 
 from api.auth import Unauthorized
 from domain import errors
+from storage.base import StorageError
 from usecases.services import DEPENDENCY_ERRORS
 
 log = logging.getLogger("cliplog.api")
@@ -41,7 +42,19 @@ def body(status_code: int, detail: str, extra: dict | None = None) -> dict:
 
 def domain_error(_: Request, error: errors.CliplogError) -> Response:
     code = status_for(error)
-    return Response(body(code, error.detail, error.extra or None), status_code=code)
+    headers = {"Retry-After": "2"} if code == 503 else None
+    return Response(body(code, error.detail, error.extra or None), status_code=code, headers=headers)
+
+
+def storage_error(request: Request, error: StorageError) -> Response:
+    """A storage failure no route turned into its own answer: 503 (its message names the bucket and key, never a
+    presigned URL or a credential)."""
+    log.warning("%s %s: storage: %s", request.method, request.url.path, error.message)
+    return Response(
+        body(503, f"object storage failed: {error.message}; try again shortly", {"code": error.code}),
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
 
 
 def unauthorized(_: Request, error: Unauthorized) -> Response:
@@ -75,6 +88,7 @@ def _is_disconnect(error: Exception) -> bool:
 HANDLERS = {
     errors.CliplogError: domain_error,
     Unauthorized: unauthorized,
+    StorageError: storage_error,
     HTTPException: http_error,
     Exception: unexpected,
 }

@@ -8,6 +8,7 @@ file on disk). `not_modified` is the same decision for any response with validat
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import mimetypes
 import re
@@ -48,15 +49,18 @@ def local_file(path: Path) -> tuple[FileMeta, ReadRange]:
     modified = datetime.fromtimestamp(int(stat.st_mtime), timezone.utc)
 
     async def read(start: int, length: int) -> AsyncIterator[bytes]:
-        with path.open("rb") as handle:
-            handle.seek(start)
+        handle = await asyncio.to_thread(path.open, "rb")  # file-system calls in a thread, off the event loop
+        try:
+            await asyncio.to_thread(handle.seek, start)
             remaining = length
             while remaining > 0:
-                chunk = handle.read(min(_CHUNK, remaining))
+                chunk = await asyncio.to_thread(handle.read, min(_CHUNK, remaining))
                 if not chunk:
                     break
                 remaining -= len(chunk)
                 yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
 
     return FileMeta(size=stat.st_size, modified=modified, etag=f'"{tag}"'), read
 
@@ -130,16 +134,25 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
     return start, end
 
 
-def serve(
+class Streaming(msgspec.Struct, frozen=True):
+    """What a GET that sends bytes answers: the status, the headers, and the byte range to read."""
+
+    status: int
+    headers: dict[str, str]
+    start: int
+    length: int
+
+
+def answer(
     method: str,
     headers: Mapping[str, str],
     meta: FileMeta,
-    read: ReadRange,
     *,
     media_type: str = "video/mp4",
     cache_control: str = IMMUTABLE_PRIVATE,
-) -> Response:
-    """The answer to a GET or HEAD of a file: 304, 206, 416 or 200 (HEAD: the same headers, no body, nothing read)."""
+) -> Response | Streaming:
+    """The answer decided from the metadata alone: a complete Response (304, 416, and any HEAD), or the bytes a
+    GET must send (`Streaming`), read by the caller."""
     validators = {
         "ETag": meta.etag,
         "Last-Modified": format_datetime(meta.modified.astimezone(timezone.utc), usegmt=True),
@@ -167,7 +180,25 @@ def serve(
     validators["Content-Length"] = str(length)
     if method == "HEAD":
         return Response(b"", status_code=status, media_type=media_type, headers=validators)
-    return Stream(read(start, length), status_code=status, media_type=media_type, headers=validators)
+    return Streaming(status=status, headers=validators, start=start, length=length)
+
+
+def serve(
+    method: str,
+    headers: Mapping[str, str],
+    meta: FileMeta,
+    read: ReadRange,
+    *,
+    media_type: str = "video/mp4",
+    cache_control: str = IMMUTABLE_PRIVATE,
+) -> Response:
+    """The answer to a GET or HEAD of a file: 304, 206, 416 or 200 (HEAD: the same headers, no body, nothing read)."""
+    decided = answer(method, headers, meta, media_type=media_type, cache_control=cache_control)
+    if isinstance(decided, Response):
+        return decided
+    return Stream(
+        read(decided.start, decided.length), status_code=decided.status, media_type=media_type, headers=decided.headers
+    )
 
 
 def answer_not_modified(app: ASGIApp) -> ASGIApp:

@@ -25,6 +25,7 @@ from handlers import dispatcher, reactor
 from handlers.presence import presence_prefix
 from api.deps import ServicesDep
 from api.openapi import errors, get_or_head
+from api.stored import StorageCheck, storage_check
 from eventlog import store
 from eventlog.store import HorizonHolder
 from projections import metrics as metrics_projection
@@ -88,6 +89,7 @@ class Health(msgspec.Struct):
     feed: Feed | None = None
     dispatch: Dispatch | None = None
     rates: Rates | None = None
+    storage: StorageCheck | None = None  # the storage backend and whether it answers (api/stored.py)
 
 
 async def _database(services: Services) -> tuple[Check, UUID | None]:
@@ -160,15 +162,21 @@ async def _backlog(services: Services) -> dispatcher.Backlog | None:
     responses={503: ResponseSpec(Health, description="down: PostgreSQL is unreachable", generate_examples=False)},
 )
 async def health(services: ServicesDep) -> Response[Health]:
-    database, epoch = await _database(services)
-    redis, alive = await _redis(services, epoch)
+    checking_storage = asyncio.ensure_future(storage_check(services))  # bounded; meanwhile PostgreSQL and Redis
+    try:
+        database, epoch = await _database(services)
+        redis, alive = await _redis(services, epoch)
+    finally:
+        storage = await checking_storage
     if not database.ok:
-        return Response(Health(status="down", database=database, redis=redis), status_code=503)
+        return Response(Health(status="down", database=database, redis=redis, storage=storage), status_code=503)
     queue = await _queue(services)
     lag = await reactor.lag(services)
     backlog = await _backlog(services) if redis.ok else None
     stopped = await reactor.stopped(services)
-    degraded = not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000 or stopped is not None
+    degraded = (
+        not redis.ok or alive == 0 or queue.stale_running > 0 or lag > 1000 or stopped is not None or not storage.ok
+    )
     result = Health(
         status="degraded" if degraded else "ok",
         database=database,
@@ -183,6 +191,7 @@ async def health(services: ServicesDep) -> Response[Health]:
         feed=await _feed(services),
         dispatch=Dispatch(backlog.waiting, backlog.oldest_wait_seconds) if backlog else None,
         rates=await _rates(services),
+        storage=storage,
     )
     return Response(result, status_code=200)
 

@@ -7,17 +7,17 @@ import asyncio
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
+from litestar.params import Parameter
 
 from api.deps import ServicesDep, UserDep
 from api.openapi import errors, get_or_head
+from api.stored import VIDEO_SUFFIXES, media_page
 from runtime.media import resolve_inside
 
 MAX_MEDIA_FILES = 2000
-VIDEO_SUFFIXES = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv".split()
-)
 
 
 class ProjectView(msgspec.Struct):
@@ -29,12 +29,15 @@ class ProjectView(msgspec.Struct):
     updated_at: datetime | None  # the last change to one of its clips
 
 
-class UiConfig(msgspec.Struct):
+class UiConfig(msgspec.Struct, omit_defaults=True):
     user: str
     poll_after: float
     slow_after: float
     max_clip_seconds: float
     max_attempts: int
+    # (only sent when true) true when the file route redirects to the bucket (s3 storage, CLIPLOG_S3_SERVE=redirect): the player then
+    # plays the presigned URL of GET .../file-link itself instead of fetching the bytes with the token
+    file_links: bool = False
 
 
 class MediaFile(msgspec.Struct):
@@ -42,9 +45,11 @@ class MediaFile(msgspec.Struct):
     bytes: int
 
 
-class MediaList(msgspec.Struct):
+class MediaList(msgspec.Struct, omit_defaults=True):
     files: list[MediaFile]
     truncated: bool  # more than MAX_MEDIA_FILES videos: the first ones in path order are listed
+    # paged listings (s3 storage, or `after`/`limit` given): pass it as `after` for the next page; absent on the last
+    next_after: str | None = None
 
 
 @get_or_head(
@@ -94,6 +99,7 @@ async def ui_config(user: UserDep, services: ServicesDep) -> UiConfig:
         slow_after=settings.slow_after,
         max_clip_seconds=settings.max_clip_seconds,
         max_attempts=settings.max_attempts,
+        file_links=settings.storage == "s3" and settings.s3_serve == "redirect",
     )
 
 
@@ -123,10 +129,29 @@ def find_videos(root: Path, limit: int = MAX_MEDIA_FILES) -> MediaList:
 
 
 @get_or_head(
-    "/api/media", summary="Video files under the media root (sources for new clips)", tags=["ui"], responses=errors(401)
+    "/api/media",
+    summary="Video files under the media root, or the bucket's source prefix (sources for new clips)",
+    tags=["ui"],
+    responses=errors(400, 401),
 )
-async def list_media(user: UserDep, services: ServicesDep) -> MediaList:
-    return await asyncio.to_thread(find_videos, services.settings.media_root)
+async def list_media(
+    user: UserDep,
+    services: ServicesDep,
+    after: Annotated[str | None, Parameter(description="list the sources after this one (a page's `next_after`)",
+                                           max_length=1024)] = None,
+    limit: Annotated[int | None, Parameter(ge=1, le=MAX_MEDIA_FILES, description="videos per page "
+                                           f"(default {MAX_MEDIA_FILES})")] = None,
+) -> MediaList:
+    """Local storage without `after`/`limit`: every video, as it always was (the first MAX_MEDIA_FILES, `truncated`
+    when there are more). Otherwise a page in key order: `next_after` is where the next one starts."""
+    if services.settings.storage != "s3" and after is None and limit is None:
+        return await asyncio.to_thread(find_videos, services.settings.media_root)
+    page = await media_page(services, after, limit or MAX_MEDIA_FILES)
+    return MediaList(
+        files=[MediaFile(path=item.key, bytes=item.size) for item in page.found],
+        truncated=page.next_after is not None,
+        next_after=page.next_after,
+    )
 
 
 ROUTES = [list_projects, ui_config, list_media]

@@ -4,7 +4,8 @@
  *
  *   token   the API token (also kept in sessionStorage by app.js)
  *   api     an Api (api.js) with that token; signs out when the token stops being accepted
- *   config  GET /api/config: {user, poll_after, slow_after, max_clip_seconds, max_attempts}
+ *   config  GET /api/config: {user, poll_after, slow_after, max_clip_seconds, max_attempts,
+ *           file_links}
  *   view    the view on the page (app.js mount)
  */
 

@@ -114,3 +114,20 @@ async def test_the_page_and_its_modules_are_served(client_for) -> None:
         response = await client.get(f"/{module}")
         assert response.status_code == 200, module
         assert "javascript" in response.headers["content-type"], (module, response.headers["content-type"])
+
+
+async def test_media_pages_the_local_folder_when_asked_and_health_names_the_backend(client_for, tmp_path: Path) -> None:
+    client = await client_for("alice")
+    media = tmp_path / "media"
+    for name in ("a.mp4", "b/c.mp4", "b/notes.txt", "d.mkv"):
+        (media / name).parent.mkdir(parents=True, exist_ok=True)
+        (media / name).write_bytes(b"x" * 3)
+    first = (await client.get("/api/media", params={"limit": 2})).json()
+    assert first == {"files": [{"path": "a.mp4", "bytes": 3}, {"path": "b/c.mp4", "bytes": 3}], "truncated": True,
+                     "next_after": "b/c.mp4"}  # fmt: skip
+    rest = (await client.get("/api/media", params={"after": first["next_after"]})).json()
+    assert rest == {"files": [{"path": "d.mkv", "bytes": 3}], "truncated": False}
+    assert (await client.get("/api/media", params={"limit": 0})).status_code == 400
+    assert "file_links" not in (await client.get("/api/config")).json()  # local files come through the API
+    health = (await client.get("/api/extraction/health")).json()
+    assert health["storage"] == {"backend": "local", "ok": True}
