@@ -292,6 +292,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.all and args.project:
             raise ConfigError("--all exports every project: leave out --project")
         project, clip = _selection(args)
+        if args.url:
+            return await over_http(project, clip)
         conn = await _connect(_settings())
         try:
             with Progress("export") as progress:
@@ -306,6 +308,38 @@ def cmd_export(args: argparse.Namespace) -> int:
         where = args.output or "stdout"
         print(f"exported {header.count} event(s), positions {header.range.after}..{header.range.upto}, to {where}; "
               f"continue with --after {header.range.upto_cursor}", file=sys.stderr)  # fmt: skip
+        return 0
+
+    async def over_http(project: str | None, clip: str | None) -> int:
+        """--url: through a running cliplog's NDJSON stream (api/feed_client.py), no database; the events are
+        spooled to a temporary file, since the header (first) counts them."""
+        import contextlib
+        import shutil
+        import tempfile
+
+        import msgspec
+
+        from api.feed_client import FeedError, FeedUnavailable, export_events
+
+        if not args.token:
+            raise ConfigError("--url needs --token (an API token of the user whose projects to export)")
+        with tempfile.TemporaryFile() as spool, Progress("export") as progress:
+            try:
+                header = await export_events(
+                    args.url, args.token, export.Selection(project_id=project, clip_id=clip), spool.write,
+                    after=args.after, now=utcnow(), on_progress=progress.advance,
+                )  # fmt: skip
+            except (FeedError, FeedUnavailable) as error:
+                print(f"cliplog export: {args.url}: {error}", file=sys.stderr)
+                return 1
+            spool.seek(0)
+            with atomic_file(Path(args.output)) if args.output else contextlib.nullcontext(sys.stdout.buffer) as out:
+                out.write(msgspec.json.encode(header) + b"\n")
+                shutil.copyfileobj(spool, out)
+                out.flush()
+        print(f"exported {header.count} event(s), positions {header.range.after}..{header.range.upto}, from "
+              f"{args.url} to {args.output or 'stdout'}; continue with --after {header.range.upto_cursor}",
+              file=sys.stderr)  # fmt: skip
         return 0
 
     async def _export_to(conn, write, project, clip, after, progress):  # noqa: ANN001, ANN202
@@ -354,15 +388,16 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from runtime.progress import Progress
 
     async def run() -> int:
-        conn = await _connect(_settings())
+        settings = _settings()
+        conn = await _connect(settings)
         try:
             await init_connection(conn)
             with Progress("check" if args.check else "rebuild") as progress:
                 if args.check:
                     found = await drift(conn, on_count=progress.total, on_progress=progress.advance)
                 else:
-                    done = await rebuild(conn, on_count=progress.total, on_progress=progress.advance,
-                                         clock=time.monotonic)  # fmt: skip
+                    done = await rebuild(conn, connect=lambda: _connect(settings), on_count=progress.total,
+                                         on_progress=progress.advance, clock=time.monotonic)  # fmt: skip
         finally:
             await conn.close()
         if not args.check:
@@ -551,6 +586,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--all", action="store_true", help="the whole log")
     export.add_argument("--after", default=None, help="only events after this cursor (an export's upto_cursor)")
     export.add_argument("--output", default=None, help="write this file (atomically; default: stdout)")
+    export.add_argument("--url", default=None, help="export from this running cliplog over HTTP (no database)")
+    export.add_argument("--token", default=None, help="with --url: an API token (--all: that user's projects)")
     export.set_defaults(run=cmd_export)
 
     load = commands.add_parser("import", help="load an export into this log (all in one transaction, or nothing)")

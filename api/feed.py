@@ -190,6 +190,12 @@ async def _read(
 
 NDJSON = "application/x-ndjson"
 STREAM_READ = 5000  # events per read of the NDJSON stream
+# The NDJSON answer's headers: the log's epoch; the cursor of the log's head when the request came (the stream
+# reads every event up to it, and may go a little past it); the user the token belongs to (who owns every project
+# in the stream).
+EPOCH_HEADER = "Cliplog-Epoch"
+HEAD_HEADER = "Cliplog-Head"
+USER_HEADER = "Cliplog-User"
 
 
 def page_json(events: JsonEvents, given: str) -> bytes:
@@ -202,9 +208,11 @@ def page_json(events: JsonEvents, given: str) -> bytes:
     "/api/events",
     summary="Events of the caller's projects after a cursor (long poll with `wait`; NDJSON stream on request)",
     description="With `Accept: application/x-ndjson` the answer is every event after the cursor up to the log's "
-    "head when the request came, one event per line (each as in a page), and `limit` and `wait` are not used.",
+    "head when the request came, one event per line (each as in a page), and `limit` and `wait` are not used; "
+    "its headers `Cliplog-Epoch`, `Cliplog-Head` (the head's cursor) and `Cliplog-User` say what it read.",
     tags=["feed"],
     responses=errors(400, 401, 404, 410),
+    opt={"skip_compression": True},  # catch-up is CPU-bound on the server; brotli cost a fifth of it (docs/http.md)
 )
 async def list_events(
     request: Request,
@@ -277,8 +285,14 @@ async def _stream_events(
     early: continue from its last event's cursor."""
     project = await _project_filter(services, project_id, user)
     epoch, position, _, final = await resolve_after(services, broker, start)
-    upto, _ = await head(services.pool)
+    upto, upto_print = await head(services.pool)
     first = await _read(services, epoch, position, STREAM_READ, user, project, final)
+    # What a client needs to describe what it read (`cliplog export --url`'s header): additions, docs/feed.md.
+    headers = {
+        EPOCH_HEADER: str(epoch),
+        HEAD_HEADER: cursor.encode(epoch, upto, upto_print),
+        USER_HEADER: user,
+    }
 
     def read_after(page: JsonEvents) -> asyncio.Task[JsonEvents] | None:
         if len(page.events) < STREAM_READ or page.last_position is None or page.last_position >= upto:
@@ -303,7 +317,7 @@ async def _stream_events(
                 following.cancel()
                 await asyncio.gather(following, return_exceptions=True)
 
-    return Stream(lines(), media_type=NDJSON)
+    return Stream(lines(), media_type=NDJSON, headers=headers)
 
 
 # GET /api/events/ws ---------------------------------------------------------------------------------------------

@@ -28,13 +28,18 @@ import asyncio
 import contextlib
 import json
 import random
+from datetime import datetime
 from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
+from uuid import UUID
 
 import httpx
 import msgspec
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from domain.events import SCHEMA_VERSION
+from eventlog import cursor, export
 
 Mode = str  # "live" | "polling" | "reconnecting" | "offline"
 
@@ -285,3 +290,123 @@ class FeedClient:
             if len(page["events"]) < 1000:
                 return
             wait = 0
+
+
+# Export over HTTP -----------------------------------------------------------------------------------------------
+
+# The NDJSON answer's headers (api/feed.py, docs/feed.md).
+EPOCH_HEADER, HEAD_HEADER, USER_HEADER = "Cliplog-Epoch", "Cliplog-Head", "Cliplog-User"
+
+
+class _FeedEvent(msgspec.Struct, frozen=True):
+    """A feed event (`eventlog.pages.EventView`) with `data` kept as the JSON text the log holds."""
+
+    position: int
+    cursor: str
+    type: str
+    project_id: str
+    clip_id: str
+    version: int
+    recorded_at: datetime
+    clip_status: str
+    data: msgspec.Raw
+    schema_version: int | None = None  # None: a server from before the feed carried it
+
+
+async def export_events(
+    url: str,
+    token: str,
+    selection: export.Selection,
+    write: Callable[[bytes], object],
+    *,
+    after: str | None = None,
+    now: datetime,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> export.Header:
+    """`cliplog export --url`: the events `cliplog export` would write for `selection` (the token's projects for
+    the whole log), read from a running cliplog through the NDJSON stream, as export lines (`write`, one call per
+    line); returns the export's header, which the caller writes first. The range is `(after, head]`, the head being
+    the log's when the first stream answered (its `Cliplog-Head`); streams go on from the last event's cursor until
+    the head is passed or a stream brings nothing new (a stream cut short by the server is continued)."""
+    if selection.clip_id is not None and selection.project_id is None:
+        raise FeedError(400, "a clip is named by its project too")
+    decode_lines = msgspec.json.Decoder(_FeedEvent).decode_lines
+    encode = msgspec.json.Encoder().encode
+    line_of = export.RawEvent
+    after_position = cursor.decode(after).position if after else 0
+    position, resume = after_position, after
+    count = 0
+    first: httpx.Headers | None = None
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}) as http:
+        upto: int | None = None
+        while upto is None or position < upto:
+            params = {k: v for k, v in (("after", resume), ("project_id", selection.project_id)) if v}
+            got = 0
+            try:
+                async with http.stream("GET", f"/api/events?{urlencode(params)}", headers=NDJSON, timeout=60) as answer:
+                    if answer.status_code != 200:
+                        await answer.aread()
+                        _refuse(answer)
+                        raise FeedUnavailable(f"the NDJSON stream answered {answer.status_code}")
+                    if first is None:
+                        first = answer.headers
+                        missing = [h for h in (EPOCH_HEADER, HEAD_HEADER, USER_HEADER) if h not in first]
+                        if missing:
+                            raise FeedError(501, f"this server's feed does not say {', '.join(missing)}: upgrade it")
+                        upto = max(after_position, cursor.decode(first[HEAD_HEADER]).position)
+                    rest = b""
+                    async for chunk in answer.aiter_bytes():
+                        lines, _, rest = (rest + chunk).rpartition(b"\n")
+                        if not lines:
+                            continue
+                        written = 0
+                        for event in decode_lines(lines):
+                            if event.position > upto:  # type: ignore[operator]
+                                break
+                            got += 1
+                            position, resume = event.position, event.cursor
+                            if selection.clip_id is not None and event.clip_id != selection.clip_id:
+                                continue
+                            if event.schema_version is None:
+                                raise FeedError(501, "this server's feed events carry no schema_version: upgrade it")
+                            write(encode(line_of(
+                                event.position, f"{event.project_id}/{event.clip_id}", event.project_id,
+                                event.clip_id, event.version, event.type, event.schema_version, event.data,
+                                event.clip_status, event.recorded_at,
+                            )) + b"\n")  # fmt: skip
+                            written += 1
+                        count += written
+                        on_progress(written)
+                        if position >= upto:  # type: ignore[operator]
+                            break
+            except httpx.HTTPError as error:
+                raise FeedUnavailable(f"the NDJSON stream failed: {error}") from None
+            if not got:
+                break  # nothing more up to the head in this selection
+        assert first is not None and upto is not None
+        user = first[USER_HEADER]
+        if selection.project_id is not None:
+            owners = {selection.project_id: user}
+        else:
+            projects = await http.get("/api/clips/projects")
+            _refuse(projects)
+            owners = {p["project_id"]: user for p in projects.json()}
+    epoch = UUID(first[EPOCH_HEADER])
+    head = cursor.decode(first[HEAD_HEADER])
+    upto_cursor = first[HEAD_HEADER] if head.position == upto and upto else (after if upto else None)
+    return export.Header(
+        format=export.FORMAT, format_version=export.FORMAT_VERSION, epoch=epoch, exported_at=now,
+        schema_versions=dict(SCHEMA_VERSION), selection=selection,
+        range=export.Range(after=after_position, upto=upto, after_cursor=after, upto_cursor=upto_cursor),
+        count=count, owners=owners,
+    )  # fmt: skip
+
+
+def _refuse(response: httpx.Response) -> None:
+    """FeedError / CursorReset for a refusal (4xx), with the API's detail."""
+    if 400 <= response.status_code < 500:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise CursorReset(detail) if response.status_code == 410 else FeedError(response.status_code, detail)

@@ -7,7 +7,8 @@ database `cliplog_bench_<hex>`, migrates it, loads it through `cliplog import`'s
 synthetic log of `tests.histories`: 6 events a clip) and drops it at the end.
 
 Interleaved for R rounds (A B A B ...), medians with min and max:
-  rebuild    `projections.rebuild.rebuild`: fold every event through `evolve`, COPY the rows into a new table, swap
+  rebuild    `projections.rebuild.rebuild` as `cliplog rebuild` runs it (with a second connection): fold every event
+             through `evolve`, COPY each clip's row into a new table as soon as it is final, build the indexes, swap
   fold       `projections.rebuild.fold` alone: the rebuild's reading, decoding and folding, nothing written
   raw read   the baseline: the same rows read by keyset pages of the same size (`SELECT` of the same columns), each
              event's data decoded by msgspec into its event struct (`domain.events.decode_json`), nothing else
@@ -164,7 +165,7 @@ async def bench(args: argparse.Namespace) -> str:
             for round_ in range(args.rounds):
                 await admin.execute("CHECKPOINT")
                 t, c = time.perf_counter(), time.process_time()
-                done = await rebuild(conn, clock=time.monotonic)
+                done = await rebuild(conn, connect=lambda: asyncpg.connect(dsn), clock=time.monotonic)
                 rates["rebuild"].append(done.events / (time.perf_counter() - t))
                 cpu["rebuild"].append((time.process_time() - c) / total * 1e6)
                 t, c = time.perf_counter(), time.process_time()

@@ -35,7 +35,7 @@ Status = Literal["unregistered", "pending", "running", "retrying", "completed", 
 CANCELLABLE: tuple[Status, ...] = ("pending", "retrying", "running")
 
 
-class ErrorInfo(msgspec.Struct, frozen=True):
+class ErrorInfo(msgspec.Struct, frozen=True, gc=False):
     code: str
     message: str
     retryable: bool
@@ -43,7 +43,7 @@ class ErrorInfo(msgspec.Struct, frozen=True):
     stderr_tail: str | None = None  # its last lines of stderr
 
 
-class ClipState(msgspec.Struct, frozen=True, kw_only=True):
+class ClipState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     project_id: str
     clip_id: str
     version: int = 0

@@ -23,7 +23,7 @@ TimeoutReason = Literal["deadline", "lease", "stalled", "user"]
 Canceller = Literal["user"]
 
 
-class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, gc=False):
     run: int
     attempt: int
 

@@ -20,7 +20,10 @@ from domain.errors import CursorFromAnotherLog, Unavailable
 from eventlog import cursor, store
 
 _SAFE = store._SAFE  # noqa: SLF001 - the store's safe horizon
-_COLUMNS = f"position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, {cursor.FINGERPRINT_TEXT}"
+_COLUMNS = (
+    "position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, "
+    f"{cursor.FINGERPRINT_TEXT}, schema_version"
+)
 
 
 class EventView(msgspec.Struct, frozen=True):
@@ -37,6 +40,9 @@ class EventView(msgspec.Struct, frozen=True):
     recorded_at: datetime
     clip_status: str
     data: msgspec.Raw
+    # An addition to API.md: the version of `data`'s schema for its type (domain.events.SCHEMA_VERSION when it was
+    # written), so that an event read from the feed is the stored event whole (`cliplog export --url`).
+    schema_version: int
 
     @property
     def fingerprint(self) -> int:
@@ -46,7 +52,7 @@ class EventView(msgspec.Struct, frozen=True):
 def _events(rows: Sequence[asyncpg.Record], epoch: UUID) -> list[EventView]:
     """Rows of `_COLUMNS` as events with their cursors (this is the hot loop)."""
     mint, raw = cursor.minter(epoch), msgspec.Raw
-    return [EventView(r[0], mint(r[0], r[8]), r[1], r[2], r[3], r[4], r[5], r[6], raw(r[7])) for r in rows]
+    return [EventView(r[0], mint(r[0], r[8]), r[1], r[2], r[3], r[4], r[5], r[6], raw(r[7]), r[9]) for r in rows]
 
 
 _OWNED = "project_id IN (SELECT project_id FROM projects WHERE owner = $3)"
@@ -106,10 +112,11 @@ _JSON_AFTER_CURSOR = {
     "recorded_at": "'\"' || at || 'Z\"'",
     "clip_status": "to_json(clip_status)::text",
     "data": "data::text",
+    "schema_version": "schema_version::text",
 }
 assert EventView.__struct_fields__ == ("position", "cursor", *_JSON_AFTER_CURSOR)
 _JSON_INNER = (
-    "position, stream, type, project_id, clip_id, version, clip_status, data, "
+    "position, stream, type, project_id, clip_id, version, clip_status, data, schema_version, "
     f"{cursor.utc_timestamp_sql('recorded_at')} AS at"
 )
 _JSON_OUTER = (

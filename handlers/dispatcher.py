@@ -9,7 +9,9 @@ Redis holds no truth here either; every pass derives the whole admission state a
 - admitted: those whose job, under the attempt's own id (`JobQueue.job_id`), is in the log's arq queue. After a Redis flush
   the queue is empty, so they are admitted again under the same id; arq refuses a second job with an id it holds, so
   no attempt is ever queued twice, and a duplicate job would find its attempt started and do nothing;
-- capacity: the sum of the live workers' concurrency, from their presence keys.
+- capacity: what the live workers take at once, from their presence keys: each FFmpeg slot's running attempt and
+  one waiting behind it (`handlers.worker.holds`), so a slot starts its next cut the moment FFmpeg exits, not a
+  dispatcher pass after the outcome is recorded.
 A pass admits `capacity - running - admitted` attempts (or fewer, under the concurrency limits). It runs on every
 NOTIFY of the log (a request, an outcome), when the next retry falls due, and at least every second.
 """
@@ -77,7 +79,7 @@ async def queued_attempts(redis: ArqRedis, queue: JobQueue) -> set[Key]:
 
 
 async def live_capacity(redis: ArqRedis, queue: JobQueue) -> int:
-    """The sum of the concurrency of the log's live workers (each worker's presence key holds its own)."""
+    """The sum of what the log's live workers take at once (each worker's presence key holds its own)."""
     keys = [key async for key in redis.scan_iter(match=presence_prefix(queue.epoch) + "*", count=1000)]
     if not keys:
         return 0
@@ -101,17 +103,17 @@ def _waiting(row: asyncpg.Record) -> Waiting:
     )  # fmt: skip
 
 
-async def admit(redis: ArqRedis, queue: JobQueue, item: Waiting) -> bool:
+async def admit(redis: ArqRedis, queue: JobQueue, item: Waiting, *, wake: bool = False) -> bool:
     """Put the attempt's job in the queue under its own id. arq refuses an id it still holds a job or a result for:
     a job that is not in the queue any more but left a result ran without starting the attempt (its worker lost
     PostgreSQL, say); that result says nothing the log does not, so it is dropped and the attempt admitted again."""
     job = queue.job_id(*item.key)
-    if await reactor.enqueue_attempt(redis, queue, *item.key, None, publish=False):
+    if await reactor.enqueue_attempt(redis, queue, *item.key, None, publish=wake):
         return True
     if await redis.zscore(queue.name, job) is not None:
         return False  # admitted meanwhile
     await redis.delete(result_key_prefix + job, job_key_prefix + job)
-    return await reactor.enqueue_attempt(redis, queue, *item.key, None, publish=False)
+    return await reactor.enqueue_attempt(redis, queue, *item.key, None, publish=wake)
 
 
 class Dispatcher:
@@ -172,11 +174,14 @@ class Dispatcher:
                 head = row["position"] or 0
         limits = Limits(project=settings.project_concurrency, owner=settings.owner_concurrency)
         selection = select(due, in_flight, capacity - len(in_flight), limits, self.since_batch, self.turns)
-        admitted = 0
-        for item in selection.admit:
-            admitted += await admit(redis, queue, item)
+        admitted, woken = 0, False
+        for i, item in enumerate(selection.admit):
+            last = i == len(selection.admit) - 1  # wakes the idle workers in the same call
+            done = await admit(redis, queue, item, wake=last)
+            admitted += done
+            woken = done and last
         self.since_batch, self.turns = selection.since_batch, selection.turns
-        if admitted:
+        if admitted and not woken:
             await redis.publish(reactor.WAKE_CHANNEL, "1")
         # After the admissions, off their path: a worker that came or went counts from the next pass on.
         if time.monotonic() - self._capacity_read > CAPACITY_TTL:

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import time
+from typing import Callable
 from pathlib import Path
 
 from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, TimeOut
@@ -206,19 +207,23 @@ def expected_duration(state: ClipState, source: ffmpeg.MediaInfo) -> tuple[float
 
 
 async def produce_clip(
-    services: Services, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None = None
+    services: Services, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None = None,
+    cut_done: Callable[[], None] | None = None,
 ) -> Complete:
     """Cut `state`'s current attempt into its final file or object, handing FFmpeg's progress reports to
-    `on_report`. Raises ffmpeg.ExtractionError (storage errors among them, with their codes), ffmpeg.Deadline or
-    (no progress for CLIPLOG_STALL_AFTER seconds) ffmpeg.Stalled."""
+    `on_report` and calling `cut_done` (idempotent) once FFmpeg has exited: its worker slot may cut the next clip
+    while this one is validated, made durable or uploaded, and recorded. Raises ffmpeg.ExtractionError (storage
+    errors among them, with their codes), ffmpeg.Deadline or (no progress for CLIPLOG_STALL_AFTER seconds)
+    ffmpeg.Stalled."""
     try:
-        return await _produce(services, services.store, state, time_left, on_report)
+        return await _produce(services, services.store, state, time_left, on_report, cut_done)
     except StorageError as error:
         raise ffmpeg.ExtractionError(error.code, error.message) from None
 
 
 async def _produce(
-    services: Services, storage: Storage, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None
+    services: Services, storage: Storage, state: ClipState, time_left: float, on_report: ffmpeg.OnReport | None,
+    cut_done: Callable[[], None] | None = None,
 ) -> Complete:
     settings = services.settings
     began = time.monotonic()
@@ -279,12 +284,17 @@ async def _produce(
                 ),
             )
         except ffmpeg.ExtractionError as error:
+            if cut_done is not None:
+                cut_done()
             failure = None if local else await storage_failure(storage, state.source, deadline, error)
             if failure is None:
                 raise
             raise ffmpeg.ExtractionError(
                 failure.code, failure.message, command=error.command, stderr_tail=error.stderr_tail
             ) from None
+        finally:
+            if cut_done is not None:
+                cut_done()  # FFmpeg has exited (a second call, after a failure, does nothing)
         result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
         )
@@ -354,6 +364,8 @@ async def extract(
     attempt: int,
     worker_id: str,
     shutting_down: asyncio.Event | None = None,
+    *,
+    cut_done: Callable[[], None] | None = None,
 ) -> str:
     """Run one attempt. Returns what happened: started work ends in an appended outcome or a discarded result.
 
@@ -370,7 +382,7 @@ async def extract(
     began = time.monotonic()
     allowed = attempt_deadline_seconds(state.end - state.start, state.mode, services.settings.attempt_timeout)
     reporter = ProgressReporter(services, state)  # the same attempt as the one `started` records
-    production = asyncio.create_task(produce_clip(services, state, allowed, reporter.on_report))  # and its deadline
+    production = asyncio.create_task(produce_clip(services, state, allowed, reporter.on_report, cut_done))
     try:
         started = await start_attempt(
             services.pool, project_id, clip_id, Start(run=run, attempt=attempt, worker_id=worker_id), services.context

@@ -1,7 +1,7 @@
 """Worker presence: each worker keeps the Redis key `presence_prefix(epoch) + worker_id` alive (expiring after
-`PRESENCE_TTL` seconds), holding its concurrency; the health check counts those of its own log, the dispatcher
-adds up their slots. Here, so that health need not import the
-worker."""
+`PRESENCE_TTL` seconds), holding how many attempts it takes at once (`handlers.worker.holds`: two per FFmpeg slot);
+the health check counts those of its own log, the dispatcher adds up what they hold. Here, so that health need not
+import the worker."""
 
 from __future__ import annotations
 

@@ -17,6 +17,9 @@ from uuid import UUID
 import asyncpg
 import msgspec
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms, to_unix_ms
 
 from domain.events import ExtractionRequested, UndecodableEvent
 from eventlog import store
@@ -72,6 +75,25 @@ async def job_queue(db: asyncpg.Connection | asyncpg.Pool) -> JobQueue:
     return JobQueue(await store.epoch(db))
 
 
+# arq's enqueue_job in one call instead of a WATCH/MULTI transaction (three round trips): refused when arq holds a job
+# or a result under the id; else the job (arq's own serialization) and its place in the queue, and the wake-up.
+_ENQUEUE = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('publish', ARGV[5], '1') end
+return 1
+"""
+
+
+def _enqueue_script(redis: ArqRedis):  # noqa: ANN202 - redis-py's AsyncScript
+    script = getattr(redis, "_cliplog_enqueue", None)
+    if script is None:
+        script = redis.register_script(_ENQUEUE)
+        redis._cliplog_enqueue = script  # type: ignore[attr-defined]
+    return script
+
+
 async def enqueue_attempt(
     redis: ArqRedis,
     queue: JobQueue,
@@ -84,22 +106,20 @@ async def enqueue_attempt(
     job: str | None = None,
     publish: bool = True,
 ) -> bool:
-    """Enqueue the attempt's job (id `job`, by default the attempt's own) and wake idle workers (unless `publish`
-    is false: the caller wakes them once for several); False when arq already holds a job (or its result) with that
-    id."""
-    job = await redis.enqueue_job(
-        EXTRACT_JOB,
-        project_id,
-        clip_id,
-        run,
-        attempt,
-        _job_id=job or queue.job_id(project_id, clip_id, run, attempt),
-        _queue_name=queue.name,
-        _defer_until=not_before,
+    """Enqueue the attempt's job (id `job`, by default the attempt's own) as arq's `enqueue_job` would, and wake idle
+    workers (unless `publish` is false: the caller wakes them once for several); False when arq already holds a job
+    (or its result) with that id."""
+    job_id = job or queue.job_id(project_id, clip_id, run, attempt)
+    enqueued_ms = timestamp_ms()
+    score = to_unix_ms(not_before) if not_before is not None else enqueued_ms
+    data = serialize_job(
+        EXTRACT_JOB, (project_id, clip_id, run, attempt), {}, None, enqueued_ms, serializer=redis.job_serializer
     )
-    if job is not None and publish:
-        await redis.publish(WAKE_CHANNEL, "1")
-    return job is not None
+    added = await _enqueue_script(redis)(
+        keys=[job_key_prefix + job_id, result_key_prefix + job_id, queue.name],
+        args=[max(1, score - enqueued_ms + redis.expires_extra_ms), data, score, job_id, WAKE_CHANNEL if publish else ""],
+    )
+    return bool(added)
 
 
 async def react_once(services: Services, batch: int = 500) -> int:

@@ -9,6 +9,7 @@ using it up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -16,6 +17,8 @@ import signal
 import socket
 from typing import Any
 
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from handlers import dispatcher, metrics, reactor, reaper
@@ -28,8 +31,8 @@ log = logging.getLogger("cliplog.worker")
 
 
 async def announce(services: Services, presence_key: str, concurrency: int) -> None:
-    """Keep a short-lived presence key in Redis, holding the worker's concurrency: health counts the live workers,
-    the dispatcher adds up their slots."""
+    """Keep a short-lived presence key in Redis, holding how many attempts the worker takes at once (`holds`):
+    health counts the live workers, the dispatcher adds up what they take."""
     while True:
         try:
             await services.redis.set(presence_key, str(concurrency), ex=PRESENCE_TTL)
@@ -40,29 +43,117 @@ async def announce(services: Services, presence_key: str, concurrency: int) -> N
         await asyncio.sleep(PRESENCE_TTL / 3)
 
 
-class WakeableWorker(Worker):
-    """arq's Worker, woken the moment a job is enqueued (a Redis message from the reactor or the reaper) or a slot
-    frees up, instead of only on its next poll; `poll_delay` remains the fallback (lost wake-ups, deferred jobs).
-    Overrides arq 0.28's `main` loop and its slot-release hook; the job runner is arq's own."""
+# Take one job for this worker, atomically (what arq 0.28's start_jobs does with WATCH/MULTI in four round trips):
+# refused when another worker holds it (its in-progress key), when it left the queue or is not due yet.
+_TAKE = """
+if redis.call('exists', KEYS[1]) == 1 then return false end
+local score = redis.call('zscore', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('psetex', KEYS[1], ARGV[3], '1')
+return score
+"""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+STANDBY = 1  # attempts each slot may hold waiting behind its running one (admitted to the queue, not taken)
+
+
+def holds(concurrency: int) -> int:
+    """How many attempts a worker of `concurrency` FFmpeg slots takes from the dispatcher at once (its presence
+    key): each slot's running attempt and one waiting behind it, which the slot takes the moment its FFmpeg exits,
+    without waiting for the running attempt's bookkeeping (fsync, `completed`) or for a dispatcher pass."""
+    return concurrency * (1 + STANDBY)
+
+
+class WakeableWorker(Worker):
+    """arq's Worker, woken the moment a job is enqueued (a Redis message from the dispatcher, the reactor or the
+    reaper) or a slot frees up, instead of only on its next poll; `poll_delay` remains the fallback (lost wake-ups,
+    deferred jobs).
+
+    `slots` FFmpeg runs at a time: a job holds a slot from when the worker takes it until its cut ends (`cut_done`,
+    from the job) or the job ends, whichever comes first; the worker takes a job only while a slot is free. arq's
+    `max_jobs` (twice the slots) bounds the jobs in the process, so a slot's next attempt starts its FFmpeg while the
+    previous one still validates, fsyncs and records its outcome. Overrides arq 0.28's `main` loop, its poll
+    iteration, `start_jobs` (one Lua call per job taken instead of a WATCH/MULTI transaction) and its slot-release
+    hook; the job runner is arq's own."""
+
+    def __init__(self, *args: Any, slots: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.slots = slots
+        self.cutting: set[str] = set()  # jobs taken whose cut has not ended
         self.wake = asyncio.Event()
+        self._take: Any = None
+
+    def cut_done(self, job_id: str) -> None:
+        """The job's FFmpeg has exited (or it will run none): its slot may take the next job."""
+        if job_id in self.cutting:
+            self.cutting.discard(job_id)
+            self.wake.set()
+
+    def _slot_free(self) -> bool:
+        return len(self.cutting) < self.slots and self.job_counter < self.max_jobs
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self.wake.set()
 
-    async def main(self) -> None:
+    def _job_ended(self, job_id: str) -> None:
+        self.cutting.discard(job_id)
+        self._release_sem_dec_counter_on_complete()
+
+    async def connect(self) -> None:
+        """The worker's own Redis connection (once), and its script."""
         if self._pool is None:
             self._pool = await self.ctx["services"].connect_queue(
                 default_queue_name=self.queue_name, expires_extra_ms=self.expires_extra_ms
             )
         self.ctx["redis"] = self.pool
+        self._take = self.pool.register_script(_TAKE)
+
+    async def main(self) -> None:
+        await self.connect()
         while True:
             self.wake.clear()
             await self._poll_iteration()
             await wait_event(self.wake, self.poll_delay_s)
+
+    async def _poll_iteration(self) -> None:
+        if self.allow_pick_jobs and self._slot_free():
+            job_ids = await self.pool.zrangebyscore(
+                self.queue_name, min=float("-inf"), start=self._queue_read_offset, num=self.queue_read_limit,
+                max=timestamp_ms(),
+            )  # fmt: skip
+            await self.start_jobs(job_ids)
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # errors in run_job propagate
+        await self.heart_beat()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id_b in job_ids:
+            if not self._slot_free():
+                return
+            await self.sem.acquire()
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            try:
+                score = await self._take(
+                    keys=[in_progress_key_prefix + job_id, self.queue_name],
+                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+                )
+            except BaseException:
+                self.job_counter -= 1
+                self.sem.release()
+                raise
+            if score is None:  # taken elsewhere, finished, or deferred meanwhile
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            self.cutting.add(job_id)
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _, job=job_id: self._job_ended(job))
+            self.tasks[job_id] = task
 
 
 async def listen_for_wakes(services: Services, wake: asyncio.Event) -> None:
@@ -86,7 +177,11 @@ async def listen_for_wakes(services: Services, wake: asyncio.Event) -> None:
 
 
 async def extract_job(ctx: dict[str, Any], project_id: str, clip_id: str, run: int, attempt: int) -> str:
-    return await extract(ctx["services"], project_id, clip_id, run, attempt, ctx["worker_id"], ctx["shutting_down"])
+    slot = ctx.get("cut_done")
+    return await extract(
+        ctx["services"], project_id, clip_id, run, attempt, ctx["worker_id"], ctx["shutting_down"],
+        cut_done=functools.partial(slot, ctx["job_id"]) if slot is not None and "job_id" in ctx else None,
+    )  # fmt: skip
 
 
 async def _poll_forever(worker: Worker) -> None:
@@ -106,19 +201,23 @@ async def _poll_forever(worker: Worker) -> None:
 def make_worker(
     services: Services, worker_id: str, queue: reactor.JobQueue, *, concurrency: int, job_timeout: float
 ) -> WakeableWorker:
-    """The arq worker running the extraction jobs of `queue`; `ctx["shutting_down"]` is set when it stops for good."""
-    return WakeableWorker(
+    """The arq worker running the extraction jobs of `queue`, `concurrency` cuts at a time; `ctx["shutting_down"]` is
+    set when it stops for good."""
+    worker = WakeableWorker(
         functions=[func(extract_job, name=reactor.EXTRACT_JOB, max_tries=1)],
         queue_name=queue.name,
         ctx={"services": services, "worker_id": worker_id, "shutting_down": asyncio.Event()},
         handle_signals=False,
-        max_jobs=concurrency,
+        max_jobs=holds(concurrency),
+        slots=concurrency,
         job_timeout=job_timeout,
         poll_delay=0.2,
         keep_result=3600,
         log_results=False,
         retry_jobs=False,
     )
+    worker.ctx["cut_done"] = worker.cut_done
+    return worker
 
 
 async def run_worker(services: Services, concurrency: int = 2) -> None:
@@ -133,7 +232,7 @@ async def run_worker(services: Services, concurrency: int = 2) -> None:
     )
     leader = dispatcher.follow if settings.dispatch == "fair" else reactor.follow
     background = [
-        asyncio.create_task(announce(services, presence, concurrency), name="presence"),
+        asyncio.create_task(announce(services, presence, holds(concurrency)), name="presence"),
         asyncio.create_task(leader(services), name="dispatcher" if settings.dispatch == "fair" else "reactor"),
         asyncio.create_task(reaper.follow(services), name="reaper"),
         asyncio.create_task(metrics.follow(services), name="metrics"),

@@ -33,6 +33,8 @@ WHERE clips.version = $15
 
 COLUMNS = ("project_id", "clip_id", "version", "status", "run", "attempt", "not_before", "deadline_at", "status_since",
            "position", "created_at", "updated_at", "state", "priority")  # fmt: skip
+# The columns the service's queries filter or sort on (a rebuild gathers the planner's statistics of these).
+QUERIED = ("project_id", "clip_id", "status", "status_since", "not_before", "created_at")
 _encode = msgspec.json.encode
 
 

@@ -4,8 +4,12 @@ compare (`drift`).
 The projections: the clip-status table `clips` (projections/clip_status.py), the only table derived from the log
 (`projects` and `api_tokens` are not derived from events; `leases` and `checkpoints` are operational state).
 
-`rebuild` folds the log up to its safe horizon into memory with the service's own `evolve`, COPYs the rows into
-`clips_rebuild` (a table LIKE `clips`), folds what was appended meanwhile, then swaps in one short transaction:
+`rebuild` folds the log up to its safe horizon in memory with the service's own `evolve` and COPYs the rows into
+`clips_rebuild` (a table LIKE `clips`, its indexes built after the rows). Given a second connection (`cliplog
+rebuild` gives one), the rows are copied while the fold goes on: that connection first reads each stream's last
+version (from the `(stream, version)` index alone), and from then on each clip's row is queued for its COPY as soon as
+the fold reaches that version, so PostgreSQL parses and writes rows while this process folds. It then folds what was
+appended meanwhile, then swaps in one short transaction:
 
 1. `LOCK TABLE events IN SHARE MODE`: it waits for every appending transaction in flight and makes new ones wait
    before they insert. Appenders write their clip's row in the same transaction as its events, so from here every
@@ -23,7 +27,10 @@ The lock order (events, then clips) is every appender's, so the swap cannot dead
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import contextlib
+import gc
+from operator import itemgetter
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import msgspec
@@ -42,32 +49,98 @@ _READ = (
     "SELECT position, stream, type, schema_version, data::text, recorded_at FROM events "
     "WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3"
 )
+# Each stream's last version, read from the (stream, version) index alone (an index-only scan of the whole log).
+_LAST_VERSIONS = "SELECT stream, max(version) FROM events GROUP BY stream"
 
 Folded = dict[str, tuple[ClipState, int]]  # stream -> (state after its last event, that event's position)
 Progress = Callable[[int], None]
 
 
+@contextlib.contextmanager
+def _without_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: a fold allocates a few objects per event and keeps a state per clip, none
+    of them in a cycle, and with the collector on, its full passes over the growing dict of states cost about as much
+    as the fold (measured: bench/replay_bench.py). It runs again afterwards, if it ran before."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class Finished:
+    """Hands a fold's finished clips over while it folds: once `last` (stream -> its last version in the log) is
+    known, each clip whose state reaches its last version is final (up to the fold's end: a later event has a higher
+    position and a higher version), and its row (`clip_status.copy_line`) is queued for a COPY on another connection,
+    a page at a time. The fold calls `page_done` after each page; `know` hands over the clips already final."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] | None = None
+        self.sent: set[str] = set()  # the streams whose row was handed over
+        self.pages: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._lines: list[bytes] = []
+
+    def know(self, last: dict[str, int], folded: Folded) -> None:
+        self.last = last
+        for stream, (state, position) in folded.items():
+            if state.version == last.get(stream):
+                self.add(stream, state, position)
+
+    def add(self, stream: str, state: ClipState, position: int) -> None:
+        self._lines.append(clip_status.copy_line(state, position))
+        self.sent.add(stream)
+
+    def page_done(self) -> None:
+        if self._lines:
+            self.pages.put_nowait(b"".join(self._lines))
+            self._lines = []
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.pages.get()) is not None:
+            yield chunk
+
+
 async def fold(
-    conn: asyncpg.Connection, folded: Folded, after: int, upto: int, on_progress: Progress = lambda n: None
+    conn: asyncpg.Connection,
+    folded: Folded,
+    after: int,
+    upto: int,
+    on_progress: Progress = lambda n: None,
+    *,
+    finished: Finished | None = None,
+    last_versions: asyncio.Future[list[asyncpg.Record]] | None = None,
 ) -> set[str]:
     """Fold the events in `(after, upto]` into `folded`; the streams that changed. The next page is read while this
-    one is folded (the database and this process work at the same time)."""
+    one is folded (the database and this process work at the same time). With `finished`, each clip's row is handed
+    over as soon as its last event is folded, once `last_versions` (the rows of `_LAST_VERSIONS`) has arrived."""
     changed: set[str] = set()
-    get, decode = folded.get, decode_json
-    rows = await conn.fetch(_READ, after, upto, _PAGE)
-    while rows:
-        following = asyncio.ensure_future(conn.fetch(_READ, rows[-1][0], upto, _PAGE)) if len(rows) == _PAGE else None
-        for position, stream, type_, version, data, at in rows:
-            previous = get(stream)
-            if previous is None:
-                project_id, clip_id = stream.split("/", 1)  # ids never hold a "/" (API.md)
-                state = ClipState(project_id=project_id, clip_id=clip_id)
-            else:
-                state = previous[0]
-            folded[stream] = (evolve(state, decode(type_, version, data), at), position)
-        changed.update(r[1] for r in rows)
-        on_progress(len(rows))
-        rows = await following if following is not None else []
+    get, decode, stream_of = folded.get, decode_json, itemgetter(1)
+    last: Callable[[str], int | None] | None = None
+    with _without_gc():
+        rows = await conn.fetch(_READ, after, upto, _PAGE)
+        while rows:
+            following = asyncio.ensure_future(conn.fetch(_READ, rows[-1][0], upto, _PAGE)) if len(rows) == _PAGE else None
+            if finished is not None and last is None and last_versions is not None and last_versions.done():
+                finished.know(dict(last_versions.result()), folded)  # type: ignore[arg-type]
+                last = finished.last.get  # type: ignore[union-attr]
+            for position, stream, type_, version, data, at in rows:
+                previous = get(stream)
+                if previous is None:
+                    project_id, clip_id = stream.split("/", 1)  # ids never hold a "/" (API.md)
+                    state = ClipState(project_id=project_id, clip_id=clip_id)
+                else:
+                    state = previous[0]
+                state = evolve(state, decode(type_, version, data), at)
+                folded[stream] = (state, position)
+                if last is not None and state.version == last(stream):
+                    finished.add(stream, state, position)  # type: ignore[union-attr]
+            changed.update(map(stream_of, rows))
+            if finished is not None:
+                finished.page_done()
+            on_progress(len(rows))
+            rows = await following if following is not None else []
     return changed
 
 
@@ -111,18 +184,24 @@ class Rebuilt(msgspec.Struct, frozen=True):
     tail_under_lock: int  # events folded while appenders waited
     swap_started: float  # time.monotonic() when the swap transaction began waiting for its locks, and when it ended
     swap_ended: float
+    copied_while_folding: int = 0  # rows copied on the second connection while the fold went on
 
 
 async def rebuild(
     conn: asyncpg.Connection,
     *,
+    connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
     on_count: Callable[[int], None] = lambda total: None,
     on_progress: Progress = lambda n: None,
     clock: Callable[[], float],
 ) -> Rebuilt:
-    """Recompute `clips` from the log into a new table and swap it in (see the module docstring)."""
+    """Recompute `clips` from the log into a new table and swap it in (see the module docstring). With `connect` (a
+    second connection of the same database, closed afterwards), each clip's row is copied into the new table on it
+    while the fold goes on, as soon as its last event is folded: PostgreSQL writes the rows while this process folds."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK):
         raise Conflict("another rebuild is running")
+    other: asyncpg.Connection | None = None
+    copying: asyncio.Future[None] | None = None
     try:
         folded: Folded = {}
         counted = [0, 0]  # events folded in all, and under the swap's lock
@@ -137,14 +216,32 @@ async def rebuild(
 
         upto = await store.head_position(conn)
         on_count(upto)  # about the number of events (a rolled-back append leaves a gap in the positions)
-        await fold(conn, folded, 0, upto, count(False))
         await conn.execute(f"DROP TABLE IF EXISTS {NEW_TABLE}")
         # The rows first, then the indexes (built once, not row by row), then the planner's statistics (of the
-        # columns queries filter on: not of the jsonb state, whose sampling would cost more than the copy).
+        # columns queries filter or sort on: the others, and above all the jsonb state, would cost more to sample).
         await conn.execute(f"CREATE TABLE {NEW_TABLE} (LIKE clips INCLUDING ALL EXCLUDING INDEXES)")
-        await clip_status.copy_rows(conn, NEW_TABLE, folded.values())
+        finished = Finished()
+        last_versions = None
+        if connect is not None:
+            other = await connect()
+            last_versions = asyncio.ensure_future(other.fetch(_LAST_VERSIONS))
+
+            async def copy_finished() -> None:
+                await last_versions  # type: ignore[misc]
+                await other.copy_to_table(  # type: ignore[union-attr]
+                    NEW_TABLE, source=finished.chunks(), columns=list(clip_status.COLUMNS), **store.RAW_TEXT_COPY
+                )
+
+            copying = asyncio.ensure_future(copy_finished())
+        with _without_gc():
+            await fold(conn, folded, 0, upto, count(False), finished=finished, last_versions=last_versions)
+            if copying is not None:
+                finished.pages.put_nowait(None)
+                await copying
+            sent = finished.sent
+            await clip_status.copy_rows(conn, NEW_TABLE, (row for stream, row in folded.items() if stream not in sent))
         await _copy_indexes(conn, "clips", NEW_TABLE)
-        await conn.execute(f"ANALYZE {NEW_TABLE} ({', '.join(c for c in clip_status.COLUMNS if c != 'state')})")
+        await conn.execute(f"ANALYZE {NEW_TABLE} ({', '.join(clip_status.QUERIED)})")
         # What was appended meanwhile, still without a lock: the tail under the lock stays short.
         caught_up = await store.head_position(conn)
         await _upsert(conn, folded, await fold(conn, folded, upto, caught_up, count(False)))
@@ -158,8 +255,13 @@ async def rebuild(
             await conn.execute(f"ALTER TABLE {NEW_TABLE} RENAME TO clips")
             await conn.execute("DROP TABLE clips_replaced")
             await _take_index_names(conn, "clips")
-        return Rebuilt(counted[0], len(folded), counted[1], started, clock())
+        return Rebuilt(counted[0], len(folded), counted[1], started, clock(), len(finished.sent))
     finally:
+        if copying is not None and not copying.done():
+            copying.cancel()
+            await asyncio.gather(copying, return_exceptions=True)
+        if other is not None:
+            await other.close()
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
 
 

@@ -28,16 +28,25 @@ def text_frame(payload: bytes) -> bytes:
 
 
 def write_now(protocol: Any, frame: bytes) -> bool:
-    """Write `frame` to the uvicorn sans-I/O WebSocket `protocol` if its `send` would write at once; whether it did."""
-    if (
-        protocol.handshake_complete
-        and not protocol.close_sent
-        and protocol.initial_response is None
-        and not protocol.disconnected
-        and protocol.writable.is_set()
-        and protocol.conn.state is State.OPEN
-        and not protocol.transport.is_closing()
-    ):
+    """Write `frame` to the uvicorn sans-I/O WebSocket `protocol` if its `send` would write at once; whether it did.
+
+    Anything else (no protocol: another server or WebSocket implementation; a uvicorn whose protocol lacks what this
+    reads) writes nothing, and the caller sends as usual."""
+    if protocol is None:
+        return False
+    try:
+        ready = (
+            protocol.handshake_complete
+            and not protocol.close_sent
+            and protocol.initial_response is None
+            and not protocol.disconnected
+            and protocol.writable.is_set()
+            and protocol.conn.state is State.OPEN
+            and not protocol.transport.is_closing()
+        )
+    except AttributeError:
+        return False
+    if ready:
         protocol.transport.write(frame)
         return True
     return False

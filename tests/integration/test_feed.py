@@ -499,7 +499,7 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
     # a temporary `events` of this connection only, with the columns the feed reads
     await conn.execute(
         "CREATE TEMP TABLE events (position bigint, stream text, type text, project_id text, clip_id text, "
-        "version int, recorded_at timestamptz, clip_status text, data jsonb)"
+        "version int, recorded_at timestamptz, clip_status text, data jsonb, schema_version smallint DEFAULT 1)"
     )
     base = datetime(2026, 11, 28, 23, 59, 59, tzinfo=timezone.utc)
     stamps = [base, base + timedelta(microseconds=1), base + timedelta(microseconds=999_999),

@@ -16,7 +16,7 @@ import pytest
 from domain.clip import Complete, Context, Register, Retry, Start
 from eventlog.store import init_connection
 from projections import clip_status
-from projections.rebuild import drift, fold, rebuild
+from projections.rebuild import Finished, drift, fold, rebuild
 from tests.histories import EVENTS_PER_CLIP, write_log
 from usecases.clips import handle, register
 from usecases.imports import import_file
@@ -145,7 +145,7 @@ async def test_a_rebuild_while_writers_append_and_reads_wait_on_the_swap(
     paused = asyncio.create_task(handle(pool, project, "c20", Retry(), now, after_append=pause))
     await inside.wait()
     rebuild_conn = await connect()
-    rebuilding = asyncio.create_task(rebuild(rebuild_conn, clock=time.monotonic))
+    rebuilding = asyncio.create_task(rebuild(rebuild_conn, connect=connect, clock=time.monotonic))  # rows copied on a 2nd
     pid = rebuild_conn.get_server_pid()
     await until(lambda: observer.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted", pid),
                 "the swap to wait for the appender")  # fmt: skip
@@ -223,4 +223,37 @@ async def test_a_rebuild_racing_free_running_writers_and_reads(pool: asyncpg.Poo
     await http.aclose()
     assert statuses and set(statuses) == {200}
     assert done.clips >= CLIPS
+    await live_equals_a_fold(pool)
+
+
+async def test_a_fold_hands_each_clip_over_once_its_last_version_is_folded(pool: asyncpg.Pool, big_log) -> None:  # noqa: ANN001
+    """What lets `rebuild` copy rows on a second connection while it folds: once the streams' last versions are known,
+    every clip whose last event is folded is handed over exactly once, with the state the whole fold gives it; a clip
+    with an event past the fold's end is not (it is written after the fold)."""
+    project, user, _ = big_log
+    async with pool.acquire() as conn:
+        upto = await conn.fetchval("SELECT max(position) FROM events")
+        # c10 (failed) is retried after `upto`: its last version is past the fold's end
+        await handle(pool, project, "c10", Retry(), now)
+        last_versions = asyncio.ensure_future(conn.fetch("SELECT stream, max(version) FROM events GROUP BY stream"))
+        await last_versions
+        finished, folded = Finished(), {}
+        await fold(conn, folded, 0, upto, finished=finished, last_versions=last_versions)
+    finished.page_done()
+    finished.pages.put_nowait(None)
+    lines = b"".join([chunk async for chunk in finished.chunks()]).splitlines(keepends=True)
+    assert len(folded) == CLIPS and finished.sent == folded.keys() - {f"{project}/c10"}
+    assert sorted(lines) == sorted(clip_status.copy_line(*folded[s]) for s in finished.sent)
+
+
+async def test_a_rebuild_with_a_second_connection_equals_one_without(pool: asyncpg.Pool, big_log, connect) -> None:  # noqa: ANN001
+    project, _, _ = big_log
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE clips SET status = 'failed' WHERE project_id = $1 AND clip_id = 'c1'", project)
+        one = await rebuild(conn, clock=time.monotonic)
+        alone = await conn.fetch("SELECT * FROM clips ORDER BY project_id, clip_id")
+        await conn.execute("UPDATE clips SET status = 'failed' WHERE project_id = $1 AND clip_id = 'c1'", project)
+        two = await rebuild(conn, connect=connect, clock=time.monotonic)
+        assert await conn.fetch("SELECT * FROM clips ORDER BY project_id, clip_id") == alone
+    assert one.copied_while_folding == 0 and two.clips == one.clips == CLIPS
     await live_equals_a_fold(pool)

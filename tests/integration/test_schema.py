@@ -63,6 +63,8 @@ async def test_pages_histories_and_socket_messages_match_the_published_schema(
     for event in [*events, *page["events"], *history]:
         assert set(event) == fields, event  # nothing sent that the schema does not describe
     assert page["events"] == history == events  # one shape, whichever way an event is read
+    # additions to API.md's event (docs/feed.md): its data's schema version, so a feed event is the stored one whole
+    assert "schema_version" in fields and [e["schema_version"] for e in events] == [1, 1]
 
     # The validators resolve the document's $refs: a page whose event lacks a field is refused.
     broken = {**page, "events": [{k: v for k, v in page["events"][0].items() if k != "cursor"}]}

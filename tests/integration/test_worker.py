@@ -14,14 +14,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Worker, func
 
 from domain.clip import ClipState, Register, Start
 from eventlog import store
 from usecases import clips
 from handlers import dispatcher, extraction, mp4, reactor, reaper
-from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
+from handlers.worker import WakeableWorker, _poll_forever, _shut_down, announce, holds, make_worker, presence_prefix
 from projections import clip_status
 from runtime.bootstrap import open_services, redis_settings
 from usecases.services import Services, utcnow
@@ -434,4 +434,61 @@ async def test_the_reaper_appends_every_timeout_before_removing_outputs_and_a_hu
         for clip in ("c1", "c2", "c3"):
             assert (await clip_status.load(services.pool, "p", clip)).status == "retrying"
     finally:
+        await services.close()
+
+
+# A slot frees when its cut ends -----------------------------------------------------------------------------------
+
+
+async def test_a_slot_takes_its_next_job_when_its_cut_ends_and_never_more_than_it_holds(settings_for):
+    """One slot: a job holds it until it says its FFmpeg exited (`cut_done`) or ends; the next job is taken then,
+    while the first still runs its bookkeeping; arq's `max_jobs` (`holds(1)` = 2) bounds the jobs in the process.
+    Each poll is run by hand, so what a poll did not take is known, not waited for."""
+    services = await open_services(await settings_for(), pool_size=2)
+    queue_name = f"test-slots-{os.getpid()}-{time.monotonic_ns()}"
+    begun: dict[str, asyncio.Event] = {}
+    finish: dict[str, asyncio.Event] = {}
+
+    async def job(ctx: dict, name: str, says_cut_done: bool) -> None:
+        begun[name].set()
+        if says_cut_done:
+            ctx["cut_done"](ctx["job_id"])
+        await finish[name].wait()
+
+    worker = WakeableWorker(
+        functions=[func(job, name="job", max_tries=1)], queue_name=queue_name, ctx={"services": services},
+        handle_signals=False, max_jobs=holds(1), slots=1, keep_result=0, retry_jobs=False,
+    )  # fmt: skip
+    worker.ctx["cut_done"] = worker.cut_done
+    await worker.connect()
+    redis = worker.pool
+    try:
+        for name, says in [("a", False), ("b", True), ("c", True), ("d", True)]:
+            begun[name], finish[name] = asyncio.Event(), asyncio.Event()
+            await redis.enqueue_job("job", name, says, _job_id=name, _queue_name=queue_name)
+
+        async def taken(name: str) -> bool:
+            return bool(await redis.exists(in_progress_key_prefix + name))
+
+        await worker._poll_iteration()  # noqa: SLF001
+        await asyncio.wait_for(begun["a"].wait(), 10)
+        await worker._poll_iteration()  # noqa: SLF001 - a still cuts: nothing more is taken
+        assert not await taken("b") and worker.job_counter == 1
+
+        finish["a"].set()  # a ends without saying its cut ended: its end frees the slot
+        await asyncio.wait_for(worker.tasks["a"], 10)
+        await worker._poll_iteration()  # noqa: SLF001
+        await asyncio.wait_for(begun["b"].wait(), 10)  # b says its cut ended at once, and keeps running
+        await worker._poll_iteration()  # noqa: SLF001
+        await asyncio.wait_for(begun["c"].wait(), 10)  # c runs beside b: the slot took it when b's cut ended
+        assert not finish["b"].is_set() and not worker.tasks["b"].done()
+
+        await worker._poll_iteration()  # noqa: SLF001 - no cut runs, but b and c are all it holds
+        assert not await taken("d") and worker.job_counter == 2
+    finally:
+        for event in finish.values():
+            event.set()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        await redis.delete(queue_name, *(job_key_prefix + n for n in "abcd"), *(in_progress_key_prefix + n for n in "abcd"))
+        await worker.pool.aclose(close_connection_pool=True)
         await services.close()

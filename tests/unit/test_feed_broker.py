@@ -23,7 +23,7 @@ EPOCH = uuid.uuid4()
 
 def event(position: int, project: str) -> EventView:
     return EventView(position, cursor.encode(EPOCH, position, position), "extraction.requested", project, "c", position,
-                     T0, "pending", msgspec.Raw(b"{}"))
+                     T0, "pending", msgspec.Raw(b"{}"), 1)
 
 
 def broker(buffer: int = 1000) -> FeedBroker:
@@ -277,7 +277,9 @@ async def test_past_the_high_water_mark_events_queue_in_order_and_wake_the_handl
     assert [p for p, _ in sub.take()] == [12, 13]
 
 
-@pytest.mark.parametrize("state", ["close_sent", "disconnected", "closing", "not_open", "not_parked", "old"])
+@pytest.mark.parametrize(
+    "state", ["close_sent", "disconnected", "closing", "not_open", "not_parked", "old", "no_protocol", "other_protocol"]
+)
 async def test_nothing_is_written_directly_unless_uvicorn_would_write_it_at_once(state: str):
     from websockets.protocol import State
 
@@ -294,6 +296,10 @@ async def test_nothing_is_written_directly_unless_uvicorn_would_write_it_at_once
         connection.conn.state = State.CLOSING
     elif state == "not_parked":
         sub.parked = False
+    elif state == "no_protocol":  # another server, or uvicorn's wsproto / legacy websockets implementation
+        sub.direct = None
+    elif state == "other_protocol":  # a uvicorn whose protocol lacks what write_now reads
+        sub.direct = object()
     else:
         sub.sent_upto = 11  # the handler has sent 11 already (its backlog)
     b.deliver([event(11, "a1")])

@@ -1,0 +1,83 @@
+"""An FFmpeg run dies with its worker, whichever way the PR_SET_PDEATHSIG is set: by the `setpriv` prefix (vfork,
+the fast path) or by a `preexec_fn` (fork) where there is no such prefix; and the prefix changes nothing a caller
+sees (the pid is the process's own, its exit status and output are the command's)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from handlers import ffmpeg
+
+LINUX = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+
+# A parent that starts `sleep 60` through run_process, says its pid, and waits to be killed.
+PARENT = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from handlers import ffmpeg
+    if sys.argv[1] == "fork":
+        ffmpeg.pdeathsig_launcher = lambda: None
+    async def main():
+        child = asyncio.create_task(ffmpeg.run_process(["sh", "-c", "echo $$; exec sleep 60"], 120))
+        await asyncio.sleep(60)
+    asyncio.run(main())
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _child_of(parent: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split()):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"):
+                    return pid
+            except FileNotFoundError:
+                continue
+        time.sleep(0.02)
+    raise TimeoutError("the parent started no child")
+
+
+@LINUX
+@pytest.mark.parametrize("how", ["prefix", "fork"])
+def test_the_process_dies_with_its_parent_even_by_sigkill(how: str) -> None:
+    if how == "prefix" and ffmpeg.pdeathsig_launcher() is None:
+        pytest.skip("no setpriv with --pdeathsig here")
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, how], cwd=os.getcwd(), start_new_session=True)
+    try:
+        child = _child_of(parent.pid)
+        assert os.getpgid(child) == child  # in its own session, apart from the parent's group
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(child), "the child outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+@LINUX
+async def test_the_prefix_keeps_the_commands_pid_status_and_output() -> None:
+    if ffmpeg.pdeathsig_launcher() is None:
+        pytest.skip("no setpriv with --pdeathsig here")
+    result = await ffmpeg.run_process(["sh", "-c", "echo $$ >&2; echo out; kill -9 $$"], 10)
+    assert result.returncode == -signal.SIGKILL
+    assert result.stdout == b"out\n"
+    assert int(result.stderr) > 0  # the shell's own pid: it was exec'd in place, no process in between
