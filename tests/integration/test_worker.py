@@ -397,8 +397,8 @@ while [ ! -e "{release}" ]; do sleep 0.02; done
         await register(services, "c1", start=1.0, end=2.0, mode="copy")
         while (state := await clip_status.load(services.pool, "p", "c1")).deadline_at is None:
             await asyncio.sleep(0.02)
-        # released 0.6 s before the deadline: the cut ends with less than STORAGE_MARGIN left
-        wait = (state.deadline_at - utcnow()).total_seconds() - 0.6
+        # released 0.9 s before the deadline: the cut ends with less than STORAGE_MARGIN left
+        wait = (state.deadline_at - utcnow()).total_seconds() - 0.9
         assert wait > 0
         await asyncio.sleep(wait)
         release.touch()
