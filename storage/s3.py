@@ -10,9 +10,10 @@ profile `AWS_PROFILE` or `default`).
 Each request without a body transfer (HEAD, a listing's page, DELETE, signing) is bounded by `CLIPLOG_S3_TIMEOUT`,
 and so is each chunk of a body read (an idle limit: a slow read that keeps moving goes on); an upload takes as long
 as its size needs, within the attempt's deadline (the worker's `bounded`). Requests are retried by the client only
-briefly (connection errors and 5xx, within a few seconds): an attempt that cannot reach the store fails `storage_unavailable` and is retried by the
-clip's retry policy, within its deadline. Every error becomes a `StorageError` whose message names the bucket and
-the key and says what the store answered, never a URL's query string or a credential.
+briefly (connection errors and 5xx, within a few seconds): an attempt that cannot reach the store fails
+`storage_unavailable` and is retried by the clip's retry policy, within its deadline. Every error becomes a
+`StorageError` whose message names the bucket and the key and says what the store answered, never a URL's query
+string or a credential.
 """
 
 from __future__ import annotations
@@ -314,10 +315,10 @@ class S3Storage:
 
     async def put_output(self, local_path: Path, name: str) -> StoredObject:
         """One PUT (the object appears whole or not at all; above 64 MiB a multipart upload of 64 MiB parts, which S3
-        shows only once completed), sent with its SHA-256 checksum (`x-amz-checksum-sha256`), which the store checks against the
-        body it received and refuses on a mismatch; then a HEAD must show the file's size and the ETag the PUT
-        returned (so the object under the key is this upload, whole). A plain MD5 ETag is not compared with the
-        file: with SSE-KMS, AWS's single-PUT ETags are not MD5s, and the checksum already covers the body."""
+        shows only once completed), sent with its SHA-256 checksum (`x-amz-checksum-sha256`), which the store checks
+        against the body it received and refuses on a mismatch; then a HEAD must show the file's size and the ETag
+        the PUT returned (so the object under the key is this upload, whole). A plain MD5 ETag is not compared with
+        the file: with SSE-KMS, AWS's single-PUT ETags are not MD5s, and the checksum already covers the body."""
         bucket, path = self.config.outputs_bucket, self._output(name)
         size = (await asyncio.to_thread(local_path.stat)).st_size
         try:
