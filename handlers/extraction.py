@@ -395,7 +395,7 @@ async def extract(
         raise
     state = started.state
     time_left = (state.deadline_at - utcnow()).total_seconds() if state.deadline_at else 0.0
-    deadline = time.monotonic() + time_left
+    ends_at = time.monotonic() + time_left  # the attempt's deadline (`deadline` names the exception below)
     cancelled = False  # by the worker's shutdown or the queue: record the outcome quickly
     heartbeat = asyncio.create_task(_heartbeat(services, state, worker_id, production))
     try:
@@ -450,7 +450,7 @@ async def extract(
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
         await reporter.close()
-    patience = 5.0 if cancelled else record_patience(deadline, time.monotonic(), services.settings.lease_timeout)
+    patience = 5.0 if cancelled else record_patience(ends_at, time.monotonic(), services.settings.lease_timeout)
     try:
         await record(services, project_id, clip_id, command, give_up_after=patience)
     except StaleAttempt:
