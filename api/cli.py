@@ -321,12 +321,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         from api.feed_client import FeedError, FeedUnavailable, export_events
 
-        if not args.token:
-            raise ConfigError("--url needs --token (an API token of the user whose projects to export)")
+        token = args.token or os.environ.get("CLIPLOG_TOKEN")
+        if not token:
+            raise ConfigError("--url needs a token: set CLIPLOG_TOKEN (or pass --token) to an API token of the user "
+                              "whose projects to export")
         with tempfile.TemporaryFile() as spool, Progress("export") as progress:
             try:
                 header = await export_events(
-                    args.url, args.token, export.Selection(project_id=project, clip_id=clip), spool.write,
+                    args.url, token, export.Selection(project_id=project, clip_id=clip), spool.write,
                     after=args.after, now=utcnow(), on_progress=progress.advance,
                 )  # fmt: skip
             except (FeedError, FeedUnavailable) as error:
@@ -587,7 +589,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--after", default=None, help="only events after this cursor (an export's upto_cursor)")
     export.add_argument("--output", default=None, help="write this file (atomically; default: stdout)")
     export.add_argument("--url", default=None, help="export from this running cliplog over HTTP (no database)")
-    export.add_argument("--token", default=None, help="with --url: an API token (--all: that user's projects)")
+    export.add_argument("--token", default=None, help="with --url: an API token (default: $CLIPLOG_TOKEN; --all: that user's projects)")
     export.set_defaults(run=cmd_export)
 
     load = commands.add_parser("import", help="load an export into this log (all in one transaction, or nothing)")

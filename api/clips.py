@@ -15,7 +15,7 @@ from litestar.params import HeaderParameter, JSONBody
 
 from api.auth import check_id, require_project
 from api.files import local_file, serve
-from api.stored import FileLink, check_source, presigned, serve_stored
+from api.stored import NO_STORE, FileLink, check_source, presigned, serve_stored
 from api.openapi import ClipId, ProjectId, errors, get_or_head
 from api.views import (
     BulkResult, ClipView, EventView, RegisterClip, SkippedClip, StatusFilter, StoryStep, clip_view, story_step,
@@ -240,15 +240,19 @@ class ClipsController(Controller):
         summary="Where a browser fetches the extracted clip: a presigned URL (s3 storage, redirect mode) or the file route",
         responses=errors(401, 404, 409),
     )
-    async def file_link(self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep) -> FileLink:
+    async def file_link(
+        self, project_id: ProjectId, clip_id: ClipId, user: UserDep, services: ServicesDep
+    ) -> Response[FileLink]:
         state, _ = await _registered(services, project_id, clip_id, user)
         if state.status != "completed" or not state.output:
             raise Conflict(f"clip {clip_id!r} is {state.status}, not extracted yet")
         settings = services.settings
         if settings.storage == "s3" and settings.s3_serve == "redirect":
             url, expires_at = await presigned(services, state.output)
-            return FileLink(url=url, direct=True, expires_at=expires_at)
-        return FileLink(url=f"/api/clips/projects/{project_id}/clips/{clip_id}/file", direct=False)
+            link = FileLink(url=url, direct=True, expires_at=expires_at)
+        else:
+            link = FileLink(url=f"/api/clips/projects/{project_id}/clips/{clip_id}/file", direct=False)
+        return Response(link, headers={"Cache-Control": NO_STORE})  # a URL that expires must not be kept
 
 
 async def _each(

@@ -212,7 +212,6 @@ def page_json(events: JsonEvents, given: str) -> bytes:
     "its headers `Cliplog-Epoch`, `Cliplog-Head` (the head's cursor) and `Cliplog-User` say what it read.",
     tags=["feed"],
     responses=errors(400, 401, 404, 410),
-    opt={"skip_compression": True},  # catch-up is CPU-bound on the server; brotli cost a fifth of it (docs/http.md)
 )
 async def list_events(
     request: Request,

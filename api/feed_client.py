@@ -71,7 +71,8 @@ class FeedUnavailable(_Retry):
     """The API could not answer (unreachable, 503, cut off): try again later."""
 
 
-NDJSON = {"Accept": "application/x-ndjson"}
+# Bulk catch-up is bound by the server's CPU: the client, beside the service, asks for no compression (docs/http.md).
+NDJSON = {"Accept": "application/x-ndjson", "Accept-Encoding": "identity"}
 BULK = 1000  # `events` catches up through the NDJSON stream until a stream brings fewer events than this
 
 
@@ -339,7 +340,8 @@ async def export_events(
     first: httpx.Headers | None = None
     async with httpx.AsyncClient(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}) as http:
         upto: int | None = None
-        while upto is None or position < upto:
+        passed = False  # an event beyond `upto` came: everything up to it is written
+        while not passed and (upto is None or position < upto):
             params = {k: v for k, v in (("after", resume), ("project_id", selection.project_id)) if v}
             got = 0
             try:
@@ -362,6 +364,7 @@ async def export_events(
                         written = 0
                         for event in decode_lines(lines):
                             if event.position > upto:  # type: ignore[operator]
+                                passed = True
                                 break
                             got += 1
                             position, resume = event.position, event.cursor
@@ -369,6 +372,11 @@ async def export_events(
                                 continue
                             if event.schema_version is None:
                                 raise FeedError(501, "this server's feed events carry no schema_version: upgrade it")
+                            if event.schema_version > SCHEMA_VERSION.get(event.type, 0):
+                                raise FeedError(
+                                    501, f"the server's {event.type} events are newer (schema version "
+                                    f"{event.schema_version}) than this cliplog knows: upgrade it"
+                                )  # fmt: skip
                             write(encode(line_of(
                                 event.position, f"{event.project_id}/{event.clip_id}", event.project_id,
                                 event.clip_id, event.version, event.type, event.schema_version, event.data,
@@ -377,10 +385,12 @@ async def export_events(
                             written += 1
                         count += written
                         on_progress(written)
-                        if position >= upto:  # type: ignore[operator]
+                        if passed or position >= upto:  # type: ignore[operator]
                             break
             except httpx.HTTPError as error:
                 raise FeedUnavailable(f"the NDJSON stream failed: {error}") from None
+            except msgspec.DecodeError as error:
+                raise FeedError(502, f"the answer is not cliplog's NDJSON stream: {error}") from None
             if not got:
                 break  # nothing more up to the head in this selection
         assert first is not None and upto is not None
@@ -388,8 +398,13 @@ async def export_events(
         if selection.project_id is not None:
             owners = {selection.project_id: user}
         else:
-            projects = await http.get("/api/clips/projects")
+            try:
+                projects = await http.get("/api/clips/projects")
+            except httpx.HTTPError as error:
+                raise FeedUnavailable(f"listing the projects failed: {error}") from None
             _refuse(projects)
+            if projects.status_code != 200:
+                raise FeedUnavailable(f"listing the projects answered {projects.status_code}")
             owners = {p["project_id"]: user for p in projects.json()}
     epoch = UUID(first[EPOCH_HEADER])
     head = cursor.decode(first[HEAD_HEADER])

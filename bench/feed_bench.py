@@ -447,7 +447,7 @@ async def catch_up_http(server: Server, token: str, expected: int) -> Rate:
     import httpx
 
     decode = msgspec.json.decode
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}  # as the Python client does
     async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=60) as http:
         await http.get("/api/events", params={"limit": 1})  # the connection is open before the clock starts
         started = time.perf_counter()
@@ -470,7 +470,7 @@ async def catch_up_ndjson(server: Server, token: str, expected: int) -> Rate:
     import httpx
 
     decode_lines = msgspec.json.Decoder().decode_lines
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson"}
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson", "Accept-Encoding": "identity"}
     async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=600) as http:
         await http.get("/api/events", params={"limit": 1}, headers={"Accept": "application/json"})
         started = time.perf_counter()
@@ -514,7 +514,7 @@ async def static_server(server: Server, token: str, workdir: Path) -> tuple[subp
     """The bare server of STATIC_APP, serving what the NDJSON stream answers from the beginning."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson"}
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson", "Accept-Encoding": "identity"}
     async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=600) as http:
         body = (await http.get("/api/events")).content
     path = workdir / "static.ndjson"

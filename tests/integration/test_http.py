@@ -148,6 +148,25 @@ async def test_head_answers_every_get_route_with_the_get_headers(api_server, poo
             assert "head" in document["paths"][path], path
 
 
+async def test_the_feeds_json_is_compressed_when_asked_and_the_bulk_client_asks_for_none(api_server, ids, make_user):
+    """API.md: JSON is compressed when the client accepts it, the feed's pages and NDJSON stream included; the
+    Python client's bulk catch-up (beside the service, bound by the server's CPU) asks for identity."""
+    from api.feed_client import NDJSON
+
+    _, token = await make_user()
+    project = ids.project()
+    async with client(api_server, token, **{"Accept-Encoding": "br"}) as http:
+        for i in range(5):  # a page of several events is well over the 500 bytes below which nothing is compressed
+            body = {"clip_id": f"c{i}", "source": "a.mp4", "start": 0, "end": 1}
+            assert (await http.post(f"/api/clips/projects/{project}/clips", json=body)).status_code == 201
+        page = await http.get("/api/events", params={"project_id": project})
+        assert page.headers.get("content-encoding") == "br" and len(page.json()["events"]) == 5
+        stream = await http.get("/api/events", params={"project_id": project}, headers={"Accept": NDJSON["Accept"]})
+        assert stream.headers.get("content-encoding") == "br" and len(stream.text.splitlines()) == 5
+        bulk = await http.get("/api/events", params={"project_id": project}, headers=NDJSON)
+        assert "content-encoding" not in bulk.headers and bulk.text == stream.text
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "br"])
 async def test_json_schema_and_ui_files_are_compressed(api_server, make_user, encoding: str):
     _, token = await make_user()

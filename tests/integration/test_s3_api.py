@@ -62,8 +62,10 @@ async def test_redirect_to_a_presigned_url_that_serves_the_object(s3_client, poo
     async with httpx.AsyncClient() as plain:  # no token: the URL itself is the permission
         assert (await plain.get(location)).content == DATA
         assert (await plain.get(location, headers={"Range": "bytes=10-19"})).content == DATA[10:20]
-    link = (await client.get(url + "-link")).json()
+    answer = await client.get(url + "-link")
+    link = answer.json()
     assert link["direct"] is True and link["expires_at"] and "X-Amz-Signature=" in link["url"]
+    assert answer.headers["cache-control"] == "private, no-store"  # the link expires: no cache may keep it
 
 
 async def test_the_proxy_serves_ranges_and_validators_from_the_bucket(s3_client, pool, ids, s3_server: S3Server) -> None:  # noqa: ANN001
