@@ -243,6 +243,8 @@ async def media_page(services: Services, after: str | None, limit: int) -> Page:
         return await bounded(list_videos(storage_of(services), after, limit), REQUEST_SECONDS, "listing sources")
     except StorageError as error:
         raise unavailable(error, "listing sources") from None
+    except ValueError:  # obstore refuses an offset that is no object path (`a//b`, `x/../y`, a control character)
+        raise InvalidInput(f"after={after!r} is not a key to list from", field="after") from None
 
 
 # health ----------------------------------------------------------------------------------------------------------

@@ -85,6 +85,14 @@ async def test_the_proxy_serves_ranges_and_validators_from_the_bucket(s3_client,
     assert (await client.get(url + "-link")).json() == {"url": url, "direct": False}
 
 
+async def test_a_listing_after_a_key_that_is_no_object_path_is_a_400(s3_client) -> None:  # noqa: ANN001
+    client, _ = await s3_client("proxy")
+    for after in ("a//b", "x/../y", "a\x01b"):
+        answer = await client.get("/api/media", params={"after": after})
+        assert answer.status_code == 400 and "after" in answer.json()["detail"], (after, answer.text)
+    assert (await client.get("/api/media", params={"after": "a"})).status_code == 200
+
+
 async def test_a_refused_or_hung_store_is_a_503_for_files_media_and_registration(
     s3_client, pool, ids, s3_server: S3Server, s3_gate, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
 ) -> None:
