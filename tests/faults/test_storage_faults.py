@@ -15,14 +15,15 @@ import msgspec
 import pytest
 
 from domain.clip import Complete, Register, Start, TimeOut
-from handlers import extraction, reaper
+from handlers import reaper
 from projections import clip_status
 from runtime.bootstrap import open_services
 from runtime.settings import Settings, find_ffmpeg
 from storage.base import ObjectMissing
 from storage.s3 import S3Config, S3Storage
 from tests.e2e.system import make_video
-from tests.s3.support import first_outcome, make_long_video, outcomes, register, running_worker, s3_storage, settled
+from tests.s3.support import bucket_of, first_outcome, make_long_video, outcomes, register, s3_storage, settled
+from tests.worker_support import running_worker
 from tests.s3server import DENIED_PREFIX
 from usecases.clips import handle
 from usecases.services import utcnow
@@ -43,11 +44,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def bucket(s3_server, sources) -> str:  # noqa: ANN001
-    name = f"src-{secrets.token_hex(4)}"
-    s3_server.create_bucket(name)
-    for key, path in sources.items():
-        s3_server.put_object(name, f"sources/games/{key}", path)
-    return name
+    return bucket_of(s3_server, sources)
 
 
 @pytest.fixture

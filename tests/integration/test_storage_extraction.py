@@ -6,7 +6,6 @@ small fraction of it."""
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from runtime.bootstrap import open_storage
 from runtime.settings import Settings, find_ffmpeg, load
 from storage.s3 import S3Storage
 from tests.e2e.system import make_video
-from tests.s3.support import make_long_video, running_worker, s3_storage
+from tests.s3.support import bucket_of, make_long_video, s3_storage
+from tests.worker_support import running_worker
 from tests.s3server import TEST_ENV
 from usecases import clips
 
@@ -39,11 +39,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def bucket(s3_server, sources) -> str:  # noqa: ANN001
-    name = f"src-{secrets.token_hex(4)}"
-    s3_server.create_bucket(name)
-    for key, path in sources.items():
-        s3_server.put_object(name, f"sources/games/{key}", path)
-    return name
+    return bucket_of(s3_server, sources)
 
 
 @pytest.fixture
@@ -94,7 +90,7 @@ async def test_a_clip_of_a_source_in_s3_is_cut_uploaded_and_completed(
         await register(services, "c1", start=start, end=end, mode=mode)
         state = await settled(services, "c1")
         assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
-    assert state.output == f"p/c1.r1a1.mp4"
+    assert state.output == "p/c1.r1a1.mp4"
     head = await storage.head_output(state.output)
     assert head.size == state.bytes
     info = mp4.read_info(await downloaded(storage, state.output, tmp_path / "clip.mp4"))

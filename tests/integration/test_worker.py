@@ -9,8 +9,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,13 @@ from domain.clip import ClipState, Register, Start
 from eventlog import store
 from usecases import clips
 from handlers import dispatcher, extraction, mp4, reactor, reaper
-from handlers.worker import WakeableWorker, _poll_forever, _shut_down, announce, holds, make_worker, presence_prefix
+from handlers.worker import WakeableWorker, holds, presence_prefix
 from projections import clip_status
 from runtime.bootstrap import open_services, redis_settings
 from usecases.services import Services, utcnow
 from runtime.settings import Settings, find_ffmpeg
 from tests.e2e.system import make_video
+from tests.worker_support import running_worker
 
 FFMPEG = find_ffmpeg(os.environ)
 
@@ -68,33 +68,6 @@ async def settings_for(
         return Settings(**values)  # type: ignore[arg-type]
 
     return make
-
-
-@asynccontextmanager
-async def running_worker(
-    settings: Settings, *, job_timeout: float | None = None, name: str = "test-worker"
-) -> AsyncIterator[Services]:
-    """A worker (one job at a time), its presence key and the dispatcher (the reactor with dispatch "fifo"), as
-    `cliplog worker` runs them, until the block ends; then the worker shuts down as on SIGTERM."""
-    services = await open_services(settings, pool_size=8)
-    queue = await reactor.job_queue(services.pool)
-    worker = make_worker(services, name, queue, concurrency=1,
-                         job_timeout=job_timeout or settings.attempt_timeout + 120)
-    presence = presence_prefix(queue.epoch) + name
-    leader = dispatcher.follow if settings.dispatch == "fair" else reactor.follow
-    following = [asyncio.create_task(announce(services, presence, 1)), asyncio.create_task(leader(services))]
-    polling = asyncio.create_task(_poll_forever(worker))
-    try:
-        yield services
-    finally:
-        await _shut_down(worker, polling, grace=0.1)
-        for task in following:
-            task.cancel()
-        await asyncio.gather(*following, return_exceptions=True)
-        await services.redis.delete(presence)
-        if worker._pool is not None:  # noqa: SLF001 - arq's own close() still calls redis' deprecated close()
-            await worker.pool.aclose(close_connection_pool=True)
-        await services.close()
 
 
 async def register(services: Services, clip: str, **fields: object) -> None:

@@ -4,16 +4,10 @@ stream-copying a short one many times over), and a worker in this process with a
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-from handlers import dispatcher, reactor
-from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
-from runtime.bootstrap import open_services
-from runtime.settings import Settings
-from storage.base import Storage
 from storage.s3 import S3Config, S3Storage
 from tests.s3server import CREDENTIALS, S3Server
 from usecases.services import Services
@@ -24,6 +18,15 @@ def s3_storage(server: S3Server, bucket: str, **config: object) -> S3Storage:
                                  "retry_seconds": 1.0}  # fmt: skip
     values.update(config)
     return S3Storage(S3Config(**values), credentials=dict(CREDENTIALS))  # type: ignore[arg-type]
+
+
+def bucket_of(server: S3Server, sources: dict[str, Path]) -> str:
+    """A new bucket holding `sources` under `sources/games/` (the key a clip names is `games/<name>`)."""
+    name = f"src-{secrets.token_hex(4)}"
+    server.create_bucket(name)
+    for key, path in sources.items():
+        server.put_object(name, f"sources/games/{key}", path)
+    return name
 
 
 def make_long_video(ffmpeg: str, target: Path, minutes: int = 60) -> Path:
@@ -49,32 +52,6 @@ def make_long_video(ffmpeg: str, target: Path, minutes: int = 60) -> Path:
     piece.unlink()
     listing.unlink()
     return target
-
-
-@asynccontextmanager
-async def running_worker(
-    settings: Settings, storage: Storage | None, *, name: str = "s3-test-worker", concurrency: int = 1
-) -> AsyncIterator[Services]:
-    """A worker, its presence key and the dispatcher, as `cliplog worker` runs them, with `storage` wired in
-    (None: what the settings name), until the block ends; then it shuts down as on SIGTERM."""
-    services = await open_services(settings, pool_size=8, storage=storage)
-    queue = await reactor.job_queue(services.pool)
-    worker = make_worker(services, name, queue, concurrency=concurrency, job_timeout=settings.attempt_timeout + 120)
-    presence = presence_prefix(queue.epoch) + name
-    following = [asyncio.create_task(announce(services, presence, concurrency)),
-                 asyncio.create_task(dispatcher.follow(services))]  # fmt: skip
-    polling = asyncio.create_task(_poll_forever(worker))
-    try:
-        yield services
-    finally:
-        await _shut_down(worker, polling, grace=0.1)
-        for task in following:
-            task.cancel()
-        await asyncio.gather(*following, return_exceptions=True)
-        await services.redis.delete(presence)
-        if worker._pool is not None:  # noqa: SLF001 - arq's own close() still calls redis' deprecated close()
-            await worker.pool.aclose(close_connection_pool=True)
-        await services.close()
 
 
 async def register(services: Services, clip: str, **fields: object) -> None:
