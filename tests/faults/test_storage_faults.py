@@ -22,8 +22,8 @@ from runtime.settings import Settings, find_ffmpeg
 from storage.base import ObjectMissing
 from storage.s3 import S3Config, S3Storage
 from tests.e2e.system import make_video
-from tests.s3.support import bucket_of, first_outcome, make_long_video, outcomes, register, s3_storage, settled
-from tests.worker_support import running_worker
+from tests.s3.support import bucket_of, first_outcome, make_long_video, register, s3_storage
+from tests.worker_support import outcomes, running_worker, settled
 from tests.s3server import DENIED_PREFIX
 from usecases.clips import handle
 from usecases.services import utcnow

@@ -6,23 +6,18 @@ small fraction of it."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from domain.clip import Register
-from eventlog import store as event_store
 from handlers import extraction, mp4
-from projections import clip_status
 from runtime.bootstrap import open_storage
 from runtime.settings import Settings, find_ffmpeg, load
 from storage.s3 import S3Storage
 from tests.e2e.system import make_video
-from tests.s3.support import bucket_of, make_long_video, s3_storage
-from tests.worker_support import running_worker
+from tests.s3.support import bucket_of, make_long_video, register, s3_storage
+from tests.worker_support import outcomes, running_worker, settled
 from tests.s3server import TEST_ENV
-from usecases import clips
 
 FFMPEG = find_ffmpeg(os.environ)
 DURATION_TOLERANCE = extraction.DURATION_TOLERANCE
@@ -49,30 +44,6 @@ async def settings(make_database, redis_url: str, tmp_path: Path) -> Settings:
         media_root=tmp_path / "media", output_root=tmp_path / "clips", ffmpeg=FFMPEG, heartbeat_interval=0.5,
         lease_timeout=30.0, retry_base=0.1, retry_max=0.2, storage="s3", s3_bucket="unused",
     )  # fmt: skip
-
-
-async def register(services, clip: str, **fields: object) -> None:  # noqa: ANN001
-    command = Register(**{"source": "games/match.mp4", "start": 1.0, "end": 3.0, **fields})  # type: ignore[arg-type]
-    await clips.handle(services.pool, "p", clip, command, services.context)
-
-
-async def settled(services, clip: str, timeout: float = 60):  # noqa: ANN001, ANN201
-    import asyncio
-
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await clip_status.load(services.pool, "p", clip)
-        if state.status in ("completed", "failed") or time.monotonic() > deadline:
-            return state
-        await asyncio.sleep(0.05)
-
-
-async def outcomes(services, clip: str) -> list[tuple[int, str, str | None]]:  # noqa: ANN001
-    return [
-        (e.data["attempt"], e.type.removeprefix("extraction."), e.data.get("code") or e.data.get("detected_by"))
-        for e in await event_store.read_stream(services.pool, "p", clip)
-        if e.type in ("extraction.failed", "extraction.timed_out", "extraction.completed")
-    ]
 
 
 async def downloaded(storage: S3Storage, name: str, target: Path) -> Path:

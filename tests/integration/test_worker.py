@@ -16,7 +16,7 @@ import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Worker, func
 
-from domain.clip import ClipState, Register, Start
+from domain.clip import ClipState, Start
 from eventlog import store
 from usecases import clips
 from handlers import dispatcher, extraction, mp4, reactor, reaper
@@ -26,7 +26,7 @@ from runtime.bootstrap import open_services, redis_settings
 from usecases.services import Services, utcnow
 from runtime.settings import Settings, find_ffmpeg
 from tests.e2e.system import make_video
-from tests.worker_support import running_worker
+from tests.worker_support import outcomes, register, running_worker, settled
 
 FFMPEG = find_ffmpeg(os.environ)
 
@@ -68,30 +68,6 @@ async def settings_for(
         return Settings(**values)  # type: ignore[arg-type]
 
     return make
-
-
-async def register(services: Services, clip: str, **fields: object) -> None:
-    command = Register(**{"source": "match.mp4", "start": 1.0, "end": 3.0, **fields})  # type: ignore[arg-type]
-    await clips.handle(services.pool, "p", clip, command, services.context)
-
-
-async def settled(services: Services, clip: str, timeout: float = 30) -> ClipState:
-    """The clip's state once it is completed or failed (or, past `timeout`, whatever it is then)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await clip_status.load(services.pool, "p", clip)
-        if state.status in ("completed", "failed") or time.monotonic() > deadline:
-            return state
-        await asyncio.sleep(0.05)
-
-
-async def outcomes(services: Services, clip: str) -> list[tuple[int, str, str | None]]:
-    """`(attempt, type, code or detector)` of the clip's outcome events."""
-    return [
-        (e.data["attempt"], e.type.removeprefix("extraction."), e.data.get("code") or e.data.get("detected_by"))
-        for e in await store.read_stream(services.pool, "p", clip)
-        if e.type in ("extraction.failed", "extraction.timed_out", "extraction.completed")
-    ]
 
 
 # 4. A job cancelled by arq's job_timeout is not a shutdown -------------------------------------------------------

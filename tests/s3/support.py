@@ -9,7 +9,9 @@ import subprocess
 from pathlib import Path
 
 from storage.s3 import S3Config, S3Storage
+from tests import worker_support
 from tests.s3server import CREDENTIALS, S3Server
+from tests.worker_support import outcomes
 from usecases.services import Services
 
 
@@ -55,36 +57,8 @@ def make_long_video(ffmpeg: str, target: Path, minutes: int = 60) -> Path:
 
 
 async def register(services: Services, clip: str, **fields: object) -> None:
-    from domain.clip import Register
-    from usecases import clips
-
-    command = Register(**{"source": "games/match.mp4", "start": 1.0, "end": 3.0, **fields})  # type: ignore[arg-type]
-    await clips.handle(services.pool, "p", clip, command, services.context)
-
-
-async def settled(services: Services, clip: str, timeout: float = 60):  # noqa: ANN201
-    """The clip's state once it is completed or failed (or, past `timeout`, whatever it is then)."""
-    import time
-
-    from projections import clip_status
-
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await clip_status.load(services.pool, "p", clip)
-        if state.status in ("completed", "failed") or time.monotonic() > deadline:
-            return state
-        await asyncio.sleep(0.05)
-
-
-async def outcomes(services: Services, clip: str) -> list[tuple[int, str, str | None]]:
-    """`(attempt, type, code or detector)` of the clip's outcome events."""
-    from eventlog import store
-
-    return [
-        (e.data["attempt"], e.type.removeprefix("extraction."), e.data.get("code") or e.data.get("detected_by"))
-        for e in await store.read_stream(services.pool, "p", clip)
-        if e.type in ("extraction.failed", "extraction.timed_out", "extraction.completed")
-    ]
+    """Register clip `clip` of project "p" on a source in the bucket (`games/match.mp4` unless `source=` says)."""
+    await worker_support.register(services, clip, **{"source": "games/match.mp4", **fields})
 
 
 async def first_outcome(services: Services, clip: str, timeout: float = 60) -> tuple[int, str, str | None]:
