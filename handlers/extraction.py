@@ -95,10 +95,13 @@ async def bounded(call, deadline: float, what: str):  # noqa: ANN001, ANN201 - a
         if asyncio.iscoroutine(call):
             call.close()
         raise OutOfTime(f"No time was left before the attempt's deadline for {what}.")
+    limit = asyncio.timeout(left)
     try:
-        async with asyncio.timeout(left):
+        async with limit:
             return await call
     except TimeoutError:
+        if not limit.expired():  # the call's own timeout (ETIMEDOUT, say): the store's failure, not the deadline's
+            raise
         raise OutOfTime(f"The store did not answer {what} within {left:.1f} s (the attempt's time left).") from None
 
 
@@ -168,7 +171,7 @@ async def storage_failure(
     where = locate(key) if locate is not None else repr(key)
     if _REFUSED.search(said):
         return StorageDenied(f"The store refused FFmpeg's read of {where} ({error.message}).")
-    if _NETWORK.search(said) and error.code != "not_a_video":
+    if _NETWORK.search(said):
         return StorageUnavailable(f"FFmpeg lost its connection to the store reading {where} ({error.message}).")
     return None
 
@@ -219,6 +222,9 @@ async def produce_clip(
         return await _produce(services, services.store, state, time_left, on_report, cut_done)
     except StorageError as error:
         raise ffmpeg.ExtractionError(error.code, error.message) from None
+    finally:
+        if cut_done is not None:
+            cut_done()  # also when it failed before any FFmpeg ran: the slot is free before the outcome's append
 
 
 async def _produce(
@@ -249,11 +255,17 @@ async def _produce(
             storage.source_input(state.source, time_left + 60), deadline, f"signing a URL for {state.source!r}"
         )
         source = ffmpeg.remote(url, state.source)
-        info = await bounded(
-            remote_source_info(storage, head, source, settings, timeout=max(0.1, deadline - time.monotonic())),
-            deadline,
-            f"probing {state.source!r}",
-        )
+        try:
+            info = await bounded(
+                remote_source_info(storage, head, source, settings, timeout=max(0.1, deadline - time.monotonic())),
+                deadline,
+                f"probing {state.source!r}",
+            )
+        except ffmpeg.ExtractionError as error:  # ffprobe over the URL (no MP4 boxes to read): the store's fault?
+            failure = await storage_failure(storage, state.source, deadline, error)
+            if failure is None:
+                raise
+            raise ffmpeg.ExtractionError(failure.code, failure.message) from None
     if not info.has_video:
         raise ffmpeg.ExtractionError("not_a_video", f"The source {state.source!r} has no video stream.")
     if info.duration and (state.start >= info.duration or state.end > info.duration + 0.5):

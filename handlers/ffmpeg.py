@@ -16,6 +16,7 @@ STDERR_TAIL_LINES lines, redacted the same way), which the worker records in the
 from __future__ import annotations
 
 import asyncio
+import errno
 import bisect
 import ctypes
 import functools
@@ -248,6 +249,8 @@ async def run_process(args: list[str], timeout: float, watch: Watch | None = Non
     stdout is then empty), and the group is also killed when the watch sees no progress for its `stall_after` seconds
     (raises Stalled, with the stderr too). On Linux the process dies with the worker (PR_SET_PDEATHSIG)."""
     launcher = pdeathsig_launcher()
+    if launcher is not None and shutil.which(args[0]) is None:  # as exec would: the launcher itself would start
+        raise FileNotFoundError(errno.ENOENT, "no such executable", args[0])
     process = await asyncio.create_subprocess_exec(
         *(launcher or ()),
         *args,

@@ -43,6 +43,7 @@ from eventlog.store import stream_name
 from handlers import dispatcher, extraction, reactor
 from handlers.extraction import TEMP_PREFIX, attempt_output, cutting_root, discard_output, output_clip
 from usecases.clips import handle
+from storage.base import StorageError
 from usecases.services import Services, utcnow
 from eventlog import locks
 
@@ -69,6 +70,15 @@ async def time_out_lost_attempts(services: Services) -> int:
         settings.lease_timeout,
     )
     timed_out: list[str] = []
+    try:
+        await _time_out(services, rows, timed_out)
+    finally:  # even when PostgreSQL fails midway: those already timed out are never seen here again
+        await discard_outputs(services, timed_out)
+    return len(rows)
+
+
+async def _time_out(services: Services, rows: list[asyncpg.Record], timed_out: list[str]) -> None:
+    """Append each row's `timed_out`, adding the attempt's output name to `timed_out` once it is in the log."""
     for row in rows:
         try:
             await handle(
@@ -87,8 +97,6 @@ async def time_out_lost_attempts(services: Services) -> int:
         except StaleAttempt:
             continue  # it finished meanwhile
         timed_out.append(attempt_output(row["project_id"], row["clip_id"], row["run"], row["attempt"]))
-    await discard_outputs(services, timed_out)
-    return len(rows)
 
 
 async def discard_outputs(services: Services, names: list[str]) -> None:
@@ -193,7 +201,11 @@ async def remove_orphaned_outputs(services: Services, now: datetime | None = Non
         count = 0
         for name in names:
             if name not in referenced:
-                await storage.delete_output(name)
+                try:
+                    await storage.delete_output(name)
+                except StorageError as error:  # one object that cannot go must not keep every later one
+                    log.warning("could not remove the orphaned output %s: %s", name, error)
+                    continue
                 log.info("removed the orphaned output %s (no completed event points at it)", name)
                 count += 1
         return count

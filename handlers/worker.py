@@ -132,7 +132,7 @@ class WakeableWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id_b in job_ids:
-            if not self._slot_free():
+            if not self.allow_pick_jobs or not self._slot_free():  # a shutdown began meanwhile: take nothing more
                 return
             await self.sem.acquire()
             self.job_counter += 1

@@ -89,6 +89,24 @@ async def test_the_sweep_removes_old_orphans_and_keeps_fresh_ones_and_every_comp
     assert await reaper.remove_orphaned_outputs(services) == 0
 
 
+async def test_an_orphan_that_cannot_be_removed_does_not_keep_the_others(services, ids, monkeypatch):
+    from storage.base import StorageDenied
+    from storage.local import LocalStorage
+
+    project = ids.project()
+    stuck, *others = [plant(services, f"{project}/{name}.r1a1.mp4", GRACE + 60) for name in ("a", "b", "c")]
+    delete = LocalStorage.delete_output
+
+    async def refusing(self, name: str) -> None:  # noqa: ANN001 - an object lock, a DELETE refused for this key
+        if name == f"{project}/a.r1a1.mp4":
+            raise StorageDenied(f"deleting {name} is not allowed")
+        await delete(self, name)
+
+    monkeypatch.setattr(LocalStorage, "delete_output", refusing)
+    assert await reaper.remove_orphaned_outputs(services) == 2
+    assert stuck.exists() and not any(path.exists() for path in others)
+
+
 async def test_the_reaper_runs_the_sweep(services, ids):
     orphan = plant(services, f"{ids.project()}/left-behind.r1a1.mp4", GRACE + 60)
     follower = asyncio.create_task(reaper.follow(services))

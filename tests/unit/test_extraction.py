@@ -91,3 +91,18 @@ async def test_a_definite_answer_of_the_store_overrides_ffmpegs_code(answer: Exc
         _Store(answer), "match.mp4", time.monotonic() + 60, _ffmpeg_failed("Conversion failed!")  # type: ignore[arg-type]
     )
     assert failure is answer
+
+
+async def test_bounded_turns_only_its_own_expiry_into_out_of_time():
+    import asyncio
+
+    from handlers.extraction import OutOfTime, bounded
+
+    async def own_timeout() -> None:  # a call that fails with a timeout of its own (ETIMEDOUT from a socket, say)
+        raise TimeoutError("connect timed out")
+
+    with pytest.raises(TimeoutError) as raised:
+        await bounded(own_timeout(), time.monotonic() + STORAGE_MARGIN + 60, "a HEAD")
+    assert not isinstance(raised.value, OutOfTime)
+    with pytest.raises(OutOfTime, match="did not answer a HEAD"):
+        await bounded(asyncio.sleep(60), time.monotonic() + STORAGE_MARGIN + 0.05, "a HEAD")

@@ -81,3 +81,16 @@ async def test_the_prefix_keeps_the_commands_pid_status_and_output() -> None:
     assert result.returncode == -signal.SIGKILL
     assert result.stdout == b"out\n"
     assert int(result.stderr) > 0  # the shell's own pid: it was exec'd in place, no process in between
+
+
+@pytest.mark.parametrize("how", ["prefix", "fork"])
+async def test_a_missing_binary_fails_to_start_as_exec_would(how: str, tmp_path: Path, monkeypatch) -> None:
+    """A missing or non-executable FFmpeg is the worker's problem (`internal`, retried), not the clip's: it must
+    not start the launcher and come back as FFmpeg's exit 127 (`ffmpeg_exit`, `not_a_video`...)."""
+    if how == "fork":
+        monkeypatch.setattr(ffmpeg, "pdeathsig_launcher", lambda: None)
+    not_executable = tmp_path / "ffmpeg"
+    not_executable.write_text("#!/bin/sh\n")
+    for binary in (str(tmp_path / "missing-ffmpeg"), str(not_executable)):
+        with pytest.raises(OSError):
+            await ffmpeg.run_process([binary, "-version"], 10)
