@@ -5,8 +5,9 @@ created) and a fingerprint of the event at `position`. A cursor from another dat
 restored to a state where that event is gone or different, is refused (410) instead of silently skipping or
 repeating events.
 
-This module is the one place that knows the layout: `encode`/`decode` one cursor, `minter` many of one log (the
-feed's hot loop), and `FINGERPRINT_TEXT`, the fingerprint's text as PostgreSQL builds it.
+This module is the one place that knows the layout: `encode`/`decode` one cursor, and `minter` many of one log (the
+feed's hot loop) from the fingerprint's text PostgreSQL stored with each event (`events.feed_print`,
+migrations/018_feed_json.sql: hashing it costs a tenth of formatting the datetime in Python).
 """
 
 from __future__ import annotations
@@ -25,23 +26,6 @@ from domain.errors import InvalidInput
 
 _LAYOUT = struct.Struct(">8sQI")
 
-# The text `fingerprint` hashes, `stream:version:<recorded_at.isoformat()>`, built by PostgreSQL (an asyncpg
-# timestamptz is a UTC datetime, whose isoformat drops a zero microsecond part): hashing it costs a tenth of
-# formatting the datetime in Python. tests/integration/test_feed.py checks that the two agree.
-def utc_timestamp_sql(column: str) -> str:
-    """SQL text of the timestamptz `column` in UTC as Python writes it, without the zone: seconds, then `.` and six
-    digits of microseconds unless they are zero (one `to_char`: `.000000` can only be the fraction)."""
-    return f"replace(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '')"
-
-
-def fingerprint_text_sql(stream: str, version: str, timestamp_text: str) -> str:
-    """SQL of the text `fingerprint` hashes, from SQL expressions of the stream, the version and
-    `utc_timestamp_sql(recorded_at)`."""
-    return f"{stream} || ':' || {version} || ':' || {timestamp_text} || '+00:00'"
-
-
-FINGERPRINT_TEXT = fingerprint_text_sql("stream", "version", utc_timestamp_sql("recorded_at"))
-
 
 class Cursor(msgspec.Struct, frozen=True):
     epoch_prefix: bytes
@@ -54,12 +38,14 @@ class Cursor(msgspec.Struct, frozen=True):
 
 
 def fingerprint(stream: str, version: int, recorded_at: datetime) -> int:
+    """The crc32 of `stream:version:<recorded_at.isoformat()>` (an asyncpg timestamptz is a UTC datetime, whose
+    isoformat drops a zero microsecond part): the text `events.feed_print` holds."""
     return zlib.crc32(f"{stream}:{version}:{recorded_at.isoformat()}".encode())
 
 
 def minter(epoch: UUID) -> Callable[[int, str], str]:
-    """`mint(position, fingerprint_text)`: the cursor of the log `epoch` at `position`, from the `FINGERPRINT_TEXT`
-    PostgreSQL built for the event there."""
+    """`mint(position, fingerprint_text)`: the cursor of the log `epoch` at `position`, from the `feed_print`
+    PostgreSQL stored for the event there."""
     prefix, pack, b64, crc32 = epoch.bytes[:8], _LAYOUT.pack, base64.urlsafe_b64encode, zlib.crc32
 
     def mint(position: int, text: str) -> str:  # `encode`, inlined: this runs once per event read

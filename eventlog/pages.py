@@ -21,15 +21,14 @@ from eventlog import cursor, store
 
 _SAFE = store._SAFE  # noqa: SLF001 - the store's safe horizon
 _COLUMNS = (
-    "position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, "
-    f"{cursor.FINGERPRINT_TEXT}, schema_version"
+    "position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, feed_print, schema_version"
 )
 
 
 class EventView(msgspec.Struct, frozen=True):
     """An event as every reader gets it (the pages of `GET /api/events`, a clip's history, the WebSocket feed): the
     one schema `/schema` publishes. `data` is the JSON text PostgreSQL holds: read once, never decoded and
-    re-encoded."""
+    re-encoded. (A change of its fields changes `cliplog_feed_tail` in a new migration: see `_JSON_PAGE_SQL`.)"""
 
     position: int
     cursor: str
@@ -100,31 +99,11 @@ def _page_query(
     return args
 
 
-# An event's JSON exactly as msgspec encodes its `EventView`, built by PostgreSQL but for the cursor: the rows hold
-# the position, the fingerprint's text and the JSON after the cursor; `_json_events` mints the cursor
-# (`eventlog.cursor`, the one place that knows its layout) and joins the three. Nothing is decoded in Python. The
-# page is selected first (`e`, with the time's text formatted once for both the fingerprint and `recorded_at`).
-_JSON_AFTER_CURSOR = {
-    "type": "to_json(type)::text",
-    "project_id": "to_json(project_id)::text",
-    "clip_id": "to_json(clip_id)::text",
-    "version": "version::text",
-    "recorded_at": "'\"' || at || 'Z\"'",
-    "clip_status": "to_json(clip_status)::text",
-    "data": "data::text",
-    "schema_version": "schema_version::text",
-}
-assert EventView.__struct_fields__ == ("position", "cursor", *_JSON_AFTER_CURSOR)
-_JSON_INNER = (
-    "position, stream, type, project_id, clip_id, version, clip_status, data, schema_version, "
-    f"{cursor.utc_timestamp_sql('recorded_at')} AS at"
-)
-_JSON_OUTER = (
-    f"SELECT position, {cursor.fingerprint_text_sql('stream', 'version', 'at')}, "
-    + " || ".join(f"',\"{name}\":' || {sql}" for name, sql in _JSON_AFTER_CURSOR.items())
-    + " || '}' FROM "
-)
-_JSON_PAGE_SQL = {key: f"{_JSON_OUTER}({sql}) e ORDER BY position" for key, sql in _page_sql(_JSON_INNER).items()}
+# An event's JSON exactly as msgspec encodes its `EventView`: the rows hold the position, the fingerprint's text and
+# the JSON after the cursor, both made by PostgreSQL when the event was written (migrations/018_feed_json.sql, whose
+# `cliplog_feed_tail` writes the fields after `cursor` in this struct's order); `_json_events` mints the cursor
+# (`eventlog.cursor`, the one place that knows its layout) and joins the three. Nothing is built or decoded per read.
+_JSON_PAGE_SQL = _page_sql("position, feed_print, feed_tail")
 
 
 class JsonEvents(msgspec.Struct):

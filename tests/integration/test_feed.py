@@ -16,6 +16,7 @@ import socket
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -492,22 +493,22 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
     `eventlog.cursor` exactly (whole seconds, microseconds, the session's time zone), or every cursor would 410."""
     from datetime import datetime, timedelta, timezone
 
-    from eventlog.pages import _COLUMNS, _events
+    from eventlog.pages import _COLUMNS, _events, _json_events
 
     conn = await connect()
     await conn.execute("SET TIME ZONE 'America/New_York'")
-    # a temporary `events` of this connection only, with the columns the feed reads
-    await conn.execute(
-        "CREATE TEMP TABLE events (position bigint, stream text, type text, project_id text, clip_id text, "
-        "version int, recorded_at timestamptz, clip_status text, data jsonb, schema_version smallint DEFAULT 1)"
-    )
+    # a temporary `events` of this connection only, with the log's columns (the generated ones among them): the
+    # fingerprint's text is made when a row is written, here in another time zone than UTC
+    await conn.execute("CREATE TEMP TABLE events (LIKE public.events INCLUDING DEFAULTS INCLUDING GENERATED)")
     base = datetime(2026, 11, 28, 23, 59, 59, tzinfo=timezone.utc)
     stamps = [base, base + timedelta(microseconds=1), base + timedelta(microseconds=999_999),
               base + timedelta(microseconds=120_000), datetime(999, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
               datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=5)))]
     for position, at in enumerate(stamps, start=1):
         await conn.execute(
-            "INSERT INTO events VALUES ($1, $2, 'extraction.requested', 'p', 'c', $3, $4, 'pending', '{\"a\": 1}')",
+            "INSERT INTO events (position, txid, stream, type, project_id, clip_id, version, recorded_at, "
+            "clip_status, data, schema_version) VALUES ($1, pg_current_xact_id(), $2, 'extraction.requested', 'p', "
+            "'c', $3, $4, 'pending', '{\"a\": 1}', 1)",
             position, f"p/c{position}", position * 7, at,
         )
     epoch = uuid.uuid4()
@@ -518,6 +519,9 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
         expected = cursor.encode(epoch, event.position, print_)
         assert event.cursor == expected, row["recorded_at"]
         assert json.loads(bytes(event.data)) == {"a": 1}
+    # and the JSON stored with each row is what msgspec writes for the event (the times' text above all)
+    built = _json_events(await conn.fetch("SELECT position, feed_print, feed_tail FROM events ORDER BY position"), epoch)
+    assert [e.encode() for e in built.events] == [msgspec.json.encode(e) for e in _events(rows, epoch)]
 
 
 def test_cursor_is_opaque_base64url():
