@@ -44,8 +44,8 @@ def test_sign_in_then_add_clips_with_errors_next_to_their_fields(cluster: UiClus
     expect(dialog).to_be_visible()
     source = dialog.get_by_label("Source video")
     expect(source).to_be_focused()
-    options = source.locator("option").all_inner_texts()
-    assert options == ["Choose a video…", "games/match.mp4", "games/second-half.mp4"], options
+    # the media folder's listing arrives after the dialog opens ("Loading the media folder…" until then)
+    expect(source.locator("option")).to_have_text(["Choose a video…", "games/match.mp4", "games/second-half.mp4"])
 
     # The form's own checks: a bad range, next to the End field.
     start, end = dialog.get_by_label("Start", exact=True), dialog.get_by_label("End", exact=True)
