@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Worker, func
@@ -441,3 +442,43 @@ async def test_a_slot_takes_its_next_job_when_its_cut_ends_and_never_more_than_i
         await redis.delete(queue_name, *(job_key_prefix + n for n in "abcd"), *(in_progress_key_prefix + n for n in "abcd"))
         await worker.pool.aclose(close_connection_pool=True)
         await services.close()
+
+
+async def test_an_attempt_that_fails_before_any_ffmpeg_ran_frees_its_slot_before_its_outcome_is_recorded(
+    settings_for,
+):
+    """One slot. Clip a's source is missing: its attempt fails before any FFmpeg runs, and its bookkeeping is held
+    up (another transaction holds a's row, as a slow commit would: its `started` waits). The slot is free all the
+    same: b is taken, cut and completed while a's attempt is still unrecorded; a fails once its row is let go."""
+    settings = await settings_for()
+    before = await open_services(settings, pool_size=1)
+    try:
+        await register(before, "a", source="no-such-source.mp4")
+    finally:
+        await before.close()
+    holder = await asyncpg.connect(settings.database_url)
+    holding = holder.transaction()
+    await holding.start()
+    try:
+        await holder.execute("SELECT FROM clips WHERE project_id = 'p' AND clip_id = 'a' FOR UPDATE")
+        async with running_worker(settings, concurrency=1) as services:
+            try:
+                await until_blocked_by(holder, services)  # the worker took a: its `started` waits for the row
+                await register(services, "b")
+                state = await settled(services, "b", timeout=15)
+                assert (state.status, await outcomes(services, "a")) == ("completed", []), state.last_error
+            finally:
+                await holding.rollback()
+            assert (await settled(services, "a")).status == "failed"
+            assert await outcomes(services, "a") == [(1, "failed", "source_missing")]
+    finally:
+        await holder.close()
+
+
+async def until_blocked_by(holder: asyncpg.Connection, services: Services, timeout: float = 10) -> None:
+    """Until a statement of another session waits for a lock `holder` holds."""
+    deadline = time.monotonic() + timeout
+    query = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+    while not await services.pool.fetchval(query, holder.get_server_pid()):
+        assert time.monotonic() < deadline, f"nothing waited for the held lock in {timeout} s"
+        await asyncio.sleep(0.02)
