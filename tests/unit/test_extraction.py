@@ -104,7 +104,7 @@ async def test_a_genuine_ffmpeg_failure_near_the_deadline_keeps_its_code() -> No
 async def test_a_probe_that_lost_its_connection_is_the_stores_one_that_ended_early_is_not(
     stderr: str, kind: type | None
 ) -> None:
-    probe_failed = ffmpeg.ExtractionError("not_a_video", "games/x.mkv is not a video FFmpeg can read.", stderr_tail=stderr)
+    probe_failed = ffmpeg.ExtractionError("not_a_video", "x.mkv is not a video FFmpeg can read.", stderr_tail=stderr)
     failure = await storage_failure(_Store(), "x.mkv", time.monotonic() + 60, probe_failed)  # type: ignore[arg-type]
     assert type(failure) is kind if kind is not None else failure is None
 
