@@ -142,16 +142,20 @@ async def remote_source_info(
 
 # What FFmpeg says about its HTTP input only: "Server returned ..." and "HTTP error ..." come from its http
 # protocol alone; the generic network words count only on lines of the HTTP/TCP/TLS layers or of the (remote)
-# input, never on an output's ("[out#0/mp4 @ ...] Error writing trailer: Input/output error" is the local disk's).
+# input ("[in#0 @ ...]", or FFmpeg 6 and older naming its URL: "http://...: Connection reset by peer"), never on an
+# output's ("[out#0/mp4 @ ...] Error writing trailer: Input/output error" is the local disk's).
 _REFUSED = re.compile(r"Server returned 40[13]|HTTP error 40[13]|^\[https? @ [^\]]*\].*(?:403 Forbidden|401 Unauthorized)",
                       re.IGNORECASE | re.MULTILINE)  # fmt: skip
-_NETWORK = re.compile(
-    r"Server returned 5[0-9][0-9]|HTTP error 5[0-9][0-9]|"
-    r"^\[(?:https?|tcp|tls|in#\d+(?:/[^ \]]*)?) @ [^\]]*\].*(?:Connection refused|Connection reset|"
-    r"Connection timed out|Operation timed out|timed out|Input/output error|End of file|Broken pipe|"
-    r"Network is unreachable|Error number -\d+ occurred)",
+_LOST = (r"(?:Connection refused|Connection reset|Connection timed out|Operation timed out|timed out|Broken pipe|"
+         r"Network is unreachable)")  # fmt: skip
+_ENDED = r"(?:End of file|Input/output error|Error number -\d+ occurred)"
+_PROTOCOL_LINE = r"^\[(?:https?|tcp|tls) @ [^\]]*\].*"
+_INPUT_LINE = r"^(?:\[in#\d+(?:/[^ \]]*)? @ [^\]]*\]|https?://\S+:) .*"
+_CONNECTION_LOST = re.compile(
+    rf"Server returned 5[0-9][0-9]|HTTP error 5[0-9][0-9]|{_PROTOCOL_LINE}(?:{_LOST}|{_ENDED})|{_INPUT_LINE}{_LOST}",
     re.IGNORECASE | re.MULTILINE,
 )
+_INPUT_ENDED = re.compile(_INPUT_LINE + _ENDED, re.IGNORECASE | re.MULTILINE)
 
 
 async def storage_failure(
@@ -171,7 +175,9 @@ async def storage_failure(
     where = locate(key) if locate is not None else repr(key)
     if _REFUSED.search(said):
         return StorageDenied(f"The store refused FFmpeg's read of {where} ({error.message}).")
-    if _NETWORK.search(said):
+    # An input that ended early is the store's only once the source was probed as a video: of a probe's failure
+    # (`not_a_video`), "[in#0 @ ...] Error opening input: End of file" is as likely a source cut short.
+    if _CONNECTION_LOST.search(said) or (error.code != "not_a_video" and _INPUT_ENDED.search(said)):
         return StorageUnavailable(f"FFmpeg lost its connection to the store reading {where} ({error.message}).")
     return None
 
@@ -265,7 +271,9 @@ async def _produce(
             failure = await storage_failure(storage, state.source, deadline, error)
             if failure is None:
                 raise
-            raise ffmpeg.ExtractionError(failure.code, failure.message) from None
+            raise ffmpeg.ExtractionError(
+                failure.code, failure.message, command=error.command, stderr_tail=error.stderr_tail
+            ) from None
     if not info.has_video:
         raise ffmpeg.ExtractionError("not_a_video", f"The source {state.source!r} has no video stream.")
     if info.duration and (state.start >= info.duration or state.end > info.duration + 0.5):

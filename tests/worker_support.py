@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from domain.clip import ClipState, Register
 from eventlog import store
 from handlers import dispatcher, reactor
-from handlers.worker import _poll_forever, _shut_down, announce, make_worker, presence_prefix
+from handlers.worker import _poll_forever, _shut_down, announce, holds, make_worker, presence_prefix
 from runtime.bootstrap import open_services
 from projections import clip_status
 from runtime.settings import Settings
@@ -38,7 +38,9 @@ async def running_worker(
                          job_timeout=job_timeout or settings.attempt_timeout + 120)  # fmt: skip
     presence = presence_prefix(queue.epoch) + name
     leader = dispatcher.follow if settings.dispatch == "fair" else reactor.follow
-    following = [asyncio.create_task(announce(services, presence, concurrency)), asyncio.create_task(leader(services))]
+    # what `cliplog worker` announces: each slot's running attempt and the one waiting behind it
+    following = [asyncio.create_task(announce(services, presence, holds(concurrency))),
+                 asyncio.create_task(leader(services))]  # fmt: skip
     polling = asyncio.create_task(_poll_forever(worker))
     try:
         yield services

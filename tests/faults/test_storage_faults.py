@@ -22,7 +22,7 @@ from runtime.settings import Settings, find_ffmpeg
 from storage.base import ObjectMissing
 from storage.s3 import S3Config, S3Storage
 from tests.e2e.system import make_video
-from tests.s3.support import bucket_of, first_outcome, make_long_video, register, s3_storage
+from tests.s3.support import bucket_of, first_outcome, make_long_video, make_matroska, register, s3_storage
 from tests.worker_support import outcomes, running_worker, settled
 from tests.s3server import DENIED_PREFIX
 from usecases.clips import handle
@@ -39,6 +39,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "match.mp4": make_video(FFMPEG, root / "match.mp4", seconds=12),
         "long.mp4": make_long_video(FFMPEG, root / "long.mp4", minutes=10),
+        "match.mkv": make_matroska(FFMPEG, root / "match.mp4", root / "match.mkv"),
     }
 
 
@@ -125,6 +126,53 @@ async def test_the_store_lost_mid_upload_fails_storage_unavailable_leaves_no_obj
     with pytest.raises(ObjectMissing):  # nothing under the failed attempt's key
         await base.head_output("p/c1.r1a1.mp4")
     assert (await base.head_output("p/c1.r1a2.mp4")).size == state.bytes
+
+
+class GoneWhileFFprobeReads(S3Storage):
+    """The store goes away once the first ranged probe has read a source's first bytes: for a Matroska file that is
+    the probe's only read (its EBML header, read as an MP4 box, runs past the end), so the next to read the source is
+    FFmpeg probing it over the presigned URL. `back_for_the_head`: the store is back for the HEAD that judges FFmpeg's
+    failure (it was gone only while FFmpeg read)."""
+
+    def __init__(self, config: S3Config, credentials: dict[str, str], gate, back_for_the_head: bool) -> None:  # noqa: ANN001
+        super().__init__(config, credentials=credentials)
+        self.gate, self.back_for_the_head = gate, back_for_the_head
+        self.reads = self.heads = 0
+
+    async def read_source(self, key: str, start: int, length: int):  # noqa: ANN201 - as S3Storage's
+        async for chunk in super().read_source(key, start, length):
+            yield chunk
+        self.reads += 1
+        if self.reads == 1:
+            self.gate.refuse()
+
+    async def head_source(self, key: str):  # noqa: ANN201
+        self.heads += 1
+        if self.heads == 2 and self.back_for_the_head:  # the first is the attempt's own, before the probe
+            self.gate.open()
+        return await super().head_source(key)
+
+
+@pytest.mark.parametrize("back_for_the_head", [False, True], ids=["gone", "back-for-the-head"])
+async def test_the_store_lost_while_ffmpeg_probes_a_source_fails_storage_unavailable_then_the_retry_completes(
+    settings, s3_server, s3_gate, bucket, back_for_the_head
+):
+    """FFmpeg's failure to probe a source over its URL is judged against the store as its failure to cut is: the
+    store gone (its HEAD fails), or back by then but FFmpeg said it lost its connection (FFmpeg 5 often only as
+    "http://...: Connection reset by peer"), is `storage_unavailable` and retried, not the source's `not_a_video`."""
+    credentials = dict(__import__("tests.s3server").s3server.CREDENTIALS)
+    storage = GoneWhileFFprobeReads(s3_storage(s3_server, bucket).config, credentials, s3_gate, back_for_the_head)
+    async with running_worker(settings, storage) as services:
+        await register(services, "c1", source="games/match.mkv")
+        assert await first_outcome(services, "c1") == (1, "failed", "storage_unavailable")
+        assert storage.reads == 1 and storage.heads == 2  # gone after the ranged probe, judged by a HEAD
+        state = await clip_status.load(services.pool, "p", "c1")
+        assert state.status == "retrying" and f"s3://{bucket}/sources/games/match.mkv" in state.last_error.message
+        assert s3_gate.state == ("open" if back_for_the_head else "refuse")
+        s3_gate.open()
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "failed", "storage_unavailable"), (2, "completed", None)]
+    assert (await storage.head_output(state.output)).size == state.bytes
 
 
 async def test_a_store_that_hangs_cannot_hold_an_attempt_past_its_deadline(settings, s3_server, s3_gate, bucket):

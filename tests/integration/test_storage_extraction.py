@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import imageio_ffmpeg
+import msgspec
 import pytest
 
 from handlers import extraction, mp4
@@ -15,11 +17,12 @@ from runtime.bootstrap import open_storage
 from runtime.settings import Settings, find_ffmpeg, load
 from storage.s3 import S3Storage
 from tests.e2e.system import make_video
-from tests.s3.support import bucket_of, make_long_video, register, s3_storage
+from tests.s3.support import bucket_of, make_long_video, make_matroska, register, s3_storage
 from tests.worker_support import outcomes, running_worker, settled
 from tests.s3server import TEST_ENV
 
 FFMPEG = find_ffmpeg(os.environ)
+PIP_FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()  # the fallback where there is none on PATH (a newer one, probing with -i)
 DURATION_TOLERANCE = extraction.DURATION_TOLERANCE
 
 
@@ -30,6 +33,12 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "match.mp4": make_video(FFMPEG, root / "match.mp4", seconds=12),
         "long.mp4": make_long_video(FFMPEG, root / "long.mp4", minutes=60),
     }
+
+
+@pytest.fixture(scope="module")
+def matroska(sources: dict[str, Path]) -> Path:
+    """match.mp4 in a Matroska file (put in a bucket by the tests that read it)."""
+    return make_matroska(FFMPEG, sources["match.mp4"], sources["match.mp4"].with_suffix(".mkv"))
 
 
 @pytest.fixture
@@ -116,6 +125,28 @@ async def test_a_missing_key_fails_source_missing_at_once_naming_bucket_and_key(
         state = await settled(services, "c1")
         assert await outcomes(services, "c1") == [(1, "failed", "source_missing")]
     assert state.status == "failed" and f"s3://{bucket}/sources/games/nothing-here.mp4" in state.last_error.message
+
+
+@pytest.mark.parametrize("ffmpeg", [pytest.param(FFMPEG, id="ffmpeg"), pytest.param(PIP_FFMPEG, id="pip-ffmpeg")])
+async def test_a_source_that_is_no_video_fails_not_a_video_at_once_while_the_store_answers(
+    settings, s3_server, s3_gate, bucket, matroska, ffmpeg
+):
+    """Sources that are no MP4 are probed by FFmpeg over the presigned URL. When it cannot read one and the store
+    answers its HEAD, the attempt fails with the source's own code, `not_a_video`, not retried (as a local source's
+    does): a text file, and a Matroska file cut short after its first bytes, of which FFmpeg says "End of file" on
+    its input's line ("[in#0 @ ...] Error opening input: End of file" from 7 on), as of an input whose connection
+    ended early."""
+    s3_server.put_bytes(bucket, "sources/games/notes.mp4", b"no video in here\n" * 100)
+    s3_server.put_bytes(bucket, "sources/games/cut-short.mkv", matroska.read_bytes()[:40])
+    settings = msgspec.structs.replace(settings, ffmpeg=ffmpeg)
+    async with running_worker(settings, s3_storage(s3_server, bucket)) as services:
+        for clip, source in (("c1", "games/notes.mp4"), ("c2", "games/cut-short.mkv")):
+            await register(services, clip, source=source)
+        for clip, source in (("c1", "games/notes.mp4"), ("c2", "games/cut-short.mkv")):
+            state = await settled(services, clip)
+            assert await outcomes(services, clip) == [(1, "failed", "not_a_video")], state.last_error
+            assert state.status == "failed" and state.last_error.message.startswith(f"{source} is not a video")
+            assert "X-Amz" not in state.last_error.message + (state.last_error.stderr_tail or "")
 
 
 async def test_a_missing_bucket_is_storage_denied_at_once_and_not_retried(settings, s3_server, s3_gate):

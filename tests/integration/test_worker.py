@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Worker, func
@@ -441,3 +442,90 @@ async def test_a_slot_takes_its_next_job_when_its_cut_ends_and_never_more_than_i
         await redis.delete(queue_name, *(job_key_prefix + n for n in "abcd"), *(in_progress_key_prefix + n for n in "abcd"))
         await worker.pool.aclose(close_connection_pool=True)
         await services.close()
+
+
+@pytest.mark.parametrize("begins_while", ["reading the queue", "taking a job"])
+async def test_a_worker_takes_no_job_once_its_shutdown_began(settings_for, begins_while):
+    """A shutdown (`_shut_down`, which first of all sets `allow_pick_jobs = False`) may begin while a poll awaits
+    Redis: reading the queue, or taking one of the jobs it read. Nothing is taken from then on. Each poll is run by
+    hand, and the shutdown begins inside the Redis call it names, as soon as that call has answered."""
+    services = await open_services(await settings_for(), pool_size=2)
+    queue_name = f"test-shutdown-{os.getpid()}-{time.monotonic_ns()}"
+    finish = asyncio.Event()
+
+    async def job(ctx: dict, name: str) -> None:
+        await finish.wait()
+
+    worker = WakeableWorker(
+        functions=[func(job, name="job", max_tries=1)], queue_name=queue_name, ctx={"services": services},
+        handle_signals=False, max_jobs=holds(2), slots=2, keep_result=0, retry_jobs=False,
+    )  # fmt: skip
+    worker.ctx["cut_done"] = worker.cut_done
+    await worker.connect()
+    redis = worker.pool
+
+    def shutdown_begins_after(call):  # noqa: ANN001, ANN202 - a Redis call, and the same call
+        async def then_shutdown(*args: object, **kwargs: object) -> object:
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                worker.allow_pick_jobs = False  # what `_shut_down` does first
+
+        return then_shutdown
+
+    try:
+        for name in "ab":
+            await redis.enqueue_job("job", name, _job_id=name, _queue_name=queue_name)
+        if begins_while == "reading the queue":
+            redis.zrangebyscore = shutdown_begins_after(redis.zrangebyscore)
+        else:
+            worker._take = shutdown_begins_after(worker._take)  # noqa: SLF001
+        await worker._poll_iteration()  # noqa: SLF001
+        assert sorted(worker.tasks) == ([] if begins_while == "reading the queue" else ["a"])
+        assert worker.job_counter == len(worker.tasks)
+    finally:
+        finish.set()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        await redis.delete(queue_name, *(job_key_prefix + n for n in "ab"), *(in_progress_key_prefix + n for n in "ab"))
+        await worker.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+async def test_an_attempt_that_fails_before_any_ffmpeg_ran_frees_its_slot_before_its_outcome_is_recorded(
+    settings_for,
+):
+    """One slot. Clip a's source is missing: its attempt fails before any FFmpeg runs, and its bookkeeping is held
+    up (another transaction holds a's row, as a slow commit would: its `started` waits). The slot is free all the
+    same: b is taken, cut and completed while a's attempt is still unrecorded; a fails once its row is let go."""
+    settings = await settings_for()
+    before = await open_services(settings, pool_size=1)
+    try:
+        await register(before, "a", source="no-such-source.mp4")
+    finally:
+        await before.close()
+    holder = await asyncpg.connect(settings.database_url)
+    holding = holder.transaction()
+    await holding.start()
+    try:
+        await holder.execute("SELECT FROM clips WHERE project_id = 'p' AND clip_id = 'a' FOR UPDATE")
+        async with running_worker(settings, concurrency=1) as services:
+            try:
+                await until_blocked_by(holder, services)  # the worker took a: its `started` waits for the row
+                await register(services, "b")
+                state = await settled(services, "b", timeout=15)
+                assert (state.status, await outcomes(services, "a")) == ("completed", []), state.last_error
+            finally:
+                await holding.rollback()
+            assert (await settled(services, "a")).status == "failed"
+            assert await outcomes(services, "a") == [(1, "failed", "source_missing")]
+    finally:
+        await holder.close()
+
+
+async def until_blocked_by(holder: asyncpg.Connection, services: Services, timeout: float = 10) -> None:
+    """Until a statement of another session waits for a lock `holder` holds."""
+    deadline = time.monotonic() + timeout
+    query = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+    while not await services.pool.fetchval(query, holder.get_server_pid()):
+        assert time.monotonic() < deadline, f"nothing waited for the held lock in {timeout} s"
+        await asyncio.sleep(0.02)

@@ -56,6 +56,14 @@ def make_long_video(ffmpeg: str, target: Path, minutes: int = 60) -> Path:
     return target
 
 
+def make_matroska(ffmpeg: str, source: Path, target: Path) -> Path:
+    """`source` stream-copied into a Matroska file: a video the MP4 box reader cannot read (its first bytes, the
+    EBML header, read as an MP4 box, run past the end), so FFmpeg probes it over the presigned URL."""
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(source), "-c", "copy",
+                    "-f", "matroska", str(target)], check=True)  # fmt: skip
+    return target
+
+
 async def register(services: Services, clip: str, **fields: object) -> None:
     """Register clip `clip` of project "p" on a source in the bucket (`games/match.mp4` unless `source=` says)."""
     await worker_support.register(services, clip, **{"source": "games/match.mp4", **fields})

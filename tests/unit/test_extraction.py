@@ -62,6 +62,7 @@ def _ffmpeg_failed(stderr: str) -> ffmpeg.ExtractionError:
         ("[tcp @ 0x5581] Connection to tcp://127.0.0.1:9000 failed: Connection refused", StorageUnavailable),
         ("[in#0/mov,mp4,m4a,3gp,3g2,mj2 @ 0x55] Error during demuxing: Input/output error", StorageUnavailable),
         ("[http @ 0x5581] HTTP error 503 Service Unavailable", StorageUnavailable),
+        ("http://127.0.0.1:9000/games/sources/match.mp4?[redacted]: Connection reset by peer", StorageUnavailable),
         ("[in#0 @ 0x55] Error opening input: Server returned 403 Forbidden (access denied)", StorageDenied),
         # local or output-side failures: FFmpeg's own code stays
         ("[out#0/mp4 @ 0x55] Error writing trailer: Input/output error", None),
@@ -83,6 +84,29 @@ async def test_a_genuine_ffmpeg_failure_near_the_deadline_keeps_its_code() -> No
     near = time.monotonic() + STORAGE_MARGIN / 2
     assert await storage_failure(store, "match.mp4", near, _ffmpeg_failed("Conversion failed!")) is None  # type: ignore[arg-type]
     assert store.heads == 0
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind"),
+    [
+        # a lost connection: the store's fault, also while the source was probed
+        ("[tcp @ 0x5581] Connection to tcp://127.0.0.1:9000 failed: Connection reset by peer", StorageUnavailable),
+        ("[http @ 0x5581] HTTP error 503 Service Unavailable", StorageUnavailable),
+        ("[in#0 @ 0x55] Error opening input: Connection reset by peer", StorageUnavailable),
+        ("http://127.0.0.1:9000/games/sources/x.mkv?[redacted]: Connection reset by peer", StorageUnavailable),
+        # an input that ended early: a source cut short says the same (of a Matroska file's first 40 bytes, FFmpeg
+        # 7 and later, and 6 and older)
+        ("[in#0 @ 0x55] Error opening input: End of file\nError opening input files: End of file", None),
+        ("http://127.0.0.1:9000/games/sources/x.mkv?[redacted]: End of file", None),
+        ("[in#0 @ 0x55] Error opening input: Invalid data found when processing input", None),
+    ],
+)
+async def test_a_probe_that_lost_its_connection_is_the_stores_one_that_ended_early_is_not(
+    stderr: str, kind: type | None
+) -> None:
+    probe_failed = ffmpeg.ExtractionError("not_a_video", "x.mkv is not a video FFmpeg can read.", stderr_tail=stderr)
+    failure = await storage_failure(_Store(), "x.mkv", time.monotonic() + 60, probe_failed)  # type: ignore[arg-type]
+    assert type(failure) is kind if kind is not None else failure is None
 
 
 @pytest.mark.parametrize("answer", [StorageDenied("denied"), ObjectMissing("gone"), StorageUnavailable("unreachable")])
