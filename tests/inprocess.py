@@ -42,7 +42,8 @@ class InProcessServer:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._serve())
+            with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:  # as `cliplog serve`
+                runner.run(self._serve())
         except BaseException as error:  # reported by start()
             self.error = error
 
