@@ -83,6 +83,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """`uvicorn.Config` options (beside the app, host and port) for the API."""
     return {
         "log_level": "warning",
+        # asyncio's own loop, even where uvloop is installed: the feed's flow control (the 4408 of a slow reader)
+        # and the transports' clean closing are built and tested on it (under uvloop test_feed.py's slow consumer
+        # fails and closed sockets are reported unclosed)
+        "loop": "asyncio",
         "ws": websocket_protocol(settings),
         "ws_ping_interval": settings.ws_ping_interval,
         "ws_ping_timeout": settings.ws_send_timeout,
