@@ -6,8 +6,8 @@ restored to a state where that event is gone or different, is refused (410) inst
 repeating events.
 
 This module is the one place that knows the layout: `encode`/`decode` one cursor, and `minter` many of one log (the
-feed's hot loop) from the fingerprint's text PostgreSQL stored with each event (`events.feed_print`,
-migrations/018_feed_json.sql: hashing it costs a tenth of formatting the datetime in Python).
+feed's hot loop) from the fingerprint's text PostgreSQL writes with each event (`eventlog.feed_json`: hashing it
+costs a tenth of formatting the datetime in Python).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ class Cursor(msgspec.Struct, frozen=True):
 
 def fingerprint(stream: str, version: int, recorded_at: datetime) -> int:
     """The crc32 of `stream:version:<recorded_at.isoformat()>` (an asyncpg timestamptz is a UTC datetime, whose
-    isoformat drops a zero microsecond part): the text `events.feed_print` holds."""
+    isoformat drops a zero microsecond part): the text `eventlog.feed_json.print_sql` builds."""
     return zlib.crc32(f"{stream}:{version}:{recorded_at.isoformat()}".encode())
 
 
 def minter(epoch: UUID) -> Callable[[int, str], str]:
-    """`mint(position, fingerprint_text)`: the cursor of the log `epoch` at `position`, from the `feed_print`
-    PostgreSQL stored for the event there."""
+    """`mint(position, fingerprint_text)`: the cursor of the log `epoch` at `position`, from the fingerprint's text
+    PostgreSQL holds for the event there (`eventlog.feed_json`)."""
     prefix, pack, b64, crc32 = epoch.bytes[:8], _LAYOUT.pack, base64.urlsafe_b64encode, zlib.crc32
 
     def mint(position: int, text: str) -> str:  # `encode`, inlined: this runs once per event read

@@ -17,18 +17,19 @@ import asyncpg
 import msgspec
 
 from domain.errors import CursorFromAnotherLog, Unavailable
-from eventlog import cursor, store
+from eventlog import cursor, feed_json, store
 
 _SAFE = store._SAFE  # noqa: SLF001 - the store's safe horizon
 _COLUMNS = (
-    "position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, feed_print, schema_version"
+    f"position, type, project_id, clip_id, version, recorded_at, clip_status, data::text, {feed_json.STORED_PRINT}, "
+    "schema_version"
 )
 
 
 class EventView(msgspec.Struct, frozen=True):
     """An event as every reader gets it (the pages of `GET /api/events`, a clip's history, the WebSocket feed): the
     one schema `/schema` publishes. `data` is the JSON text PostgreSQL holds: read once, never decoded and
-    re-encoded. (A change of its fields changes `cliplog_feed_tail` in a new migration: see `_JSON_PAGE_SQL`.)"""
+    re-encoded. Its fields after `cursor` are `eventlog.feed_json.FIELDS_AFTER_CURSOR`, which the appends write."""
 
     position: int
     cursor: str
@@ -100,10 +101,10 @@ def _page_query(
 
 
 # An event's JSON exactly as msgspec encodes its `EventView`: the rows hold the position, the fingerprint's text and
-# the JSON after the cursor, both made by PostgreSQL when the event was written (migrations/018_feed_json.sql, whose
-# `cliplog_feed_tail` writes the fields after `cursor` in this struct's order); `_json_events` mints the cursor
-# (`eventlog.cursor`, the one place that knows its layout) and joins the three. Nothing is built or decoded per read.
-_JSON_PAGE_SQL = _page_sql("position, feed_print, feed_tail")
+# the JSON after the cursor, both written with the event (`eventlog.feed_json`; built now for a row without them);
+# `_json_events` mints the cursor (`eventlog.cursor`, the one place that knows its layout) and joins the three.
+assert EventView.__struct_fields__ == ("position", "cursor", *feed_json.FIELDS_AFTER_CURSOR)
+_JSON_PAGE_SQL = _page_sql(f"position, {feed_json.STORED_PRINT}, {feed_json.STORED_TAIL}")
 
 
 class JsonEvents(msgspec.Struct):

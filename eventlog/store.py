@@ -30,6 +30,7 @@ import msgspec
 
 from domain.errors import VersionConflict
 from domain.events import SCHEMA_VERSION, ExtractionEvent, decode, encode_data, type_of
+from eventlog import feed_json
 
 
 # What a lost or restarting PostgreSQL looks like from asyncpg. A connection broken in the middle of a statement can
@@ -71,25 +72,34 @@ def stream_name(project_id: str, clip_id: str) -> str:
 
 _COLUMNS = "position, stream, project_id, clip_id, version, type, schema_version, data, clip_status, recorded_at"
 
-_APPEND_ONE = """
-INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data,
-                    clip_status, recorded_at)
-SELECT allocated.first_position, allocated.txid, $1, $2, $3, $5 + 1, $4, $7, $8, $9, $6
-FROM cliplog_allocate_positions(1) AS allocated
-RETURNING position
-"""
+_INSERTED = "position, txid, stream, project_id, clip_id, version, type, schema_version, data, clip_status, recorded_at"
 
-_APPEND_MANY = """
-WITH allocated AS (SELECT * FROM cliplog_allocate_positions(cardinality($4::text[])))
-INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data,
-                    clip_status, recorded_at)
-SELECT allocated.first_position + e.i - 1, allocated.txid, $1, $2, $3, $5 + e.i, e.type, e.schema_version,
-       e.data, e.clip_status, $6
-FROM allocated,
-     unnest($4::text[], $7::smallint[], $8::jsonb[], $9::text[]) WITH ORDINALITY
-         AS e(type, schema_version, data, clip_status, i)
-RETURNING position
-"""
+
+def insert_sql(rows: str, returning: str = "") -> str:
+    """An INSERT into `events` of `rows` (a query selecting the columns of `_INSERTED` by those names), with each
+    event's feed JSON (`eventlog.feed_json`), which every append writes."""
+    return (
+        f"INSERT INTO events ({_INSERTED}, feed_print, feed_tail) "
+        f"SELECT {_INSERTED}, {feed_json.ROW_PRINT}, {feed_json.ROW_TAIL} FROM ({rows}) AS e {returning}"
+    )
+
+
+_APPEND_ONE = insert_sql(
+    "SELECT allocated.first_position AS position, allocated.txid, $1::text AS stream, $2::text AS project_id, "
+    "$3::text AS clip_id, $5::integer + 1 AS version, $4::text AS type, $7::smallint AS schema_version, "
+    "$8::jsonb AS data, $9::text AS clip_status, $6::timestamptz AS recorded_at "
+    "FROM cliplog_allocate_positions(1) AS allocated",
+    "RETURNING position",
+)
+
+_APPEND_MANY = "WITH allocated AS (SELECT * FROM cliplog_allocate_positions(cardinality($4::text[]))) " + insert_sql(
+    "SELECT allocated.first_position + e.i - 1 AS position, allocated.txid, $1::text AS stream, "
+    "$2::text AS project_id, $3::text AS clip_id, $5::integer + e.i::integer AS version, e.type, e.schema_version, "
+    "e.data, e.clip_status, $6::timestamptz AS recorded_at "
+    "FROM allocated, unnest($4::text[], $7::smallint[], $8::jsonb[], $9::text[]) WITH ORDINALITY "
+    "AS e(type, schema_version, data, clip_status, i)",
+    "RETURNING position",
+)
 
 _SAFE = "txid < (SELECT cliplog_safe_horizon())"
 
@@ -142,11 +152,13 @@ async def append_rows(
     project = "coalesce($3, r.project_id)"
     try:
         await conn.execute(
-            f"INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data, "
-            f"clip_status, recorded_at) SELECT $1 + ord, $2::text::xid8, {project} || '/' || r.clip_id, {project}, "
-            f"r.clip_id, r.version, r.type, r.schema_version, r.data, r.clip_status, r.recorded_at FROM {table}, "
-            "json_to_record(line) AS r(project_id text, clip_id text, version integer, type text, "
-            "schema_version smallint, data jsonb, clip_status text, recorded_at timestamptz)",
+            insert_sql(
+                f"SELECT $1 + ord AS position, $2::text::xid8 AS txid, {project} || '/' || r.clip_id AS stream, "
+                f"{project} AS project_id, r.clip_id, r.version, r.type, r.schema_version, r.data, r.clip_status, "
+                f"r.recorded_at FROM {table}, json_to_record(line) AS r(project_id text, clip_id text, "
+                "version integer, type text, schema_version smallint, data jsonb, clip_status text, "
+                "recorded_at timestamptz)"
+            ),
             first,
             txid,
             project_id,

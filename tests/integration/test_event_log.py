@@ -13,7 +13,7 @@ import pytest
 from domain.clip import ClipState, Complete, Context, Fail, Register, Retry, Start, TimeOut, decide, evolve
 from domain.errors import StaleAttempt, VersionConflict
 from domain.events import ExtractionRequested, ExtractionStarted
-from eventlog import store
+from eventlog import feed_json, store
 from usecases import clips
 from eventlog.migrate import MIGRATIONS_DIR, migrate
 from projections import clip_status, rebuild
@@ -126,6 +126,28 @@ async def test_stored_events_decode_to_what_was_appended(pool, ids):
     assert [e.decoded() for e in read] == events
     assert [e.version for e in read] == [1, 2]
     assert read[1].position == read[0].position + 1
+
+
+async def test_every_append_writes_the_feeds_json_the_feed_would_build(pool, ids):
+    """One event, several at once, and the bulk append of an import each write `feed_print` and `feed_tail`, and
+    they are the text the feed builds at read time for a row without them (eventlog/feed_json.py)."""
+    project, clip = ids.project(), ids.clip()
+    async with pool.acquire() as conn, conn.transaction():
+        await append(conn, project, clip, 0, [requested()])
+    async with pool.acquire() as conn, conn.transaction():
+        await append(conn, project, clip, 1, [started(), requested()])
+    async with pool.acquire() as conn, conn.transaction():
+        lines = await conn.fetch(f"SELECT {store.ROW_JSON} FROM events WHERE project_id = $1 ORDER BY position", project)
+        imported = ids.project()
+        await store.append_rows(conn, len(lines), (line[0].encode() for line in lines), project_id=imported)
+    rows = await pool.fetch(
+        f"SELECT feed_print, feed_tail, {feed_json.ROW_PRINT} AS built_print, {feed_json.ROW_TAIL} AS built_tail "
+        "FROM events WHERE project_id = ANY($1::text[]) ORDER BY position",
+        [project, imported],
+    )
+    assert len(rows) == 6
+    for row in rows:
+        assert (row["feed_print"], row["feed_tail"]) == (row["built_print"], row["built_tail"])
 
 
 # The gap-free reader --------------------------------------------------------------------------------------------------

@@ -493,24 +493,31 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
     `eventlog.cursor` exactly (whole seconds, microseconds, the session's time zone), or every cursor would 410."""
     from datetime import datetime, timedelta, timezone
 
-    from eventlog.pages import _COLUMNS, _events, _json_events
+    from eventlog.pages import _COLUMNS, _JSON_PAGE_SQL, _events, _json_events
 
     conn = await connect()
     await conn.execute("SET TIME ZONE 'America/New_York'")
-    # a temporary `events` of this connection only, with the log's columns (the generated ones among them): the
-    # fingerprint's text is made when a row is written, here in another time zone than UTC
-    await conn.execute("CREATE TEMP TABLE events (LIKE public.events INCLUDING DEFAULTS INCLUDING GENERATED)")
+    # a temporary `events` of this connection only, with the log's columns: each time written twice, once by the
+    # appends' INSERT (the feed's JSON written with the row, here in another time zone than UTC) and once without
+    # it (the feed builds it at read time, as for events written before migration 018)
+    await conn.execute("CREATE TEMP TABLE events (LIKE public.events INCLUDING DEFAULTS)")
     base = datetime(2026, 11, 28, 23, 59, 59, tzinfo=timezone.utc)
     stamps = [base, base + timedelta(microseconds=1), base + timedelta(microseconds=999_999),
               base + timedelta(microseconds=120_000), datetime(999, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
               datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=5)))]
+    columns = "position, txid, stream, type, project_id, clip_id, version, recorded_at, clip_status, data, schema_version"
+    selected = (
+        "SELECT $1::bigint AS position, pg_current_xact_id() AS txid, $2::text AS stream, "
+        "'extraction.requested'::text AS type, 'p'::text AS project_id, 'c'::text AS clip_id, $3::int AS version, "
+        "$4::timestamptz AS recorded_at, 'pending'::text AS clip_status, "
+        "'{\"a\": 1, \"é\": \"\\u2028\"}'::jsonb AS data, 1::smallint AS schema_version"
+    )
     for position, at in enumerate(stamps, start=1):
+        await conn.execute(store.insert_sql(selected), position, f"p/c{position}", position * 7, at)
         await conn.execute(
-            "INSERT INTO events (position, txid, stream, type, project_id, clip_id, version, recorded_at, "
-            "clip_status, data, schema_version) VALUES ($1, pg_current_xact_id(), $2, 'extraction.requested', 'p', "
-            "'c', $3, $4, 'pending', '{\"a\": 1}', 1)",
-            position, f"p/c{position}", position * 7, at,
+            f"INSERT INTO events ({columns}) SELECT * FROM ({selected}) AS e", position + 100, f"p/c{position}", 1, at
         )
+    assert await conn.fetchval("SELECT count(feed_tail) FROM events") == len(stamps)  # the first of each pair
     epoch = uuid.uuid4()
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events ORDER BY position")
     stored = await conn.fetch("SELECT stream, version, recorded_at FROM events ORDER BY position")
@@ -518,9 +525,9 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
         print_ = cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
         expected = cursor.encode(epoch, event.position, print_)
         assert event.cursor == expected, row["recorded_at"]
-        assert json.loads(bytes(event.data)) == {"a": 1}
-    # and the JSON stored with each row is what msgspec writes for the event (the times' text above all)
-    built = _json_events(await conn.fetch("SELECT position, feed_print, feed_tail FROM events ORDER BY position"), epoch)
+        assert json.loads(bytes(event.data)) == {"a": 1, "é": "\u2028"}
+    # and the feed's JSON of each row is what msgspec writes for the event (the times' text above all)
+    built = _json_events(await conn.fetch(_JSON_PAGE_SQL[(True, True)], 0, 1000, "p", 1000), epoch)
     assert [e.encode() for e in built.events] == [msgspec.json.encode(e) for e in _events(rows, epoch)]
 
 

@@ -17,7 +17,7 @@ from api import feed
 from api.feed import page_json
 from api.feed_client import CursorReset, FeedClient
 from api.views import EventPage
-from eventlog import cursor, pages
+from eventlog import cursor, pages, store
 from tests.feed_support import cursor_at
 from tests.inprocess import InProcessServer
 
@@ -31,19 +31,24 @@ DATA = ['{"run": 1, "attempt": 1, "source": "caf\u00e9 \\"quoted\\"\\n\\u0001 \U
 
 
 async def insert_events(pool: asyncpg.Pool, project: str, user: str, count: int) -> list[int]:
-    """`count` events of `project` (owned by `user`) in one transaction, at positions the log allocates."""
+    """`count` events of `project` (owned by `user`) in one transaction, at positions the log allocates: every
+    other one written as the appends write (with its feed JSON), the others without it (as before migration 018:
+    the feed builds their JSON at read time)."""
+    selected = (
+        "SELECT $1::bigint AS position, $2::xid8 AS txid, $3 || '/' || $4 AS stream, $3::text AS project_id, "
+        "$4::text AS clip_id, 1 AS version, 'extraction.requested'::text AS type, 1::smallint AS schema_version, "
+        "$5::text::jsonb AS data, 'pending'::text AS clip_status, $6::timestamptz AS recorded_at"
+    )
+    without_json = f"INSERT INTO events ({store._INSERTED}) {selected}"  # noqa: SLF001 - the appends' columns
+    rows = [(i, f"c{i}", DATA[i % len(DATA)], STAMPS[i % len(STAMPS)]) for i in range(count)]
     async with pool.acquire() as conn, conn.transaction():
         txid, first = await conn.fetchrow("SELECT txid, first_position FROM cliplog_allocate_positions($1)", count)
         await conn.execute("INSERT INTO projects (project_id, owner) VALUES ($1, $2) ON CONFLICT DO NOTHING", project, user)
-        await conn.executemany(
-            "INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data, "
-            "clip_status, recorded_at) VALUES ($1, $2, $3 || '/' || $4, $3, $4, 1, 'extraction.requested', 1, "
-            "$5::text::jsonb, 'pending', $6)",
-            [
-                (first + i, txid, project, f"c{i}", DATA[i % len(DATA)], STAMPS[i % len(STAMPS)])
-                for i in range(count)
-            ],
-        )
+        for statement, parity in ((store.insert_sql(selected), 0), (without_json, 1)):
+            await conn.executemany(
+                statement,
+                [(first + i, txid, project, clip, data, at) for i, clip, data, at in rows if i % 2 == parity],
+            )
     return list(range(first, first + count))
 
 
