@@ -28,7 +28,8 @@ Delay (per round, the cases interleaved: floor, WS 1, WS 100, WS 1000, WS 1000 w
   long poll  one client repeating `GET /api/events?after=<cursor>&wait=30`; from COMMIT to the response.
 Memory: a fresh `cliplog serve` per round, warmed with 10 subscribers that then leave; its RSS (psutil) before and
   after 1,000 subscribers connect and sit idle, divided by 1,000.
-Catch-up: the events table is bulk-loaded (one transaction; VACUUM ANALYZE), all of it in the bench user's projects;
+Catch-up: the events table is bulk-loaded (one transaction, the rows as the appends write them, with their feed
+  JSON; VACUUM ANALYZE), all of it in the bench user's projects;
   then read from the beginning to the end, interleaved (A B A B ..., CHECKPOINT before each run):
   A  HTTP      `GET /api/events?limit=1000&after=<next_cursor>` over one keep-alive connection (httpx), bodies
                decoded with msgspec, until an empty page;
@@ -71,6 +72,7 @@ import msgspec
 import psutil
 
 from bench.common import apply_defaults, cell
+from eventlog import store
 from runtime.embedded import free_port
 from runtime.processes import ApiProcess
 
@@ -545,14 +547,14 @@ async def catch_up_raw(conn: asyncpg.Connection, expected: int) -> Rate:
     return Rate(count, seconds)
 
 
-BULK_LOAD = """
-INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data, clip_status,
-                    recorded_at)
-SELECT g, pg_current_xact_id(), x.p || '/' || x.c, x.p, x.c, 1, 'extraction.requested', 1, $2::jsonb, 'pending',
-       $3::timestamptz + g * interval '1 millisecond'
+# The events as the appends write them (with their feed JSON: eventlog.feed_json)
+BULK_LOAD = store.insert_sql("""
+SELECT g AS position, pg_current_xact_id() AS txid, x.p || '/' || x.c AS stream, x.p AS project_id, x.c AS clip_id,
+       1 AS version, 'extraction.requested' AS type, 1::smallint AS schema_version, $2::jsonb AS data,
+       'pending' AS clip_status, $3::timestamptz + g * interval '1 millisecond' AS recorded_at
 FROM generate_series(1, $1::bigint) AS g,
      LATERAL (SELECT 'bench-p' || ((g - 1) / 1000) AS p, 'clip-' || (g - 1) AS c) AS x
-"""
+""")
 
 
 async def bulk_load(admin: asyncpg.Connection, count: int) -> None:
