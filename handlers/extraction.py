@@ -147,6 +147,7 @@ async def remote_source_info(
 _REFUSED = re.compile(r"Server returned 40[13]|HTTP error 40[13]|^\[https? @ [^\]]*\].*(?:403 Forbidden|401 Unauthorized)",
                       re.IGNORECASE | re.MULTILINE)  # fmt: skip
 _LOST = (r"(?:Connection refused|Connection reset|Connection timed out|Operation timed out|timed out|Broken pipe|"
+         r"Stream ends prematurely|"
          r"Network is unreachable)")  # fmt: skip
 _ENDED = r"(?:End of file|Input/output error|Error number -\d+ occurred)"
 _PROTOCOL_LINE = r"^\[(?:https?|tcp|tls) @ [^\]]*\].*"

@@ -94,6 +94,11 @@ async def test_a_genuine_ffmpeg_failure_near_the_deadline_keeps_its_code() -> No
         ("[http @ 0x5581] HTTP error 503 Service Unavailable", StorageUnavailable),
         ("[in#0 @ 0x55] Error opening input: Connection reset by peer", StorageUnavailable),
         ("http://127.0.0.1:9000/games/sources/x.mkv?[redacted]: Connection reset by peer", StorageUnavailable),
+        # the connection closed before the length the store announced (FFmpeg 9's -i, and ffprobe 5.1)
+        ("[http @ 0x55] Stream ends prematurely at 40, should be 25400\n"
+         "[in#0 @ 0x55] Error opening input: Input/output error", StorageUnavailable),
+        ("[http @ 0x55] Stream ends prematurely at 40, should be 25400\n"
+         "http://127.0.0.1:9000/games/sources/x.mkv?[redacted]: Input/output error", StorageUnavailable),
         # an input that ended early: a source cut short says the same (of a Matroska file's first 40 bytes, FFmpeg
         # 7 and later, and 6 and older)
         ("[in#0 @ 0x55] Error opening input: End of file\nError opening input files: End of file", None),
