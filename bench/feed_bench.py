@@ -530,7 +530,11 @@ async def feed_run(
         handled.lost += subscribers - len(got)
         kernel.lost += subscribers - len(got)
         kernel.unstamped += sum(k is None for _, k in got)
-    return {"kernel": kernel, "handled": handled} if kind == "lean" else {"handled": handled}
+    if kind != "lean":
+        return {"handled": handled}
+    if handled.samples and not kernel.samples:
+        raise RuntimeError("the kernel gave the client no receive timestamps (SO_TIMESTAMPNS); is this Linux?")
+    return {"kernel": kernel, "handled": handled}
 
 
 async def memory_run(dsn: str, workdir: Path, token: str, subscribers: int = 1000) -> float:
