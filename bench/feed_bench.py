@@ -785,7 +785,7 @@ def render(
     lines.append("scheduling (there: when `recv()` returns in each subscriber's task).")
     moved = [d.clock_moved for (_, stamp), runs in delays.items() if stamp == "kernel" for d in runs]
     if moved:
-        lines.append(f"CLOCK_REALTIME moved against CLOCK_MONOTONIC by at most {max(moved) * 1000:.3f} ms during a")
+        lines.append(f"CLOCK_REALTIME moved against CLOCK_MONOTONIC by at most {max(moved) * 1e6:,.1f} µs during a")
         lines.append("WebSocket run (a step of the wall clock would show here; it falsifies only the kernel-row")
         lines.append("samples whose commit and arrival straddle it).")
     lines.append("Targets: " + "; ".join(verdicts) + ".")
