@@ -14,4 +14,8 @@
 -- per INSERT, took appends with 8 writers from 0.85-1.00 of a raw INSERT to 0.67-0.68, and the upgrade rewrote the
 -- whole table.)
 
+-- Adding the columns takes the table's exclusive lock for an instant, but waits for it behind any transaction
+-- reading `events` (an export, a rebuild), and every append and read would queue behind the wait: give up after
+-- 10 s instead (`cliplog migrate` fails and can be run again).
+SET LOCAL lock_timeout = '10s';
 ALTER TABLE events ADD COLUMN IF NOT EXISTS feed_print text, ADD COLUMN IF NOT EXISTS feed_tail text;
