@@ -80,6 +80,8 @@ class WakeableWorker(Worker):
         self.slots = slots
         self.cutting: set[str] = set()  # jobs taken whose cut has not ended
         self.wake = asyncio.Event()
+        self.not_taking = asyncio.Event()  # set while no job is being taken (`start_jobs` is not under way)
+        self.not_taking.set()
         self._take: Any = None
 
     def cut_done(self, job_id: str) -> None:
@@ -131,6 +133,13 @@ class WakeableWorker(Worker):
         await self.heart_beat()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self.not_taking.clear()
+        try:
+            await self._take_jobs(job_ids)
+        finally:
+            self.not_taking.set()
+
+    async def _take_jobs(self, job_ids: list[bytes]) -> None:
         for job_id_b in job_ids:
             if not self.allow_pick_jobs or not self._slot_free():  # a shutdown began meanwhile: take nothing more
                 return
@@ -283,20 +292,22 @@ async def _bounded(step: str, awaitable: Any, seconds: float = 5.0) -> None:
         log.warning("shutdown: %s failed: %s: %s", step, type(error).__name__, error)
 
 
-async def _shut_down(worker: Worker, polling: asyncio.Task, grace: float) -> None:
+async def _shut_down(worker: WakeableWorker, polling: asyncio.Task, grace: float) -> None:
+    """Take no more jobs; give every job taken `grace` seconds to end, its bookkeeping included; then hand back the
+    attempts still running (cancelled while `shutting_down` is set) and give their bookkeeping 10 s more. A take
+    under way when the shutdown begins ends first, so that its job is one of them (and not left to run unseen
+    until the process exits, then timed out by the reaper, its attempt used up)."""
     worker.allow_pick_jobs = False
-    running = [t for t in worker.job_tasks.values() if not t.done()]
-    if running:
-        log.info("waiting up to %g s for %d running extraction(s)", grace, len(running))
-        _, unfinished = await asyncio.wait(running, timeout=grace)
+    await _bounded("a job being taken", worker.not_taking.wait())
+    taken = {job_id: task for job_id, task in worker.tasks.items() if not task.done()}  # arq's run_job tasks
+    if taken:
+        log.info("waiting up to %g s for %d running extraction(s)", grace, len(taken))
+        _, unfinished = await asyncio.wait(taken.values(), timeout=grace)
         worker.ctx["shutting_down"].set()
-        for task in unfinished:
-            task.cancel()  # the job hands its attempt back
+        for job_id, task in taken.items():
+            if task in unfinished:  # the job's own task hands its attempt back; a job not begun yet just stops
+                (worker.job_tasks.get(job_id) or task).cancel()
         if unfinished:
             await asyncio.wait(unfinished, timeout=10)
-    finishing = [t for t in worker.tasks.values() if not t.done()]
-    if finishing:
-        log.info("shutdown: job bookkeeping")
-        await asyncio.wait(finishing, timeout=5)
     polling.cancel()
     await _bounded("queue polling", asyncio.gather(polling, return_exceptions=True))

@@ -21,7 +21,7 @@ from domain.clip import ClipState, Start
 from eventlog import store
 from usecases import clips
 from handlers import dispatcher, extraction, mp4, reactor, reaper
-from handlers.worker import WakeableWorker, holds, presence_prefix
+from handlers.worker import WakeableWorker, _shut_down, holds, presence_prefix
 from projections import clip_status
 from runtime.bootstrap import open_services, redis_settings
 from usecases.services import Services, utcnow
@@ -487,6 +487,56 @@ async def test_a_worker_takes_no_job_once_its_shutdown_began(settings_for, begin
         finish.set()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         await redis.delete(queue_name, *(job_key_prefix + n for n in "ab"), *(in_progress_key_prefix + n for n in "ab"))
+        await worker.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+async def test_a_job_taken_while_the_shutdown_begins_is_given_the_grace_and_handed_back(settings_for):
+    """The shutdown begins while a take is under way in Redis (inside the call, once Redis has answered). The job
+    taken is one of those the shutdown waits for and hands back: cancelled with `shutting_down` set. (Before, the
+    shutdown listed the running jobs at once, without it: the job ran on unseen until the process exited.)"""
+    services = await open_services(await settings_for(), pool_size=2)
+    queue_name = f"test-shutdown-take-{os.getpid()}-{time.monotonic_ns()}"
+    handed_back: list[bool] = []
+
+    async def job(ctx: dict, name: str) -> None:
+        try:
+            await asyncio.Event().wait()  # an extraction that outlasts the grace
+        except asyncio.CancelledError:
+            handed_back.append(ctx["shutting_down"].is_set())
+            raise
+
+    worker = WakeableWorker(
+        functions=[func(job, name="job", max_tries=1)], queue_name=queue_name,
+        ctx={"services": services, "shutting_down": asyncio.Event()}, handle_signals=False, max_jobs=holds(1),
+        slots=1, keep_result=0, retry_jobs=False,
+    )  # fmt: skip
+    worker.ctx["cut_done"] = worker.cut_done
+    await worker.connect()
+    redis = worker.pool
+    polling = asyncio.create_task(asyncio.Event().wait())  # stands for the polling task, which the shutdown stops
+    shutdown: list[asyncio.Task] = []
+    take = worker._take  # noqa: SLF001
+
+    async def take_then_shut_down(*args: object, **kwargs: object) -> object:
+        taken = await take(*args, **kwargs)
+        shutdown.append(asyncio.create_task(_shut_down(worker, polling, grace=0.2)))
+        while worker.allow_pick_jobs:  # the shutdown has begun before this take returns
+            await asyncio.sleep(0)
+        return taken
+
+    try:
+        await redis.enqueue_job("job", "a", _job_id="a", _queue_name=queue_name)
+        worker._take = take_then_shut_down  # noqa: SLF001
+        await worker._poll_iteration()  # noqa: SLF001
+        assert list(worker.tasks) == ["a"]
+        await asyncio.wait_for(shutdown[0], 30)
+        assert handed_back == [True]
+    finally:
+        for task in worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        await redis.delete(queue_name, job_key_prefix + "a", in_progress_key_prefix + "a")
         await worker.pool.aclose(close_connection_pool=True)
         await services.close()
 
