@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 MULTIPART_ABOVE = 64 * 1024 * 1024  # one PUT up to this; above it, a multipart upload (S3 shows it only once whole)
 PART_SIZE = 64 * 1024 * 1024
+# Parts in flight at once: obstore holds each in memory (its default of 12 would be 768 MiB for one upload; two
+# slots of a worker uploading at once, twice that)
+UPLOAD_CONCURRENCY = 2
 READ_CHUNK = 256 * 1024  # a body read yields at least this much at a time (an idle limit applies per chunk)
 # The HTTP client's own limit on a whole request, body included: none that matters. A body transfer takes as long
 # as its size needs (an upload is bounded by the attempt's deadline, a read by `timeout` without a byte); every
@@ -331,6 +334,7 @@ class S3Storage:
                 attributes={"Content-Type": "video/mp4"},
                 use_multipart=size > MULTIPART_ABOVE,
                 chunk_size=PART_SIZE,
+                max_concurrency=UPLOAD_CONCURRENCY,
             )
         except (BaseError, OSError) as error:
             raise storage_error(error, bucket, path, "uploading") from None
