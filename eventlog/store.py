@@ -72,15 +72,16 @@ def stream_name(project_id: str, clip_id: str) -> str:
 
 _COLUMNS = "position, stream, project_id, clip_id, version, type, schema_version, data, clip_status, recorded_at"
 
-_INSERTED = "position, txid, stream, project_id, clip_id, version, type, schema_version, data, clip_status, recorded_at"
+# The columns of an event an append writes (`insert_sql` adds the feed's JSON)
+INSERTED = "position, txid, stream, project_id, clip_id, version, type, schema_version, data, clip_status, recorded_at"
 
 
 def insert_sql(rows: str, returning: str = "") -> str:
-    """An INSERT into `events` of `rows` (a query selecting the columns of `_INSERTED` by those names), with each
+    """An INSERT into `events` of `rows` (a query selecting the columns of `INSERTED` by those names), with each
     event's feed JSON (`eventlog.feed_json`), which every append writes."""
     return (
-        f"INSERT INTO events ({_INSERTED}, feed_print, feed_tail) "
-        f"SELECT {_INSERTED}, {feed_json.ROW_PRINT}, {feed_json.ROW_TAIL} FROM ({rows}) AS e {returning}"
+        f"INSERT INTO events ({INSERTED}, feed_print, feed_tail) "
+        f"SELECT {INSERTED}, {feed_json.ROW_PRINT}, {feed_json.ROW_TAIL} FROM ({rows}) AS e {returning}"
     )
 
 

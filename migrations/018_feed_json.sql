@@ -19,3 +19,23 @@
 -- 10 s instead (`cliplog migrate` fails and can be run again).
 SET LOCAL lock_timeout = '10s';
 ALTER TABLE events ADD COLUMN IF NOT EXISTS feed_print text, ADD COLUMN IF NOT EXISTS feed_tail text;
+
+-- The log is append-only, but a row changed in place (an operator's repair, a test simulating damage) must not keep
+-- the feed's text of what it was: an UPDATE of an event's own columns forgets the stored text, and the feed builds
+-- it from the row again. (An UPDATE of the two columns alone, a backfill, keeps what it writes.)
+CREATE OR REPLACE FUNCTION cliplog_forget_feed_json() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (NEW.stream, NEW.project_id, NEW.clip_id, NEW.version, NEW.type, NEW.schema_version, NEW.data,
+        NEW.clip_status, NEW.recorded_at)
+       IS DISTINCT FROM
+       (OLD.stream, OLD.project_id, OLD.clip_id, OLD.version, OLD.type, OLD.schema_version, OLD.data,
+        OLD.clip_status, OLD.recorded_at) THEN
+        NEW.feed_print := NULL;
+        NEW.feed_tail := NULL;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER events_forget_feed_json BEFORE UPDATE ON events
+    FOR EACH ROW EXECUTE FUNCTION cliplog_forget_feed_json();

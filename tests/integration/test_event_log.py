@@ -130,13 +130,18 @@ async def test_stored_events_decode_to_what_was_appended(pool, ids):
 
 async def test_every_append_writes_the_feeds_json_the_feed_would_build(pool, ids):
     """One event, several at once, and the bulk append of an import each write `feed_print` and `feed_tail`, and
-    they are the text the feed builds at read time for a row without them (eventlog/feed_json.py)."""
+    they are the text the feed builds at read time for a row without them (eventlog/feed_json.py), also when the
+    writer's session is in another time zone than the reader's (UTC here)."""
     project, clip = ids.project(), ids.clip()
+    elsewhere = "SET LOCAL TIME ZONE 'Asia/Kathmandu'"  # +05:45: neither whole hours nor the reader's zone
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(elsewhere)
         await append(conn, project, clip, 0, [requested()])
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(elsewhere)
         await append(conn, project, clip, 1, [started(), requested()])
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(elsewhere)
         lines = await conn.fetch(f"SELECT {store.ROW_JSON} FROM events WHERE project_id = $1 ORDER BY position", project)
         imported = ids.project()
         await store.append_rows(conn, len(lines), (line[0].encode() for line in lines), project_id=imported)

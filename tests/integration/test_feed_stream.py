@@ -39,7 +39,7 @@ async def insert_events(pool: asyncpg.Pool, project: str, user: str, count: int)
         "$4::text AS clip_id, 1 AS version, 'extraction.requested'::text AS type, 1::smallint AS schema_version, "
         "$5::text::jsonb AS data, 'pending'::text AS clip_status, $6::timestamptz AS recorded_at"
     )
-    without_json = f"INSERT INTO events ({store._INSERTED}) {selected}"  # noqa: SLF001 - the appends' columns
+    without_json = f"INSERT INTO events ({store.INSERTED}) {selected}"
     rows = [(i, f"c{i}", DATA[i % len(DATA)], STAMPS[i % len(STAMPS)]) for i in range(count)]
     async with pool.acquire() as conn, conn.transaction():
         txid, first = await conn.fetchrow("SELECT txid, first_position FROM cliplog_allocate_positions($1)", count)
@@ -97,6 +97,26 @@ async def test_a_page_built_by_postgresql_is_what_msgspec_writes_for_the_events(
             expected = encode(EventPage(events=views, next_cursor=views[-1].cursor if views else given))
             assert page_json(built, given) == expected
     assert len(views) == 0  # the last cursor: nothing after it
+
+
+async def test_an_event_changed_in_place_is_sent_as_it_is_now(pool, ids, make_user: MakeUser):
+    """The log is append-only, but a row repaired (or damaged) in place must not keep the feed's stored text of what
+    it was: the page says what the row holds now, as the WebSocket's read does. A backfill of the stored text alone
+    keeps what it writes."""
+    user, _ = await make_user()
+    project = ids.project()
+    first = (await insert_events(pool, project, user, 2))[0]  # the first one with its feed JSON
+    epoch = await pool.fetchval("SELECT epoch FROM log_identity")
+    assert await pool.fetchval("SELECT feed_tail IS NOT NULL FROM events WHERE position = $1", first)
+    await pool.execute(
+        "UPDATE events SET clip_status = 'completed', data = '{\"repaired\": true}' WHERE position = $1", first
+    )
+    views = await pages.read_page(pool, epoch, first - 1, 1, user=user, project_id=project)
+    built = await pages.read_page_json(pool, epoch, first - 1, 1, user=user, project_id=project)
+    assert [msgspec.json.encode(v) for v in views] == [e.encode() for e in built.events]
+    assert msgspec.json.decode(built.events[0])["clip_status"] == "completed"
+    await pool.execute("UPDATE events SET feed_tail = 'backfilled', feed_print = 'p' WHERE position = $1", first)
+    assert await pool.fetchval("SELECT feed_tail FROM events WHERE position = $1", first) == "backfilled"
 
 
 async def test_the_stream_and_the_pages_give_the_same_events_from_any_cursor(
