@@ -5,7 +5,7 @@
 One source, a 1-hour 320x180 H.264/AAC video (tests/s3/support.py `make_long_video`: moov box at the end, a
 keyframe a second), is put both in a local media folder and in a bucket of moto's S3 server on localhost
 (tests/s3server.py, behind the gate that counts the bytes the store sends). A worker in this process (arq, the
-dispatcher, one job at a time: tests/s3/support.py `running_worker`) cuts N clips of 10 s spread over the hour,
+dispatcher, one job at a time: tests/worker_support.py `running_worker`) cuts N clips of 10 s spread over the hour,
 one at a time, first with local storage and then with S3 storage (`storage/s3.py`), the order reversed every
 other round, on a scratch database next to `--dsn` (dropped at the end) and a private Redis.
 
@@ -50,7 +50,7 @@ def p90(values: list[float]) -> float:
 
 
 async def one_case(settings: Settings, storage, gate, project: str, starts: list[float], mode: str):  # noqa: ANN001
-    from tests.s3.support import running_worker
+    from tests.worker_support import running_worker
 
     latencies: list[float] = []
     read: list[int] = []
