@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -38,10 +37,10 @@ import psutil
 from api.auth import create_token
 from bench.common import apply_defaults, cell, fmt
 from bench.pipeline_bench import (
-    DEFAULT_DSN, POST_CONCURRENCY, SOURCE, BenchCluster, Client, _with_database, bare_batch, batch_start,
+    DEFAULT_DSN, POST_CONCURRENCY, SOURCE, BenchCluster, Client, bare_batch, batch_start,
     make_source,
 )  # fmt: skip
-from eventlog.migrate import migrate
+from bench.scratch import scratch_database
 from runtime.settings import find_ffmpeg
 
 CLIP_SECONDS = 10.0
@@ -180,64 +179,59 @@ def render(runs: dict[str, list[Run]], n: int) -> list[str]:
 
 async def bench(args: argparse.Namespace) -> str:
     began = time.perf_counter()
-    database = f"cliplog_dispatch_{secrets.token_hex(4)}"
-    root = await asyncpg.connect(args.dsn)
-    await root.execute(f'CREATE DATABASE "{database}"')
-    dsn = _with_database(args.dsn, database)
-    workdir = Path(tempfile.mkdtemp(prefix="cliplog-dispatch-bench-"))
-    db: asyncpg.Connection | None = None
-    cluster: BenchCluster | None = None
-    clients: list[Client] = []
-    ok = False
-    try:
-        db = await asyncpg.connect(dsn)
-        await migrate(db)
-        ffmpeg = find_ffmpeg(os.environ)
-        source = make_source(ffmpeg, workdir / "media" / SOURCE)
-        cluster = BenchCluster(workdir, database, dsn, ffmpeg)
-        cluster.api = await asyncio.to_thread(cluster.serve)
-        alice = Client(cluster.api.url, await create_token(db, "alice"))
-        bob = Client(cluster.api.url, await create_token(db, "bob"))
-        clients += [alice, bob]
-        runs: dict[str, list[Run]] = {c: [] for c in ("fifo1", "fair1", "fifo2", "fair2", "bare1", "bare2")}
-        order = ["bare1", "fifo1", "fair1", "bare2", "fifo2", "fair2"]
-        for r in range(args.rounds):
-            for case in order if r % 2 == 0 else order[::-1]:
-                if case.startswith("bare"):
-                    await db.execute("CHECKPOINT")
-                    t = await bare_batch(cluster, source, args.clips, int(case[-1]))
-                    run = Run(case, args.clips, t.seconds)
-                else:
-                    run = await service_case(cluster, alice, bob, db, case, args.clips, str(r))
-                runs[case].append(run)
-                log(
-                    f"round {r + 1}/{args.rounds} {case}: {run.rate:.2f} clips/s"
-                    + ("" if case.startswith("bare") else f", bob waited {run.bob_wait:.2f} s behind {run.ahead} of alice's")
-                )  # fmt: skip
-        lines = [
-            f"## cliplog dispatch benchmark ({psutil.cpu_count()} CPUs, {args.clips} clips of 10 s in copy mode, "
-            f"{args.rounds} round(s), whole run {time.perf_counter() - began:.0f} s)",
-            "",
-            f"Alice POSTs {args.clips} clips, then bob POSTs one; worker processes of concurrency 1. Host load "
-            f"average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
-            "",
-            *render(runs, args.clips),
-        ]
-        ok = True
-        return "\n".join(lines)
-    finally:
-        for client in clients:
-            await client.close()
-        if cluster is not None:
-            await asyncio.to_thread(cluster.close)
-        if db is not None:
-            await db.close()
-        await root.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await root.close()
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"kept {workdir} (process logs in {workdir / 'logs'})")
+    async with scratch_database(args.dsn, "dispatch") as scratch:
+        database, dsn = scratch.name, scratch.dsn
+        workdir = Path(tempfile.mkdtemp(prefix="cliplog-dispatch-bench-"))
+        db: asyncpg.Connection | None = None
+        cluster: BenchCluster | None = None
+        clients: list[Client] = []
+        ok = False
+        try:
+            db = await asyncpg.connect(dsn)
+            ffmpeg = find_ffmpeg(os.environ)
+            source = make_source(ffmpeg, workdir / "media" / SOURCE)
+            cluster = BenchCluster(workdir, database, dsn, ffmpeg)
+            cluster.api = await asyncio.to_thread(cluster.serve)
+            alice = Client(cluster.api.url, await create_token(db, "alice"))
+            bob = Client(cluster.api.url, await create_token(db, "bob"))
+            clients += [alice, bob]
+            runs: dict[str, list[Run]] = {c: [] for c in ("fifo1", "fair1", "fifo2", "fair2", "bare1", "bare2")}
+            order = ["bare1", "fifo1", "fair1", "bare2", "fifo2", "fair2"]
+            for r in range(args.rounds):
+                for case in order if r % 2 == 0 else order[::-1]:
+                    if case.startswith("bare"):
+                        await db.execute("CHECKPOINT")
+                        t = await bare_batch(cluster, source, args.clips, int(case[-1]))
+                        run = Run(case, args.clips, t.seconds)
+                    else:
+                        run = await service_case(cluster, alice, bob, db, case, args.clips, str(r))
+                    runs[case].append(run)
+                    log(
+                        f"round {r + 1}/{args.rounds} {case}: {run.rate:.2f} clips/s"
+                        + ("" if case.startswith("bare") else f", bob waited {run.bob_wait:.2f} s behind {run.ahead} of alice's")
+                    )  # fmt: skip
+            lines = [
+                f"## cliplog dispatch benchmark ({psutil.cpu_count()} CPUs, {args.clips} clips of 10 s in copy mode, "
+                f"{args.rounds} round(s), whole run {time.perf_counter() - began:.0f} s)",
+                "",
+                f"Alice POSTs {args.clips} clips, then bob POSTs one; worker processes of concurrency 1. Host load "
+                f"average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
+                "",
+                *render(runs, args.clips),
+            ]
+            ok = True
+            return "\n".join(lines)
+        finally:
+            for client in clients:
+                await client.close()
+            if cluster is not None:
+                await asyncio.to_thread(cluster.close)
+            if db is not None:
+                await db.close()
+            if ok:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                log(f"kept {workdir} (process logs in {workdir / 'logs'})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import secrets
 import statistics
 import sys
 import threading
@@ -43,17 +42,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Sequence
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import msgspec
 import psutil
 
 from bench.common import apply_defaults, cell
+from bench.scratch import scratch_database
 from domain.clip import ClipState, Complete, Context, Register, Start, TimeOut, decide, evolve
 from domain.events import SCHEMA_VERSION, ExtractionEvent, encode_data, type_of
 from eventlog import store
-from eventlog.migrate import migrate
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 WRITER_COUNTS = (1, 8)
@@ -401,11 +400,6 @@ def render(
 # Orchestration -----------------------------------------------------------------------------------------------
 
 
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + database))
-
-
 def _peer_recorder(dsn: str) -> tuple[Any, Any]:
     from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
@@ -425,92 +419,85 @@ def _peer_recorder(dsn: str) -> tuple[Any, Any]:
 
 async def bench(args: argparse.Namespace) -> str:
     rounds, duration, read_events, read_rounds = args.rounds, args.duration, args.read_events, args.read_rounds
-    database = f"cliplog_bench_{secrets.token_hex(4)}"
-    root = await asyncpg.connect(args.dsn)
-    server_version = await root.fetchval("SHOW server_version")
-    await root.execute(f'CREATE DATABASE "{database}"')
-    log(f"created scratch database {database}")
-    dsn = _with_database(args.dsn, database)
-    admin: asyncpg.Connection | None = None
-    pool: asyncpg.Pool | None = None
-    datastore = None
-    started = time.perf_counter()
-    try:
-        admin = await asyncpg.connect(dsn)
-        log(f"migrated: {', '.join(await migrate(admin))}")
-        await admin.execute(RAW_DDL)
-        pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, init=store.init_connection)
-        datastore, recorder = await asyncio.to_thread(_peer_recorder, dsn)
+    async with scratch_database(args.dsn, "bench") as scratch:
+        database, dsn = scratch.name, scratch.dsn
+        admin: asyncpg.Connection | None = None
+        pool: asyncpg.Pool | None = None
+        datastore = None
+        started = time.perf_counter()
+        try:
+            admin = await asyncpg.connect(dsn)
+            server_version = await admin.fetchval("SHOW server_version")
+            await admin.execute(RAW_DDL)
+            pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, init=store.init_connection)
+            datastore, recorder = await asyncio.to_thread(_peer_recorder, dsn)
 
-        run_number = 0
-        meter = CpuMeter()
+            run_number = 0
+            meter = CpuMeter()
 
-        async def write(case: str, writers: int, seconds: float) -> Run:
-            nonlocal run_number
-            run_number += 1
-            tag = f"r{run_number}"
-            if case == "cliplog":
-                return await write_cliplog(pool, writers, seconds, tag)
-            if case == "raw":
-                return await write_raw(pool, writers, seconds, tag)
-            return await asyncio.to_thread(write_peer, recorder, writers, seconds)
+            async def write(case: str, writers: int, seconds: float) -> Run:
+                nonlocal run_number
+                run_number += 1
+                tag = f"r{run_number}"
+                if case == "cliplog":
+                    return await write_cliplog(pool, writers, seconds, tag)
+                if case == "raw":
+                    return await write_raw(pool, writers, seconds, tag)
+                return await asyncio.to_thread(write_peer, recorder, writers, seconds)
 
-        log("warming up (connections, prepared statements)")
-        for case in WRITE_CASES:
-            await write(case, POOL_SIZE, min(0.5, duration))
+            log("warming up (connections, prepared statements)")
+            for case in WRITE_CASES:
+                await write(case, POOL_SIZE, min(0.5, duration))
 
-        writes: dict[tuple[str, int], list[Run]] = {(c, w): [] for c in WRITE_CASES for w in WRITER_COUNTS}
-        for r in range(rounds):
-            for writers in WRITER_COUNTS:
-                for case in WRITE_CASES:
+            writes: dict[tuple[str, int], list[Run]] = {(c, w): [] for c in WRITE_CASES for w in WRITER_COUNTS}
+            for r in range(rounds):
+                for writers in WRITER_COUNTS:
+                    for case in WRITE_CASES:
+                        await admin.execute("CHECKPOINT")
+                        meter.start()
+                        run = meter.stop(await write(case, writers, duration))
+                        writes[(case, writers)].append(run)
+                        log(
+                            f"write round {r + 1}/{rounds} {writers} writer(s) {case:8s} "
+                            f"{run.rate:9,.0f} events/s  p99 {run.p99_ms:6.2f} ms  ({run.events} events; "
+                            f"host CPU {run.host_busy:4.0%} busy, client {run.client_cores:.2f} cores)"
+                        )
+
+            log(f"bulk-loading {read_events:,} events")
+            load_seconds = await bulk_load(admin, read_events)
+            log(f"loaded in {load_seconds:.1f} s (including VACUUM ANALYZE)")
+            readers = {"cliplog": read_cliplog, "raw": read_raw}
+            for case in READ_CASES:  # warm the cache and the statements
+                await readers[case](pool, read_events)
+            reads: dict[str, list[Run]] = {c: [] for c in READ_CASES}
+            for r in range(read_rounds):
+                for case in READ_CASES:
                     await admin.execute("CHECKPOINT")
                     meter.start()
-                    run = meter.stop(await write(case, writers, duration))
-                    writes[(case, writers)].append(run)
+                    run = meter.stop(await readers[case](pool, read_events))
+                    reads[case].append(run)
                     log(
-                        f"write round {r + 1}/{rounds} {writers} writer(s) {case:8s} "
-                        f"{run.rate:9,.0f} events/s  p99 {run.p99_ms:6.2f} ms  ({run.events} events; "
+                        f"read round {r + 1}/{read_rounds} {case:8s} {run.rate:11,.0f} events/s  ({run.seconds:.2f} s; "
                         f"host CPU {run.host_busy:4.0%} busy, client {run.client_cores:.2f} cores)"
                     )
 
-        log(f"bulk-loading {read_events:,} events")
-        load_seconds = await bulk_load(admin, read_events)
-        log(f"loaded in {load_seconds:.1f} s (including VACUUM ANALYZE)")
-        readers = {"cliplog": read_cliplog, "raw": read_raw}
-        for case in READ_CASES:  # warm the cache and the statements
-            await readers[case](pool, read_events)
-        reads: dict[str, list[Run]] = {c: [] for c in READ_CASES}
-        for r in range(read_rounds):
-            for case in READ_CASES:
-                await admin.execute("CHECKPOINT")
-                meter.start()
-                run = meter.stop(await readers[case](pool, read_events))
-                reads[case].append(run)
-                log(
-                    f"read round {r + 1}/{read_rounds} {case:8s} {run.rate:11,.0f} events/s  ({run.seconds:.2f} s; "
-                    f"host CPU {run.host_busy:4.0%} busy, client {run.client_cores:.2f} cores)"
-                )
-
-        header = [
-            f"## cliplog event log benchmark (PostgreSQL {server_version}, scratch database {database})",
-            "",
-            f"Appends: one event per transaction (BEGIN; one INSERT; COMMIT), {rounds} interleaved rounds of "
-            f"{duration:g} s per case (CHECKPOINT before each run); cliplog and raw on an asyncpg pool of "
-            f"{POOL_SIZE} connections, one acquired per transaction; the peer on eventsourcing's psycopg pool of "
-            f"{POOL_SIZE}, writers as threads. Reads: {read_events:,} bulk-loaded events, {read_rounds} interleaved "
-            f"rounds, each reading from position 0 to the end. Whole run {time.perf_counter() - started:.0f} s.",
-        ]
-        return render(writes, reads, read_events, header)
-    finally:
-        if pool is not None:
-            await pool.close()
-        if datastore is not None:
-            datastore.close()
-        if admin is not None:
-            await admin.close()
-        await root.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await root.close()
-        log(f"dropped scratch database {database}")
+            header = [
+                f"## cliplog event log benchmark (PostgreSQL {server_version}, scratch database {database})",
+                "",
+                f"Appends: one event per transaction (BEGIN; one INSERT; COMMIT), {rounds} interleaved rounds of "
+                f"{duration:g} s per case (CHECKPOINT before each run); cliplog and raw on an asyncpg pool of "
+                f"{POOL_SIZE} connections, one acquired per transaction; the peer on eventsourcing's psycopg pool of "
+                f"{POOL_SIZE}, writers as threads. Reads: {read_events:,} bulk-loaded events, {read_rounds} interleaved "
+                f"rounds, each reading from position 0 to the end. Whole run {time.perf_counter() - started:.0f} s.",
+            ]
+            return render(writes, reads, read_events, header)
+        finally:
+            if pool is not None:
+                await pool.close()
+            if datastore is not None:
+                datastore.close()
+            if admin is not None:
+                await admin.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -90,7 +90,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import asyncpg
 import msgspec
@@ -797,128 +797,117 @@ def render(
 # Orchestration ---------------------------------------------------------------------------------------------------
 
 
-def _with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
-
-
 async def bench(args: argparse.Namespace) -> str:
     from api.auth import create_token
+    from bench.scratch import scratch_database
     from eventlog import store
-    from eventlog.migrate import migrate
 
-    database = f"cliplog_feedbench_{secrets.token_hex(4)}"
-    root = await asyncpg.connect(args.dsn)
-    server_version = await root.fetchval("SHOW server_version")
-    await root.execute(f'CREATE DATABASE "{database}"')
-    log(f"created scratch database {database}")
-    dsn = _with_database(args.dsn, database)
-    workdir = Path(tempfile.mkdtemp(prefix="cliplog-feedbench-"))
-    started = time.perf_counter()
-    admin: asyncpg.Connection | None = None
-    pool: asyncpg.Pool | None = None
-    server: Server | None = None
-    baseline: Server | None = None
-    try:
-        admin = await asyncpg.connect(dsn)
-        await migrate(admin)
-        await store.init_connection(admin)
-        token = await create_token(admin, USER)
-        log(f"bulk-loading {args.catch_up_events:,} events for the catch-up runs")
-        await bulk_load(admin, args.catch_up_events)
-        await admin.execute("INSERT INTO projects (project_id, owner) VALUES ($1, $2)", LIVE_PROJECT, USER)
-        pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, init=store.init_connection)
-        server = await Server(dsn, workdir).ready()
-        log(f"cliplog serve on {server.http} (pid {server.pid})")
-
-        if not args.catch_up_only:
-            log("warming up")
-            await floor_run(dsn, 5)
-            await feed_run(pool, server, token, "lean", 1, 5)
-
-        delays: dict[tuple[str, str], list[Delays]] = defaultdict(list)  # (case, stamp) -> one per round
-        for r in range(0 if args.catch_up_only else args.rounds):
-            for case in args.cases.split(","):
-                busy = HostCpu()
-                if case == "floor":
-                    runs = {"handled": await floor_run(dsn, args.events)}
-                elif case == "poll":
-                    runs = await feed_run(pool, server, token, "poll", 1, args.events, args.warmup)
-                else:
-                    n, client = CASE_SUBSCRIBERS[case]
-                    count = args.events if n < 1000 else args.events_1000
-                    runs = await feed_run(pool, server, token, client, n, count, args.warmup)
-                host_busy = busy.share()
-                for stamp, run in runs.items():
-                    run.host_busy = host_busy
-                    delays[case, stamp].append(run)
-                    log(f"delay round {r + 1}/{args.rounds} {case:14s} {stamp:7s} p50 {run.p50_ms:7.2f} ms  "
-                        f"p99 {run.p99_ms:7.2f} ms  warm-up max {run.warmup_max * 1000:7.2f} ms  "
-                        f"({len(run.samples)} samples{f', {run.lost} LOST' if run.lost else ''}"
-                        f"{f', {run.unstamped} without a kernel stamp' if run.unstamped else ''}; "
-                        f"host CPUs {run.host_busy:.0%} busy)")
-
-        memory: list[float] = []
-        for r in range(0 if args.catch_up_only else args.memory_rounds):
-            per = await memory_run(dsn, workdir, token)
-            memory.append(per)
-            log(f"memory round {r + 1}/{args.memory_rounds}: {per / 1024:.1f} KB per idle subscriber")
-
-        expected = await admin.fetchval("SELECT count(*) FROM events")
-        if args.baseline_python:
-            baseline = await Server(dsn, workdir, python=args.baseline_python).ready()
-            log(f"baseline cliplog serve ({args.baseline_python}) on {baseline.http} (pid {baseline.pid})")
-        raw_conn = await asyncpg.connect(dsn)
-        await store.init_connection(raw_conn)
-        runs = {
-            "http": lambda: catch_up_http(server, token, expected),
-            "ndjson": lambda: catch_up_ndjson(server, token, expected),
-            "raw": lambda: catch_up_raw(raw_conn, expected),
-        }
-        if baseline is not None:
-            runs["baseline"] = lambda: catch_up_http(baseline, token, expected)
-        static, static_url = await static_server(server, token, workdir)
-        runs["static"] = lambda: catch_up_static(static_url, expected)
-        catch_up: dict[str, list[Rate]] = defaultdict(list)
+    async with scratch_database(args.dsn, "feedbench") as scratch:
+        database, dsn = scratch.name, scratch.dsn
+        workdir = Path(tempfile.mkdtemp(prefix="cliplog-feedbench-"))
+        started = time.perf_counter()
+        admin: asyncpg.Connection | None = None
+        pool: asyncpg.Pool | None = None
+        server: Server | None = None
+        baseline: Server | None = None
         try:
-            for run in runs.values():  # warm the caches and the statements
-                await run()
-            for r in range(args.rounds):
-                for case, run in runs.items():
-                    await admin.execute("CHECKPOINT")
-                    catch_up[case].append(await run())
-                log(f"catch-up round {r + 1}/{args.rounds}: "
-                    + ", ".join(f"{case} {rates[-1].per_second:9,.0f} events/s" for case, rates in catch_up.items()))
-        finally:
-            await raw_conn.close()
-            if baseline is not None:
-                baseline.stop()
-            static.terminate()
-            static.wait(10)
+            admin = await asyncpg.connect(dsn)
+            server_version = await admin.fetchval("SHOW server_version")
+            await store.init_connection(admin)
+            token = await create_token(admin, USER)
+            log(f"bulk-loading {args.catch_up_events:,} events for the catch-up runs")
+            await bulk_load(admin, args.catch_up_events)
+            await admin.execute("INSERT INTO projects (project_id, owner) VALUES ($1, $2)", LIVE_PROJECT, USER)
+            pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, init=store.init_connection)
+            server = await Server(dsn, workdir).ready()
+            log(f"cliplog serve on {server.http} (pid {server.pid})")
 
-        header = [
-            f"## cliplog event feed benchmark (PostgreSQL {server_version}, scratch database {database}, "
-            f"{psutil.cpu_count()} CPUs)",
-            "",
-            f"One `cliplog serve` process; subscribers in one client process (asyncio + websockets). Delay rounds: "
-            f"{args.rounds}, each {args.events} events per case ({args.events_1000} with 1,000 subscribers), "
-            f"cases interleaved. Memory: {args.memory_rounds} fresh servers. Catch-up: {expected:,} events, "
-            f"{args.rounds} interleaved rounds. Whole run {time.perf_counter() - started:.0f} s.",
-        ]
-        return render(delays, memory, catch_up, header, args.warmup)
-    finally:
-        if server is not None:
-            server.stop()
-        if pool is not None:
-            await pool.close()
-        if admin is not None:
-            await admin.close()
-        await root.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await root.close()
-        log(f"dropped scratch database {database}")
-        if sys.exc_info()[0] is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"kept the API's log in {workdir}")
+            if not args.catch_up_only:
+                log("warming up")
+                await floor_run(dsn, 5)
+                await feed_run(pool, server, token, "lean", 1, 5)
+
+            delays: dict[tuple[str, str], list[Delays]] = defaultdict(list)  # (case, stamp) -> one per round
+            for r in range(0 if args.catch_up_only else args.rounds):
+                for case in args.cases.split(","):
+                    busy = HostCpu()
+                    if case == "floor":
+                        runs = {"handled": await floor_run(dsn, args.events)}
+                    elif case == "poll":
+                        runs = await feed_run(pool, server, token, "poll", 1, args.events, args.warmup)
+                    else:
+                        n, client = CASE_SUBSCRIBERS[case]
+                        count = args.events if n < 1000 else args.events_1000
+                        runs = await feed_run(pool, server, token, client, n, count, args.warmup)
+                    host_busy = busy.share()
+                    for stamp, run in runs.items():
+                        run.host_busy = host_busy
+                        delays[case, stamp].append(run)
+                        log(f"delay round {r + 1}/{args.rounds} {case:14s} {stamp:7s} p50 {run.p50_ms:7.2f} ms  "
+                            f"p99 {run.p99_ms:7.2f} ms  warm-up max {run.warmup_max * 1000:7.2f} ms  "
+                            f"({len(run.samples)} samples{f', {run.lost} LOST' if run.lost else ''}"
+                            f"{f', {run.unstamped} without a kernel stamp' if run.unstamped else ''}; "
+                            f"host CPUs {run.host_busy:.0%} busy)")
+
+            memory: list[float] = []
+            for r in range(0 if args.catch_up_only else args.memory_rounds):
+                per = await memory_run(dsn, workdir, token)
+                memory.append(per)
+                log(f"memory round {r + 1}/{args.memory_rounds}: {per / 1024:.1f} KB per idle subscriber")
+
+            expected = await admin.fetchval("SELECT count(*) FROM events")
+            if args.baseline_python:
+                baseline = await Server(dsn, workdir, python=args.baseline_python).ready()
+                log(f"baseline cliplog serve ({args.baseline_python}) on {baseline.http} (pid {baseline.pid})")
+            raw_conn = await asyncpg.connect(dsn)
+            await store.init_connection(raw_conn)
+            runs = {
+                "http": lambda: catch_up_http(server, token, expected),
+                "ndjson": lambda: catch_up_ndjson(server, token, expected),
+                "raw": lambda: catch_up_raw(raw_conn, expected),
+            }
+            if baseline is not None:
+                runs["baseline"] = lambda: catch_up_http(baseline, token, expected)
+            static, static_url = await static_server(server, token, workdir)
+            runs["static"] = lambda: catch_up_static(static_url, expected)
+            catch_up: dict[str, list[Rate]] = defaultdict(list)
+            try:
+                for run in runs.values():  # warm the caches and the statements
+                    await run()
+                for r in range(args.rounds):
+                    for case, run in runs.items():
+                        await admin.execute("CHECKPOINT")
+                        catch_up[case].append(await run())
+                    log(f"catch-up round {r + 1}/{args.rounds}: "
+                        + ", ".join(f"{case} {rates[-1].per_second:9,.0f} events/s" for case, rates in catch_up.items()))
+            finally:
+                await raw_conn.close()
+                if baseline is not None:
+                    baseline.stop()
+                static.terminate()
+                static.wait(10)
+
+            header = [
+                f"## cliplog event feed benchmark (PostgreSQL {server_version}, scratch database {database}, "
+                f"{psutil.cpu_count()} CPUs)",
+                "",
+                f"One `cliplog serve` process; subscribers in one client process (asyncio + websockets). Delay rounds: "
+                f"{args.rounds}, each {args.events} events per case ({args.events_1000} with 1,000 subscribers), "
+                f"cases interleaved. Memory: {args.memory_rounds} fresh servers. Catch-up: {expected:,} events, "
+                f"{args.rounds} interleaved rounds. Whole run {time.perf_counter() - started:.0f} s.",
+            ]
+            return render(delays, memory, catch_up, header, args.warmup)
+        finally:
+            if server is not None:
+                server.stop()
+            if pool is not None:
+                await pool.close()
+            if admin is not None:
+                await admin.close()
+            if sys.exc_info()[0] is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                log(f"kept the API's log in {workdir}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,17 +19,16 @@ import multiprocessing
 import os
 import random
 import re
-import secrets
 import sys
 import time
 from datetime import datetime, timezone
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench.scratch import scratch_database
 from domain.events import ExtractionRequested
 from eventlog import store
-from eventlog.migrate import MIGRATIONS_DIR, migrate
+from eventlog.migrate import MIGRATIONS_DIR
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 EVENT = ExtractionRequested(run=1, attempt=1, reason="registered", not_before=T0, source="a.mp4", start=0.0, end=1.0)
@@ -88,16 +87,12 @@ async def _follow(url: str, writers_done: asyncio.Event) -> tuple[list[int], lis
 
 async def round_(admin_dsn: str, old: bool, args: argparse.Namespace) -> tuple[int, int]:
     """One round: (events, events the reader skipped)."""
-    name = f"cliplog_horizon_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
-    try:
-        conn = await asyncpg.connect(url)
-        await migrate(conn)
+    async with scratch_database(admin_dsn, "horizon") as scratch:
+        url = scratch.dsn
         if old:
+            conn = await asyncpg.connect(url)
             await conn.execute(old_horizon_sql())
-        await conn.close()
+            await conn.close()
         stop_at = time.time() + args.seconds
         spawn = multiprocessing.get_context("spawn")
         writers = [spawn.Process(target=_writer, args=(url, w, stop_at)) for w in range(args.writers)]
@@ -117,9 +112,6 @@ async def round_(admin_dsn: str, old: bool, args: argparse.Namespace) -> tuple[i
         if len(seen) != len(set(seen)) or seen != sorted(seen):
             raise AssertionError("the reader saw an event twice or out of order")
         return len(everything), len(set(everything) - set(seen))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def main() -> int:

@@ -22,20 +22,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import asyncpg
 import httpx
 
 from bench.common import apply_defaults, cell, fmt
+from bench.scratch import scratch_database
 from domain.clip import HANDED_BACK
 from domain.events import SCHEMA_VERSION
-from eventlog.migrate import migrate
 from projections import metrics
 from runtime.processes import ApiProcess, Redis
 
@@ -139,7 +139,6 @@ async def old_queries_ms(conn: asyncpg.Connection) -> float:
 async def prepare(dsn: str, size: int, redis_url: str, workdir: Path) -> tuple[asyncpg.Connection, ApiProcess, float]:
     """A database holding `size` events, a `cliplog serve` on it, and how long its follower took to project them."""
     conn = await asyncpg.connect(dsn)
-    await migrate(conn)
     log(f"filling a log of {size:,} events")
     await fill(conn, 1, size // 3)
     env = {**os.environ, "CLIPLOG_DATABASE_URL": dsn, "CLIPLOG_REDIS_URL": redis_url,
@@ -214,24 +213,16 @@ def main() -> int:
                           {"rounds": 5, "requests": 200, "sizes": [10_000, 1_000_000]})  # fmt: skip
 
     async def run() -> dict[int, dict[str, list]]:
-        admin = await asyncpg.connect(args.dsn)
-        names = {size: f"cliplog_metrics_{secrets.token_hex(4)}" for size in args.sizes}
         workdir = Path(tempfile.mkdtemp(prefix="cliplog-metrics-bench-"))
         redis = Redis(workdir / "redis").start()
         try:
-            for name in names.values():
-                await admin.execute(f'CREATE DATABASE "{name}"')
-            dsns = {size: args.dsn.rsplit("/", 1)[0] + "/" + name for size, name in names.items()}
-            return await measure(args, dsns, redis.url, workdir)
+            async with AsyncExitStack() as databases:
+                dsns = {}
+                for size in args.sizes:
+                    dsns[size] = (await databases.enter_async_context(scratch_database(args.dsn, "metrics"))).dsn
+                return await measure(args, dsns, redis.url, workdir)
         finally:
             redis.stop()
-            for name in names.values():
-                await admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                    name,
-                )
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            await admin.close()
 
     report(asyncio.run(run()))
     return 0

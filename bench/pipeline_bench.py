@@ -67,7 +67,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -76,8 +75,8 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from bench.common import apply_defaults, cell, fmt
+from bench.scratch import scratch_database
 from api.auth import create_token
-from eventlog.migrate import migrate
 from eventlog.progress import PROGRESS_CHANNEL
 from handlers.ffmpeg import cut_command
 from handlers.reactor import job_queue
@@ -1158,11 +1157,6 @@ def render_stall(runs: list[StallRun], stall_after: float) -> list[str]:
 # Orchestration -------------------------------------------------------------------------------------------------
 
 
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + database))
-
-
 def _ffmpeg_version(ffmpeg: str) -> str:
     try:
         out = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, check=True).stdout
@@ -1173,185 +1167,178 @@ def _ffmpeg_version(ffmpeg: str) -> str:
 
 async def bench(args: argparse.Namespace) -> str:
     started = time.perf_counter()
-    database = f"cliplog_pipe_{secrets.token_hex(4)}"
-    root = await asyncpg.connect(args.dsn)
-    server_version = await root.fetchval("SHOW server_version")
-    await root.execute(f'CREATE DATABASE "{database}"')
-    log(f"created scratch database {database}")
-    dsn = _with_database(args.dsn, database)
-    workdir = Path(tempfile.mkdtemp(prefix="cliplog-pipeline-bench-"))
-    admin: asyncpg.Connection | None = None
-    cluster: BenchCluster | None = None
-    client: Client | None = None
-    redis: ArqRedis | None = None
-    ok = False
-    try:
-        admin = await asyncpg.connect(dsn)
-        log(f"migrated: {', '.join(await migrate(admin))}")
-        token = await create_token(admin, USER)
-        ffmpeg = find_ffmpeg(os.environ)
-        t = time.perf_counter()
-        source = make_source(ffmpeg, workdir / "media" / SOURCE)
-        log(f"generated {source} ({source.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f} s")
-        cluster = BenchCluster(workdir, database, dsn, ffmpeg)
-        cluster.api = await asyncio.to_thread(cluster.serve)
-        client = Client(cluster.api.url, token)
-        redis = ArqRedis.from_url(cluster.redis_url)
-        log(f"cliplog serve at {cluster.api.url}, Redis at {cluster.redis_url}, logs in {cluster.log_dir}")
-        worker_a = cluster.worker("a", concurrency=1)
-        await cluster.wait_log(worker_a, [r"worker \S+ started", r"(reactor|dispatcher): leading", r"reaper: leading"], timeout=60)
-
-        # Warm-up (connections, statements, page cache), then check the feed.
-        t = time.perf_counter()
-        await register_and_wait(client, "latency", "warmup", 3.0, "poll")
-        log(f"warm-up clip completed in {(time.perf_counter() - t) * 1000:.0f} ms")
-        feed_note: str | None = None
-        if args.observe == "poll":
-            feed_note = "--observe poll"
-        else:
-            feed_note = await probe_feed(client, "latency")
-            if feed_note and args.observe == "feed":
-                raise RuntimeError(f"the feed does not work: {feed_note}")
-            if feed_note:
-                log(f"feed unavailable ({feed_note}); observing by polling")
-        observers = ["poll"] if feed_note else ["feed", "poll"]
-        observe = "poll" if feed_note else "feed"
-
-        sections = {int(n) for n in args.sections.split(",")}
-        latency: dict[str, list[LatencyRun]] = {}
-        if 1 in sections:
-            log(f"1. latency: {args.rounds} rounds of {' / '.join(['bare', *observers])}")
-            latency = await run_latency(cluster, client, admin, redis, source, args.rounds, observers)
-
-        throughput: dict[str, list[ThroughputRun]] = {case: [] for case in THROUGHPUT_CASES}
-        if 2 in sections:
-            log(
-                f"2. throughput: batches of {args.batch}, {args.throughput_rounds} round(s) of 1 and 2 workers, "
-                "and of bare FFmpeg 1 and 2 at a time"
-            )
-        for r in range(args.throughput_rounds if 2 in sections else 0):
-            order = ["bare1", "svc1", "bare2", "svc2"]
-            for case in order if r % 2 == 0 else order[::-1]:
-                parallel = int(case[-1])
-                if case.startswith("bare"):
-                    await admin.execute("CHECKPOINT")
-                    run = await bare_batch(cluster, source, args.batch, parallel)
-                    detail = f"median cut {run.attempt * 1000:.0f} ms"
-                else:
-                    project = f"tp{r}w{parallel}"
-                    run = await throughput_run(cluster, client, admin, parallel, args.batch, project, observe)
-                    detail = f"POSTs {run.register_seconds:.2f} s, per worker {run.per_worker}"
-                throughput[case].append(run)
-                log(
-                    f"throughput round {r + 1}/{args.throughput_rounds} {case}: {run.rate:5.2f} clips/s "
-                    f"({run.clips} in {run.seconds:.2f} s, {detail}; host CPU {run.cpu.host_busy:.0%} busy, other "
-                    f"load {run.cpu.cores.get('other', 0.0):.2f} CPUs)"
-                )
-
-        detection_env = dict(FULL if args.full_detection else SCALED)
-        await cluster.stop(worker_a)
-        detection: list[DetectionRun] = []
-        if 3 in sections:
-            log(f"3. detection after SIGKILL: {args.detection_runs} run(s) with {detection_env}")
-            detection = await run_detection(cluster, client, admin, detection_env, args.detection_runs)
-
-        counter = ProgressCounter()
-        listener = await asyncpg.connect(dsn)
+    async with scratch_database(args.dsn, "pipe") as scratch:
+        database, dsn = scratch.name, scratch.dsn
+        workdir = Path(tempfile.mkdtemp(prefix="cliplog-pipeline-bench-"))
+        admin: asyncpg.Connection | None = None
+        cluster: BenchCluster | None = None
+        client: Client | None = None
+        redis: ArqRedis | None = None
+        ok = False
         try:
-            await listener.add_listener(PROGRESS_CHANNEL, counter)
-            progress_cost: ProgressCost | None = None
-            if 4 in sections:
-                log(f"4. the cost of progress: {args.rounds} rounds, {args.throughput_rounds} batch round(s)")
-                progress_cost = await run_progress_cost(
-                    cluster, client, admin, counter, args.rounds, args.batch, args.throughput_rounds, observe
-                )
-            stall_after = STALL_FULL if args.full_detection else STALL_SCALED
-            stalls: list[StallRun] = []
-            if 5 in sections:
-                log(f"5. stall detection: {args.detection_runs} run(s), CLIPLOG_STALL_AFTER={stall_after:g}")
-                stalls = await run_stall(cluster, client, admin, counter, stall_after, args.detection_runs)
-        finally:
-            await listener.close()
+            admin = await asyncpg.connect(dsn)
+            server_version = await admin.fetchval("SHOW server_version")
+            token = await create_token(admin, USER)
+            ffmpeg = find_ffmpeg(os.environ)
+            t = time.perf_counter()
+            source = make_source(ffmpeg, workdir / "media" / SOURCE)
+            log(f"generated {source} ({source.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f} s")
+            cluster = BenchCluster(workdir, database, dsn, ffmpeg)
+            cluster.api = await asyncio.to_thread(cluster.serve)
+            client = Client(cluster.api.url, token)
+            redis = ArqRedis.from_url(cluster.redis_url)
+            log(f"cliplog serve at {cluster.api.url}, Redis at {cluster.redis_url}, logs in {cluster.log_dir}")
+            worker_a = cluster.worker("a", concurrency=1)
+            await cluster.wait_log(worker_a, [r"worker \S+ started", r"(reactor|dispatcher): leading", r"reaper: leading"], timeout=60)
 
-        cpus = psutil.cpu_count()
-        header = [
-            f"## cliplog pipeline benchmark (PostgreSQL {server_version}, FFmpeg {_ffmpeg_version(ffmpeg)}, "
-            f"{cpus} CPUs, scratch database {database})",
-            "",
-            f"Real `cliplog serve` and `cliplog worker` processes, a private Redis, a {SOURCE_SECONDS} s 1280x720 "
-            "25 fps H.264/AAC source with a keyframe every 2 s; every clip is 10 s in copy mode. The "
-            f"{cpus} CPUs are shared by PostgreSQL, Redis, the API, the workers, FFmpeg and this client. "
-            f"Whole run {time.perf_counter() - started:.0f} s.",
-            "",
-            f"### 1. Latency: register → `completed` against bare FFmpeg ({args.rounds} interleaved rounds, "
-            "1 worker, concurrency 1, default settings)",
-            "",
-        ]
-        others = [r.cpu.cores.get("other", 0.0) for rs in latency.values() for r in rs]
-        others += [r.cpu.cores.get("other", 0.0) for rs in throughput.values() for r in rs]
-        if others:
-            disturbed = statistics.median(others) > OTHER_LOAD_WARNING or pctl(others, 0.9) > 2 * OTHER_LOAD_WARNING
-            header.insert(
-                -4,
-                f"Other load on the host (CPUs used outside this bench's processes, per measured run): median "
-                f"{statistics.median(others):.2f}, p90 {pctl(others, 0.9):.2f}, max {max(others):.2f}"
-                + (": **the run was disturbed; measure again on a quiet machine.**" if disturbed else "."),
-            )
-            header.insert(-4, "")
-        if 1 not in sections:
-            header = header[:-2]
-        lines = header + (render_latency(latency, observers, None if observe == "feed" else feed_note) if 1 in sections else [])
-        lines += [] if 2 not in sections else [
-            "",
-            f"### 2. Throughput: {args.batch} clips POSTed at once ({args.throughput_rounds} interleaved round(s), "
-            f"observed by {'the long-poll feed' if observe == 'feed' else 'listing the project'}), against the same "
-            "cuts run by bare FFmpeg",
-            "",
-        ]
-        lines += render_throughput(throughput, args.batch) if 2 in sections else []
-        lines += [] if 2 not in sections else [
-            "",
-            f"CPU columns: median share of all {cpus} host CPUs busy during the run (anything on the machine) / "
-            "CPUs used by each group: the API process, the worker processes (Python), their FFmpeg children, "
-            "PostgreSQL's shared processes and this database's backends, redis-server, this client (with the "
-            "bare FFmpeg runs), and the rest of the busy time (kernel, other databases' backends, other "
-            "processes on the host: a high figure means the run was disturbed). "
-            "Per-attempt columns: medians over "
-            "the run's clips from their `recorded_at` (the idle time runs from a worker's `completed` to its next "
-            "`started`: commit, arq's bookkeeping and next poll, loading the clip).",
-        ]
-        if 3 in sections:
-            lines += ["", f"### 3. Detection of a SIGKILLed worker ({len(detection)} runs; the survivor leads the reaper)", ""]
-            lines += render_detection(detection, detection_env, args.full_detection)
-        if progress_cost is not None:
-            lines += [
+            # Warm-up (connections, statements, page cache), then check the feed.
+            t = time.perf_counter()
+            await register_and_wait(client, "latency", "warmup", 3.0, "poll")
+            log(f"warm-up clip completed in {(time.perf_counter() - t) * 1000:.0f} ms")
+            feed_note: str | None = None
+            if args.observe == "poll":
+                feed_note = "--observe poll"
+            else:
+                feed_note = await probe_feed(client, "latency")
+                if feed_note and args.observe == "feed":
+                    raise RuntimeError(f"the feed does not work: {feed_note}")
+                if feed_note:
+                    log(f"feed unavailable ({feed_note}); observing by polling")
+            observers = ["poll"] if feed_note else ["feed", "poll"]
+            observe = "poll" if feed_note else "feed"
+
+            sections = {int(n) for n in args.sections.split(",")}
+            latency: dict[str, list[LatencyRun]] = {}
+            if 1 in sections:
+                log(f"1. latency: {args.rounds} rounds of {' / '.join(['bare', *observers])}")
+                latency = await run_latency(cluster, client, admin, redis, source, args.rounds, observers)
+
+            throughput: dict[str, list[ThroughputRun]] = {case: [] for case in THROUGHPUT_CASES}
+            if 2 in sections:
+                log(
+                    f"2. throughput: batches of {args.batch}, {args.throughput_rounds} round(s) of 1 and 2 workers, "
+                    "and of bare FFmpeg 1 and 2 at a time"
+                )
+            for r in range(args.throughput_rounds if 2 in sections else 0):
+                order = ["bare1", "svc1", "bare2", "svc2"]
+                for case in order if r % 2 == 0 else order[::-1]:
+                    parallel = int(case[-1])
+                    if case.startswith("bare"):
+                        await admin.execute("CHECKPOINT")
+                        run = await bare_batch(cluster, source, args.batch, parallel)
+                        detail = f"median cut {run.attempt * 1000:.0f} ms"
+                    else:
+                        project = f"tp{r}w{parallel}"
+                        run = await throughput_run(cluster, client, admin, parallel, args.batch, project, observe)
+                        detail = f"POSTs {run.register_seconds:.2f} s, per worker {run.per_worker}"
+                    throughput[case].append(run)
+                    log(
+                        f"throughput round {r + 1}/{args.throughput_rounds} {case}: {run.rate:5.2f} clips/s "
+                        f"({run.clips} in {run.seconds:.2f} s, {detail}; host CPU {run.cpu.host_busy:.0%} busy, other "
+                        f"load {run.cpu.cores.get('other', 0.0):.2f} CPUs)"
+                    )
+
+            detection_env = dict(FULL if args.full_detection else SCALED)
+            await cluster.stop(worker_a)
+            detection: list[DetectionRun] = []
+            if 3 in sections:
+                log(f"3. detection after SIGKILL: {args.detection_runs} run(s) with {detection_env}")
+                detection = await run_detection(cluster, client, admin, detection_env, args.detection_runs)
+
+            counter = ProgressCounter()
+            listener = await asyncpg.connect(dsn)
+            try:
+                await listener.add_listener(PROGRESS_CHANNEL, counter)
+                progress_cost: ProgressCost | None = None
+                if 4 in sections:
+                    log(f"4. the cost of progress: {args.rounds} rounds, {args.throughput_rounds} batch round(s)")
+                    progress_cost = await run_progress_cost(
+                        cluster, client, admin, counter, args.rounds, args.batch, args.throughput_rounds, observe
+                    )
+                stall_after = STALL_FULL if args.full_detection else STALL_SCALED
+                stalls: list[StallRun] = []
+                if 5 in sections:
+                    log(f"5. stall detection: {args.detection_runs} run(s), CLIPLOG_STALL_AFTER={stall_after:g}")
+                    stalls = await run_stall(cluster, client, admin, counter, stall_after, args.detection_runs)
+            finally:
+                await listener.close()
+
+            cpus = psutil.cpu_count()
+            header = [
+                f"## cliplog pipeline benchmark (PostgreSQL {server_version}, FFmpeg {_ffmpeg_version(ffmpeg)}, "
+                f"{cpus} CPUs, scratch database {database})",
                 "",
-                f"### 4. The cost of live progress ({args.rounds} interleaved rounds of each latency case, "
-                f"{args.throughput_rounds} of batches of {args.batch}; 1 worker, concurrency 1)",
+                f"Real `cliplog serve` and `cliplog worker` processes, a private Redis, a {SOURCE_SECONDS} s 1280x720 "
+                "25 fps H.264/AAC source with a keyframe every 2 s; every clip is 10 s in copy mode. The "
+                f"{cpus} CPUs are shared by PostgreSQL, Redis, the API, the workers, FFmpeg and this client. "
+                f"Whole run {time.perf_counter() - started:.0f} s.",
+                "",
+                f"### 1. Latency: register → `completed` against bare FFmpeg ({args.rounds} interleaved rounds, "
+                "1 worker, concurrency 1, default settings)",
                 "",
             ]
-            lines += render_progress_cost(progress_cost)
-        if 5 in sections:
-            lines += ["", f"### 5. Stall detection: a frozen FFmpeg ({len(stalls)} runs)", ""]
-            lines += render_stall(stalls, stall_after)
-        ok = True
-        return "\n".join(lines)
-    finally:
-        if client is not None:
-            await client.close()
-        if redis is not None:
-            await redis.aclose()
-        if cluster is not None:
-            await asyncio.to_thread(cluster.close)
-        if admin is not None:
-            await admin.close()
-        await root.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await root.close()
-        log(f"dropped scratch database {database}")
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"kept {workdir} (process logs in {workdir / 'logs'})")
+            others = [r.cpu.cores.get("other", 0.0) for rs in latency.values() for r in rs]
+            others += [r.cpu.cores.get("other", 0.0) for rs in throughput.values() for r in rs]
+            if others:
+                disturbed = statistics.median(others) > OTHER_LOAD_WARNING or pctl(others, 0.9) > 2 * OTHER_LOAD_WARNING
+                header.insert(
+                    -4,
+                    f"Other load on the host (CPUs used outside this bench's processes, per measured run): median "
+                    f"{statistics.median(others):.2f}, p90 {pctl(others, 0.9):.2f}, max {max(others):.2f}"
+                    + (": **the run was disturbed; measure again on a quiet machine.**" if disturbed else "."),
+                )
+                header.insert(-4, "")
+            if 1 not in sections:
+                header = header[:-2]
+            lines = header + (render_latency(latency, observers, None if observe == "feed" else feed_note) if 1 in sections else [])
+            lines += [] if 2 not in sections else [
+                "",
+                f"### 2. Throughput: {args.batch} clips POSTed at once ({args.throughput_rounds} interleaved round(s), "
+                f"observed by {'the long-poll feed' if observe == 'feed' else 'listing the project'}), against the same "
+                "cuts run by bare FFmpeg",
+                "",
+            ]
+            lines += render_throughput(throughput, args.batch) if 2 in sections else []
+            lines += [] if 2 not in sections else [
+                "",
+                f"CPU columns: median share of all {cpus} host CPUs busy during the run (anything on the machine) / "
+                "CPUs used by each group: the API process, the worker processes (Python), their FFmpeg children, "
+                "PostgreSQL's shared processes and this database's backends, redis-server, this client (with the "
+                "bare FFmpeg runs), and the rest of the busy time (kernel, other databases' backends, other "
+                "processes on the host: a high figure means the run was disturbed). "
+                "Per-attempt columns: medians over "
+                "the run's clips from their `recorded_at` (the idle time runs from a worker's `completed` to its next "
+                "`started`: commit, arq's bookkeeping and next poll, loading the clip).",
+            ]
+            if 3 in sections:
+                lines += ["", f"### 3. Detection of a SIGKILLed worker ({len(detection)} runs; the survivor leads the reaper)", ""]
+                lines += render_detection(detection, detection_env, args.full_detection)
+            if progress_cost is not None:
+                lines += [
+                    "",
+                    f"### 4. The cost of live progress ({args.rounds} interleaved rounds of each latency case, "
+                    f"{args.throughput_rounds} of batches of {args.batch}; 1 worker, concurrency 1)",
+                    "",
+                ]
+                lines += render_progress_cost(progress_cost)
+            if 5 in sections:
+                lines += ["", f"### 5. Stall detection: a frozen FFmpeg ({len(stalls)} runs)", ""]
+                lines += render_stall(stalls, stall_after)
+            ok = True
+            return "\n".join(lines)
+        finally:
+            if client is not None:
+                await client.close()
+            if redis is not None:
+                await redis.aclose()
+            if cluster is not None:
+                await asyncio.to_thread(cluster.close)
+            if admin is not None:
+                await admin.close()
+            if ok and not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                log(f"kept {workdir} (process logs in {workdir / 'logs'})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import asyncio
-import secrets
 import statistics
 import sys
 import tempfile
@@ -35,16 +34,15 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
 
 from bench.common import apply_defaults, cell, fmt
+from bench.scratch import scratch_database
 from domain.clip import ClipState, Context, Fail, Register, Retry, Start, decide, evolve
 from domain.events import SCHEMA_VERSION, decode_json, encode_data, type_of
 from eventlog import export
-from eventlog.migrate import migrate
 from eventlog.store import StoredEvent, init_connection, stream_name
 from projections.rebuild import _PAGE, fold, rebuild
 from projections.replay import describe, explain, read_all, replay
@@ -57,10 +55,6 @@ _RAW = "SELECT position, stream, type, schema_version, data::text, recorded_at F
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
 
 
 async def raw_read(conn: asyncpg.Connection) -> int:
@@ -139,14 +133,10 @@ def _ratio(a: Sequence[float], b: Sequence[float]) -> str:
 
 
 async def bench(args: argparse.Namespace) -> str:
-    admin = await asyncpg.connect(args.dsn)
-    name = f"cliplog_bench_{secrets.token_hex(4)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_database(args.dsn, name)
-    try:
+    async with scratch_database(args.dsn, "bench") as scratch:
+        dsn = scratch.dsn
         conn = await asyncpg.connect(dsn)
         await init_connection(conn)
-        await migrate(conn)
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             log(f"writing a synthetic log of {args.events:,} events …")
@@ -163,7 +153,7 @@ async def bench(args: argparse.Namespace) -> str:
             replays: dict[str, list[float]] = {"db": [], "file": []}
             export_bytes = copy_bytes = 0
             for round_ in range(args.rounds):
-                await admin.execute("CHECKPOINT")
+                await conn.execute("CHECKPOINT")
                 t, c = time.perf_counter(), time.process_time()
                 done = await rebuild(conn, connect=lambda: asyncpg.connect(dsn), clock=time.monotonic)
                 rates["rebuild"].append(done.events / (time.perf_counter() - t))
@@ -199,13 +189,6 @@ async def bench(args: argparse.Namespace) -> str:
                     f"{fmt(rates['raw'][-1])}/s, export {fmt(rates['export'][-1])}/s, COPY {fmt(rates['copy'][-1])}/s, "
                     f"replay {fmt(replays['db'][-1])} ms")  # fmt: skip
         await conn.close()
-    finally:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.close()
     target = statistics.median(rates["rebuild"]) / statistics.median(rates["raw"]) >= 0.5
     return "\n".join([
         f"Replay tooling over {total:,} events ({args.rounds} rounds, interleaved; median (min–max))",

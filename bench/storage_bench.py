@@ -5,7 +5,7 @@
 One source, a 1-hour 320x180 H.264/AAC video (tests/s3/support.py `make_long_video`: moov box at the end, a
 keyframe a second), is put both in a local media folder and in a bucket of moto's S3 server on localhost
 (tests/s3server.py, behind the gate that counts the bytes the store sends). A worker in this process (arq, the
-dispatcher, one job at a time: tests/s3/support.py `running_worker`) cuts N clips of 10 s spread over the hour,
+dispatcher, one job at a time: tests/worker_support.py `running_worker`) cuts N clips of 10 s spread over the hour,
 one at a time, first with local storage and then with S3 storage (`storage/s3.py`), the order reversed every
 other round, on a scratch database next to `--dsn` (dropped at the end) and a private Redis.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -28,12 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
 import msgspec
 
 from bench.common import apply_defaults, fmt
+from bench.scratch import scratch_database
 from domain.clip import Register
-from eventlog.migrate import migrate
 from runtime.embedded import start_redis
 from runtime.settings import Settings, find_ffmpeg
 from usecases import clips
@@ -52,7 +50,7 @@ def p90(values: list[float]) -> float:
 
 
 async def one_case(settings: Settings, storage, gate, project: str, starts: list[float], mode: str):  # noqa: ANN001
-    from tests.s3.support import running_worker
+    from tests.worker_support import running_worker
 
     latencies: list[float] = []
     read: list[int] = []
@@ -92,59 +90,46 @@ async def main(args: argparse.Namespace) -> None:
     size = source.stat().st_size
     server = S3Server(root)
     redis_url, redis = start_redis(root / "redis")
-    name = f"cliplog_storage_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(args.dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        dsn = args.dsn.rsplit("/", 1)[0] + f"/{name}"
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        bucket = "bench"
-        server.create_bucket(bucket)
-        server.put_object(bucket, "sources/games/long.mp4", source)
-        settings = Settings(
-            database_url=dsn, redis_url=redis_url, data_dir=root, media_root=root / "media",
-            output_root=root / "clips", ffmpeg=ffmpeg, heartbeat_interval=0.5, lease_timeout=30.0,
-        )  # fmt: skip
-        s3 = s3_storage(server, bucket, timeout=30.0, retry_seconds=5.0)
-        results: dict[str, list[float]] = {"local": [], "s3": []}
-        read: list[int] = []
-        for round_ in range(args.rounds):
-            starts = [60.5 + (3400.0 / args.clips) * k + round_ * 7 for k in range(args.clips)]
-            cases = [("local", None), ("s3", s3)]
-            for backend, storage in cases if round_ % 2 == 0 else cases[::-1]:
-                project = f"{backend}-r{round_}"
-                latencies, sent = await one_case(
-                    msgspec.structs.replace(settings, storage=backend, s3_bucket=bucket if backend == "s3" else None),
-                    storage, server.gate, project, starts, args.mode,
-                )  # fmt: skip
-                results[backend].extend(latencies)
-                if backend == "s3":
-                    read.extend(sent)
-                log(f"round {round_ + 1}/{args.rounds} {backend}: median {fmt(statistics.median(latencies))} ms")
-                shutil.rmtree(root / "clips", ignore_errors=True)
-        local, remote = results["local"], results["s3"]
-        print(f"\nregister → completed per clip, {args.mode} cuts of {CLIP_SECONDS:g} s from a 1-hour source "
-              f"({size / 1e6:.1f} MB), one at a time, {args.rounds} rounds × {args.clips} clips per backend\n")  # fmt: skip
-        print("| backend | median ms | p90 ms |")
-        print("| --- | --- | --- |")
-        print(f"| local | {fmt(statistics.median(local))} | {fmt(p90(local))} |")
-        print(f"| s3 (moto on localhost) | {fmt(statistics.median(remote))} | {fmt(p90(remote))} |")
-        print(f"| s3 / local | {fmt(statistics.median(remote) / statistics.median(local))} | "
-              f"{fmt(p90(remote) / p90(local))} |")  # fmt: skip
-        print(f"\nbytes the store sent per clip (S3): median {statistics.median(read) / 1e6:.2f} MB, max "
-              f"{max(read) / 1e6:.2f} MB, of a {size / 1e6:.1f} MB source: median "
-              f"{statistics.median(read) / size:.2%}, max {max(read) / size:.2%}")  # fmt: skip
+        async with scratch_database(args.dsn, "storage") as scratch:
+            dsn = scratch.dsn
+            bucket = "bench"
+            server.create_bucket(bucket)
+            server.put_object(bucket, "sources/games/long.mp4", source)
+            settings = Settings(
+                database_url=dsn, redis_url=redis_url, data_dir=root, media_root=root / "media",
+                output_root=root / "clips", ffmpeg=ffmpeg, heartbeat_interval=0.5, lease_timeout=30.0,
+            )  # fmt: skip
+            s3 = s3_storage(server, bucket, timeout=30.0, retry_seconds=5.0)
+            results: dict[str, list[float]] = {"local": [], "s3": []}
+            read: list[int] = []
+            for round_ in range(args.rounds):
+                starts = [60.5 + (3400.0 / args.clips) * k + round_ * 7 for k in range(args.clips)]
+                cases = [("local", None), ("s3", s3)]
+                for backend, storage in cases if round_ % 2 == 0 else cases[::-1]:
+                    project = f"{backend}-r{round_}"
+                    latencies, sent = await one_case(
+                        msgspec.structs.replace(settings, storage=backend, s3_bucket=bucket if backend == "s3" else None),
+                        storage, server.gate, project, starts, args.mode,
+                    )  # fmt: skip
+                    results[backend].extend(latencies)
+                    if backend == "s3":
+                        read.extend(sent)
+                    log(f"round {round_ + 1}/{args.rounds} {backend}: median {fmt(statistics.median(latencies))} ms")
+                    shutil.rmtree(root / "clips", ignore_errors=True)
+            local, remote = results["local"], results["s3"]
+            print(f"\nregister → completed per clip, {args.mode} cuts of {CLIP_SECONDS:g} s from a 1-hour source "
+                  f"({size / 1e6:.1f} MB), one at a time, {args.rounds} rounds × {args.clips} clips per backend\n")  # fmt: skip
+            print("| backend | median ms | p90 ms |")
+            print("| --- | --- | --- |")
+            print(f"| local | {fmt(statistics.median(local))} | {fmt(p90(local))} |")
+            print(f"| s3 (moto on localhost) | {fmt(statistics.median(remote))} | {fmt(p90(remote))} |")
+            print(f"| s3 / local | {fmt(statistics.median(remote) / statistics.median(local))} | "
+                  f"{fmt(p90(remote) / p90(local))} |")  # fmt: skip
+            print(f"\nbytes the store sent per clip (S3): median {statistics.median(read) / 1e6:.2f} MB, max "
+                  f"{max(read) / 1e6:.2f} MB, of a {size / 1e6:.1f} MB source: median "
+                  f"{statistics.median(read) / size:.2%}, max {max(read) / size:.2%}")  # fmt: skip
     finally:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.close()
         server.stop()
         redis.kill()
         redis.wait()
