@@ -80,15 +80,15 @@ RAW_READ = f"SELECT {READ_COLUMNS} FROM events WHERE position > $1 ORDER BY posi
 
 # Rows g = 1..$1: project (g-1)/600, clip (g-1)/6, version (g-1)%6 + 1, the lifecycle's k-th event; all in this
 # transaction (one txid), committed before anything reads them.
-BULK_LOAD = """
-INSERT INTO events (position, txid, stream, project_id, clip_id, version, type, schema_version, data, clip_status,
-                    recorded_at)
-SELECT g, pg_current_xact_id(), x.p || '/' || x.c, x.p, x.c, x.k + 1, ($2::text[])[x.k + 1],
-       ($3::smallint[])[x.k + 1], ($4::text[])[x.k + 1]::jsonb, ($5::text[])[x.k + 1],
-       $6::timestamptz + g * interval '1 millisecond'
+# The rows as the appends write them (with their feed JSON: eventlog.feed_json)
+BULK_LOAD = store.insert_sql("""
+SELECT g AS position, pg_current_xact_id() AS txid, x.p || '/' || x.c AS stream, x.p AS project_id, x.c AS clip_id,
+       x.k + 1 AS version, ($2::text[])[x.k + 1] AS type, ($3::smallint[])[x.k + 1] AS schema_version,
+       ($4::text[])[x.k + 1]::jsonb AS data, ($5::text[])[x.k + 1] AS clip_status,
+       $6::timestamptz + g * interval '1 millisecond' AS recorded_at
 FROM generate_series(1, $1::bigint) AS g,
      LATERAL (SELECT 'bench-p' || ((g - 1) / 600) AS p, 'clip-' || ((g - 1) / 6) AS c, ((g - 1) % 6)::int AS k) AS x
-"""
+""")
 
 
 def log(message: str) -> None:
