@@ -312,18 +312,6 @@ async def notify(conn: asyncpg.Connection, position: int) -> None:
         pass  # the events are committed; followers will find them on their next poll
 
 
-class PooledConnection(asyncpg.Connection):
-    """A connection of the service's pool, given back without asyncpg's reset query (`pg_advisory_unlock_all();
-    CLOSE ALL; UNLISTEN *; RESET ALL`: one more round trip, and PostgreSQL's work, at every release: about 100 µs
-    of each pooled query's 170-320 µs here). What it would undo never outlives a use of the pool: LISTEN, session
-    advisory locks and session settings live on dedicated connections (`runtime.bootstrap`: the broker's listener,
-    the leaders, commands); pooled code sets only `SET LOCAL`, and `cliplog_allocate_positions` releases the
-    append lock it takes before it returns. asyncpg still rolls back a transaction left open."""
-
-    def get_reset_query(self) -> str:
-        return ""
-
-
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Per-connection set-up: jsonb as Python objects through msgspec."""
     await conn.set_type_codec(
