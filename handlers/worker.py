@@ -299,15 +299,14 @@ async def _shut_down(worker: WakeableWorker, polling: asyncio.Task, grace: float
     until the process exits, then timed out by the reaper, its attempt used up)."""
     worker.allow_pick_jobs = False
     await _bounded("a job being taken", worker.not_taking.wait())
-    taken = {job_id: task for job_id, task in worker.tasks.items() if not task.done()}  # arq's run_job tasks
+    taken = [task for task in worker.tasks.values() if not task.done()]  # arq's run_job tasks
     if taken:
         log.info("waiting up to %g s for %d running extraction(s)", grace, len(taken))
-        _, unfinished = await asyncio.wait(taken.values(), timeout=grace)
+        await asyncio.wait(taken, timeout=grace)
         worker.ctx["shutting_down"].set()
-        for job_id, task in taken.items():
-            if task in unfinished:  # the job's own task hands its attempt back; a job not begun yet just stops
-                (worker.job_tasks.get(job_id) or task).cancel()
-        if unfinished:
+        for function in [task for task in worker.job_tasks.values() if not task.done()]:  # the jobs still at work
+            function.cancel()  # the job hands its attempt back; arq's bookkeeping of it goes on
+        if unfinished := [task for task in worker.tasks.values() if not task.done()]:
             await asyncio.wait(unfinished, timeout=10)
     polling.cancel()
     await _bounded("queue polling", asyncio.gather(polling, return_exceptions=True))

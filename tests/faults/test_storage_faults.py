@@ -24,7 +24,7 @@ from storage.s3 import S3Config, S3Storage
 from tests.e2e.system import make_video
 from tests.s3.support import bucket_of, first_outcome, make_long_video, make_matroska, register, s3_storage
 from tests.worker_support import outcomes, running_worker, settled
-from tests.s3server import DENIED_PREFIX
+from tests.s3server import CREDENTIALS, DENIED_PREFIX
 from usecases.clips import handle
 from usecases.services import utcnow
 
@@ -160,7 +160,7 @@ async def test_the_store_lost_while_ffmpeg_probes_a_source_fails_storage_unavail
     """FFmpeg's failure to probe a source over its URL is judged against the store as its failure to cut is: the
     store gone (its HEAD fails), or back by then but FFmpeg said it lost its connection (FFmpeg 5 often only as
     "http://...: Connection reset by peer"), is `storage_unavailable` and retried, not the source's `not_a_video`."""
-    credentials = dict(__import__("tests.s3server").s3server.CREDENTIALS)
+    credentials = dict(CREDENTIALS)
     storage = GoneWhileFFprobeReads(s3_storage(s3_server, bucket).config, credentials, s3_gate, back_for_the_head)
     async with running_worker(settings, storage) as services:
         await register(services, "c1", source="games/match.mkv")
