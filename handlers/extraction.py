@@ -19,7 +19,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 from pathlib import Path
 
 from domain.clip import ClipState, Command, Complete, Fail, HandBack, Start, TimeOut
@@ -473,7 +473,7 @@ async def extract(
         await reporter.close()
     patience = 5.0 if cancelled else record_patience(ends_at, time.monotonic(), services.settings.lease_timeout)
     try:
-        await record(services, project_id, clip_id, command, give_up_after=patience)
+        await _to_its_end(record(services, project_id, clip_id, command, give_up_after=patience))
     except StaleAttempt:
         if isinstance(command, Complete):
             # A retried append whose first COMMIT did land looks stale too: keep the file the log points at.
@@ -493,6 +493,21 @@ def record_patience(deadline: float, now: float, lease_timeout: float) -> float:
     when the cut ended. So a published output's `completed` lands within CLIPLOG_ATTEMPT_TIMEOUT +
     CLIPLOG_LEASE_TIMEOUT of the attempt's start, which CLIPLOG_ORPHAN_GRACE must exceed (settings check it)."""
     return max(0.0, deadline - now) + lease_timeout
+
+
+async def _to_its_end(recording: Awaitable[None]) -> None:
+    """Await the outcome's append to its end even when the job is cancelled meanwhile (a shutdown past its grace,
+    arq's job timeout): the attempt is over, and an outcome lost here would be timed out by the reaper, its attempt
+    used up (a finished clip's file discarded). The append's own patience bounds the wait; then the cancellation
+    goes on."""
+    task = asyncio.ensure_future(recording)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])  # a second cancellation stops this wait, not the append
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the job reports
+        raise
 
 
 async def record(services: Services, project_id: str, clip_id: str, command: Command, give_up_after: float) -> None:

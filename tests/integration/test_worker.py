@@ -17,7 +17,7 @@ import pytest
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Worker, func
 
-from domain.clip import ClipState, Start
+from domain.clip import ClipState, Fail, Start
 from eventlog import store
 from usecases import clips
 from handlers import dispatcher, extraction, mp4, reactor, reaper
@@ -538,6 +538,35 @@ async def test_a_job_taken_while_the_shutdown_begins_is_given_the_grace_and_hand
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         await redis.delete(queue_name, job_key_prefix + "a", in_progress_key_prefix + "a")
         await worker.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+async def test_a_job_cancelled_while_it_records_its_outcome_still_records_it(settings_for, monkeypatch):
+    """A shutdown past its grace, or arq's job timeout, may cancel a job while it appends its outcome: the append
+    goes on to its end, then the job ends cancelled (before, the append was cut off, and the reaper timed the
+    finished attempt out and used it up). The outcome's append is held at its start until the job is cancelled."""
+    services = await open_services(await settings_for(), pool_size=4)
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    real_handle = extraction.handle
+
+    async def held_handle(pool, project_id, clip_id, command, context):  # noqa: ANN001, ANN202 - as `handle`
+        if isinstance(command, Fail):
+            entered.set()
+            await go_on.wait()
+        return await real_handle(pool, project_id, clip_id, command, context)
+
+    monkeypatch.setattr(extraction, "handle", held_handle)
+    try:
+        await register(services, "a", source="no-such-source.mp4")  # its attempt fails at once: the outcome a Fail
+        job = asyncio.create_task(extraction.extract(services, "p", "a", 1, 1, "w1", asyncio.Event()))
+        await asyncio.wait_for(entered.wait(), 10)
+        job.cancel()  # while the append waits
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(job, 10)
+        assert await outcomes(services, "a") == [(1, "failed", "source_missing")]
+    finally:
+        go_on.set()
         await services.close()
 
 
