@@ -390,6 +390,19 @@ async def test_the_reaper_appends_every_timeout_before_removing_outputs_and_a_hu
 # A slot frees when its cut ends -----------------------------------------------------------------------------------
 
 
+async def job_worker(services: Services, queue_name: str, job: Callable, *, slots: int) -> WakeableWorker:
+    """A `WakeableWorker` of `slots` slots running `job` (as "job", tried once) from `queue_name`, connected, with
+    the context `cliplog worker` gives its jobs (`cut_done`, `shutting_down`); its polls are run by the test."""
+    worker = WakeableWorker(
+        functions=[func(job, name="job", max_tries=1)], queue_name=queue_name,
+        ctx={"services": services, "shutting_down": asyncio.Event()}, handle_signals=False, max_jobs=holds(slots),
+        slots=slots, keep_result=0, retry_jobs=False,
+    )  # fmt: skip
+    worker.ctx["cut_done"] = worker.cut_done
+    await worker.connect()
+    return worker
+
+
 async def test_a_slot_takes_its_next_job_when_its_cut_ends_and_never_more_than_it_holds(settings_for):
     """One slot: a job holds it until it says its FFmpeg exited (`cut_done`) or ends; the next job is taken then,
     while the first still runs its bookkeeping; arq's `max_jobs` (`holds(1)` = 2) bounds the jobs in the process.
@@ -405,12 +418,7 @@ async def test_a_slot_takes_its_next_job_when_its_cut_ends_and_never_more_than_i
             ctx["cut_done"](ctx["job_id"])
         await finish[name].wait()
 
-    worker = WakeableWorker(
-        functions=[func(job, name="job", max_tries=1)], queue_name=queue_name, ctx={"services": services},
-        handle_signals=False, max_jobs=holds(1), slots=1, keep_result=0, retry_jobs=False,
-    )  # fmt: skip
-    worker.ctx["cut_done"] = worker.cut_done
-    await worker.connect()
+    worker = await job_worker(services, queue_name, job, slots=1)
     redis = worker.pool
     try:
         for name, says in [("a", False), ("b", True), ("c", True), ("d", True)]:
@@ -456,12 +464,7 @@ async def test_a_worker_takes_no_job_once_its_shutdown_began(settings_for, begin
     async def job(ctx: dict, name: str) -> None:
         await finish.wait()
 
-    worker = WakeableWorker(
-        functions=[func(job, name="job", max_tries=1)], queue_name=queue_name, ctx={"services": services},
-        handle_signals=False, max_jobs=holds(2), slots=2, keep_result=0, retry_jobs=False,
-    )  # fmt: skip
-    worker.ctx["cut_done"] = worker.cut_done
-    await worker.connect()
+    worker = await job_worker(services, queue_name, job, slots=2)
     redis = worker.pool
 
     def shutdown_begins_after(call):  # noqa: ANN001, ANN202 - a Redis call, and the same call
@@ -506,13 +509,7 @@ async def test_a_job_taken_while_the_shutdown_begins_is_given_the_grace_and_hand
             handed_back.append(ctx["shutting_down"].is_set())
             raise
 
-    worker = WakeableWorker(
-        functions=[func(job, name="job", max_tries=1)], queue_name=queue_name,
-        ctx={"services": services, "shutting_down": asyncio.Event()}, handle_signals=False, max_jobs=holds(1),
-        slots=1, keep_result=0, retry_jobs=False,
-    )  # fmt: skip
-    worker.ctx["cut_done"] = worker.cut_done
-    await worker.connect()
+    worker = await job_worker(services, queue_name, job, slots=1)
     redis = worker.pool
     polling = asyncio.create_task(asyncio.Event().wait())  # stands for the polling task, which the shutdown stops
     shutdown: list[asyncio.Task] = []

@@ -80,17 +80,22 @@ def cluster(  # the name the `browser` fixture sets up before Playwright starts 
         system.close()
 
 
+def open_when_extracted(cluster: S3UiCluster, page, name: str):  # noqa: ANN001, ANN201 - Playwright locators
+    """The project's page, once the clip `name` shows extracted: its panel opened, and the panel's video."""
+    page.goto(cluster.url(f"/projects/{PROJECT}"))
+    card = clip_card(page, name)
+    expect(card).to_have_accessible_description(state_pattern("Extracted"), timeout=60_000)
+    card.get_by_role("link", name=name).click()
+    panel = page.get_by_role("region", name=name)
+    return panel, panel.get_by_label(f"Video of {name}")
+
+
 def test_the_player_loads_and_plays_a_clip_from_the_bucket(cluster: S3UiCluster, page) -> None:
     response = cluster.api.register(PROJECT, clip_id="pass", source="games/match.mp4", start=5.0, end=9.0,
                                     mode="accurate", name="Brilliant pass")  # fmt: skip
     assert response.status_code == 201, response.text
 
-    page.goto(cluster.url(f"/projects/{PROJECT}"))
-    card = clip_card(page, "Brilliant pass")
-    expect(card).to_have_accessible_description(state_pattern("Extracted"), timeout=60_000)
-    card.get_by_role("link", name="Brilliant pass").click()
-    panel = page.get_by_role("region", name="Brilliant pass")
-    video = panel.get_by_label("Video of Brilliant pass")
+    panel, video = open_when_extracted(cluster, page, "Brilliant pass")
     expect(video).to_be_visible()
     page.wait_for_function("v => v.readyState >= 2 && v.duration > 0", arg=video.element_handle(), timeout=20_000)
     duration = video.evaluate("v => v.duration")
@@ -136,12 +141,7 @@ def test_an_expired_link_is_renewed_and_a_refused_one_is_reported_once(cluster: 
             route.continue_()
 
     page.route(f"{cluster.server.endpoint}/**", bucket)
-    page.goto(cluster.url(f"/projects/{PROJECT}"))
-    card = clip_card(page, "Brilliant pass")
-    expect(card).to_have_accessible_description(state_pattern("Extracted"), timeout=60_000)
-    card.get_by_role("link", name="Brilliant pass").click()
-    panel = page.get_by_role("region", name="Brilliant pass")
-    video = panel.get_by_label("Video of Brilliant pass")
+    panel, video = open_when_extracted(cluster, page, "Brilliant pass")
     page.wait_for_function("v => v.readyState >= 2", arg=video.element_handle(), timeout=20_000)
     assert len(links) == 1, links
 
