@@ -6,6 +6,7 @@ small fraction of it."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -22,6 +23,7 @@ from tests.worker_support import outcomes, running_worker, settled
 from tests.s3server import TEST_ENV
 
 FFMPEG = find_ffmpeg(os.environ)
+FFPROBE = shutil.which("ffprobe")
 PIP_FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()  # the fallback where there is none on PATH (a newer one, probing with -i)
 DURATION_TOLERANCE = extraction.DURATION_TOLERANCE
 
@@ -125,6 +127,32 @@ async def test_a_missing_key_fails_source_missing_at_once_naming_bucket_and_key(
         state = await settled(services, "c1")
         assert await outcomes(services, "c1") == [(1, "failed", "source_missing")]
     assert state.status == "failed" and f"s3://{bucket}/sources/games/nothing-here.mp4" in state.last_error.message
+
+
+async def test_a_source_that_is_no_mp4_is_probed_by_ffprobe_over_its_url_and_cut(
+    settings, s3_server, s3_gate, bucket, matroska, tmp_path
+):
+    """A source that is no MP4 has no boxes to read by range: the worker probes it with ffprobe (production with
+    Debian's FFmpeg; the pip-shipped one has none and probes with `ffmpeg -i`, the tests above) reading the
+    presigned URL, then cuts it; the clip's duration is the range asked for. ffprobe runs through a wrapper that
+    records what it was given."""
+    assert FFPROBE is not None, "no ffprobe on PATH: scripts/install-system-deps installs Debian's FFmpeg, which has it"
+    calls = tmp_path / "ffprobe-calls"
+    wrapper = tmp_path / "ffprobe"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\nexec {FFPROBE} "$@"\n')
+    wrapper.chmod(0o755)
+    s3_server.put_bytes(bucket, "sources/games/match.mkv", matroska.read_bytes())
+    storage = s3_storage(s3_server, bucket)
+    settings = msgspec.structs.replace(settings, ffprobe=str(wrapper))
+    async with running_worker(settings, storage) as services:
+        await register(services, "c1", source="games/match.mkv", start=2.5, end=6.5, mode="accurate")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
+    [call] = calls.read_text().splitlines()
+    assert "/sources/games/match.mkv?" in call and "X-Amz-Signature=" in call, call
+    info = mp4.read_info(await downloaded(storage, state.output, tmp_path / "clip.mp4"))
+    assert info is not None and info.has_video
+    assert info.duration == pytest.approx(4.0, abs=DURATION_TOLERANCE)
 
 
 @pytest.mark.parametrize("ffmpeg", [pytest.param(FFMPEG, id="ffmpeg"), pytest.param(PIP_FFMPEG, id="pip-ffmpeg")])
