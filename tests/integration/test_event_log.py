@@ -323,7 +323,7 @@ async def test_a_rebuild_notices_a_projection_row_that_differs_from_the_log(pool
     project, clip = ids.project(), ids.clip()
     await clips.handle(pool, project, clip, REGISTER, Clock())
     await pool.execute(
-        "UPDATE clips SET state = jsonb_set(state, '{status}', '\"failed\"') WHERE project_id = $1", project
+        "UPDATE clips SET state = jsonb_set(state::jsonb, '{status}', '\"failed\"') WHERE project_id = $1", project
     )
     async with pool.acquire() as conn:
         assert await rebuild.rebuild_differences(conn) == {"different": [(project, clip)]}
