@@ -4,7 +4,8 @@ compare (`drift`).
 The projections: the clip-status table `clips` (projections/clip_status.py), the only table derived from the log
 (`projects` and `api_tokens` are not derived from events; `leases` and `checkpoints` are operational state).
 
-`rebuild` folds the log up to its safe horizon in memory with the service's own `evolve` and COPYs the rows into
+`rebuild` folds the log up to its safe horizon in memory with the service's own `evolve` (reading it a page at a
+time, each page as one text value: `_READ_TEXT`) and COPYs the rows into
 `clips_rebuild` (a table LIKE `clips`, its indexes built after the rows). Given a second connection (`cliplog
 rebuild` gives one), the rows are copied while the fold goes on: that connection first reads each stream's last
 version (from the `(stream, version)` index alone), and from then on each clip's row is queued for its COPY as soon as
