@@ -362,7 +362,14 @@ async def test_the_fold_reads_a_page_whose_stream_holds_a_newline_or_a_separator
         assert type((await rebuild._read_text(conn, 0, positions[0]))[0]) is tuple  # the plain page, as text
         folded: dict = {}
         await rebuild.fold(conn, folded, 0, positions[-1])
+        await conn.execute("SET DateStyle = 'SQL, DMY'")  # times printed as 01/11/2026 00:00:01.0005 UTC
+        try:
+            again: dict = {}
+            await rebuild.fold(conn, again, 0, positions[-1])
+        finally:
+            await conn.execute("RESET DateStyle")
     assert sorted(state.clip_id for state, _ in folded.values()) == sorted(odd)
+    assert again == folded and all(state.created_at == at for state, _ in folded.values())
 
 
 async def test_a_late_complete_for_a_timed_out_attempt_is_stale_and_appends_nothing(pool, ids, clean_db):
