@@ -54,11 +54,12 @@ _READ = (
 # The same page as one text value, a line per event of its fields joined by \x02, the time in UTC without its zone
 # (ISO with DateStyle ISO): asyncpg building a Record per row was the fold's largest cost, and splitting lines in
 # Python costs half as much (bench/README.md). Only the stream and the type could hold a newline or a \x02 (JSON
-# text escapes them, the others are numbers and times): a page with one (more lines than rows, or a line of more
-# fields than six) is read as Records instead.
+# text escapes them, the others are numbers and times): a page with one (more lines than rows, or a line that is
+# not six fields) is read as Records instead, and so is every page when times are not printed as ISO (DateStyle).
 _READ_TEXT = (
     "SELECT string_agg(concat_ws(E'\\x02', position, stream, type, schema_version, data::text, "
-    "recorded_at AT TIME ZONE 'UTC'), E'\\n' ORDER BY position) AS page, count(*) AS count FROM (SELECT position, stream, type, schema_version, data, recorded_at FROM events "
+    "recorded_at AT TIME ZONE 'UTC'), E'\\n' ORDER BY position) AS page, count(*) AS count "
+    "FROM (SELECT position, stream, type, schema_version, data, recorded_at FROM events "
     "WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3) AS page"
 )
 _ISO_DATES = "SELECT current_setting('DateStyle') LIKE 'ISO%'"
@@ -138,7 +139,7 @@ async def _read_text(conn: asyncpg.Connection, after: int, upto: int) -> list[Ro
         for line in lines:
             position, stream, type_, version, data, at = line.split("\x02")
             add((int(position), stream, type_, int(version), data, _from_iso(at + utc)))
-    except ValueError:  # a \x02 in a stream or a type
+    except ValueError:  # a \x02 in a stream or a type (or a time that is not ISO)
         return await _read_records(conn, after, upto)
     return rows
 
