@@ -313,10 +313,12 @@ async def notify(conn: asyncpg.Connection, position: int) -> None:
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Per-connection set-up: jsonb as Python objects through msgspec."""
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda value: msgspec.json.encode(value).decode(),
-        decoder=msgspec.json.decode,
-        schema="pg_catalog",
-    )
+    """Per-connection set-up: jsonb and json (the clip-status projection's state) as Python objects through
+    msgspec. (Every other json value a query returns is cast to text.)"""
+    for name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            name,
+            encoder=lambda value: msgspec.json.encode(value).decode(),
+            decoder=msgspec.json.decode,
+            schema="pg_catalog",
+        )

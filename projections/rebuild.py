@@ -4,7 +4,8 @@ compare (`drift`).
 The projections: the clip-status table `clips` (projections/clip_status.py), the only table derived from the log
 (`projects` and `api_tokens` are not derived from events; `leases` and `checkpoints` are operational state).
 
-`rebuild` folds the log up to its safe horizon in memory with the service's own `evolve` and COPYs the rows into
+`rebuild` folds the log up to its safe horizon in memory with the service's own `evolve` (reading it a page at a
+time, each page as one text value: `_READ_TEXT`) and COPYs the rows into
 `clips_rebuild` (a table LIKE `clips`, its indexes built after the rows). Given a second connection (`cliplog
 rebuild` gives one), the rows are copied while the fold goes on: that connection first reads each stream's last
 version (from the `(stream, version)` index alone), and from then on each clip's row is queued for its COPY as soon as
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from datetime import datetime
 from operator import itemgetter
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -49,6 +51,18 @@ _READ = (
     "SELECT position, stream, type, schema_version, data::text, recorded_at FROM events "
     "WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3"
 )
+# The same page as one text value, a line per event of its fields joined by \x02, the time in UTC without its zone
+# (ISO with DateStyle ISO): asyncpg building a Record per row was the fold's largest cost, and splitting lines in
+# Python costs half as much (bench/README.md). Only the stream and the type could hold a newline or a \x02 (JSON
+# text escapes them, the others are numbers and times): a page with one (more lines than rows, or a line that is
+# not six fields) is read as Records instead, and so is every page when times are not printed as ISO (DateStyle).
+_READ_TEXT = (
+    "SELECT string_agg(concat_ws(E'\\x02', position, stream, type, schema_version, data::text, "
+    "recorded_at AT TIME ZONE 'UTC'), E'\\n' ORDER BY position) AS page, count(*) AS count "
+    "FROM (SELECT position, stream, type, schema_version, data, recorded_at FROM events "
+    "WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3) AS page"
+)
+_ISO_DATES = "SELECT current_setting('DateStyle') LIKE 'ISO%'"
 # Each stream's last version, read from the (stream, version) index alone (an index-only scan of the whole log).
 _LAST_VERSIONS = "SELECT stream, max(version) FROM events GROUP BY stream"
 
@@ -102,6 +116,38 @@ class Finished:
             yield chunk
 
 
+Row = tuple[int, str, str, int, str, datetime]  # position, stream, type, schema_version, data, recorded_at
+
+
+async def _read_records(conn: asyncpg.Connection, after: int, upto: int) -> list[Row]:
+    """The page of up to _PAGE events after `after`, up to `upto`."""
+    return await conn.fetch(_READ, after, upto, _PAGE)  # type: ignore[return-value]
+
+
+async def _read_text(conn: asyncpg.Connection, after: int, upto: int) -> list[Row]:
+    """`_read_records` through `_READ_TEXT` (the same rows and values)."""
+    page, count = await conn.fetchrow(_READ_TEXT, after, upto, _PAGE)  # type: ignore[misc]
+    if page is None:
+        return []
+    lines = page.split("\n")
+    if len(lines) != count:
+        return await _read_records(conn, after, upto)
+    utc = _UTC_SUFFIX
+    rows: list[Row] = []
+    add = rows.append
+    try:
+        for line in lines:
+            position, stream, type_, version, data, at = line.split("\x02")
+            add((int(position), stream, type_, int(version), data, _from_iso(at + utc)))
+    except ValueError:  # a \x02 in a stream or a type (or a time that is not ISO)
+        return await _read_records(conn, after, upto)
+    return rows
+
+
+_from_iso = datetime.fromisoformat
+_UTC_SUFFIX = "+00:00"
+
+
 async def fold(
     conn: asyncpg.Connection,
     folded: Folded,
@@ -118,10 +164,12 @@ async def fold(
     changed: set[str] = set()
     get, decode, stream_of = folded.get, decode_json, itemgetter(1)
     last: Callable[[str], int | None] | None = None
+    read = _read_text if await conn.fetchval(_ISO_DATES) else _read_records
     with _without_gc():
-        rows = await conn.fetch(_READ, after, upto, _PAGE)
+        rows = await read(conn, after, upto)
         while rows:
-            following = asyncio.ensure_future(conn.fetch(_READ, rows[-1][0], upto, _PAGE)) if len(rows) == _PAGE else None
+            following = asyncio.ensure_future(read(conn, rows[-1][0], upto)) if len(rows) == _PAGE else None
+            await asyncio.sleep(0)  # the next page's query is sent now, not once this page is folded
             if finished is not None and last is None and last_versions is not None and last_versions.done():
                 finished.know(dict(last_versions.result()), folded)  # type: ignore[arg-type]
                 last = finished.last.get  # type: ignore[union-attr]

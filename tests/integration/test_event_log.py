@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
+import msgspec
 import pytest
 
 from domain.clip import ClipState, Complete, Context, Fail, Register, Retry, Start, TimeOut, decide, evolve
@@ -323,10 +324,52 @@ async def test_a_rebuild_notices_a_projection_row_that_differs_from_the_log(pool
     project, clip = ids.project(), ids.clip()
     await clips.handle(pool, project, clip, REGISTER, Clock())
     await pool.execute(
-        "UPDATE clips SET state = jsonb_set(state, '{status}', '\"failed\"') WHERE project_id = $1", project
+        "UPDATE clips SET state = jsonb_set(state::jsonb, '{status}', '\"failed\"') WHERE project_id = $1", project
     )
     async with pool.acquire() as conn:
         assert await rebuild.rebuild_differences(conn) == {"different": [(project, clip)]}
+
+
+async def test_a_row_written_while_the_state_was_jsonb_reads_and_checks_as_the_same_state(pool, ids, clean_db):
+    """migrations/019 turned the state's jsonb into json as jsonb prints it (its key order, spaces): such a row is
+    read as the same state and a rebuild's check finds no drift in it."""
+    project, clip = ids.project(), ids.clip()
+    registered = await clips.handle(pool, project, clip, REGISTER, Clock())
+    await pool.execute("UPDATE clips SET state = state::jsonb::json WHERE project_id = $1", project)
+    text = await pool.fetchval("SELECT state::text FROM clips WHERE project_id = $1", project)
+    assert text.startswith('{"end": ') and text != msgspec.json.encode(registered.state).decode()  # the old form
+    assert await clip_status.load(pool, project, clip) == registered.state
+    async with pool.acquire() as conn:
+        assert await rebuild.rebuild_differences(conn) == {}
+
+
+async def test_the_fold_reads_a_page_whose_stream_holds_a_newline_or_a_separator_as_records(pool, clean_db):
+    """The fold's text pages (`_read_text`) split on newlines and \\x02, which ids may hold: such a page is read as
+    Records, and every page gives what `_read_records` gives."""
+    at = datetime(2026, 11, 1, 0, 0, 1, 500, tzinfo=timezone.utc)
+    odd = ["plain", "new\nline", "sep\x02arated", "both\n\x02"]
+    positions = []
+    async with pool.acquire() as conn:
+        for clip in odd:
+            events = decide(ClipState(project_id="odd", clip_id=clip), REGISTER, Context(now=at))
+            async with conn.transaction():
+                stored = await store.append(conn, project_id="odd", clip_id=clip, expected_version=0,
+                                            events=[(e, "pending") for e in events], recorded_at=at)  # fmt: skip
+            positions.append(stored[-1].position)
+        for after, upto in [(0, positions[0]), *zip(positions, positions[1:]), (0, positions[-1])]:
+            text = await rebuild._read_text(conn, after, upto)
+            assert [tuple(r) for r in text] == [tuple(r) for r in await rebuild._read_records(conn, after, upto)]
+        assert type((await rebuild._read_text(conn, 0, positions[0]))[0]) is tuple  # the plain page, as text
+        folded: dict = {}
+        await rebuild.fold(conn, folded, 0, positions[-1])
+        await conn.execute("SET DateStyle = 'SQL, DMY'")  # times printed as 01/11/2026 00:00:01.0005 UTC
+        try:
+            again: dict = {}
+            await rebuild.fold(conn, again, 0, positions[-1])
+        finally:
+            await conn.execute("RESET DateStyle")
+    assert sorted(state.clip_id for state, _ in folded.values()) == sorted(odd)
+    assert again == folded and all(state.created_at == at for state, _ in folded.values())
 
 
 async def test_a_late_complete_for_a_timed_out_attempt_is_stale_and_appends_nothing(pool, ids, clean_db):
