@@ -1,7 +1,7 @@
 """The clip-status projection: one row per clip, written in the same transaction as the clip's events.
 
 The row stores the whole `ClipState` (`json`: the text as msgspec writes it, which PostgreSQL only checks, where
-`jsonb` built its binary form at every write, the largest cost of a rebuild's COPY; migrations/019) plus the columns
+`jsonb` built its binary form at every write, the largest cost of a rebuild's COPY; migrations/020) plus the columns
 the queue and the reaper query. A rebuild folds
 every stream from the log and must produce the same rows (projections/rebuild.py).
 """
