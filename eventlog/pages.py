@@ -100,33 +100,67 @@ def _page_query(
     return args
 
 
-# An event's JSON exactly as msgspec encodes its `EventView`: the rows hold the position, the fingerprint's text and
-# the JSON after the cursor, both written with the event (`eventlog.feed_json`; built now for a row without them);
-# `_json_events` mints the cursor (`eventlog.cursor`, the one place that knows its layout) and joins the three.
+# An event's JSON exactly as msgspec encodes its `EventView`: the rows hold the position, the JSON after the cursor
+# (`feed_tail`) and the cursor's fingerprint (`feed_fingerprint`), all written with the event (`eventlog.feed_json`,
+# migrations/018 and 019). PostgreSQL builds each cursor from the fingerprint (`eventlog.cursor.sql`: the cursor's
+# layout stays in `eventlog.cursor`) and the whole answer, the events joined by a separator, in one statement: no
+# Python per event. A page holding a row without the stored fingerprint (written before 019, by a path that does
+# not store it, or changed in place since) is read again the way every page was before 019: Python mints the
+# cursors from the fingerprint's text (`feed_print`, or the same text built now) and joins the events.
 assert EventView.__struct_fields__ == ("position", "cursor", *feed_json.FIELDS_AFTER_CURSOR)
-_JSON_PAGE_SQL = _page_sql(f"position, {feed_json.STORED_PRINT}, {feed_json.STORED_TAIL}")
+_MINTED_PAGE_SQL = _page_sql(f"position, {feed_json.STORED_PRINT}, {feed_json.STORED_TAIL}")
+
+
+def _built_page_sql() -> dict[tuple[bool, bool], str]:
+    """`_page_sql`'s reads as one row: how many events, how many without a stored fingerprint, the last position,
+    the events' JSON joined by the separator (as UTF-8 bytes) and the last event's cursor. Its parameters after the
+    page's own: the epoch's prefix (`eventlog.cursor.epoch_prefix`) and the separator."""
+    pages = _page_sql(f"position, feed_fingerprint, {feed_json.STORED_TAIL} AS tail")
+    built = {}
+    for (filtered, bounded), page in pages.items():
+        prefix, separator = ("$5", "$6") if bounded else ("$4", "$5")
+        mint = cursor.sql(f"{prefix}::bytea", "position", "feed_fingerprint")
+        line = f"""'{{"position":' || position || ',"cursor":"' || {mint} || '"' || tail"""
+        built[(filtered, bounded)] = (
+            f"SELECT n, unminted, last, body, (SELECT {mint} FROM events WHERE position = a.last) AS last_cursor "
+            "FROM (SELECT count(*)::integer AS n, count(*) FILTER (WHERE feed_fingerprint IS NULL)::integer AS "
+            f"unminted, max(position) AS last, convert_to(string_agg({line}, {separator}::text ORDER BY position), "
+            f"'UTF8') AS body FROM ({page}) AS page) AS a"
+        )
+    return built
+
+
+_JSON_PAGE_SQL = _built_page_sql()
 
 
 class JsonEvents(msgspec.Struct):
-    """Events as JSON text, each exactly what msgspec writes for its `EventView`, in position order."""
+    """Events as JSON text, each exactly what msgspec writes for its `EventView`, in position order, joined by
+    `separator` in `body` (UTF-8)."""
 
-    events: list[str]
+    body: bytes
+    count: int
     last_position: int | None  # None when there are no events
     last_cursor: str | None
+    separator: bytes
 
     def __add__(self, more: JsonEvents) -> JsonEvents:
-        if not more.events:
+        if not more.count:
             return self
-        return JsonEvents(self.events + more.events, more.last_position, more.last_cursor)
+        if not self.count:
+            return more
+        body = self.body + self.separator + more.body
+        return JsonEvents(body, self.count + more.count, more.last_position, more.last_cursor, self.separator)
 
 
-def _json_events(rows: Sequence[asyncpg.Record], epoch: UUID) -> JsonEvents:
+def _json_events(rows: Sequence[asyncpg.Record], epoch: UUID, separator: bytes) -> JsonEvents:
+    """Rows of `_MINTED_PAGE_SQL` as JSON text, the cursors minted here."""
     if not rows:
-        return JsonEvents([], None, None)
+        return JsonEvents(b"", 0, None, None, separator)
     mint = cursor.minter(epoch)
     events = [f'{{"position":{p},"cursor":"{mint(p, text)}"{rest}' for p, text, rest in rows]  # the hot loop
     last = rows[-1]
-    return JsonEvents(events, last[0], mint(last[0], last[1]))
+    body = separator.decode().join(events).encode()
+    return JsonEvents(body, len(rows), last[0], mint(last[0], last[1]), separator)
 
 
 async def read_page_json(
@@ -138,9 +172,20 @@ async def read_page_json(
     user: str,
     project_id: str | None = None,
     upto: int | None = None,
+    separator: bytes = b"\n",
 ) -> JsonEvents:
-    """`read_page`'s events as their JSON text (what `GET /api/events` sends, page or NDJSON stream)."""
-    return _json_events(await db.fetch(*_page_query(_JSON_PAGE_SQL, after, limit, user, project_id, upto)), epoch)
+    """`read_page`'s events as their JSON text joined by `separator` (what `GET /api/events` sends: `,` in a page,
+    a newline in the NDJSON stream), built by PostgreSQL when each of them has its stored fingerprint."""
+    query = _page_query(_JSON_PAGE_SQL, after, limit, user, project_id, upto)
+    n, unminted, last, body, last_cursor = await db.fetchrow(
+        *query, cursor.epoch_prefix(epoch), separator.decode()
+    )
+    if not n:
+        return JsonEvents(b"", 0, None, None, separator)
+    if not unminted:
+        return JsonEvents(body, n, last, last_cursor, separator)
+    rows = await db.fetch(*_page_query(_MINTED_PAGE_SQL, after, limit, user, project_id, upto))
+    return _json_events(rows, epoch, separator)
 
 
 async def read_stream(
