@@ -62,7 +62,7 @@ Catch-up: the events table is bulk-loaded (one transaction, the rows as the appe
                stream, lines decoded with msgspec's `decode_lines`.
   D  static    the NDJSON stream's whole answer, captured once, served by a bare ASGI app under uvicorn (no database,
                no cliplog) and fetched and decoded the same way: the ceiling of HTTP + JSON on this machine.
-  E  baseline  with `--baseline-python PY`: A through a second `cliplog serve` run by PY (e.g. main's
+  E  baseline  with `--baseline-python PY`: A and C through a second `cliplog serve` run by PY (e.g. main's
                `.venv/bin/python`, importing main's tree): a before/after in the same run.
 
 Progress goes to stderr; the result table (medians over the rounds, with min and max) goes to stdout.
@@ -113,6 +113,7 @@ CATCH_UP_LABELS = {
     "http": "`GET /api/events` limit=1000",
     "ndjson": "`GET /api/events` NDJSON stream",
     "baseline": "`GET /api/events` limit=1000, `--baseline-python`'s server",
+    "baseline-ndjson": "`GET /api/events` NDJSON stream, `--baseline-python`'s server",
     "static": "the stream's bytes, prebuilt, from a bare ASGI app (the HTTP ceiling)",
     "raw": "raw keyset SELECT",
 }
@@ -877,6 +878,7 @@ async def bench(args: argparse.Namespace) -> str:
             }
             if baseline is not None:
                 runs["baseline"] = lambda: catch_up_http(baseline, token, expected)
+                runs["baseline-ndjson"] = lambda: catch_up_ndjson(baseline, token, expected)
             static, static_url = await static_server(server, token, workdir)
             runs["static"] = lambda: catch_up_static(static_url, expected)
             catch_up: dict[str, list[Rate]] = defaultdict(list)

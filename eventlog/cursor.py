@@ -60,12 +60,16 @@ def epoch_prefix(epoch: UUID) -> bytes:
     return epoch.bytes[:8]
 
 
+_TEXT_LENGTH = (4 * _LAYOUT.size + 2) // 3  # base64 without its padding
+
+
 def sql(epoch_prefix: str, position: str, stored: str) -> str:
     """SQL of the cursor (`encode`'s text) from SQL expressions of the epoch's first 8 bytes (`bytea`), the position
     (`bigint`) and the stored fingerprint (`integer`, as `stored_fingerprint` gives it). NULL if any is NULL.
-    (`encode(..., 'base64')` breaks lines after 76 characters; a cursor's 20 bytes take 28.)"""
+    (`encode(..., 'base64')` pads to 28 characters and breaks lines after 76: `left` keeps the 27 of the text;
+    `replace` costs a fifth of `translate` here.)"""
     raw = f"({epoch_prefix}) || int8send(({position})::bigint) || int4send(({stored})::integer)"
-    return f"rtrim(translate(encode({raw}, 'base64'), '+/', '-_'), '=')"
+    return f"replace(replace(left(encode({raw}, 'base64'), {_TEXT_LENGTH}), '+', '-'), '/', '_')"
 
 
 def minter(epoch: UUID) -> Callable[[int, str], str]:

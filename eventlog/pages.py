@@ -59,10 +59,11 @@ _OWNED = "project_id IN (SELECT project_id FROM projects WHERE owner = $3)"
 
 
 def _page_sql(columns: str) -> dict[tuple[bool, bool], str]:
-    """The page reads selecting `columns`, by (one project?, up to a final position?)."""
+    """The page reads selecting `columns`, by (one project?, up to a final position?). `$NEXT` in `columns` is the
+    parameter after the page's own."""
     after = "position > $1 AND " + "{} AND {}"
     return {
-        (filtered, bounded): f"SELECT {columns} FROM events WHERE "
+        (filtered, bounded): f"SELECT {columns.replace('$NEXT', '$5' if bounded else '$4')} FROM events WHERE "
         + after.format("position <= $4" if bounded else _SAFE, "project_id = $3" if filtered else _OWNED)
         + " ORDER BY position LIMIT $2"
         for filtered in (False, True)
@@ -103,34 +104,26 @@ def _page_query(
 # An event's JSON exactly as msgspec encodes its `EventView`: the rows hold the position, the JSON after the cursor
 # (`feed_tail`) and the cursor's fingerprint (`feed_fingerprint`), all written with the event (`eventlog.feed_json`,
 # migrations/018 and 019). PostgreSQL builds each cursor from the fingerprint (`eventlog.cursor.sql`: the cursor's
-# layout stays in `eventlog.cursor`) and the whole answer, the events joined by a separator, in one statement: no
-# Python per event. A page holding a row without the stored fingerprint (written before 019, by a path that does
-# not store it, or changed in place since) is read again the way every page was before 019: Python mints the
-# cursors from the fingerprint's text (`feed_print`, or the same text built now) and joins the events.
+# layout stays in `eventlog.cursor`) and each event's whole JSON, as UTF-8 bytes; Python only joins them. A row
+# without the stored fingerprint (written before 019, by a path that does not store it, or changed in place since)
+# comes with the fingerprint's text and the JSON after the cursor instead (`feed_print` and `feed_tail`, or the same
+# text built now), and Python mints its cursor, as for every row before 019.
 assert EventView.__struct_fields__ == ("position", "cursor", *feed_json.FIELDS_AFTER_CURSOR)
-_MINTED_PAGE_SQL = _page_sql(f"position, {feed_json.STORED_PRINT}, {feed_json.STORED_TAIL}")
 
 
-def _built_page_sql() -> dict[tuple[bool, bool], str]:
-    """`_page_sql`'s reads as one row: how many events, how many without a stored fingerprint, the last position,
-    the events' JSON joined by the separator (as UTF-8 bytes) and the last event's cursor. Its parameters after the
-    page's own: the epoch's prefix (`eventlog.cursor.epoch_prefix`) and the separator."""
-    pages = _page_sql(f"position, feed_fingerprint, {feed_json.STORED_TAIL} AS tail")
-    built = {}
-    for (filtered, bounded), page in pages.items():
-        prefix, separator = ("$5", "$6") if bounded else ("$4", "$5")
-        mint = cursor.sql(f"{prefix}::bytea", "position", "feed_fingerprint")
-        line = f"""'{{"position":' || position || ',"cursor":"' || {mint} || '"' || tail"""
-        built[(filtered, bounded)] = (
-            f"SELECT n, unminted, last, body, (SELECT {mint} FROM events WHERE position = a.last) AS last_cursor "
-            "FROM (SELECT count(*)::integer AS n, count(*) FILTER (WHERE feed_fingerprint IS NULL)::integer AS "
-            f"unminted, max(position) AS last, convert_to(string_agg({line}, {separator}::text ORDER BY position), "
-            f"'UTF8') AS body FROM ({page}) AS page) AS a"
-        )
-    return built
+def _built_columns() -> str:
+    """`(position, stored fingerprint, the event's JSON as UTF-8 bytes, the fingerprint's text, the JSON after the
+    cursor)`: the JSON when the fingerprint is stored, else the two texts Python mints it from (and NULL). The
+    epoch's prefix (`eventlog.cursor.epoch_prefix`) is the parameter after the page's own."""
+    mint = cursor.sql("$NEXT::bytea", "position", "feed_fingerprint")
+    line = f"""textsend('{{"position":' || position || ',"cursor":"' || {mint} || '"' || {feed_json.STORED_TAIL})"""
+    unminted = "CASE WHEN feed_fingerprint IS NULL THEN {} END"
+    return f"position, feed_fingerprint, {line}, " + ", ".join(
+        unminted.format(text) for text in (feed_json.STORED_PRINT, feed_json.STORED_TAIL)
+    )
 
 
-_JSON_PAGE_SQL = _built_page_sql()
+_JSON_PAGE_SQL = _page_sql(_built_columns())
 
 
 class JsonEvents(msgspec.Struct):
@@ -152,15 +145,19 @@ class JsonEvents(msgspec.Struct):
         return JsonEvents(body, self.count + more.count, more.last_position, more.last_cursor, self.separator)
 
 
-def _json_events(rows: Sequence[asyncpg.Record], epoch: UUID, separator: bytes) -> JsonEvents:
-    """Rows of `_MINTED_PAGE_SQL` as JSON text, the cursors minted here."""
+def _built_events(rows: Sequence[asyncpg.Record], epoch: UUID, separator: bytes) -> JsonEvents:
+    """Rows of `_JSON_PAGE_SQL` as JSON text (this is the hot loop: one list of the events' bytes)."""
     if not rows:
         return JsonEvents(b"", 0, None, None, separator)
     mint = cursor.minter(epoch)
-    events = [f'{{"position":{p},"cursor":"{mint(p, text)}"{rest}' for p, text, rest in rows]  # the hot loop
-    last = rows[-1]
-    body = separator.decode().join(events).encode()
-    return JsonEvents(body, len(rows), last[0], mint(last[0], last[1]), separator)
+    lines = [r[2] for r in rows]
+    if None in lines:  # rows without the stored fingerprint: their cursors minted here
+        for i, (p, _, line, text, rest) in enumerate(rows):
+            if line is None:
+                lines[i] = f'{{"position":{p},"cursor":"{mint(p, text)}"{rest}'.encode()
+    p, stored, _, text, _ = rows[-1]
+    last = cursor.encode(epoch, p, stored % (1 << 32)) if stored is not None else mint(p, text)
+    return JsonEvents(separator.join(lines), len(rows), p, last, separator)
 
 
 async def read_page_json(
@@ -175,17 +172,9 @@ async def read_page_json(
     separator: bytes = b"\n",
 ) -> JsonEvents:
     """`read_page`'s events as their JSON text joined by `separator` (what `GET /api/events` sends: `,` in a page,
-    a newline in the NDJSON stream), built by PostgreSQL when each of them has its stored fingerprint."""
+    a newline in the NDJSON stream)."""
     query = _page_query(_JSON_PAGE_SQL, after, limit, user, project_id, upto)
-    n, unminted, last, body, last_cursor = await db.fetchrow(
-        *query, cursor.epoch_prefix(epoch), separator.decode()
-    )
-    if not n:
-        return JsonEvents(b"", 0, None, None, separator)
-    if not unminted:
-        return JsonEvents(body, n, last, last_cursor, separator)
-    rows = await db.fetch(*_page_query(_MINTED_PAGE_SQL, after, limit, user, project_id, upto))
-    return _json_events(rows, epoch, separator)
+    return _built_events(await db.fetch(*query, cursor.epoch_prefix(epoch)), epoch, separator)
 
 
 async def read_stream(

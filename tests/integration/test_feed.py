@@ -493,7 +493,7 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
     `eventlog.cursor` exactly (whole seconds, microseconds, the session's time zone), or every cursor would 410."""
     from datetime import datetime, timedelta, timezone
 
-    from eventlog.pages import _COLUMNS, _JSON_PAGE_SQL, _MINTED_PAGE_SQL, _events, _json_events
+    from eventlog.pages import _COLUMNS, _JSON_PAGE_SQL, _built_events, _events
 
     conn = await connect()
     await conn.execute("SET TIME ZONE 'America/New_York'")
@@ -534,14 +534,16 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
         assert event.cursor == expected, row["recorded_at"]
         assert json.loads(bytes(event.data)) == {"a": 1, "é": "\u2028"}
     # and the feed's JSON of each row is what msgspec writes for the event (the times' text above all)
-    built = _json_events(await conn.fetch(_MINTED_PAGE_SQL[(True, True)], 0, 1000, "p", 1000), epoch, b"\n")
-    assert built.body.split(b"\n") == [msgspec.json.encode(e) for e in _events(rows, epoch)]
-    n, unminted, _, body, last = await conn.fetchrow(
-        _JSON_PAGE_SQL[(True, True)], 200, 1000, "p", 1000, cursor.epoch_prefix(epoch), "\n"
-    )
-    assert (n, unminted) == (len(stamps), 0)
-    assert body.split(b"\n") == [msgspec.json.encode(e) for e in _events(rows, epoch) if e.position > 200]
-    assert last == _events(rows, epoch)[-1].cursor
+    # and the feed's JSON of each row is what msgspec writes for the event (the times' text above all), its cursor
+    # built by PostgreSQL where the row holds its fingerprint, else minted by Python, in one page
+    page = await conn.fetch(_JSON_PAGE_SQL[(True, True)], 0, 1000, "p", 1000, cursor.epoch_prefix(epoch))
+    assert [r["feed_fingerprint"] is not None for r in page] == [r["position"] > 200 for r in page]
+    built = _built_events(page, epoch, b"\n")
+    views = _events(rows, epoch)
+    assert built.body.split(b"\n") == [msgspec.json.encode(e) for e in views]
+    assert (built.count, built.last_position, built.last_cursor) == (len(views), views[-1].position, views[-1].cursor)
+    page = await conn.fetch(_JSON_PAGE_SQL[(True, True)], 0, 1000, "p", 200, cursor.epoch_prefix(epoch))
+    assert _built_events(page, epoch, b"\n").last_cursor == [v.cursor for v in views if v.position <= 200][-1]
 
 
 async def test_postgresql_builds_the_cursors_eventlog_cursor_encodes(connect):

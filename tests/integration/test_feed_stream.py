@@ -138,21 +138,26 @@ async def test_a_page_built_by_postgresql_is_what_msgspec_writes_for_the_events(
 
 
 async def test_a_page_of_events_with_their_fingerprints_is_built_without_python(pool, ids, make_user: MakeUser, monkeypatch):
-    """Events stored with their fingerprints (as every append writes them since 019) are read in one statement, no
-    cursor minted in Python; one without it in the page sends the page the way it went before."""
+    """Events stored with their fingerprints (as every append writes them since 019) are read with their cursors
+    built by PostgreSQL, none minted in Python; one without it in the page has its cursor minted by Python."""
     user, _ = await make_user()
     project = ids.project()
-    positions = await insert_events(pool, project, user, 6, lambda i: WITHOUT_FINGERPRINT if i == 5 else APPENDED)
+    positions = await insert_events(pool, project, user, 6, lambda i: WITHOUT_FINGERPRINT if i == 4 else APPENDED)
     epoch = await pool.fetchval("SELECT epoch FROM log_identity")
-    minted = []
-    real = pages._json_events  # noqa: SLF001
-    monkeypatch.setattr(pages, "_json_events", lambda *args: minted.append(args) or real(*args))
-    views = await pages.read_page(pool, epoch, positions[0] - 1, 5, user=user, project_id=project)
-    built = await pages.read_page_json(pool, epoch, positions[0] - 1, 5, user=user, project_id=project)
-    assert split(built) == [msgspec.json.encode(v) for v in views] and minted == []
     views = await pages.read_page(pool, epoch, positions[0] - 1, 6, user=user, project_id=project)
-    built = await pages.read_page_json(pool, epoch, positions[0] - 1, 6, user=user, project_id=project)
-    assert split(built) == [msgspec.json.encode(v) for v in views] and len(minted) == 1
+    minted: list[tuple[int, str]] = []
+    real = cursor.minter
+
+    def minter(epoch_: object) -> Callable[[int, str], str]:
+        mint = real(epoch_)  # type: ignore[arg-type]
+        return lambda position, text: minted.append((position, text)) or mint(position, text)
+
+    monkeypatch.setattr(cursor, "minter", minter)
+    for limit in (4, 6):  # without the fifth event, then with it
+        built = await pages.read_page_json(pool, epoch, positions[0] - 1, limit, user=user, project_id=project)
+        assert split(built) == [msgspec.json.encode(v) for v in views[:limit]]
+        assert built.last_cursor == views[limit - 1].cursor
+    assert [position for position, _ in minted] == [positions[4]]
 
 
 async def test_an_event_changed_in_place_is_sent_as_it_is_now(pool, ids, make_user: MakeUser):
