@@ -272,7 +272,8 @@ async def _page(
             deadline = loop.time() + wait
             while True:
                 sub.take()  # forget earlier wake-ups: this read sees those events
-                if (events := await _read(services, epoch, position, limit, user, project, final, PAGE_SEPARATOR)).count:
+                events = await _read(services, epoch, position, limit, user, project, final, PAGE_SEPARATOR)
+                if events.count:
                     break
                 remaining = deadline - loop.time()
                 if remaining <= 0 or sub.closed:

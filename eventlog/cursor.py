@@ -9,7 +9,7 @@ This module is the one place that knows the layout: `encode`/`decode` one cursor
 the fingerprint's text PostgreSQL writes with each event (`eventlog.feed_json`: hashing it costs a tenth of
 formatting the datetime in Python), and `sql`, the same cursor built by PostgreSQL from the fingerprint the appends
 store with each event (`stored_fingerprint`; PostgreSQL 15 has no CRC-32, so Python computes it when it appends:
-migrations/019). The feed's catch-up reads then build whole pages in PostgreSQL (`eventlog.pages`).
+migrations/019). The feed's reads then get each event's whole JSON from PostgreSQL (`eventlog.pages`).
 """
 
 from __future__ import annotations

@@ -153,7 +153,8 @@ async def test_every_append_writes_the_feeds_json_the_feed_would_build(pool, ids
         await store.append_rows(conn, len(lines), (line[0].encode() for line in lines), project_id=imported)
     rows = await pool.fetch(
         f"SELECT feed_print, feed_tail, {feed_json.ROW_PRINT} AS built_print, {feed_json.ROW_TAIL} AS built_tail, "
-        "feed_fingerprint, stream, version, recorded_at FROM events WHERE project_id = ANY($1::text[]) ORDER BY position",
+        "feed_fingerprint, stream, version, recorded_at FROM events WHERE project_id = ANY($1::text[]) "
+        "ORDER BY position",
         [project, imported],
     )
     assert len(rows) == 8

@@ -137,7 +137,9 @@ async def test_a_page_built_by_postgresql_is_what_msgspec_writes_for_the_events(
     assert len(views) == 0  # the last cursor: nothing after it
 
 
-async def test_a_page_of_events_with_their_fingerprints_is_built_without_python(pool, ids, make_user: MakeUser, monkeypatch):
+async def test_a_page_of_events_with_their_fingerprints_is_built_without_python(
+    pool, ids, make_user: MakeUser, monkeypatch
+):
     """Events stored with their fingerprints (as every append writes them since 019) are read with their cursors
     built by PostgreSQL, none minted in Python; one without it in the page has its cursor minted by Python."""
     user, _ = await make_user()
@@ -170,7 +172,8 @@ async def test_an_event_changed_in_place_is_sent_as_it_is_now(pool, ids, make_us
     epoch = await pool.fetchval("SELECT epoch FROM log_identity")
     stored = "SELECT (feed_tail, feed_print, feed_fingerprint) FROM events WHERE position = $1"
     assert None not in await pool.fetchval(stored, first)
-    for change in ("clip_status = 'completed', data = '{\"repaired\": true}'", "recorded_at = recorded_at + interval '1 s'"):
+    changes = ("clip_status = 'completed', data = '{\"repaired\": true}'", "recorded_at = recorded_at + interval '1 s'")
+    for change in changes:
         await pool.execute(f"UPDATE events SET {change} WHERE position = $1", first)
         assert await pool.fetchval(stored, first) == (None, None, None)
         views = await pages.read_page(pool, epoch, first - 1, 2, user=user, project_id=project)
