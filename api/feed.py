@@ -319,7 +319,8 @@ async def _stream_events(
         page, following = first, read_after(first)
         try:
             while page.count:
-                yield page.body + b"\n"
+                yield page.body  # and the last line's end apart: `body + b"\n"` copied 2 MB per read (1 ms here)
+                yield b"\n"
                 if following is None:
                     return
                 try:
