@@ -27,6 +27,7 @@ Tunables: `CLIPLOG_WS_PING_INTERVAL`, `CLIPLOG_WS_SEND_TIMEOUT`, `CLIPLOG_FEED_B
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, AsyncIterator, Literal
@@ -173,16 +174,23 @@ async def _project_filter(services: Services, project_id: str | None, user: str)
 
 
 async def _read(
-    services: Services, epoch: UUID, position: int, limit: int, user: str, project: str | None, final: int | None
+    services: Services,
+    epoch: UUID,
+    position: int,
+    limit: int,
+    user: str,
+    project: str | None,
+    final: int | None,
+    separator: bytes,
 ) -> JsonEvents:
-    """Up to `limit` events after `position`, as JSON: below `final` without the safe-horizon check, beyond it with."""
+    """Up to `limit` events after `position`, as JSON joined by `separator`: below `final` without the safe-horizon
+    check, beyond it with."""
+    read = functools.partial(read_page_json, services.pool, epoch, user=user, project_id=project, separator=separator)
     if final is None or position >= final:
-        return await read_page_json(services.pool, epoch, position, limit, user=user, project_id=project)
-    events = await read_page_json(services.pool, epoch, position, limit, user=user, project_id=project, upto=final)
-    if len(events.events) < limit:
-        events += await read_page_json(
-            services.pool, epoch, final, limit - len(events.events), user=user, project_id=project
-        )
+        return await read(position, limit)
+    events = await read(position, limit, upto=final)
+    if events.count < limit:
+        events += await read(final, limit - events.count)
     return events
 
 
@@ -198,10 +206,16 @@ HEAD_HEADER = "Cliplog-Head"
 USER_HEADER = "Cliplog-User"
 
 
+PAGE_SEPARATOR = b","
+
+
 def page_json(events: JsonEvents, given: str) -> bytes:
-    """The page (`EventPage`, exactly as msgspec would write it) around events that are JSON text already."""
+    """The page (`EventPage`, exactly as msgspec would write it) around events that are JSON text joined by
+    PAGE_SEPARATOR already."""
+    assert events.separator == PAGE_SEPARATOR or not events.count
     next_cursor = events.last_cursor if events.last_cursor is not None else given
-    return f'{{"events":[{",".join(events.events)}],"next_cursor":"{next_cursor}"}}'.encode()
+    # (a join: `b"...%s..." % body` took 0.4 ms for a 420 KB page, 20 times as long)
+    return b"".join((b'{"events":[', events.body, b'],"next_cursor":"', next_cursor.encode(), b'"}'))
 
 
 @get_or_head(
@@ -250,7 +264,7 @@ async def _page(
     project = await _project_filter(services, project_id, user)
     epoch, position, given, final = await resolve_after(services, broker, start)
     if wait <= 0:
-        events = await _read(services, epoch, position, limit, user, project, final)
+        events = await _read(services, epoch, position, limit, user, project, final, PAGE_SEPARATOR)
     else:
         sub = broker.subscribe(user, project, live=False)
         try:
@@ -258,7 +272,8 @@ async def _page(
             deadline = loop.time() + wait
             while True:
                 sub.take()  # forget earlier wake-ups: this read sees those events
-                if (events := await _read(services, epoch, position, limit, user, project, final)).events:
+                events = await _read(services, epoch, position, limit, user, project, final, PAGE_SEPARATOR)
+                if events.count:
                     break
                 remaining = deadline - loop.time()
                 if remaining <= 0 or sub.closed:
@@ -285,7 +300,7 @@ async def _stream_events(
     project = await _project_filter(services, project_id, user)
     epoch, position, _, final = await resolve_after(services, broker, start)
     upto, upto_print = await head(services.pool)
-    first = await _read(services, epoch, position, STREAM_READ, user, project, final)
+    first = await _read(services, epoch, position, STREAM_READ, user, project, final, b"\n")
     # What a client needs to describe what it read (`cliplog export --url`'s header): additions, docs/feed.md.
     headers = {
         EPOCH_HEADER: str(epoch),
@@ -294,15 +309,18 @@ async def _stream_events(
     }
 
     def read_after(page: JsonEvents) -> asyncio.Task[JsonEvents] | None:
-        if len(page.events) < STREAM_READ or page.last_position is None or page.last_position >= upto:
+        if page.count < STREAM_READ or page.last_position is None or page.last_position >= upto:
             return None
-        return asyncio.ensure_future(_read(services, epoch, page.last_position, STREAM_READ, user, project, final))
+        return asyncio.ensure_future(
+            _read(services, epoch, page.last_position, STREAM_READ, user, project, final, b"\n")
+        )
 
     async def lines() -> AsyncIterator[bytes]:
         page, following = first, read_after(first)
         try:
-            while page.events:
-                yield ("\n".join(page.events) + "\n").encode()
+            while page.count:
+                yield page.body  # and the last line's end apart: `body + b"\n"` copied 2 MB per read (1 ms here)
+                yield b"\n"
                 if following is None:
                     return
                 try:

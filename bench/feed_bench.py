@@ -62,7 +62,7 @@ Catch-up: the events table is bulk-loaded (one transaction, the rows as the appe
                stream, lines decoded with msgspec's `decode_lines`.
   D  static    the NDJSON stream's whole answer, captured once, served by a bare ASGI app under uvicorn (no database,
                no cliplog) and fetched and decoded the same way: the ceiling of HTTP + JSON on this machine.
-  E  baseline  with `--baseline-python PY`: A through a second `cliplog serve` run by PY (e.g. main's
+  E  baseline  with `--baseline-python PY`: A and C through a second `cliplog serve` run by PY (e.g. main's
                `.venv/bin/python`, importing main's tree): a before/after in the same run.
 
 Progress goes to stderr; the result table (medians over the rounds, with min and max) goes to stdout.
@@ -87,7 +87,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlencode
@@ -113,6 +113,7 @@ CATCH_UP_LABELS = {
     "http": "`GET /api/events` limit=1000",
     "ndjson": "`GET /api/events` NDJSON stream",
     "baseline": "`GET /api/events` limit=1000, `--baseline-python`'s server",
+    "baseline-ndjson": "`GET /api/events` NDJSON stream, `--baseline-python`'s server",
     "static": "the stream's bytes, prebuilt, from a bare ASGI app (the HTTP ceiling)",
     "raw": "raw keyset SELECT",
 }
@@ -670,21 +671,30 @@ async def catch_up_raw(conn: asyncpg.Connection, expected: int) -> Rate:
     return Rate(count, seconds)
 
 
-# The events as the appends write them (with their feed JSON: eventlog.feed_json)
+# The events as the appends write them (with their feed JSON, eventlog.feed_json, and their cursor fingerprints,
+# which Python computes as `store.append` does: eventlog.cursor.stored_fingerprint)
 BULK_LOAD = store.insert_sql("""
 SELECT g AS position, pg_current_xact_id() AS txid, x.p || '/' || x.c AS stream, x.p AS project_id, x.c AS clip_id,
        1 AS version, 'extraction.requested' AS type, 1::smallint AS schema_version, $2::jsonb AS data,
-       'pending' AS clip_status, $3::timestamptz + g * interval '1 millisecond' AS recorded_at
-FROM generate_series(1, $1::bigint) AS g,
+       'pending' AS clip_status, $3::timestamptz + g * interval '1 millisecond' AS recorded_at, f.fingerprint
+FROM unnest($1::integer[]) WITH ORDINALITY AS f(fingerprint, g),
      LATERAL (SELECT 'bench-p' || ((g - 1) / 1000) AS p, 'clip-' || (g - 1) AS c) AS x
-""")
+""", fingerprint="e.fingerprint")
+
+
+def bulk_stream(g: int) -> str:
+    return f"bench-p{(g - 1) // 1000}/clip-{g - 1}"
 
 
 async def bulk_load(admin: asyncpg.Connection, count: int) -> None:
+    from eventlog.cursor import stored_fingerprint
+
     data = {"run": 1, "attempt": 1, "reason": "registered", "not_before": "2026-11-28T12:00:00+00:00",
             "source": "games/match.mp4", "start": 754.2, "end": 769.8, "mode": "copy", "name": None, "max_attempts": 3}
+    base = datetime(2026, 11, 28, tzinfo=timezone.utc)
+    prints = [stored_fingerprint(bulk_stream(g), 1, base + timedelta(milliseconds=g)) for g in range(1, count + 1)]
     async with admin.transaction():
-        await admin.execute(BULK_LOAD, count, json.dumps(data), datetime(2026, 11, 28, tzinfo=timezone.utc))
+        await admin.execute(BULK_LOAD, prints, json.dumps(data), base)
         await admin.execute("SELECT setval('events_position_seq', $1)", count)
         await admin.execute(
             "INSERT INTO projects (project_id, owner) SELECT DISTINCT project_id, $1 FROM events "
@@ -868,6 +878,7 @@ async def bench(args: argparse.Namespace) -> str:
             }
             if baseline is not None:
                 runs["baseline"] = lambda: catch_up_http(baseline, token, expected)
+                runs["baseline-ndjson"] = lambda: catch_up_ndjson(baseline, token, expected)
             static, static_url = await static_server(server, token, workdir)
             runs["static"] = lambda: catch_up_static(static_url, expected)
             catch_up: dict[str, list[Rate]] = defaultdict(list)

@@ -3,10 +3,12 @@
 The feed sends an event as the JSON msgspec writes for `eventlog.pages.EventView`: `{"position":…,"cursor":…,` and
 then the fields of `FIELDS_AFTER_CURSOR`. `tail_sql` is that rest of the JSON, `print_sql` the text the cursor's
 fingerprint hashes (`eventlog.cursor.fingerprint`: `stream:version:<recorded_at in UTC as Python's isoformat
-writes it>`). Every append writes both with its events (`events.feed_tail`, `events.feed_print`, migrations/018):
-a read then selects them as they are, and Python only mints the cursor (`eventlog.cursor`, the one place that knows
-its layout; PostgreSQL 15 has no CRC-32) and joins. For a row without them (written before 018, or by a path that
-does not write them) the feed builds the same text at read time from the same expressions (`STORED_PRINT`,
+writes it>`). Every append writes both with its events (`events.feed_tail`, `events.feed_print`, migrations/018),
+and the fingerprint itself (`events.feed_fingerprint`, migrations/019: computed by Python, PostgreSQL 15 has no
+CRC-32): a read then builds each event's whole JSON in PostgreSQL, its cursor by `eventlog.cursor.sql` (the cursor's
+layout stays in `eventlog.cursor`), and Python joins them (`eventlog.pages`). For a row without the fingerprint
+Python mints the cursor from the fingerprint's text; for a row without the texts (written before 018, or by a path
+that does not write them) the feed builds the same text at read time from the same expressions (`STORED_PRINT`,
 `STORED_TAIL`). tests/integration/test_feed.py and test_feed_stream.py check both against msgspec's encoding and
 `eventlog.cursor`, in a session whose time zone is not UTC.
 """

@@ -59,10 +59,11 @@ _OWNED = "project_id IN (SELECT project_id FROM projects WHERE owner = $3)"
 
 
 def _page_sql(columns: str) -> dict[tuple[bool, bool], str]:
-    """The page reads selecting `columns`, by (one project?, up to a final position?)."""
+    """The page reads selecting `columns`, by (one project?, up to a final position?). `$NEXT` in `columns` is the
+    parameter after the page's own."""
     after = "position > $1 AND " + "{} AND {}"
     return {
-        (filtered, bounded): f"SELECT {columns} FROM events WHERE "
+        (filtered, bounded): f"SELECT {columns.replace('$NEXT', '$5' if bounded else '$4')} FROM events WHERE "
         + after.format("position <= $4" if bounded else _SAFE, "project_id = $3" if filtered else _OWNED)
         + " ORDER BY position LIMIT $2"
         for filtered in (False, True)
@@ -100,33 +101,63 @@ def _page_query(
     return args
 
 
-# An event's JSON exactly as msgspec encodes its `EventView`: the rows hold the position, the fingerprint's text and
-# the JSON after the cursor, both written with the event (`eventlog.feed_json`; built now for a row without them);
-# `_json_events` mints the cursor (`eventlog.cursor`, the one place that knows its layout) and joins the three.
+# An event's JSON exactly as msgspec encodes its `EventView`: the rows hold the position, the JSON after the cursor
+# (`feed_tail`) and the cursor's fingerprint (`feed_fingerprint`), all written with the event (`eventlog.feed_json`,
+# migrations/018 and 019). PostgreSQL builds each cursor from the fingerprint (`eventlog.cursor.sql`: the cursor's
+# layout stays in `eventlog.cursor`) and each event's whole JSON, as UTF-8 bytes; Python only joins them. A row
+# without the stored fingerprint (written before 019, by a path that does not store it, or changed in place since)
+# comes with the fingerprint's text and the JSON after the cursor instead (`feed_print` and `feed_tail`, or the same
+# text built now), and Python mints its cursor, as for every row before 019.
 assert EventView.__struct_fields__ == ("position", "cursor", *feed_json.FIELDS_AFTER_CURSOR)
-_JSON_PAGE_SQL = _page_sql(f"position, {feed_json.STORED_PRINT}, {feed_json.STORED_TAIL}")
+
+
+def _built_columns() -> str:
+    """`(position, stored fingerprint, the event's JSON as UTF-8 bytes, the fingerprint's text, the JSON after the
+    cursor)`: the JSON when the fingerprint is stored, else the two texts Python mints it from (and NULL). The
+    epoch's prefix (`eventlog.cursor.epoch_prefix`) is the parameter after the page's own."""
+    mint = cursor.sql("$NEXT::bytea", "position", "feed_fingerprint")
+    line = f"""textsend('{{"position":' || position || ',"cursor":"' || {mint} || '"' || {feed_json.STORED_TAIL})"""
+    unminted = "CASE WHEN feed_fingerprint IS NULL THEN {} END"
+    return f"position, feed_fingerprint, {line}, " + ", ".join(
+        unminted.format(text) for text in (feed_json.STORED_PRINT, feed_json.STORED_TAIL)
+    )
+
+
+_JSON_PAGE_SQL = _page_sql(_built_columns())
 
 
 class JsonEvents(msgspec.Struct):
-    """Events as JSON text, each exactly what msgspec writes for its `EventView`, in position order."""
+    """Events as JSON text, each exactly what msgspec writes for its `EventView`, in position order, joined by
+    `separator` in `body` (UTF-8)."""
 
-    events: list[str]
+    body: bytes
+    count: int
     last_position: int | None  # None when there are no events
     last_cursor: str | None
+    separator: bytes
 
     def __add__(self, more: JsonEvents) -> JsonEvents:
-        if not more.events:
+        if not more.count:
             return self
-        return JsonEvents(self.events + more.events, more.last_position, more.last_cursor)
+        if not self.count:
+            return more
+        body = self.body + self.separator + more.body
+        return JsonEvents(body, self.count + more.count, more.last_position, more.last_cursor, self.separator)
 
 
-def _json_events(rows: Sequence[asyncpg.Record], epoch: UUID) -> JsonEvents:
+def _built_events(rows: Sequence[asyncpg.Record], epoch: UUID, separator: bytes) -> JsonEvents:
+    """Rows of `_JSON_PAGE_SQL` as JSON text (this is the hot loop: one list of the events' bytes)."""
     if not rows:
-        return JsonEvents([], None, None)
+        return JsonEvents(b"", 0, None, None, separator)
     mint = cursor.minter(epoch)
-    events = [f'{{"position":{p},"cursor":"{mint(p, text)}"{rest}' for p, text, rest in rows]  # the hot loop
-    last = rows[-1]
-    return JsonEvents(events, last[0], mint(last[0], last[1]))
+    lines = [r[2] for r in rows]
+    if None in lines:  # rows without the stored fingerprint: their cursors minted here
+        for i, (p, _, line, text, rest) in enumerate(rows):
+            if line is None:
+                lines[i] = f'{{"position":{p},"cursor":"{mint(p, text)}"{rest}'.encode()
+    p, stored, _, text, _ = rows[-1]
+    last = cursor.encode(epoch, p, stored % (1 << 32)) if stored is not None else mint(p, text)
+    return JsonEvents(separator.join(lines), len(rows), p, last, separator)
 
 
 async def read_page_json(
@@ -138,9 +169,12 @@ async def read_page_json(
     user: str,
     project_id: str | None = None,
     upto: int | None = None,
+    separator: bytes = b"\n",
 ) -> JsonEvents:
-    """`read_page`'s events as their JSON text (what `GET /api/events` sends, page or NDJSON stream)."""
-    return _json_events(await db.fetch(*_page_query(_JSON_PAGE_SQL, after, limit, user, project_id, upto)), epoch)
+    """`read_page`'s events as their JSON text joined by `separator` (what `GET /api/events` sends: `,` in a page,
+    a newline in the NDJSON stream)."""
+    query = _page_query(_JSON_PAGE_SQL, after, limit, user, project_id, upto)
+    return _built_events(await store.read(db, "fetch", *query, cursor.epoch_prefix(epoch)), epoch, separator)
 
 
 async def read_stream(
@@ -157,9 +191,8 @@ async def read_all(db: asyncpg.Connection | asyncpg.Pool, epoch: UUID, after: in
 
 async def head(db: asyncpg.Connection | asyncpg.Pool) -> tuple[int, int]:
     """`(position, fingerprint)` of the last event below the safe horizon; `(0, 0)` for an empty log."""
-    row = await db.fetchrow(
-        f"SELECT position, stream, version, recorded_at FROM events WHERE {_SAFE} ORDER BY position DESC LIMIT 1"
-    )
+    query = f"SELECT position, stream, version, recorded_at FROM events WHERE {_SAFE} ORDER BY position DESC LIMIT 1"
+    row = await store.read(db, "fetchrow", query)
     if row is None:
         return 0, 0
     return row["position"], cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
@@ -180,7 +213,9 @@ async def locate(
     everything up to it is final and can be read without the safe horizon)."""
     position = after.position if after is not None else 0
     known_position = known[1] if known is not None else 0
-    row = await db.fetchrow(
+    row = await store.read(
+        db,
+        "fetchrow",
         "SELECT l.epoch, c.stream AS c_stream, c.version AS c_version, c.recorded_at AS c_at, "
         "k.stream AS k_stream, k.version AS k_version, k.recorded_at AS k_at FROM log_identity l "
         "LEFT JOIN events c ON c.position = $1 LEFT JOIN events k ON k.position = $2",

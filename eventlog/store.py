@@ -30,7 +30,7 @@ import msgspec
 
 from domain.errors import VersionConflict
 from domain.events import SCHEMA_VERSION, ExtractionEvent, decode, encode_data, type_of
-from eventlog import feed_json
+from eventlog import cursor, feed_json
 
 
 # What a lost or restarting PostgreSQL looks like from asyncpg. A connection broken in the middle of a statement can
@@ -76,12 +76,15 @@ _COLUMNS = "position, stream, project_id, clip_id, version, type, schema_version
 INSERTED = "position, txid, stream, project_id, clip_id, version, type, schema_version, data, clip_status, recorded_at"
 
 
-def insert_sql(rows: str, returning: str = "") -> str:
-    """An INSERT into `events` of `rows` (a query selecting the columns of `INSERTED` by those names), with each
-    event's feed JSON (`eventlog.feed_json`), which every append writes."""
+def insert_sql(rows: str, returning: str = "", *, fingerprint: str = "NULL") -> str:
+    """An INSERT into `events` of `rows` (a query selecting the columns of `INSERTED` by those names, as `e`), with
+    each event's feed JSON (`eventlog.feed_json`), which every append writes, and its cursor fingerprint
+    `fingerprint` (an SQL expression, e.g. over `e`, of `eventlog.cursor.stored_fingerprint`'s value; NULL: the
+    feed mints the event's cursors in Python, migrations/019)."""
     return (
-        f"INSERT INTO events ({INSERTED}, feed_print, feed_tail) "
-        f"SELECT {INSERTED}, {feed_json.ROW_PRINT}, {feed_json.ROW_TAIL} FROM ({rows}) AS e {returning}"
+        f"INSERT INTO events ({INSERTED}, feed_print, feed_tail, feed_fingerprint) "
+        f"SELECT {INSERTED}, {feed_json.ROW_PRINT}, {feed_json.ROW_TAIL}, ({fingerprint})::integer "
+        f"FROM ({rows}) AS e {returning}"
     )
 
 
@@ -91,15 +94,17 @@ _APPEND_ONE = insert_sql(
     "$8::jsonb AS data, $9::text AS clip_status, $6::timestamptz AS recorded_at "
     "FROM cliplog_allocate_positions(1) AS allocated",
     "RETURNING position",
+    fingerprint="$10::integer",
 )
 
 _APPEND_MANY = "WITH allocated AS (SELECT * FROM cliplog_allocate_positions(cardinality($4::text[]))) " + insert_sql(
     "SELECT allocated.first_position + e.i - 1 AS position, allocated.txid, $1::text AS stream, "
     "$2::text AS project_id, $3::text AS clip_id, $5::integer + e.i::integer AS version, e.type, e.schema_version, "
-    "e.data, e.clip_status, $6::timestamptz AS recorded_at "
-    "FROM allocated, unnest($4::text[], $7::smallint[], $8::jsonb[], $9::text[]) WITH ORDINALITY "
-    "AS e(type, schema_version, data, clip_status, i)",
+    "e.data, e.clip_status, $6::timestamptz AS recorded_at, e.fingerprint "
+    "FROM allocated, unnest($4::text[], $7::smallint[], $8::jsonb[], $9::text[], $10::integer[]) WITH ORDINALITY "
+    "AS e(type, schema_version, data, clip_status, fingerprint, i)",
     "RETURNING position",
+    fingerprint="e.fingerprint",
 )
 
 _SAFE = "txid < (SELECT cliplog_safe_horizon())"
@@ -139,7 +144,8 @@ async def append_rows(
     """Append `count` events given as ROW_JSON lines (of any streams, in log order) at consecutive new positions of
     this log, in one statement: the bulk form of `append` (an import's), with the same position allocation as the
     transaction's first write. Each line's position is left behind; `project_id` replaces each event's project.
-    PostgreSQL reads the lines (COPY into a temporary table, then one INSERT ... SELECT). Returns the first
+    PostgreSQL reads the lines (COPY into a temporary table, then one INSERT ... SELECT; before it, the streams,
+    versions and times as it read them come back for Python to compute the cursor fingerprints). Returns the first
     position. A stream that already holds one of the versions raises VersionConflict (the transaction must roll
     back)."""
     if not conn.is_in_transaction():
@@ -151,18 +157,22 @@ async def append_rows(
                 for i, line in enumerate(lines))  # fmt: skip
     await copy_lines(conn, table, ("ord", "line"), numbered)
     project = "coalesce($3, r.project_id)"
+    staged = (
+        f"SELECT $1 + ord AS position, $2::text::xid8 AS txid, {project} || '/' || r.clip_id AS stream, "
+        f"{project} AS project_id, r.clip_id, r.version, r.type, r.schema_version, r.data, r.clip_status, "
+        f"r.recorded_at, ord FROM {table}, json_to_record(line) AS r(project_id text, clip_id text, "
+        "version integer, type text, schema_version smallint, data jsonb, clip_status text, recorded_at timestamptz)"
+    )
+    # The cursor fingerprints, computed here from the values as PostgreSQL read them (PostgreSQL has no CRC-32)
+    prints = [
+        cursor.stored_fingerprint(stream, version, at)
+        for stream, version, at in await conn.fetch(
+            f"SELECT stream, version, recorded_at FROM ({staged}) AS e ORDER BY ord", first, txid, project_id
+        )
+    ]
     try:
         await conn.execute(
-            insert_sql(
-                f"SELECT $1 + ord AS position, $2::text::xid8 AS txid, {project} || '/' || r.clip_id AS stream, "
-                f"{project} AS project_id, r.clip_id, r.version, r.type, r.schema_version, r.data, r.clip_status, "
-                f"r.recorded_at FROM {table}, json_to_record(line) AS r(project_id text, clip_id text, "
-                "version integer, type text, schema_version smallint, data jsonb, clip_status text, "
-                "recorded_at timestamptz)"
-            ),
-            first,
-            txid,
-            project_id,
+            insert_sql(staged, fingerprint="($4::integer[])[e.ord + 1]"), first, txid, project_id, prints
         )
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version":
@@ -195,12 +205,13 @@ async def append(
     versions = [SCHEMA_VERSION[t] for t in types]
     data = [encode_data(e) for e, _ in events]
     statuses = [status for _, status in events]
+    prints = [cursor.stored_fingerprint(stream, expected_version + i + 1, recorded_at) for i in range(len(events))]
     try:
         if len(events) == 1:
-            args = (types[0], expected_version, recorded_at, versions[0], data[0], statuses[0])
+            args = (types[0], expected_version, recorded_at, versions[0], data[0], statuses[0], prints[0])
             positions = [await conn.fetchval(_APPEND_ONE, stream, project_id, clip_id, *args)]
         else:
-            args = (types, expected_version, recorded_at, versions, data, statuses)
+            args = (types, expected_version, recorded_at, versions, data, statuses, prints)
             positions = sorted(r[0] for r in await conn.fetch(_APPEND_MANY, stream, project_id, clip_id, *args))
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version":
@@ -310,6 +321,43 @@ async def notify(conn: asyncpg.Connection, position: int) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(position))
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
         pass  # the events are committed; followers will find them on their next poll
+
+
+class LogConnection(asyncpg.Connection):
+    """The pool's connections (`runtime.bootstrap.create_db_pool`). A pool resets every connection handed back to it
+    (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`: one more round trip, 0.3 ms here, as long
+    as the statement itself); `read` skips it after the one statement it runs, which leaves no session state."""
+
+    __slots__ = ("_left_clean",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._left_clean = False
+
+    def leave_clean(self) -> None:
+        """Since it was acquired, this connection ran only statements that leave no session state (no SET, LISTEN,
+        session advisory lock or cursor): hand it back without the reset query, once."""
+        self._left_clean = True
+
+    def get_reset_query(self) -> str:
+        if self._left_clean:
+            self._left_clean = False
+            return ""
+        return super().get_reset_query()
+
+
+async def read(db: asyncpg.Connection | asyncpg.Pool, method: str, query: str, *args: object) -> Any:
+    """`db.<method>(query, *args)` (fetch, fetchrow, fetchval) for a `query` that leaves no session state (a plain
+    SELECT): from a pool, on a connection given back without the pool's reset (`LogConnection`). A statement that
+    fails leaves the connection to the full reset."""
+    if not isinstance(db, asyncpg.Pool):
+        return await getattr(db, method)(query, *args)
+    async with db.acquire() as conn:
+        result = await getattr(conn, method)(query, *args)
+        leave_clean = getattr(conn, "leave_clean", None)  # a pool of plain connections resets as usual
+        if leave_clean is not None:
+            leave_clean()
+        return result
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

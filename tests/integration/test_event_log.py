@@ -14,7 +14,7 @@ import pytest
 from domain.clip import ClipState, Complete, Context, Fail, Register, Retry, Start, TimeOut, decide, evolve
 from domain.errors import StaleAttempt, VersionConflict
 from domain.events import ExtractionRequested, ExtractionStarted
-from eventlog import feed_json, store
+from eventlog import cursor, feed_json, store
 from usecases import clips
 from eventlog.migrate import MIGRATIONS_DIR, migrate
 from projections import clip_status, rebuild
@@ -130,9 +130,10 @@ async def test_stored_events_decode_to_what_was_appended(pool, ids):
 
 
 async def test_every_append_writes_the_feeds_json_the_feed_would_build(pool, ids):
-    """One event, several at once, and the bulk append of an import each write `feed_print` and `feed_tail`, and
-    they are the text the feed builds at read time for a row without them (eventlog/feed_json.py), also when the
-    writer's session is in another time zone than the reader's (UTC here)."""
+    """One event, several at once, and the bulk append of an import each write `feed_print`, `feed_tail` and
+    `feed_fingerprint`, and they are the text the feed builds at read time for a row without them
+    (eventlog/feed_json.py) and the fingerprint `eventlog.cursor` computes from the row, also when the writer's
+    session is in another time zone than the reader's (UTC here)."""
     project, clip = ids.project(), ids.clip()
     elsewhere = "SET LOCAL TIME ZONE 'Asia/Kathmandu'"  # +05:45: neither whole hours nor the reader's zone
     async with pool.acquire() as conn, conn.transaction():
@@ -141,19 +142,28 @@ async def test_every_append_writes_the_feeds_json_the_feed_would_build(pool, ids
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(elsewhere)
         await append(conn, project, clip, 1, [started(), requested()])
+    # a time given in another zone, with microseconds: its fingerprint is that of the instant as read back, in UTC
+    at = datetime(2026, 12, 1, 3, 4, 5, 60, tzinfo=timezone(timedelta(hours=-3, minutes=-30)))
+    async with pool.acquire() as conn, conn.transaction():
+        await store.append(conn, project_id=project, clip_id=clip, expected_version=3, events=[(started(), "running")],
+                           recorded_at=at)  # fmt: skip
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(elsewhere)
         lines = await conn.fetch(f"SELECT {store.ROW_JSON} FROM events WHERE project_id = $1 ORDER BY position", project)
         imported = ids.project()
         await store.append_rows(conn, len(lines), (line[0].encode() for line in lines), project_id=imported)
     rows = await pool.fetch(
-        f"SELECT feed_print, feed_tail, {feed_json.ROW_PRINT} AS built_print, {feed_json.ROW_TAIL} AS built_tail "
-        "FROM events WHERE project_id = ANY($1::text[]) ORDER BY position",
+        f"SELECT feed_print, feed_tail, {feed_json.ROW_PRINT} AS built_print, {feed_json.ROW_TAIL} AS built_tail, "
+        "feed_fingerprint, stream, version, recorded_at FROM events WHERE project_id = ANY($1::text[]) "
+        "ORDER BY position",
         [project, imported],
     )
-    assert len(rows) == 6
+    assert len(rows) == 8
     for row in rows:
         assert (row["feed_print"], row["feed_tail"]) == (row["built_print"], row["built_tail"])
+        # and the cursor's fingerprint as the feed computes it from the row (migrations/019)
+        fingerprint = cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
+        assert row["feed_fingerprint"] is not None and row["feed_fingerprint"] % 2**32 == fingerprint
 
 
 # The gap-free reader --------------------------------------------------------------------------------------------------
@@ -507,3 +517,31 @@ async def test_concurrent_migrations_from_two_connections_both_succeed(make_data
     finally:
         for c in conns:
             await c.close()
+
+
+# The pool's connections ------------------------------------------------------------------------------------------
+
+
+async def test_a_pooled_connection_skips_the_reset_only_after_a_plain_read(database_url):
+    """`store.read` gives its connection back without the pool's reset query (one round trip fewer per read); every
+    other use of a pooled connection, and a read that failed, is reset as before, so session state never leaks."""
+    async with asyncpg.create_pool(
+        database_url, min_size=1, max_size=1, connection_class=store.LogConnection, init=store.init_connection
+    ) as pool:
+        logged: list[str] = []
+        async with pool.acquire() as conn:
+            reset = conn.get_reset_query()
+            conn.add_query_logger(lambda query: logged.append(query.query))
+            await conn.execute("SET application_name = 'changed'")
+        assert logged == ["SET application_name = 'changed'", reset]
+        assert await store.read(pool, "fetchval", "SHOW application_name") != "changed"  # reset on the way back
+        assert logged[2:] == ["SHOW application_name"]  # and this read's connection went back without it
+        await pool.fetchval("SELECT 1")
+        assert logged[3:] == ["SELECT 1", reset]
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await store.read(pool, "fetchval", "SELECT 1 / 0")
+        assert logged[5:] == ["SELECT 1 / 0", reset]
+        assert await store.read(pool, "fetchval", "SELECT 2") == 2 and logged[7:] == ["SELECT 2"]
+    # on a connection, or a pool of plain connections, `read` is the method itself
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as plain:
+        assert await store.read(plain, "fetchval", "SELECT 3") == 3

@@ -493,7 +493,7 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
     `eventlog.cursor` exactly (whole seconds, microseconds, the session's time zone), or every cursor would 410."""
     from datetime import datetime, timedelta, timezone
 
-    from eventlog.pages import _COLUMNS, _JSON_PAGE_SQL, _events, _json_events
+    from eventlog.pages import _COLUMNS, _JSON_PAGE_SQL, _built_events, _events
 
     conn = await connect()
     await conn.execute("SET TIME ZONE 'America/New_York'")
@@ -518,6 +518,13 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
             f"INSERT INTO events ({columns}) SELECT * FROM ({selected}) AS e", position + 100, f"p/c{position}", 1, at
         )
     assert await conn.fetchval("SELECT count(feed_tail) FROM events") == len(stamps)  # the first of each pair
+    # and each time a third time, with its fingerprint too (as the appends write since 019): the feed builds the
+    # page, cursors included, in PostgreSQL
+    fingerprinted = store.insert_sql(f"{selected}, $5::integer AS f", fingerprint="e.f")
+    for position, at in enumerate(stamps, start=201):
+        stream = f"p/c{position}"
+        await conn.execute(fingerprinted, position, stream, 3, at, cursor.stored_fingerprint(stream, 3, at))
+    assert await conn.fetchval("SELECT count(feed_fingerprint) FROM events") == len(stamps)
     epoch = uuid.uuid4()
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM events ORDER BY position")
     stored = await conn.fetch("SELECT stream, version, recorded_at FROM events ORDER BY position")
@@ -527,8 +534,40 @@ async def test_the_feed_mints_the_cursors_eventlog_cursor_checks(connect):
         assert event.cursor == expected, row["recorded_at"]
         assert json.loads(bytes(event.data)) == {"a": 1, "é": "\u2028"}
     # and the feed's JSON of each row is what msgspec writes for the event (the times' text above all)
-    built = _json_events(await conn.fetch(_JSON_PAGE_SQL[(True, True)], 0, 1000, "p", 1000), epoch)
-    assert [e.encode() for e in built.events] == [msgspec.json.encode(e) for e in _events(rows, epoch)]
+    # and the feed's JSON of each row is what msgspec writes for the event (the times' text above all), its cursor
+    # built by PostgreSQL where the row holds its fingerprint, else minted by Python, in one page
+    page = await conn.fetch(_JSON_PAGE_SQL[(True, True)], 0, 1000, "p", 1000, cursor.epoch_prefix(epoch))
+    assert [r["feed_fingerprint"] is not None for r in page] == [r["position"] > 200 for r in page]
+    built = _built_events(page, epoch, b"\n")
+    views = _events(rows, epoch)
+    assert built.body.split(b"\n") == [msgspec.json.encode(e) for e in views]
+    assert (built.count, built.last_position, built.last_cursor) == (len(views), views[-1].position, views[-1].cursor)
+    page = await conn.fetch(_JSON_PAGE_SQL[(True, True)], 0, 1000, "p", 200, cursor.epoch_prefix(epoch))
+    assert _built_events(page, epoch, b"\n").last_cursor == [v.cursor for v in views if v.position <= 200][-1]
+
+
+async def test_postgresql_builds_the_cursors_eventlog_cursor_encodes(connect):
+    """`eventlog.cursor.sql` (the catch-up's cursors, built by PostgreSQL from the stored fingerprint) gives exactly
+    `cursor.encode`'s text: positions from 0 to 2**63 - 1, fingerprints from 0 to 2**32 - 1 (those from 2**31 on
+    stored as negative integers), any epoch."""
+    import random
+
+    rng = random.Random(20261201)
+    epochs = [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), *(uuid.uuid4() for _ in range(3))]
+    positions = [0, 1, 62, 63, 255, 256, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53 + 1, 2**62, 2**63 - 1]
+    prints = [0, 1, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 2, 2**32 - 1, 0xDEADBEEF]
+    cases = [(e, p, f) for e in epochs[:2] for p in positions for f in prints]
+    cases += [(rng.choice(epochs), rng.randrange(2**63), rng.randrange(2**32)) for _ in range(2000)]
+    stored = [f - 2**32 if f >= 2**31 else f for _, _, f in cases]
+    conn = await connect()
+    built = await conn.fetch(
+        f"SELECT {cursor.sql('e', 'p', 'f')} FROM unnest($1::bytea[], $2::bigint[], $3::integer[]) WITH ORDINALITY "
+        "AS t(e, p, f, i) ORDER BY i",
+        [cursor.epoch_prefix(e) for e, _, _ in cases], [p for _, p, _ in cases], stored,
+    )
+    assert [r[0] for r in built] == [cursor.encode(e, p, f) for e, p, f in cases]
+    assert all(cursor.decode(r[0]) == cursor.Cursor(cursor.epoch_prefix(e), p, f) for r, (e, p, f) in zip(built, cases))
+    assert await conn.fetchval(f"SELECT {cursor.sql('$1::bytea', '1', 'NULL')}", b"12345678") is None
 
 
 def test_cursor_is_opaque_base64url():

@@ -30,26 +30,53 @@ STAMPS = [T0, T0 + timedelta(microseconds=5), T0 + timedelta(microseconds=120000
 DATA = ['{"run": 1, "attempt": 1, "source": "caf\u00e9 \\"quoted\\"\\n\\u0001 \U0001f3ac"}', "{}", '{"n": [1, 2.5, null]}']
 
 
-async def insert_events(pool: asyncpg.Pool, project: str, user: str, count: int) -> list[int]:
-    """`count` events of `project` (owned by `user`) in one transaction, at positions the log allocates: every
-    other one written as the appends write (with its feed JSON), the others without it (as before migration 018:
-    the feed builds their JSON at read time)."""
+APPENDED, WITHOUT_FINGERPRINT, WITHOUT_JSON = "appended", "018", "017"
+
+
+def mostly_appended(i: int) -> str:
+    k = i % 1000
+    return WITHOUT_FINGERPRINT if 500 <= k < 505 else WITHOUT_JSON if 505 <= k < 510 else APPENDED
+
+
+async def insert_events(
+    pool: asyncpg.Pool, project: str, user: str, count: int, kind: Callable[[int], str] | None = None
+) -> list[int]:
+    """`count` events of `project` (owned by `user`) in one transaction, at positions the log allocates, the i-th
+    written as `kind(i)` says: APPENDED as the appends write (with its feed JSON and its cursor fingerprint: the
+    feed builds its JSON and cursor in PostgreSQL), WITHOUT_FINGERPRINT as they wrote before migration 019 (with its
+    feed JSON: Python mints its cursor) or WITHOUT_JSON as before 018 (the feed builds its JSON at read time). By
+    default APPENDED but for the 500th to 509th of every 1,000 (five of each other kind): reads of hundreds of
+    events take both paths."""
+    kind = kind or mostly_appended
     selected = (
         "SELECT $1::bigint AS position, $2::xid8 AS txid, $3 || '/' || $4 AS stream, $3::text AS project_id, "
         "$4::text AS clip_id, 1 AS version, 'extraction.requested'::text AS type, 1::smallint AS schema_version, "
         "$5::text::jsonb AS data, 'pending'::text AS clip_status, $6::timestamptz AS recorded_at"
     )
-    without_json = f"INSERT INTO events ({store.INSERTED}) {selected}"
+    statements = {
+        APPENDED: store.insert_sql(f"{selected}, $7::integer AS fingerprint", fingerprint="e.fingerprint"),
+        WITHOUT_FINGERPRINT: store.insert_sql(selected),
+        WITHOUT_JSON: f"INSERT INTO events ({store.INSERTED}) {selected}",
+    }
     rows = [(i, f"c{i}", DATA[i % len(DATA)], STAMPS[i % len(STAMPS)]) for i in range(count)]
     async with pool.acquire() as conn, conn.transaction():
         txid, first = await conn.fetchrow("SELECT txid, first_position FROM cliplog_allocate_positions($1)", count)
         await conn.execute("INSERT INTO projects (project_id, owner) VALUES ($1, $2) ON CONFLICT DO NOTHING", project, user)
-        for statement, parity in ((store.insert_sql(selected), 0), (without_json, 1)):
-            await conn.executemany(
-                statement,
-                [(first + i, txid, project, clip, data, at) for i, clip, data, at in rows if i % 2 == parity],
-            )
+        for written, statement in statements.items():
+            args = [
+                (first + i, txid, project, clip, data, at)
+                + ((cursor.stored_fingerprint(f"{project}/{clip}", 1, at),) if written == APPENDED else ())
+                for i, clip, data, at in rows
+                if kind(i) == written
+            ]
+            if args:
+                await conn.executemany(statement, args)
     return list(range(first, first + count))
+
+
+def split(events: pages.JsonEvents) -> list[bytes]:
+    """The events' JSON, each as it is in the body."""
+    return events.body.split(events.separator) if events.count else []
 
 
 class RawPage(msgspec.Struct):
@@ -82,41 +109,83 @@ async def streamed(http: httpx.AsyncClient, after: str | None, project: str | No
 
 
 async def test_a_page_built_by_postgresql_is_what_msgspec_writes_for_the_events(pool, ids, make_user: MakeUser):
+    """Pages of events all written with their fingerprints (built whole by PostgreSQL), of events written before
+    019 or 018 (the cursors minted by Python), and of both, for pages and the stream's separator alike."""
     user, _ = await make_user()
     project = ids.project()
-    positions = await insert_events(pool, project, user, 12)
+    # 12 as the appends write them, then 12 of the default mix
+    positions = await insert_events(pool, project, user, 24, lambda i: APPENDED if i < 12 else ("018", "017")[i % 2])
     epoch = await pool.fetchval("SELECT epoch FROM log_identity")
     encode = msgspec.json.encode
-    for after in (positions[0] - 1, positions[3], positions[-1]):
+    for after in (positions[0] - 1, positions[3], positions[9], positions[13], positions[-1]):
         for project_id, upto in ((None, None), (project, None), (project, positions[-2]), (None, positions[-2])):
             views = await pages.read_page(pool, epoch, after, 5, user=user, project_id=project_id, upto=upto)
-            built = await pages.read_page_json(pool, epoch, after, 5, user=user, project_id=project_id, upto=upto)
-            assert [encode(v) for v in views] == [e.encode() for e in built.events]
-            assert built.last_cursor == (views[-1].cursor if views else None)
+            for separator in (b",", b"\n"):
+                built = await pages.read_page_json(
+                    pool, epoch, after, 5, user=user, project_id=project_id, upto=upto, separator=separator
+                )
+                assert built.body == separator.join(encode(v) for v in views)
+                assert built.count == len(views)
+                assert built.last_cursor == (views[-1].cursor if views else None)
+                assert built.last_position == (views[-1].position if views else None)
             given = cursor.encode(epoch, after, 0)
             expected = encode(EventPage(events=views, next_cursor=views[-1].cursor if views else given))
+            built = await pages.read_page_json(
+                pool, epoch, after, 5, user=user, project_id=project_id, upto=upto, separator=feed.PAGE_SEPARATOR
+            )
             assert page_json(built, given) == expected
     assert len(views) == 0  # the last cursor: nothing after it
 
 
-async def test_an_event_changed_in_place_is_sent_as_it_is_now(pool, ids, make_user: MakeUser):
-    """The log is append-only, but a row repaired (or damaged) in place must not keep the feed's stored text of what
-    it was: the page says what the row holds now, as the WebSocket's read does. A backfill of the stored text alone
-    keeps what it writes."""
+async def test_a_page_of_events_with_their_fingerprints_is_built_without_python(
+    pool, ids, make_user: MakeUser, monkeypatch
+):
+    """Events stored with their fingerprints (as every append writes them since 019) are read with their cursors
+    built by PostgreSQL, none minted in Python; one without it in the page has its cursor minted by Python."""
     user, _ = await make_user()
     project = ids.project()
-    first = (await insert_events(pool, project, user, 2))[0]  # the first one with its feed JSON
+    positions = await insert_events(pool, project, user, 6, lambda i: WITHOUT_FINGERPRINT if i == 4 else APPENDED)
     epoch = await pool.fetchval("SELECT epoch FROM log_identity")
-    assert await pool.fetchval("SELECT feed_tail IS NOT NULL FROM events WHERE position = $1", first)
+    views = await pages.read_page(pool, epoch, positions[0] - 1, 6, user=user, project_id=project)
+    minted: list[tuple[int, str]] = []
+    real = cursor.minter
+
+    def minter(epoch_: object) -> Callable[[int, str], str]:
+        mint = real(epoch_)  # type: ignore[arg-type]
+        return lambda position, text: minted.append((position, text)) or mint(position, text)
+
+    monkeypatch.setattr(cursor, "minter", minter)
+    for limit in (4, 6):  # without the fifth event, then with it
+        built = await pages.read_page_json(pool, epoch, positions[0] - 1, limit, user=user, project_id=project)
+        assert split(built) == [msgspec.json.encode(v) for v in views[:limit]]
+        assert built.last_cursor == views[limit - 1].cursor
+    assert [position for position, _ in minted] == [positions[4]]
+
+
+async def test_an_event_changed_in_place_is_sent_as_it_is_now(pool, ids, make_user: MakeUser):
+    """The log is append-only, but a row repaired (or damaged) in place must not keep the feed's stored text or
+    fingerprint of what it was: the page says what the row holds now, as the WebSocket's read does. A backfill of the
+    stored columns alone keeps what it writes."""
+    user, _ = await make_user()
+    project = ids.project()
+    first = (await insert_events(pool, project, user, 2, lambda i: APPENDED))[0]
+    epoch = await pool.fetchval("SELECT epoch FROM log_identity")
+    stored = "SELECT (feed_tail, feed_print, feed_fingerprint) FROM events WHERE position = $1"
+    assert None not in await pool.fetchval(stored, first)
+    changes = ("clip_status = 'completed', data = '{\"repaired\": true}'", "recorded_at = recorded_at + interval '1 s'")
+    for change in changes:
+        await pool.execute(f"UPDATE events SET {change} WHERE position = $1", first)
+        assert await pool.fetchval(stored, first) == (None, None, None)
+        views = await pages.read_page(pool, epoch, first - 1, 2, user=user, project_id=project)
+        built = await pages.read_page_json(pool, epoch, first - 1, 2, user=user, project_id=project)
+        assert split(built) == [msgspec.json.encode(v) for v in views]
+        assert built.last_cursor == views[-1].cursor
+    assert msgspec.json.decode(split(built)[0])["clip_status"] == "completed"
+    assert views[0].cursor == await cursor_at(pool, first)  # the fingerprint of the time as it is now
     await pool.execute(
-        "UPDATE events SET clip_status = 'completed', data = '{\"repaired\": true}' WHERE position = $1", first
+        "UPDATE events SET feed_tail = 'backfilled', feed_print = 'p', feed_fingerprint = 7 WHERE position = $1", first
     )
-    views = await pages.read_page(pool, epoch, first - 1, 1, user=user, project_id=project)
-    built = await pages.read_page_json(pool, epoch, first - 1, 1, user=user, project_id=project)
-    assert [msgspec.json.encode(v) for v in views] == [e.encode() for e in built.events]
-    assert msgspec.json.decode(built.events[0])["clip_status"] == "completed"
-    await pool.execute("UPDATE events SET feed_tail = 'backfilled', feed_print = 'p' WHERE position = $1", first)
-    assert await pool.fetchval("SELECT feed_tail FROM events WHERE position = $1", first) == "backfilled"
+    assert await pool.fetchval(stored, first) == ("backfilled", "p", 7)
 
 
 async def test_the_stream_and_the_pages_give_the_same_events_from_any_cursor(
