@@ -312,6 +312,16 @@ async def notify(conn: asyncpg.Connection, position: int) -> None:
         pass  # the events are committed; followers will find them on their next poll
 
 
+async def reset_connection(conn: asyncpg.Connection) -> None:
+    """A pooled connection's reset on release: nothing beyond what asyncpg always does first (roll back a transaction
+    left open, drop the Python-side listeners). asyncpg's default sends `SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL` on every release: a round trip and four statements for PostgreSQL, about a tenth of the
+    API's time and a good share of the worker's (bench/README.md, "Fewer round trips"). cliplog keeps no session
+    state on pooled connections: session advisory locks, LISTEN and session settings live on connections of their
+    own (the leaders', the feed's listener, the commands'), and what a pooled connection sets is transaction-local
+    (`SET LOCAL`, `set_config(..., true)`), cursors live in transactions (tests/integration/test_round_trips.py)."""
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Per-connection set-up: jsonb and json (the clip-status projection's state) as Python objects through
     msgspec. (Every other json value a query returns is cast to text.)"""

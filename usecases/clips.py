@@ -1,6 +1,7 @@
 """The clip use cases: load a clip's state, decide, append its events and write its projection row, in one
 transaction (`handle`); registering a clip claims its project in that transaction (`register`, and `register_once`,
-which also stores the request's Idempotency-Key there), starting an attempt takes its lease in it (`start_attempt`),
+which also stores the request's Idempotency-Key there; the project's owner is read with the clip's row, and an owned
+project is not claimed again: owners never change), starting an attempt takes its lease in it (`start_attempt`),
 which the worker then renews (`renew_lease`). `handle_each` runs one person's command on every clip of a project
 (the bulk routes), each clip in its own transaction.
 
@@ -30,6 +31,14 @@ class Handled(msgspec.Struct, frozen=True):
     appended: list[store.StoredEvent]
 
 
+_READ = "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2"
+# The clip's row and its project's owner in one round trip (a row either way: NULLs for what does not exist).
+_READ_WITH_OWNER = (
+    "SELECT c.state, c.position, (SELECT owner FROM projects WHERE project_id = $1) AS owner "
+    "FROM (VALUES (1)) AS one(x) LEFT JOIN clips c ON c.project_id = $1 AND c.clip_id = $2"
+)
+
+
 async def handle(
     pool: asyncpg.Pool,
     project_id: str,
@@ -39,27 +48,42 @@ async def handle(
     *,
     after_append: ExtraWrite | None = None,
     check: Check | None = None,
+    owned_by: str | None = None,
+    known: tuple[ClipState, int] | None = None,
     attempts: int = 5,
 ) -> Handled:
     """Run `command` against the clip; `after_append` runs in the same transaction, after the events. `check` runs
     after the clip's row is read and before deciding, on every try (a raise ends the command): what it reads is at
-    least as new as that row."""
+    least as new as that row. `owned_by`: the command is this user's, on a project nobody else has (404 otherwise,
+    decided from its owner read with the clip's row); a project nobody has claimed yet becomes theirs in the
+    transaction. `known`: the clip's `(state, position)` as the caller just read or wrote it, decided on without
+    reading it again; the append is at that state's version, so a state that moved on meanwhile conflicts, and the
+    next try reads it."""
     for remaining in range(attempts - 1, -1, -1):
         async with pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
-            )
-            state = (
-                clip_status.state_from_json(row["state"])
-                if row
-                else ClipState(project_id=project_id, clip_id=clip_id)
-            )
+            owner: str | None = None
+            if known is not None:
+                state, position = known
+                known = None
+            else:
+                row = await conn.fetchrow(_READ if owned_by is None else _READ_WITH_OWNER, project_id, clip_id)
+                value = row["state"] if row is not None else None
+                state = (
+                    clip_status.state_from_json(value)
+                    if value is not None
+                    else ClipState(project_id=project_id, clip_id=clip_id)
+                )
+                position = (row["position"] or 0) if row is not None else 0
+                if owned_by is not None:
+                    owner = row["owner"]
+                    if owner is not None and owner != owned_by:
+                        raise NotFound(f"project {project_id!r} not found")
             if check is not None:
                 await check(conn)
             ctx = context()
             events = decide(state, command, ctx)
             if not events:
-                return Handled(state, row["position"] if row else 0, [])
+                return Handled(state, position, [])
             pairs = []
             new_state = state
             for event in events:
@@ -78,6 +102,8 @@ async def handle(
                     position = appended[-1].position
                     if not await clip_status.save(conn, new_state, state.version, position):
                         raise VersionConflict(store.stream_name(project_id, clip_id), state.version)
+                    if owned_by is not None and owner is None:  # owners never change: an owned project stays theirs
+                        await claim_project(conn, project_id, owned_by)
                     if after_append is not None:
                         await after_append(conn, new_state)
             except VersionConflict:
@@ -97,21 +123,20 @@ async def register(
     Two users posting a new project's first clip at once: the loser's append waits for the winner's transaction,
     then conflicts, and its retry reads the winner's clip. Deciding on that clip would answer the loser with it
     (200) or with 409; the ownership check before each decision answers 404, as for any project of someone else."""
-    return await handle(
-        pool,
-        project_id,
-        clip_id,
-        command,
-        context,
-        after_append=lambda conn, _: claim_project(conn, project_id, user),
-        check=lambda conn: require_unclaimed_or_own(conn, project_id, user),
-    )
+    return await handle(pool, project_id, clip_id, command, context, owned_by=user)
 
 
 async def start_attempt(
-    pool: asyncpg.Pool, project_id: str, clip_id: str, command: Start, context: Callable[[], Context]
+    pool: asyncpg.Pool,
+    project_id: str,
+    clip_id: str,
+    command: Start,
+    context: Callable[[], Context],
+    *,
+    known: tuple[ClipState, int] | None = None,
 ) -> Handled:
-    """Start an attempt and take its lease in the same transaction (the reaper judges a running attempt by it)."""
+    """Start an attempt and take its lease in the same transaction (the reaper judges a running attempt by it).
+    `known`: the clip's state and position as the worker just read them (see `handle`)."""
     return await handle(
         pool,
         project_id,
@@ -119,14 +144,8 @@ async def start_attempt(
         command,
         context,
         after_append=lambda conn, new_state: renew_lease(conn, new_state, command.worker_id),
+        known=known,
     )
-
-
-async def require_unclaimed_or_own(conn: asyncpg.Connection, project_id: str, user: str) -> None:
-    """404 when the project belongs to someone else (a project nobody has claimed yet may be claimed)."""
-    owner = await conn.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id)
-    if owner is not None and owner != user:
-        raise NotFound(f"project {project_id!r} not found")
 
 
 async def claim_project(conn: asyncpg.Connection, project_id: str, user: str) -> None:
@@ -186,8 +205,7 @@ async def register_once(
         if existing is not None:
             return existing
 
-        async def claim_and_remember(conn: asyncpg.Connection, _: ClipState) -> None:
-            await claim_project(conn, project_id, user)
+        async def remember(conn: asyncpg.Connection, _: ClipState) -> None:
             stored = await conn.fetchval(
                 "INSERT INTO idempotency_keys (project_id, key, clip_id, fingerprint) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (project_id, key) DO NOTHING RETURNING true",
@@ -200,7 +218,7 @@ async def register_once(
                 raise _KeyTaken()
 
         try:
-            return await handle(pool, project_id, new_clip_id, command, context, after_append=claim_and_remember)
+            return await handle(pool, project_id, new_clip_id, command, context, owned_by=user, after_append=remember)
         except _KeyTaken:
             continue
     raise AssertionError("unreachable: the key's row was committed before _KeyTaken was raised")
