@@ -175,6 +175,35 @@ def _stored(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(*row)
 
 
+def _append_args(
+    project_id: str, clip_id: str, expected_version: int, events: Sequence[tuple[ExtractionEvent, str]],
+    recorded_at: datetime,
+) -> tuple[tuple, list[str], list[int], list[dict], list[str]]:  # fmt: skip
+    """The parameters $1-$9 of `_APPEND_ONE` (one event) or `_APPEND_MANY`, and the events' columns."""
+    stream = stream_name(project_id, clip_id)
+    types = [type_of(e) for e, _ in events]
+    versions = [SCHEMA_VERSION[t] for t in types]
+    data = [encode_data(e) for e, _ in events]
+    statuses = [status for _, status in events]
+    if len(events) == 1:
+        args: tuple = (types[0], expected_version, recorded_at, versions[0], data[0], statuses[0])
+    else:
+        args = (types, expected_version, recorded_at, versions, data, statuses)
+    return (stream, project_id, clip_id, *args), types, versions, data, statuses
+
+
+def _appended(
+    positions: Sequence[int], project_id: str, clip_id: str, expected_version: int, types: list[str],
+    versions: list[int], data: list[dict], statuses: list[str], recorded_at: datetime,
+) -> list[StoredEvent]:  # fmt: skip
+    stream = stream_name(project_id, clip_id)
+    return [
+        StoredEvent(position, stream, project_id, clip_id, expected_version + i + 1, types[i], versions[i], data[i],
+                    statuses[i], recorded_at)
+        for i, position in enumerate(positions)
+    ]
+
+
 async def append(
     conn: asyncpg.Connection,
     *,
@@ -190,27 +219,66 @@ async def append(
     """
     if not conn.is_in_transaction():
         raise RuntimeError("append must run inside a transaction")
-    stream = stream_name(project_id, clip_id)
-    types = [type_of(e) for e, _ in events]
-    versions = [SCHEMA_VERSION[t] for t in types]
-    data = [encode_data(e) for e, _ in events]
-    statuses = [status for _, status in events]
+    args, types, versions, data, statuses = _append_args(project_id, clip_id, expected_version, events, recorded_at)
     try:
         if len(events) == 1:
-            args = (types[0], expected_version, recorded_at, versions[0], data[0], statuses[0])
-            positions = [await conn.fetchval(_APPEND_ONE, stream, project_id, clip_id, *args)]
+            positions = [await conn.fetchval(_APPEND_ONE, *args)]
         else:
-            args = (types, expected_version, recorded_at, versions, data, statuses)
-            positions = sorted(r[0] for r in await conn.fetch(_APPEND_MANY, stream, project_id, clip_id, *args))
+            positions = sorted(r[0] for r in await conn.fetch(_APPEND_MANY, *args))
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version":
-            raise VersionConflict(stream, expected_version) from None
+            raise VersionConflict(args[0], expected_version) from None
         raise
-    return [
-        StoredEvent(position, stream, project_id, clip_id, expected_version + i + 1, types[i], versions[i], data[i],
-                    statuses[i], recorded_at)
-        for i, position in enumerate(positions)
-    ]
+    return _appended(positions, project_id, clip_id, expected_version, types, versions, data, statuses, recorded_at)
+
+
+# A write that must land with the events or not at all refuses with this SQLSTATE (`cliplog_require`, migration
+# 019): the statement, and its transaction, fail; `append_with` raises VersionConflict.
+STALE_WRITE = "CL409"
+
+
+def append_with_sql(many: bool, writes: str, checks: Sequence[str]) -> str:
+    """One statement that appends (parameters $1-$9, as `_APPEND_ONE` / `_APPEND_MANY`) and then makes `writes`:
+    further CTEs (`name AS (...)`, separated by commas) that may read `appended` (the events' `position`s) and use
+    parameters from $10 on. Each of `checks` names a CTE that must return a row, else the whole statement fails
+    (nothing appended, nothing written). It selects the positions, in order."""
+    append = _APPEND_MANY if many else _APPEND_ONE
+    required = ", ".join(f"cliplog_require(EXISTS (SELECT FROM {name}), '{name}')" for name in checks)
+    return (
+        f"WITH appended AS ({append}), {writes} "
+        f"SELECT (SELECT array_agg(position ORDER BY position) FROM appended) AS positions"
+        + (f", {required}" if required else "")
+    )
+
+
+async def append_with(
+    conn: asyncpg.Connection,
+    sql: Callable[[bool], str],
+    write_args: Sequence[Any],
+    *,
+    project_id: str,
+    clip_id: str,
+    expected_version: int,
+    events: Sequence[tuple[ExtractionEvent, str]],
+    recorded_at: datetime,
+) -> list[StoredEvent]:
+    """`append` and the writes that go with it in one statement, `sql(many)` (`append_with_sql`), with `write_args`
+    as its parameters from $10 on: one round trip, and no BEGIN and COMMIT of its own outside a transaction (the
+    statement is one). Raises VersionConflict, having written nothing, when the stream is no longer at
+    `expected_version` or one of the statement's checks failed."""
+    args, types, versions, data, statuses = _append_args(project_id, clip_id, expected_version, events, recorded_at)
+    try:
+        row = await conn.fetchrow(sql(len(events) > 1), *args, *write_args)
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version":
+            raise VersionConflict(args[0], expected_version) from None
+        raise
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == STALE_WRITE:
+            raise VersionConflict(args[0], expected_version) from None
+        raise
+    positions = row["positions"]
+    return _appended(positions, project_id, clip_id, expected_version, types, versions, data, statuses, recorded_at)
 
 
 async def read_stream(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str) -> list[StoredEvent]:

@@ -20,17 +20,23 @@ from eventlog.store import StoredEvent
 
 _decoder = msgspec.json.Decoder(ClipState)
 
-_UPSERT = """
+def upsert_sql(rows: str, previous_version: str) -> str:
+    """The clip row's upsert: `rows` gives the values in COLUMNS order (a VALUES list or a query), written only where
+    the row is still at `previous_version` (a parameter) or new."""
+    return f"""
 INSERT INTO clips (project_id, clip_id, version, status, run, attempt, not_before, deadline_at, status_since,
                    position, created_at, updated_at, state, priority)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+{rows}
 ON CONFLICT (project_id, clip_id) DO UPDATE SET
     version = EXCLUDED.version, status = EXCLUDED.status, run = EXCLUDED.run, attempt = EXCLUDED.attempt,
     not_before = EXCLUDED.not_before, deadline_at = EXCLUDED.deadline_at, status_since = EXCLUDED.status_since,
     position = EXCLUDED.position, updated_at = EXCLUDED.updated_at, state = EXCLUDED.state,
     priority = EXCLUDED.priority
-WHERE clips.version = $15
+WHERE clips.version = {previous_version}
 """
+
+
+_UPSERT = upsert_sql("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", "$15")
 
 
 COLUMNS = ("project_id", "clip_id", "version", "status", "run", "attempt", "not_before", "deadline_at", "status_since",

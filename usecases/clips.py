@@ -11,6 +11,7 @@ late worker result turns into StaleAttempt, and a double click into a no-op).
 
 from __future__ import annotations
 
+import functools
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -39,6 +40,41 @@ _READ_WITH_OWNER = (
 )
 
 
+_LEASE_COLUMNS = "(project_id, clip_id, run, attempt, worker_id, renewed_at)"
+# The lease's upsert (`renew_lease`'s, which also takes over another attempt's row, dropping its progress).
+_LEASE_CONFLICT = """
+ON CONFLICT (project_id, clip_id) DO UPDATE
+SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now(),
+    -- another attempt's progress is not this one's (eventlog/progress.py)
+    progress_at = CASE WHEN (leases.run, leases.attempt) = (EXCLUDED.run, EXCLUDED.attempt)
+                       THEN leases.progress_at END
+"""
+
+
+@functools.cache
+def _writes_sql(lease: bool) -> Callable[[bool], str]:
+    """`handle`'s one statement: the events, then the clip's row at the last event's position (only while the row is
+    at the version the command was decided on: `cliplog_require` fails the statement otherwise), then, starting an
+    attempt, its lease."""
+    numbers = iter(range(10, 100))
+    values = ", ".join("a.p" if column == "position" else f"${next(numbers)}" for column in clip_status.COLUMNS)
+    rows = f"SELECT {values} FROM (SELECT max(position) AS p FROM appended) AS a"
+    writes = f"saved AS ({clip_status.upsert_sql(rows, f'${next(numbers)}')} RETURNING run, attempt)"
+    checks = ["saved"]
+    if lease:
+        worker = f"${next(numbers)}"
+        writes += (f", leased AS (INSERT INTO leases {_LEASE_COLUMNS} SELECT $2, $3, s.run, s.attempt, {worker}, now() "
+                   f"FROM saved AS s {_LEASE_CONFLICT} RETURNING 1)")  # fmt: skip
+        checks.append("leased")
+    return functools.cache(lambda many: store.append_with_sql(many, writes, checks))
+
+
+def _write_args(state: ClipState, previous_version: int, lease_for: str | None) -> list:
+    row = list(clip_status.values(state, 0))
+    del row[clip_status.COLUMNS.index("position")]  # the statement takes the last event's
+    return [*row, previous_version, *([lease_for] if lease_for is not None else [])]
+
+
 async def handle(
     pool: asyncpg.Pool,
     project_id: str,
@@ -50,6 +86,7 @@ async def handle(
     check: Check | None = None,
     owned_by: str | None = None,
     known: tuple[ClipState, int] | None = None,
+    lease_for: str | None = None,
     attempts: int = 5,
 ) -> Handled:
     """Run `command` against the clip; `after_append` runs in the same transaction, after the events. `check` runs
@@ -58,7 +95,10 @@ async def handle(
     decided from its owner read with the clip's row); a project nobody has claimed yet becomes theirs in the
     transaction. `known`: the clip's `(state, position)` as the caller just read or wrote it, decided on without
     reading it again; the append is at that state's version, so a state that moved on meanwhile conflicts, and the
-    next try reads it."""
+    next try reads it. `lease_for`: the worker that takes the attempt's lease with the events (`start_attempt`).
+
+    Without `after_append` or a project to claim, the events, the clip's row and the lease are written by one
+    statement (`store.append_with`): one round trip, no BEGIN and COMMIT of their own."""
     for remaining in range(attempts - 1, -1, -1):
         async with pool.acquire() as conn:
             owner: str | None = None
@@ -89,23 +129,34 @@ async def handle(
             for event in events:
                 new_state = evolve(new_state, event, ctx.now)
                 pairs.append((event, new_state.status))
+            claim = owned_by is not None and owner is None
             try:
-                async with conn.transaction():
-                    appended = await store.append(
-                        conn,
-                        project_id=project_id,
-                        clip_id=clip_id,
-                        expected_version=state.version,
-                        events=pairs,
+                if after_append is None and not claim:
+                    appended = await store.append_with(
+                        conn, _writes_sql(lease_for is not None), _write_args(new_state, state.version, lease_for),
+                        project_id=project_id, clip_id=clip_id, expected_version=state.version, events=pairs,
                         recorded_at=ctx.now,
-                    )
+                    )  # fmt: skip
                     position = appended[-1].position
-                    if not await clip_status.save(conn, new_state, state.version, position):
-                        raise VersionConflict(store.stream_name(project_id, clip_id), state.version)
-                    if owned_by is not None and owner is None:  # owners never change: an owned project stays theirs
-                        await claim_project(conn, project_id, owned_by)
-                    if after_append is not None:
-                        await after_append(conn, new_state)
+                else:
+                    async with conn.transaction():
+                        appended = await store.append(
+                            conn,
+                            project_id=project_id,
+                            clip_id=clip_id,
+                            expected_version=state.version,
+                            events=pairs,
+                            recorded_at=ctx.now,
+                        )
+                        position = appended[-1].position
+                        if not await clip_status.save(conn, new_state, state.version, position):
+                            raise VersionConflict(store.stream_name(project_id, clip_id), state.version)
+                        if lease_for is not None:
+                            await renew_lease(conn, new_state, lease_for)
+                        if claim:  # owners never change: an owned project stays theirs
+                            await claim_project(conn, project_id, owned_by)  # type: ignore[arg-type]
+                        if after_append is not None:
+                            await after_append(conn, new_state)
             except VersionConflict:
                 if remaining == 0:
                     raise
@@ -143,7 +194,7 @@ async def start_attempt(
         clip_id,
         command,
         context,
-        after_append=lambda conn, new_state: renew_lease(conn, new_state, command.worker_id),
+        lease_for=command.worker_id,
         known=known,
     )
 
@@ -161,16 +212,12 @@ async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, w
     """Renew the attempt's lease; False when it is no longer the clip's running attempt (the reaper or a person
     timed it out), so the worker can stop working on it."""
     result = await db.execute(
-        """
-        INSERT INTO leases (project_id, clip_id, run, attempt, worker_id, renewed_at)
+        f"""
+        INSERT INTO leases {_LEASE_COLUMNS}
         SELECT $1, $2, $3, $4, $5, now()
         WHERE EXISTS (SELECT 1 FROM clips WHERE project_id = $1 AND clip_id = $2 AND run = $3 AND attempt = $4
                                              AND status = 'running')
-        ON CONFLICT (project_id, clip_id) DO UPDATE
-        SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now(),
-            -- another attempt's progress is not this one's (eventlog/progress.py)
-            progress_at = CASE WHEN (leases.run, leases.attempt) = (EXCLUDED.run, EXCLUDED.attempt)
-                               THEN leases.progress_at END
+        {_LEASE_CONFLICT}
         """,
         state.project_id,
         state.clip_id,
