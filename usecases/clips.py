@@ -23,7 +23,6 @@ from eventlog import store
 from projections import clip_status
 
 ExtraWrite = Callable[[asyncpg.Connection, ClipState], Awaitable[None]]
-Check = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 class Handled(msgspec.Struct, frozen=True):
@@ -83,16 +82,14 @@ async def handle(
     context: Callable[[], Context],
     *,
     after_append: ExtraWrite | None = None,
-    check: Check | None = None,
     owned_by: str | None = None,
     known: tuple[ClipState, int] | None = None,
     lease_for: str | None = None,
     attempts: int = 5,
 ) -> Handled:
-    """Run `command` against the clip; `after_append` runs in the same transaction, after the events. `check` runs
-    after the clip's row is read and before deciding, on every try (a raise ends the command): what it reads is at
-    least as new as that row. `owned_by`: the command is this user's, on a project nobody else has (404 otherwise,
-    decided from its owner read with the clip's row); a project nobody has claimed yet becomes theirs in the
+    """Run `command` against the clip; `after_append` runs in the same transaction, after the events. `owned_by`:
+    the command is this user's, on a project nobody else has (404 otherwise, decided before deciding the command,
+    from the owner read with the clip's row, on every try); a project nobody has claimed yet becomes theirs in the
     transaction. `known`: the clip's `(state, position)` as the caller just read or wrote it, decided on without
     reading it again; the append is at that state's version, so a state that moved on meanwhile conflicts, and the
     next try reads it. `lease_for`: the worker that takes the attempt's lease with the events (`start_attempt`).
@@ -118,8 +115,6 @@ async def handle(
                     owner = row["owner"]
                     if owner is not None and owner != owned_by:
                         raise NotFound(f"project {project_id!r} not found")
-            if check is not None:
-                await check(conn)
             ctx = context()
             events = decide(state, command, ctx)
             if not events:
