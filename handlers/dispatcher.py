@@ -39,10 +39,6 @@ log = logging.getLogger("cliplog.dispatcher")
 PERIOD = 1.0  # a pass at least this often: heals a flushed queue, a lost NOTIFY, a worker that came or went
 CAPACITY_TTL = 0.5  # seconds after which a pass reads the presence keys again (after its admissions)
 CHECKPOINT_EVERY = 0.5  # seconds between writes of the reactor checkpoint (health's lag) by the dispatcher
-# Seconds a wake-up waits for more NOTIFYs while the last pass left no room: then only an attempt's end can make
-# some, and a pass on every `started` and `requested` in between only reads the same again (a slot's next attempt is
-# already waiting behind its running one, so the admission's delay does not idle the slot).
-LINGER_WHEN_FULL = 0.015
 
 Key = tuple[str, str, int, int]
 
@@ -133,11 +129,6 @@ class Dispatcher:
         self._next_due: float | None = None  # time.monotonic() of the next retry's not_before
         self._checkpointed = -1e9
         self._checkpoint = 0
-        self._full = False  # the last pass left no room
-
-    def linger(self) -> float:
-        """How long a wake-up lets more NOTIFYs gather before the pass."""
-        return LINGER_WHEN_FULL if self._full else 0.0
 
     def timeout(self) -> float:
         """How long the leader may sleep before the next pass."""
@@ -190,7 +181,6 @@ class Dispatcher:
             admitted += done
             woken = done and last
         self.since_batch, self.turns = selection.since_batch, selection.turns
-        self._full = capacity > 0 and len(in_flight) + admitted >= capacity
         if admitted and not woken:
             await redis.publish(reactor.WAKE_CHANNEL, "1")
         # After the admissions, off their path: a worker that came or went counts from the next pass on.
@@ -209,9 +199,7 @@ class Dispatcher:
 
 async def follow(services: Services) -> None:
     dispatcher = Dispatcher()
-    await reactor.run_as_leader(
-        services, reactor.LEADER_LOCK, dispatcher.step, dispatcher.timeout, "dispatcher", linger=dispatcher.linger
-    )
+    await reactor.run_as_leader(services, reactor.LEADER_LOCK, dispatcher.step, dispatcher.timeout, "dispatcher")
 
 
 async def release_stuck_admissions(services: Services) -> int:

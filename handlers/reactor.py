@@ -210,11 +210,10 @@ async def lag(services: Services) -> int:
 
 async def run_as_leader(  # noqa: ANN001
     services: Services, lock_key: int, step, period: float | Callable[[], float], name: str, *,
-    wake_on_notify: bool = True, linger: Callable[[], float] | None = None,
+    wake_on_notify: bool = True,
 ) -> None:  # fmt: skip
     """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by NOTIFY or every `period`
-    seconds (a function: asked again after every pass). `linger()`: seconds to let further NOTIFYs gather after a
-    wake-up before the pass (asked after every wake-up; 0: at once).
+    seconds (a function: asked again after every pass).
 
     Survives PostgreSQL outages: on any connection error it waits and tries again.
     """
@@ -237,8 +236,6 @@ async def run_as_leader(  # noqa: ANN001
                     pass
                 if not await wait_event(wake, sleep()):
                     await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly (a NOTIFY proves it)
-                elif linger is not None and (pause := linger()) > 0:
-                    await asyncio.sleep(pause)
         except asyncio.CancelledError:
             raise
         except Exception as error:
