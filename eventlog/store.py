@@ -233,7 +233,7 @@ async def append(
 
 
 # A write that must land with the events or not at all refuses with this SQLSTATE (`cliplog_require`, migration
-# 019): the statement, and its transaction, fail; `append_with` raises VersionConflict.
+# 021): the statement, and its transaction, fail; `append_with` raises VersionConflict.
 STALE_WRITE = "CL409"
 
 
