@@ -14,7 +14,6 @@ from litestar.connection import ASGIConnection
 from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from domain.errors import InvalidInput, NotFound
-from eventlog import store
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -49,7 +48,7 @@ async def create_token(db: asyncpg.Connection | asyncpg.Pool, user: str, token: 
 async def user_for_token(db: asyncpg.Connection | asyncpg.Pool, token: str | None) -> str:
     if not token:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    user = await store.read(db, "fetchval", "SELECT user_id FROM api_tokens WHERE token_hash = $1", hash_token(token))
+    user = await db.fetchval("SELECT user_id FROM api_tokens WHERE token_hash = $1", hash_token(token))
     if user is None:
         raise Unauthorized("unknown or revoked token")
     return user
@@ -107,7 +106,7 @@ def check_id(value: str, what: str) -> str:
 async def require_project(db: asyncpg.Connection | asyncpg.Pool, project_id: str, user: str) -> None:
     """404 unless the project exists and belongs to `user` (the same answer either way: no leak)."""
     check_id(project_id, "project_id")
-    owner = await store.read(db, "fetchval", "SELECT owner FROM projects WHERE project_id = $1", project_id)
+    owner = await db.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id)
     if owner != user:
         raise NotFound(f"project {project_id!r} not found")
 

@@ -174,7 +174,7 @@ async def read_page_json(
     """`read_page`'s events as their JSON text joined by `separator` (what `GET /api/events` sends: `,` in a page,
     a newline in the NDJSON stream)."""
     query = _page_query(_JSON_PAGE_SQL, after, limit, user, project_id, upto)
-    return _built_events(await store.read(db, "fetch", *query, cursor.epoch_prefix(epoch)), epoch, separator)
+    return _built_events(await db.fetch(*query, cursor.epoch_prefix(epoch)), epoch, separator)
 
 
 async def read_stream(
@@ -192,7 +192,7 @@ async def read_all(db: asyncpg.Connection | asyncpg.Pool, epoch: UUID, after: in
 async def head(db: asyncpg.Connection | asyncpg.Pool) -> tuple[int, int]:
     """`(position, fingerprint)` of the last event below the safe horizon; `(0, 0)` for an empty log."""
     query = f"SELECT position, stream, version, recorded_at FROM events WHERE {_SAFE} ORDER BY position DESC LIMIT 1"
-    row = await store.read(db, "fetchrow", query)
+    row = await db.fetchrow(query)
     if row is None:
         return 0, 0
     return row["position"], cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])
@@ -213,9 +213,7 @@ async def locate(
     everything up to it is final and can be read without the safe horizon)."""
     position = after.position if after is not None else 0
     known_position = known[1] if known is not None else 0
-    row = await store.read(
-        db,
-        "fetchrow",
+    row = await db.fetchrow(
         "SELECT l.epoch, c.stream AS c_stream, c.version AS c_version, c.recorded_at AS c_at, "
         "k.stream AS k_stream, k.version AS k_version, k.recorded_at AS k_at FROM log_identity l "
         "LEFT JOIN events c ON c.position = $1 LEFT JOIN events k ON k.position = $2",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -185,6 +185,36 @@ def _stored(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(*row)
 
 
+def _append_args(
+    project_id: str, clip_id: str, expected_version: int, events: Sequence[tuple[ExtractionEvent, str]],
+    recorded_at: datetime,
+) -> tuple[tuple, list[str], list[int], list[dict], list[str]]:  # fmt: skip
+    """The parameters $1-$10 of `_APPEND_ONE` (one event) or `_APPEND_MANY`, and the events' columns."""
+    stream = stream_name(project_id, clip_id)
+    types = [type_of(e) for e, _ in events]
+    versions = [SCHEMA_VERSION[t] for t in types]
+    data = [encode_data(e) for e, _ in events]
+    statuses = [status for _, status in events]
+    prints = [cursor.stored_fingerprint(stream, expected_version + i + 1, recorded_at) for i in range(len(events))]
+    if len(events) == 1:
+        args: tuple = (types[0], expected_version, recorded_at, versions[0], data[0], statuses[0], prints[0])
+    else:
+        args = (types, expected_version, recorded_at, versions, data, statuses, prints)
+    return (stream, project_id, clip_id, *args), types, versions, data, statuses
+
+
+def _appended(
+    positions: Sequence[int], project_id: str, clip_id: str, expected_version: int, types: list[str],
+    versions: list[int], data: list[dict], statuses: list[str], recorded_at: datetime,
+) -> list[StoredEvent]:  # fmt: skip
+    stream = stream_name(project_id, clip_id)
+    return [
+        StoredEvent(position, stream, project_id, clip_id, expected_version + i + 1, types[i], versions[i], data[i],
+                    statuses[i], recorded_at)
+        for i, position in enumerate(positions)
+    ]
+
+
 async def append(
     conn: asyncpg.Connection,
     *,
@@ -200,28 +230,67 @@ async def append(
     """
     if not conn.is_in_transaction():
         raise RuntimeError("append must run inside a transaction")
-    stream = stream_name(project_id, clip_id)
-    types = [type_of(e) for e, _ in events]
-    versions = [SCHEMA_VERSION[t] for t in types]
-    data = [encode_data(e) for e, _ in events]
-    statuses = [status for _, status in events]
-    prints = [cursor.stored_fingerprint(stream, expected_version + i + 1, recorded_at) for i in range(len(events))]
+    args, types, versions, data, statuses = _append_args(project_id, clip_id, expected_version, events, recorded_at)
     try:
         if len(events) == 1:
-            args = (types[0], expected_version, recorded_at, versions[0], data[0], statuses[0], prints[0])
-            positions = [await conn.fetchval(_APPEND_ONE, stream, project_id, clip_id, *args)]
+            positions = [await conn.fetchval(_APPEND_ONE, *args)]
         else:
-            args = (types, expected_version, recorded_at, versions, data, statuses, prints)
-            positions = sorted(r[0] for r in await conn.fetch(_APPEND_MANY, stream, project_id, clip_id, *args))
+            positions = sorted(r[0] for r in await conn.fetch(_APPEND_MANY, *args))
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version":
-            raise VersionConflict(stream, expected_version) from None
+            raise VersionConflict(args[0], expected_version) from None
         raise
-    return [
-        StoredEvent(position, stream, project_id, clip_id, expected_version + i + 1, types[i], versions[i], data[i],
-                    statuses[i], recorded_at)
-        for i, position in enumerate(positions)
-    ]
+    return _appended(positions, project_id, clip_id, expected_version, types, versions, data, statuses, recorded_at)
+
+
+# A write that must land with the events or not at all refuses with this SQLSTATE (`cliplog_require`, migration
+# 021): the statement, and its transaction, fail; `append_with` raises VersionConflict.
+STALE_WRITE = "CL409"
+FIRST_WRITE_PARAMETER = 11  # the appends' own are $1-$10 (`_append_args`)
+
+
+def append_with_sql(many: bool, writes: str, checks: Sequence[str]) -> str:
+    """One statement that appends (parameters $1-$10, as `_APPEND_ONE` / `_APPEND_MANY`) and then makes `writes`:
+    further CTEs (`name AS (...)`, separated by commas) that may read `appended` (the events' `position`s) and use
+    parameters from `$FIRST_WRITE_PARAMETER` on. Each of `checks` names a CTE that must return a row, else the whole statement fails
+    (nothing appended, nothing written). It selects the positions, in order."""
+    append = _APPEND_MANY if many else _APPEND_ONE
+    required = ", ".join(f"cliplog_require(EXISTS (SELECT FROM {name}), '{name}')" for name in checks)
+    return (
+        f"WITH appended AS ({append}), {writes} "
+        f"SELECT (SELECT array_agg(position ORDER BY position) FROM appended) AS positions"
+        + (f", {required}" if required else "")
+    )
+
+
+async def append_with(
+    conn: asyncpg.Connection,
+    sql: Callable[[bool], str],
+    write_args: Sequence[Any],
+    *,
+    project_id: str,
+    clip_id: str,
+    expected_version: int,
+    events: Sequence[tuple[ExtractionEvent, str]],
+    recorded_at: datetime,
+) -> list[StoredEvent]:
+    """`append` and the writes that go with it in one statement, `sql(many)` (`append_with_sql`), with `write_args`
+    as its parameters from `$FIRST_WRITE_PARAMETER` on: one round trip, and no BEGIN and COMMIT of its own outside a transaction (the
+    statement is one). Raises VersionConflict, having written nothing, when the stream is no longer at
+    `expected_version` or one of the statement's checks failed."""
+    args, types, versions, data, statuses = _append_args(project_id, clip_id, expected_version, events, recorded_at)
+    try:
+        row = await conn.fetchrow(sql(len(events) > 1), *args, *write_args)
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version":
+            raise VersionConflict(args[0], expected_version) from None
+        raise
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == STALE_WRITE:
+            raise VersionConflict(args[0], expected_version) from None
+        raise
+    positions = row["positions"]
+    return _appended(positions, project_id, clip_id, expected_version, types, versions, data, statuses, recorded_at)
 
 
 async def read_stream(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str) -> list[StoredEvent]:
@@ -323,41 +392,14 @@ async def notify(conn: asyncpg.Connection, position: int) -> None:
         pass  # the events are committed; followers will find them on their next poll
 
 
-class LogConnection(asyncpg.Connection):
-    """The pool's connections (`runtime.bootstrap.create_db_pool`). A pool resets every connection handed back to it
-    (`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`: one more round trip, 0.3 ms here, as long
-    as the statement itself); `read` skips it after the one statement it runs, which leaves no session state."""
-
-    __slots__ = ("_left_clean",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._left_clean = False
-
-    def leave_clean(self) -> None:
-        """Since it was acquired, this connection ran only statements that leave no session state (no SET, LISTEN,
-        session advisory lock or cursor): hand it back without the reset query, once."""
-        self._left_clean = True
-
-    def get_reset_query(self) -> str:
-        if self._left_clean:
-            self._left_clean = False
-            return ""
-        return super().get_reset_query()
-
-
-async def read(db: asyncpg.Connection | asyncpg.Pool, method: str, query: str, *args: object) -> Any:
-    """`db.<method>(query, *args)` (fetch, fetchrow, fetchval) for a `query` that leaves no session state (a plain
-    SELECT): from a pool, on a connection given back without the pool's reset (`LogConnection`). A statement that
-    fails leaves the connection to the full reset."""
-    if not isinstance(db, asyncpg.Pool):
-        return await getattr(db, method)(query, *args)
-    async with db.acquire() as conn:
-        result = await getattr(conn, method)(query, *args)
-        leave_clean = getattr(conn, "leave_clean", None)  # a pool of plain connections resets as usual
-        if leave_clean is not None:
-            leave_clean()
-        return result
+async def reset_connection(conn: asyncpg.Connection) -> None:
+    """A pooled connection's reset on release: nothing beyond what asyncpg always does first (roll back a transaction
+    left open, drop the Python-side listeners). asyncpg's default sends `SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL` on every release: a round trip and four statements for PostgreSQL, about a tenth of the
+    API's time and a good share of the worker's (bench/README.md, "Fewer round trips"). cliplog keeps no session
+    state on pooled connections: session advisory locks, LISTEN and session settings live on connections of their
+    own (the leaders', the feed's listener, the commands'), and what a pooled connection sets is transaction-local
+    (`SET LOCAL`, `set_config(..., true)`), cursors live in transactions (tests/integration/test_round_trips.py)."""
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:

@@ -393,7 +393,7 @@ async def extract(
     Cancelled while `shutting_down` is set (the worker got SIGTERM), the attempt is handed back without using it
     up; cancelled otherwise (arq's job_timeout), it has used its time and is recorded as timed out, so a job that
     keeps being cancelled ends after `max_attempts` like any other."""
-    state = await clip_status.load(services.pool, project_id, clip_id)
+    state, position = await clip_status.load_with_position(services.pool, project_id, clip_id)
     if (state.run, state.attempt) != (run, attempt) or state.started or state.status not in ("pending", "retrying"):
         return "stale"
     # A job is only ever queued once its attempt is due (the dispatcher admits it no earlier than `not_before`; the
@@ -406,8 +406,9 @@ async def extract(
     production = asyncio.create_task(produce_clip(services, state, allowed, reporter.on_report, cut_done))
     try:
         started = await start_attempt(
-            services.pool, project_id, clip_id, Start(run=run, attempt=attempt, worker_id=worker_id), services.context
-        )
+            services.pool, project_id, clip_id, Start(run=run, attempt=attempt, worker_id=worker_id), services.context,
+            known=(state, position),  # read just now: not read again (a state moved on meanwhile conflicts)
+        )  # fmt: skip
     except BaseException as error:
         production.cancel()
         await asyncio.gather(production, return_exceptions=True)
@@ -473,7 +474,8 @@ async def extract(
         await reporter.close()
     patience = 5.0 if cancelled else record_patience(ends_at, time.monotonic(), services.settings.lease_timeout)
     try:
-        await _to_its_end(record(services, project_id, clip_id, command, give_up_after=patience))
+        recording = record(services, project_id, clip_id, command, give_up_after=patience, known=(state, started.position))
+        await _to_its_end(recording)
     except StaleAttempt:
         if isinstance(command, Complete):
             # A retried append whose first COMMIT did land looks stale too: keep the file the log points at.
@@ -510,13 +512,18 @@ async def _to_its_end(recording: Awaitable[None]) -> None:
         raise
 
 
-async def record(services: Services, project_id: str, clip_id: str, command: Command, give_up_after: float) -> None:
+async def record(
+    services: Services, project_id: str, clip_id: str, command: Command, give_up_after: float,
+    known: tuple[ClipState, int] | None = None,
+) -> None:  # fmt: skip
     """Append the attempt's outcome, retrying while PostgreSQL is unreachable. Past `give_up_after` seconds the
-    reaper will have timed the attempt out anyway, so the result would be stale."""
+    reaper will have timed the attempt out anyway, so the result would be stale. `known`: the clip's state and
+    position as the attempt's `started` left them, decided on without reading them again (`handle`: if the clip
+    moved on meanwhile, cancelled or timed out, the append conflicts and the state is read)."""
     give_up_at = time.monotonic() + give_up_after
     while True:
         try:
-            await handle(services.pool, project_id, clip_id, command, services.context)
+            await handle(services.pool, project_id, clip_id, command, services.context, known=known)
             return
         except DEPENDENCY_ERRORS as error:
             if time.monotonic() > give_up_at:

@@ -20,17 +20,23 @@ from eventlog.store import StoredEvent
 
 _decoder = msgspec.json.Decoder(ClipState)
 
-_UPSERT = """
+def upsert_sql(rows: str, previous_version: str) -> str:
+    """The clip row's upsert: `rows` gives the values in COLUMNS order (a VALUES list or a query), written only where
+    the row is still at `previous_version` (a parameter) or new."""
+    return f"""
 INSERT INTO clips (project_id, clip_id, version, status, run, attempt, not_before, deadline_at, status_since,
                    position, created_at, updated_at, state, priority)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+{rows}
 ON CONFLICT (project_id, clip_id) DO UPDATE SET
     version = EXCLUDED.version, status = EXCLUDED.status, run = EXCLUDED.run, attempt = EXCLUDED.attempt,
     not_before = EXCLUDED.not_before, deadline_at = EXCLUDED.deadline_at, status_since = EXCLUDED.status_since,
     position = EXCLUDED.position, updated_at = EXCLUDED.updated_at, state = EXCLUDED.state,
     priority = EXCLUDED.priority
-WHERE clips.version = $15
+WHERE clips.version = {previous_version}
 """
+
+
+_UPSERT = upsert_sql("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", "$15")
 
 
 COLUMNS = ("project_id", "clip_id", "version", "status", "run", "attempt", "not_before", "deadline_at", "status_since",
@@ -75,6 +81,14 @@ def state_from_json(value: dict | str | bytes) -> ClipState:
 async def load(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str) -> ClipState:
     value = await conn.fetchval("SELECT state FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id)
     return state_from_json(value) if value is not None else ClipState(project_id=project_id, clip_id=clip_id)
+
+
+async def load_with_position(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str) -> tuple[ClipState, int]:
+    """The clip's state and the position of its last event (0 for a clip that does not exist)."""
+    row = await conn.fetchrow("SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id)
+    if row is None:
+        return ClipState(project_id=project_id, clip_id=clip_id), 0
+    return state_from_json(row["state"]), row["position"]
 
 
 async def list_project(conn: asyncpg.Connection | asyncpg.Pool, project_id: str) -> list[tuple[ClipState, int]]:

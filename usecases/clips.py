@@ -1,6 +1,7 @@
 """The clip use cases: load a clip's state, decide, append its events and write its projection row, in one
 transaction (`handle`); registering a clip claims its project in that transaction (`register`, and `register_once`,
-which also stores the request's Idempotency-Key there), starting an attempt takes its lease in it (`start_attempt`),
+which also stores the request's Idempotency-Key there; the project's owner is read with the clip's row, and an owned
+project is not claimed again: owners never change), starting an attempt takes its lease in it (`start_attempt`),
 which the worker then renews (`renew_lease`). `handle_each` runs one person's command on every clip of a project
 (the bulk routes), each clip in its own transaction.
 
@@ -10,6 +11,7 @@ late worker result turns into StaleAttempt, and a double click into a no-op).
 
 from __future__ import annotations
 
+import functools
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -21,13 +23,55 @@ from eventlog import store
 from projections import clip_status
 
 ExtraWrite = Callable[[asyncpg.Connection, ClipState], Awaitable[None]]
-Check = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 class Handled(msgspec.Struct, frozen=True):
     state: ClipState
     position: int
     appended: list[store.StoredEvent]
+
+
+_READ = "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2"
+# The clip's row and its project's owner in one round trip (a row either way: NULLs for what does not exist).
+_READ_WITH_OWNER = (
+    "SELECT c.state, c.position, (SELECT owner FROM projects WHERE project_id = $1) AS owner "
+    "FROM (VALUES (1)) AS one(x) LEFT JOIN clips c ON c.project_id = $1 AND c.clip_id = $2"
+)
+
+
+_LEASE_COLUMNS = "(project_id, clip_id, run, attempt, worker_id, renewed_at)"
+# The lease's upsert (`renew_lease`'s, which also takes over another attempt's row, dropping its progress).
+_LEASE_CONFLICT = """
+ON CONFLICT (project_id, clip_id) DO UPDATE
+SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now(),
+    -- another attempt's progress is not this one's (eventlog/progress.py)
+    progress_at = CASE WHEN (leases.run, leases.attempt) = (EXCLUDED.run, EXCLUDED.attempt)
+                       THEN leases.progress_at END
+"""
+
+
+@functools.cache
+def _writes_sql(lease: bool) -> Callable[[bool], str]:
+    """`handle`'s one statement: the events, then the clip's row at the last event's position (only while the row is
+    at the version the command was decided on: `cliplog_require` fails the statement otherwise), then, starting an
+    attempt, its lease."""
+    numbers = iter(range(store.FIRST_WRITE_PARAMETER, 100))
+    values = ", ".join("a.p" if column == "position" else f"${next(numbers)}" for column in clip_status.COLUMNS)
+    rows = f"SELECT {values} FROM (SELECT max(position) AS p FROM appended) AS a"
+    writes = f"saved AS ({clip_status.upsert_sql(rows, f'${next(numbers)}')} RETURNING run, attempt)"
+    checks = ["saved"]
+    if lease:
+        worker = f"${next(numbers)}"
+        writes += (f", leased AS (INSERT INTO leases {_LEASE_COLUMNS} SELECT $2, $3, s.run, s.attempt, {worker}, now() "
+                   f"FROM saved AS s {_LEASE_CONFLICT} RETURNING 1)")  # fmt: skip
+        checks.append("leased")
+    return functools.cache(lambda many: store.append_with_sql(many, writes, checks))
+
+
+def _write_args(state: ClipState, previous_version: int, lease_for: str | None) -> list:
+    row = list(clip_status.values(state, 0))
+    del row[clip_status.COLUMNS.index("position")]  # the statement takes the last event's
+    return [*row, previous_version, *([lease_for] if lease_for is not None else [])]
 
 
 async def handle(
@@ -38,48 +82,76 @@ async def handle(
     context: Callable[[], Context],
     *,
     after_append: ExtraWrite | None = None,
-    check: Check | None = None,
+    owned_by: str | None = None,
+    known: tuple[ClipState, int] | None = None,
+    lease_for: str | None = None,
     attempts: int = 5,
 ) -> Handled:
-    """Run `command` against the clip; `after_append` runs in the same transaction, after the events. `check` runs
-    after the clip's row is read and before deciding, on every try (a raise ends the command): what it reads is at
-    least as new as that row."""
+    """Run `command` against the clip; `after_append` runs in the same transaction, after the events. `owned_by`:
+    the command is this user's, on a project nobody else has (404 otherwise, decided before deciding the command,
+    from the owner read with the clip's row, on every try); a project nobody has claimed yet becomes theirs in the
+    transaction. `known`: the clip's `(state, position)` as the caller just read or wrote it, decided on without
+    reading it again; the append is at that state's version, so a state that moved on meanwhile conflicts, and the
+    next try reads it. `lease_for`: the worker that takes the attempt's lease with the events (`start_attempt`).
+
+    Without `after_append` or a project to claim, the events, the clip's row and the lease are written by one
+    statement (`store.append_with`): one round trip, no BEGIN and COMMIT of their own."""
     for remaining in range(attempts - 1, -1, -1):
         async with pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
-            )
-            state = (
-                clip_status.state_from_json(row["state"])
-                if row
-                else ClipState(project_id=project_id, clip_id=clip_id)
-            )
-            if check is not None:
-                await check(conn)
+            owner: str | None = None
+            if known is not None:
+                state, position = known
+                known = None
+            else:
+                row = await conn.fetchrow(_READ if owned_by is None else _READ_WITH_OWNER, project_id, clip_id)
+                value = row["state"] if row is not None else None
+                state = (
+                    clip_status.state_from_json(value)
+                    if value is not None
+                    else ClipState(project_id=project_id, clip_id=clip_id)
+                )
+                position = (row["position"] or 0) if row is not None else 0
+                if owned_by is not None:
+                    owner = row["owner"]
+                    if owner is not None and owner != owned_by:
+                        raise NotFound(f"project {project_id!r} not found")
             ctx = context()
             events = decide(state, command, ctx)
             if not events:
-                return Handled(state, row["position"] if row else 0, [])
+                return Handled(state, position, [])
             pairs = []
             new_state = state
             for event in events:
                 new_state = evolve(new_state, event, ctx.now)
                 pairs.append((event, new_state.status))
+            claim = owned_by is not None and owner is None
             try:
-                async with conn.transaction():
-                    appended = await store.append(
-                        conn,
-                        project_id=project_id,
-                        clip_id=clip_id,
-                        expected_version=state.version,
-                        events=pairs,
+                if after_append is None and not claim:
+                    appended = await store.append_with(
+                        conn, _writes_sql(lease_for is not None), _write_args(new_state, state.version, lease_for),
+                        project_id=project_id, clip_id=clip_id, expected_version=state.version, events=pairs,
                         recorded_at=ctx.now,
-                    )
+                    )  # fmt: skip
                     position = appended[-1].position
-                    if not await clip_status.save(conn, new_state, state.version, position):
-                        raise VersionConflict(store.stream_name(project_id, clip_id), state.version)
-                    if after_append is not None:
-                        await after_append(conn, new_state)
+                else:
+                    async with conn.transaction():
+                        appended = await store.append(
+                            conn,
+                            project_id=project_id,
+                            clip_id=clip_id,
+                            expected_version=state.version,
+                            events=pairs,
+                            recorded_at=ctx.now,
+                        )
+                        position = appended[-1].position
+                        if not await clip_status.save(conn, new_state, state.version, position):
+                            raise VersionConflict(store.stream_name(project_id, clip_id), state.version)
+                        if lease_for is not None:
+                            await renew_lease(conn, new_state, lease_for)
+                        if claim:  # owners never change: an owned project stays theirs
+                            await claim_project(conn, project_id, owned_by)  # type: ignore[arg-type]
+                        if after_append is not None:
+                            await after_append(conn, new_state)
             except VersionConflict:
                 if remaining == 0:
                     raise
@@ -97,36 +169,29 @@ async def register(
     Two users posting a new project's first clip at once: the loser's append waits for the winner's transaction,
     then conflicts, and its retry reads the winner's clip. Deciding on that clip would answer the loser with it
     (200) or with 409; the ownership check before each decision answers 404, as for any project of someone else."""
-    return await handle(
-        pool,
-        project_id,
-        clip_id,
-        command,
-        context,
-        after_append=lambda conn, _: claim_project(conn, project_id, user),
-        check=lambda conn: require_unclaimed_or_own(conn, project_id, user),
-    )
+    return await handle(pool, project_id, clip_id, command, context, owned_by=user)
 
 
 async def start_attempt(
-    pool: asyncpg.Pool, project_id: str, clip_id: str, command: Start, context: Callable[[], Context]
+    pool: asyncpg.Pool,
+    project_id: str,
+    clip_id: str,
+    command: Start,
+    context: Callable[[], Context],
+    *,
+    known: tuple[ClipState, int] | None = None,
 ) -> Handled:
-    """Start an attempt and take its lease in the same transaction (the reaper judges a running attempt by it)."""
+    """Start an attempt and take its lease in the same transaction (the reaper judges a running attempt by it).
+    `known`: the clip's state and position as the worker just read them (see `handle`)."""
     return await handle(
         pool,
         project_id,
         clip_id,
         command,
         context,
-        after_append=lambda conn, new_state: renew_lease(conn, new_state, command.worker_id),
+        lease_for=command.worker_id,
+        known=known,
     )
-
-
-async def require_unclaimed_or_own(conn: asyncpg.Connection, project_id: str, user: str) -> None:
-    """404 when the project belongs to someone else (a project nobody has claimed yet may be claimed)."""
-    owner = await conn.fetchval("SELECT owner FROM projects WHERE project_id = $1", project_id)
-    if owner is not None and owner != user:
-        raise NotFound(f"project {project_id!r} not found")
 
 
 async def claim_project(conn: asyncpg.Connection, project_id: str, user: str) -> None:
@@ -142,16 +207,12 @@ async def renew_lease(db: asyncpg.Connection | asyncpg.Pool, state: ClipState, w
     """Renew the attempt's lease; False when it is no longer the clip's running attempt (the reaper or a person
     timed it out), so the worker can stop working on it."""
     result = await db.execute(
-        """
-        INSERT INTO leases (project_id, clip_id, run, attempt, worker_id, renewed_at)
+        f"""
+        INSERT INTO leases {_LEASE_COLUMNS}
         SELECT $1, $2, $3, $4, $5, now()
         WHERE EXISTS (SELECT 1 FROM clips WHERE project_id = $1 AND clip_id = $2 AND run = $3 AND attempt = $4
                                              AND status = 'running')
-        ON CONFLICT (project_id, clip_id) DO UPDATE
-        SET run = EXCLUDED.run, attempt = EXCLUDED.attempt, worker_id = EXCLUDED.worker_id, renewed_at = now(),
-            -- another attempt's progress is not this one's (eventlog/progress.py)
-            progress_at = CASE WHEN (leases.run, leases.attempt) = (EXCLUDED.run, EXCLUDED.attempt)
-                               THEN leases.progress_at END
+        {_LEASE_CONFLICT}
         """,
         state.project_id,
         state.clip_id,
@@ -186,8 +247,7 @@ async def register_once(
         if existing is not None:
             return existing
 
-        async def claim_and_remember(conn: asyncpg.Connection, _: ClipState) -> None:
-            await claim_project(conn, project_id, user)
+        async def remember(conn: asyncpg.Connection, _: ClipState) -> None:
             stored = await conn.fetchval(
                 "INSERT INTO idempotency_keys (project_id, key, clip_id, fingerprint) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (project_id, key) DO NOTHING RETURNING true",
@@ -200,7 +260,7 @@ async def register_once(
                 raise _KeyTaken()
 
         try:
-            return await handle(pool, project_id, new_clip_id, command, context, after_append=claim_and_remember)
+            return await handle(pool, project_id, new_clip_id, command, context, owned_by=user, after_append=remember)
         except _KeyTaken:
             continue
     raise AssertionError("unreachable: the key's row was committed before _KeyTaken was raised")

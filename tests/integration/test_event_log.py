@@ -517,31 +517,3 @@ async def test_concurrent_migrations_from_two_connections_both_succeed(make_data
     finally:
         for c in conns:
             await c.close()
-
-
-# The pool's connections ------------------------------------------------------------------------------------------
-
-
-async def test_a_pooled_connection_skips_the_reset_only_after_a_plain_read(database_url):
-    """`store.read` gives its connection back without the pool's reset query (one round trip fewer per read); every
-    other use of a pooled connection, and a read that failed, is reset as before, so session state never leaks."""
-    async with asyncpg.create_pool(
-        database_url, min_size=1, max_size=1, connection_class=store.LogConnection, init=store.init_connection
-    ) as pool:
-        logged: list[str] = []
-        async with pool.acquire() as conn:
-            reset = conn.get_reset_query()
-            conn.add_query_logger(lambda query: logged.append(query.query))
-            await conn.execute("SET application_name = 'changed'")
-        assert logged == ["SET application_name = 'changed'", reset]
-        assert await store.read(pool, "fetchval", "SHOW application_name") != "changed"  # reset on the way back
-        assert logged[2:] == ["SHOW application_name"]  # and this read's connection went back without it
-        await pool.fetchval("SELECT 1")
-        assert logged[3:] == ["SELECT 1", reset]
-        with pytest.raises(asyncpg.DivisionByZeroError):
-            await store.read(pool, "fetchval", "SELECT 1 / 0")
-        assert logged[5:] == ["SELECT 1 / 0", reset]
-        assert await store.read(pool, "fetchval", "SELECT 2") == 2 and logged[7:] == ["SELECT 2"]
-    # on a connection, or a pool of plain connections, `read` is the method itself
-    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as plain:
-        assert await store.read(plain, "fetchval", "SELECT 3") == 3

@@ -546,11 +546,11 @@ async def test_a_job_cancelled_while_it_records_its_outcome_still_records_it(set
     entered, go_on = asyncio.Event(), asyncio.Event()
     real_handle = extraction.handle
 
-    async def held_handle(pool, project_id, clip_id, command, context):  # noqa: ANN001, ANN202 - as `handle`
+    async def held_handle(pool, project_id, clip_id, command, context, **options):  # noqa: ANN001, ANN202 - as `handle`
         if isinstance(command, Fail):
             entered.set()
             await go_on.wait()
-        return await real_handle(pool, project_id, clip_id, command, context)
+        return await real_handle(pool, project_id, clip_id, command, context, **options)
 
     monkeypatch.setattr(extraction, "handle", held_handle)
     try:
