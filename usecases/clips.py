@@ -243,7 +243,7 @@ async def register_once(
     the one stored with it (Conflict otherwise). Two requests racing with one key: the second one's registration is
     rolled back and it answers the first one's clip."""
     for _ in range(2):
-        existing = await _clip_of_key(pool, project_id, key, fingerprint)
+        existing = await _clip_of_key(pool, project_id, key, fingerprint, user)
         if existing is not None:
             return existing
 
@@ -266,16 +266,21 @@ async def register_once(
     raise AssertionError("unreachable: the key's row was committed before _KeyTaken was raised")
 
 
-async def _clip_of_key(pool: asyncpg.Pool, project_id: str, key: str, fingerprint: str) -> Handled | None:
+async def _clip_of_key(pool: asyncpg.Pool, project_id: str, key: str, fingerprint: str, user: str) -> Handled | None:
+    """The clip `key` already named in the project, when the project is `user`'s; in a project of someone else's,
+    the 404 any request there gets (never their clip, nor whether the key was used)."""
     row = await pool.fetchrow(
-        "SELECT k.fingerprint, c.state, c.position FROM idempotency_keys k "
+        "SELECT p.owner, k.fingerprint, c.state, c.position FROM idempotency_keys k "
         "JOIN clips c ON c.project_id = k.project_id AND c.clip_id = k.clip_id "
+        "JOIN projects p ON p.project_id = k.project_id "
         "WHERE k.project_id = $1 AND k.key = $2",
         project_id,
         key,
     )
     if row is None:
         return None
+    if row["owner"] != user:
+        raise NotFound(f"project {project_id!r} not found")
     if row["fingerprint"] != fingerprint:
         raise Conflict("this Idempotency-Key was already used for a request with another body", idempotency_key=key)
     return Handled(clip_status.state_from_json(row["state"]), row["position"], [])

@@ -207,6 +207,23 @@ async def test_an_idempotency_key_reused_gives_one_clip(client, pool, ids) -> No
     assert len((await client.get(url)).json()) == 3
 
 
+async def test_an_idempotency_key_of_someone_elses_project_gives_bob_404_not_their_clip(client, app_client, ids) -> None:
+    """The key's lookup is the project's owner's: another user who sends the same key (with the same body, or
+    another) gets the 404 any request into a project of someone else's gets, never the owner's clip or a hint that
+    the key was used."""
+    project = ids.project()
+    url = f"/api/clips/projects/{project}/clips"
+    headers = {"Idempotency-Key": "add-clip-7f3a"}
+    first = await client.post(url, json=CLIP, headers=headers)
+    assert first.status_code == 201, first.text
+    bob = await app_client("bob")
+    for body in (CLIP, {**CLIP, "end": 311.0}):
+        response = await bob.post(url, json=body, headers=headers)
+        assert response.status_code == 404, response.text
+        assert first.json()["clip_id"] not in response.text
+    assert len((await client.get(url)).json()) == 1
+
+
 async def test_two_requests_racing_with_one_idempotency_key_make_one_clip(pool, ids, monkeypatch) -> None:
     """Both miss the key's lookup and register a clip each; the second one's key insert waits for the first one's
     transaction, finds the key taken, rolls its clip back and answers the first one's clip."""
