@@ -116,7 +116,8 @@ def _built_columns() -> str:
     cursor)`: the JSON when the fingerprint is stored, else the two texts Python mints it from (and NULL). The
     epoch's prefix (`eventlog.cursor.epoch_prefix`) is the parameter after the page's own."""
     mint = cursor.sql("$NEXT::bytea", "position", "feed_fingerprint")
-    line = f"""textsend('{{"position":' || position || ',"cursor":"' || {mint} || '"' || {feed_json.STORED_TAIL})"""
+    line = (f"""CASE WHEN feed_fingerprint IS NOT NULL THEN textsend('{{"position":' || position || ',"cursor":"' """
+            f"""|| {mint} || '"' || {feed_json.STORED_TAIL}) END""")  # NULL either way without it: not built twice
     unminted = "CASE WHEN feed_fingerprint IS NULL THEN {} END"
     return f"position, feed_fingerprint, {line}, " + ", ".join(
         unminted.format(text) for text in (feed_json.STORED_PRINT, feed_json.STORED_TAIL)

@@ -163,13 +163,13 @@ async def append_rows(
         f"r.recorded_at, ord FROM {table}, json_to_record(line) AS r(project_id text, clip_id text, "
         "version integer, type text, schema_version smallint, data jsonb, clip_status text, recorded_at timestamptz)"
     )
-    # The cursor fingerprints, computed here from the values as PostgreSQL read them (PostgreSQL has no CRC-32)
-    prints = [
-        cursor.stored_fingerprint(stream, version, at)
-        for stream, version, at in await conn.fetch(
-            f"SELECT stream, version, recorded_at FROM ({staged}) AS e ORDER BY ord", first, txid, project_id
-        )
-    ]
+    # The cursor fingerprints, computed here from the values as PostgreSQL read them (PostgreSQL has no CRC-32),
+    # read through a cursor: an import of a million events holds their fingerprints, not a million Records
+    fingerprints = conn.cursor(
+        f"SELECT stream, version, recorded_at FROM ({staged}) AS e ORDER BY ord", first, txid, project_id,
+        prefetch=10_000,
+    )  # fmt: skip
+    prints = [cursor.stored_fingerprint(stream, version, at) async for stream, version, at in fingerprints]
     try:
         await conn.execute(
             insert_sql(staged, fingerprint="($4::integer[])[e.ord + 1]"), first, txid, project_id, prints

@@ -266,7 +266,7 @@ async def rebuild(
         on_count(upto)  # about the number of events (a rolled-back append leaves a gap in the positions)
         await conn.execute(f"DROP TABLE IF EXISTS {NEW_TABLE}")
         # The rows first, then the indexes (built once, not row by row), then the planner's statistics (of the
-        # columns queries filter or sort on: the others, and above all the jsonb state, would cost more to sample).
+        # columns queries filter or sort on: the others, and above all the json state, would cost more to sample).
         await conn.execute(f"CREATE TABLE {NEW_TABLE} (LIKE clips INCLUDING ALL EXCLUDING INDEXES)")
         finished = Finished()
         last_versions = None
