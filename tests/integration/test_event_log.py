@@ -341,7 +341,7 @@ async def test_a_rebuild_notices_a_projection_row_that_differs_from_the_log(pool
 
 
 async def test_a_row_written_while_the_state_was_jsonb_reads_and_checks_as_the_same_state(pool, ids, clean_db):
-    """migrations/019 turned the state's jsonb into json as jsonb prints it (its key order, spaces): such a row is
+    """migrations/020 turned the state's jsonb into json as jsonb prints it (its key order, spaces): such a row is
     read as the same state and a rebuild's check finds no drift in it."""
     project, clip = ids.project(), ids.clip()
     registered = await clips.handle(pool, project, clip, REGISTER, Clock())
