@@ -21,8 +21,9 @@ once let a committing appender look like a non-appender and a reader skip its ro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -215,6 +216,22 @@ def _appended(
     ]
 
 
+@contextlib.contextmanager
+def _conflicts_raised(stream: str, expected_version: int) -> Iterator[None]:
+    """An append's refusals as VersionConflict: the stream already holds the version, or (`append_with`) a write
+    that goes with the events found its row moved on (`STALE_WRITE`)."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version":
+            raise VersionConflict(stream, expected_version) from None
+        raise
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == STALE_WRITE:
+            raise VersionConflict(stream, expected_version) from None
+        raise
+
+
 async def append(
     conn: asyncpg.Connection,
     *,
@@ -231,15 +248,11 @@ async def append(
     if not conn.is_in_transaction():
         raise RuntimeError("append must run inside a transaction")
     args, types, versions, data, statuses = _append_args(project_id, clip_id, expected_version, events, recorded_at)
-    try:
+    with _conflicts_raised(args[0], expected_version):
         if len(events) == 1:
             positions = [await conn.fetchval(_APPEND_ONE, *args)]
         else:
             positions = sorted(r[0] for r in await conn.fetch(_APPEND_MANY, *args))
-    except asyncpg.UniqueViolationError as error:
-        if error.constraint_name == "events_stream_version":
-            raise VersionConflict(args[0], expected_version) from None
-        raise
     return _appended(positions, project_id, clip_id, expected_version, types, versions, data, statuses, recorded_at)
 
 
@@ -252,8 +265,8 @@ FIRST_WRITE_PARAMETER = 11  # the appends' own are $1-$10 (`_append_args`)
 def append_with_sql(many: bool, writes: str, checks: Sequence[str]) -> str:
     """One statement that appends (parameters $1-$10, as `_APPEND_ONE` / `_APPEND_MANY`) and then makes `writes`:
     further CTEs (`name AS (...)`, separated by commas) that may read `appended` (the events' `position`s) and use
-    parameters from `$FIRST_WRITE_PARAMETER` on. Each of `checks` names a CTE that must return a row, else the whole statement fails
-    (nothing appended, nothing written). It selects the positions, in order."""
+    parameters from `$FIRST_WRITE_PARAMETER` on. Each of `checks` names a CTE that must return a row, else the whole
+    statement fails (nothing appended, nothing written). It selects the positions, in order."""
     append = _APPEND_MANY if many else _APPEND_ONE
     required = ", ".join(f"cliplog_require(EXISTS (SELECT FROM {name}), '{name}')" for name in checks)
     return (
@@ -275,20 +288,12 @@ async def append_with(
     recorded_at: datetime,
 ) -> list[StoredEvent]:
     """`append` and the writes that go with it in one statement, `sql(many)` (`append_with_sql`), with `write_args`
-    as its parameters from `$FIRST_WRITE_PARAMETER` on: one round trip, and no BEGIN and COMMIT of its own outside a transaction (the
-    statement is one). Raises VersionConflict, having written nothing, when the stream is no longer at
+    as its parameters from `$FIRST_WRITE_PARAMETER` on: one round trip, and no BEGIN and COMMIT of its own outside a
+    transaction (the statement is one). Raises VersionConflict, having written nothing, when the stream is no longer at
     `expected_version` or one of the statement's checks failed."""
     args, types, versions, data, statuses = _append_args(project_id, clip_id, expected_version, events, recorded_at)
-    try:
+    with _conflicts_raised(args[0], expected_version):
         row = await conn.fetchrow(sql(len(events) > 1), *args, *write_args)
-    except asyncpg.UniqueViolationError as error:
-        if error.constraint_name == "events_stream_version":
-            raise VersionConflict(args[0], expected_version) from None
-        raise
-    except asyncpg.PostgresError as error:
-        if error.sqlstate == STALE_WRITE:
-            raise VersionConflict(args[0], expected_version) from None
-        raise
     positions = row["positions"]
     return _appended(positions, project_id, clip_id, expected_version, types, versions, data, statuses, recorded_at)
 
