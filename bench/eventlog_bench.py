@@ -429,7 +429,7 @@ async def bench(args: argparse.Namespace) -> str:
             admin = await asyncpg.connect(dsn)
             server_version = await admin.fetchval("SHOW server_version")
             await admin.execute(RAW_DDL)
-            pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, init=store.init_connection)
+            pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, **store.POOL_OPTIONS)
             datastore, recorder = await asyncio.to_thread(_peer_recorder, dsn)
 
             run_number = 0

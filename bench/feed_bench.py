@@ -828,7 +828,7 @@ async def bench(args: argparse.Namespace) -> str:
             log(f"bulk-loading {args.catch_up_events:,} events for the catch-up runs")
             await bulk_load(admin, args.catch_up_events)
             await admin.execute("INSERT INTO projects (project_id, owner) VALUES ($1, $2)", LIVE_PROJECT, USER)
-            pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, init=store.init_connection)
+            pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, **store.POOL_OPTIONS)
             server = await Server(dsn, workdir).ready()
             log(f"cliplog serve on {server.http} (pid {server.pid})")
 

@@ -1,6 +1,6 @@
 """The append-only event log on asyncpg.
 
-Appending: `cliplog_allocate_positions` (migrations/001, 005) is the first write of every appending transaction. It
+Appending: `cliplog_allocate_positions` (migrations/001, 005, 021) is the first write of every appending transaction. It
 takes the transaction id and the event positions together under a lock held for microseconds, so positions
 follow transaction-id order, and the lock is not held through commit (which would serialise every fsync, as a
 table lock does); it also takes a shared advisory lock held until the transaction ends, which marks it as an
@@ -151,7 +151,8 @@ async def append_rows(
     back)."""
     if not conn.is_in_transaction():
         raise RuntimeError("append_rows must run inside a transaction")
-    txid, first = await conn.fetchrow("SELECT txid::text, first_position FROM cliplog_allocate_positions($1)", count)
+    with _conflicts_raised(conn, "(an appended stream)", 0):
+        txid, first = await conn.fetchrow("SELECT txid::text, first_position FROM cliplog_allocate_positions($1)", count)
     table = "cliplog_staged_rows"
     await conn.execute(f"CREATE TEMPORARY TABLE {table} (ord bigint, line json) ON COMMIT DROP")
     numbered = (b"%d%s%s" % (i, RAW_TEXT_DELIMITER, line if line.endswith(b"\n") else line + b"\n")
@@ -217,17 +218,19 @@ def _appended(
 
 
 @contextlib.contextmanager
-def _conflicts_raised(stream: str, expected_version: int) -> Iterator[None]:
+def _conflicts_raised(conn: asyncpg.Connection, stream: str, expected_version: int) -> Iterator[None]:
     """An append's refusals as VersionConflict: the stream already holds the version, or (`append_with`) a write
-    that goes with the events found its row moved on (`STALE_WRITE`)."""
+    that goes with the events found its row moved on (`STALE_WRITE`). Whatever it raises (a cancel too) marks a
+    pooled connection (`LogConnection`), so that its release frees the session locks it may hold."""
     try:
         yield
-    except asyncpg.UniqueViolationError as error:
-        if error.constraint_name == "events_stream_version":
+    except BaseException as error:
+        interrupted = getattr(conn, "append_interrupted", None)  # a pool's proxy passes it to its LogConnection
+        if interrupted is not None:
+            interrupted()
+        if isinstance(error, asyncpg.UniqueViolationError) and error.constraint_name == "events_stream_version":
             raise VersionConflict(stream, expected_version) from None
-        raise
-    except asyncpg.PostgresError as error:
-        if error.sqlstate == STALE_WRITE:
+        if isinstance(error, asyncpg.PostgresError) and error.sqlstate == STALE_WRITE:
             raise VersionConflict(stream, expected_version) from None
         raise
 
@@ -248,7 +251,7 @@ async def append(
     if not conn.is_in_transaction():
         raise RuntimeError("append must run inside a transaction")
     args, types, versions, data, statuses = _append_args(project_id, clip_id, expected_version, events, recorded_at)
-    with _conflicts_raised(args[0], expected_version):
+    with _conflicts_raised(conn, args[0], expected_version):
         if len(events) == 1:
             positions = [await conn.fetchval(_APPEND_ONE, *args)]
         else:
@@ -292,7 +295,7 @@ async def append_with(
     transaction (the statement is one). Raises VersionConflict, having written nothing, when the stream is no longer at
     `expected_version` or one of the statement's checks failed."""
     args, types, versions, data, statuses = _append_args(project_id, clip_id, expected_version, events, recorded_at)
-    with _conflicts_raised(args[0], expected_version):
+    with _conflicts_raised(conn, args[0], expected_version):
         row = await conn.fetchrow(sql(len(events) > 1), *args, *write_args)
     positions = row["positions"]
     return _appended(positions, project_id, clip_id, expected_version, types, versions, data, statuses, recorded_at)
@@ -397,14 +400,34 @@ async def notify(conn: asyncpg.Connection, position: int) -> None:
         pass  # the events are committed; followers will find them on their next poll
 
 
+class LogConnection(asyncpg.Connection):
+    """The pools' connections (`POOL_OPTIONS`): an append that did not end well (an error, a cancel) marks its
+    connection, and the release frees the session advisory locks it may still hold (`reset_connection`)."""
+
+    __slots__ = ("_append_interrupted",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._append_interrupted = False
+
+    def append_interrupted(self) -> None:
+        self._append_interrupted = True
+
+
 async def reset_connection(conn: asyncpg.Connection) -> None:
-    """A pooled connection's reset on release: nothing beyond what asyncpg always does first (roll back a transaction
-    left open, drop the Python-side listeners). asyncpg's default sends `SELECT pg_advisory_unlock_all(); CLOSE ALL;
-    UNLISTEN *; RESET ALL` on every release: a round trip and four statements for PostgreSQL, about a tenth of the
-    API's time and a good share of the worker's (bench/README.md, "Fewer round trips"). cliplog keeps no session
-    state on pooled connections: session advisory locks, LISTEN and session settings live on connections of their
-    own (the leaders', the feed's listener, the commands'), and what a pooled connection sets is transaction-local
-    (`SET LOCAL`, `set_config(..., true)`), cursors live in transactions (tests/integration/test_round_trips.py)."""
+    """A pooled connection's reset on release: beyond what asyncpg always does first (roll back a transaction left
+    open, drop the Python-side listeners), nothing, unless an append on it was interrupted. asyncpg's default sends
+    `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every release: a round trip and four
+    statements for PostgreSQL, about a tenth of the API's time and a good share of the worker's (bench/README.md,
+    "Fewer round trips"). cliplog keeps no session state on pooled connections: session advisory locks, LISTEN and
+    session settings live on connections of their own (the leaders', the feed's listener, the commands'), what a
+    pooled connection sets is transaction-local (`SET LOCAL`, `set_config(..., true)`), cursors live in transactions.
+    The one session lock a pooled connection takes is the position allocator's, for microseconds, released by the
+    allocator's own handler on any error or cancel (migrations/021); should a second interrupt land in that handler,
+    the append raised, marked the connection (`LogConnection`), and this frees the lock."""
+    if getattr(conn, "_append_interrupted", False):
+        conn._append_interrupted = False  # type: ignore[attr-defined]
+        await conn.execute("SELECT pg_advisory_unlock_all()")
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -417,3 +440,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
             decoder=msgspec.json.decode,
             schema="pg_catalog",
         )
+
+
+# How every pool of the log's connections is made (runtime.bootstrap's, the tests' and the benches')
+POOL_OPTIONS: dict[str, Any] = {"init": init_connection, "reset": reset_connection, "connection_class": LogConnection}

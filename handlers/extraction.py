@@ -474,7 +474,9 @@ async def extract(
         await reporter.close()
     patience = 5.0 if cancelled else record_patience(ends_at, time.monotonic(), services.settings.lease_timeout)
     try:
-        recording = record(services, project_id, clip_id, command, give_up_after=patience, known=(state, started.position))
+        recording = record(
+            services, project_id, clip_id, command, give_up_after=patience, known=(state, started.position)
+        )
         await _to_its_end(recording)
     except StaleAttempt:
         if isinstance(command, Complete):

@@ -83,9 +83,13 @@ async def load(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id
     return state_from_json(value) if value is not None else ClipState(project_id=project_id, clip_id=clip_id)
 
 
-async def load_with_position(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str) -> tuple[ClipState, int]:
+async def load_with_position(
+    conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str
+) -> tuple[ClipState, int]:
     """The clip's state and the position of its last event (0 for a clip that does not exist)."""
-    row = await conn.fetchrow("SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id)
+    row = await conn.fetchrow(
+        "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
+    )
     if row is None:
         return ClipState(project_id=project_id, clip_id=clip_id), 0
     return state_from_json(row["state"]), row["position"]

@@ -12,7 +12,7 @@ import asyncpg
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from eventlog.broker import LISTENER_NAME
-from eventlog.store import init_connection, reset_connection
+from eventlog import store
 from runtime.settings import ConfigError, Settings
 from storage.base import Storage
 from storage.local import LocalStorage
@@ -39,7 +39,7 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 async def create_db_pool(settings: Settings, **kwargs: object) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        require_database_url(settings), init=init_connection, reset=reset_connection, **kwargs
+        require_database_url(settings), **store.POOL_OPTIONS, **kwargs
     )
 
 

@@ -29,7 +29,7 @@ Fixtures
 ``make_database``  (session, async) ``await make_database(migrated=True)`` -> DSN of another new database, dropped at
                                     the end of the session (for tests that need an empty schema, e.g. migrations).
 ``database_url``   (session, async) DSN of the session's migrated database.
-``pool``           (session, async) an asyncpg pool on it, with ``eventlog.store.init_connection``.
+``pool``           (session, async) an asyncpg pool on it, made as the service makes its pools (``store.POOL_OPTIONS``).
 ``connect``        (function)       ``await connect()`` -> a dedicated asyncpg connection (closed after the test),
                                     for tests that steer transactions on several connections themselves.
 ``clean_db``       (function)       empties every table of the session database (except ``schema_migrations`` and
@@ -66,7 +66,7 @@ import pytest_asyncio
 from hypothesis import Phase, settings
 
 from eventlog.migrate import migrate
-from eventlog.store import init_connection
+from eventlog import store
 from tests.redis_claim import claimed_database
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ async def database_url(make_database: Callable[..., Awaitable[str]]) -> str:
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    async with asyncpg.create_pool(database_url, min_size=1, max_size=20, init=init_connection) as p:
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=20, **store.POOL_OPTIONS) as p:
         yield p
 
 
@@ -190,7 +190,7 @@ async def connect(database_url: str) -> AsyncIterator[Callable[[], Awaitable[asy
     async def open_one() -> asyncpg.Connection:
         conn = await asyncpg.connect(database_url)
         opened.append(conn)
-        await init_connection(conn)
+        await store.init_connection(conn)
         return conn
 
     yield open_one

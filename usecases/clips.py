@@ -166,9 +166,11 @@ async def register(
 ) -> Handled:
     """Register a clip; its project becomes `user`'s in the same transaction unless someone else has it (404).
 
-    Two users posting a new project's first clip at once: the loser's append waits for the winner's transaction,
-    then conflicts, and its retry reads the winner's clip. Deciding on that clip would answer the loser with it
-    (200) or with 409; the ownership check before each decision answers 404, as for any project of someone else."""
+    Two users posting a new project's first clip at once: with the same clip id, the loser's append waits for the
+    winner's transaction, then conflicts, and its retry reads the winner's clip; deciding on that clip would answer
+    the loser with it (200) or with 409, so the ownership check before each decision answers 404, as for any project
+    of someone else. With different clip ids, the loser's claim of the project waits for the winner's, finds it
+    taken, and answers 404."""
     return await handle(pool, project_id, clip_id, command, context, owned_by=user)
 
 

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from domain import events as ev
-from eventlog import store
+from eventlog import cursor, store
 from handlers import reactor
 from projections.replay import replay
 from runtime.bootstrap import open_services
@@ -42,10 +42,11 @@ async def services(database_url: str, redis_url: str) -> AsyncIterator[Services]
 
 async def append_raw(pool, project: str, clip: str, event_type: str, version: int, data: dict) -> int:  # noqa: ANN001
     """A row as another version of cliplog could have written it (store.append only writes what this one knows)."""
+    stream, at = f"{project}/{clip}", datetime.now(timezone.utc)
     async with pool.acquire() as conn, conn.transaction():
         position = await conn.fetchval(
-            store._APPEND_ONE, f"{project}/{clip}", project, clip, event_type, 0,  # noqa: SLF001
-            datetime.now(timezone.utc), version, data, "running",
+            store._APPEND_ONE, stream, project, clip, event_type, 0, at, version, data, "running",  # noqa: SLF001
+            cursor.stored_fingerprint(stream, 1, at),
         )
     return position
 

@@ -2,7 +2,9 @@
 
 - The services' pool releases a connection without asyncpg's reset query (`store.reset_connection`): no round trip
   on release, a transaction left open still rolled back, and a clip's life on pooled connections leaves no session
-  state behind (no advisory lock held, no LISTEN, no session setting) for the next user of the connection.
+  state behind (no advisory lock held, no LISTEN, no session setting) for the next user of the connection; an
+  append that raised or was cancelled frees the connection's session locks on release (the allocator's, had an
+  interrupt landed in its handler).
 - `handle(known=...)` decides on the state the worker read or wrote last without reading it again: a state that
   moved on meanwhile (a person cancelled) conflicts and is read, so the late start or outcome is stale, and the log
   holds nothing of it.
@@ -13,6 +15,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
 import pytest
 
 from domain.clip import Cancel, Complete, Register, Start, decide, evolve
@@ -127,7 +132,9 @@ async def test_registration_reads_the_owner_with_the_clip_and_claims_only_an_unc
         await services.close()
 
 
-async def test_one_statement_appends_nothing_when_the_clip_row_is_not_at_the_version_decided_on(make_database, redis_url):
+async def test_one_statement_appends_nothing_when_the_clip_row_is_not_at_the_version_decided_on(
+    make_database, redis_url
+):
     services = await open_services(Settings(database_url=await make_database(migrated=True), redis_url=redis_url),
                                    pool_size=1)  # fmt: skip
     try:
@@ -153,4 +160,66 @@ async def test_one_statement_appends_nothing_when_the_clip_row_is_not_at_the_ver
         assert [e.type for e in handled.appended] == ["extraction.cancelled"]
         assert (await clip_status.load(services.pool, "p", "c")).status == "cancelled"
     finally:
+        await services.close()
+
+
+HELD = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+
+
+async def test_an_interrupted_append_frees_the_session_locks_on_its_connection_when_released(make_database, redis_url):
+    """The one session lock a pooled connection takes is the allocator's, freed by its own handler; should an
+    interrupt land in that handler, the lock would stay with the connection, and without asyncpg's reset nothing
+    would free it. So an append that raised (a conflict) or was cancelled (here while it waits for the allocator's
+    lock, which another session holds) marks its connection, and the release frees its session locks: the lock
+    taken by hand below stands for the allocator's. A connection released after anything else keeps its locks (no
+    reset ran)."""
+    database_url = await make_database(migrated=True)
+    services = await open_services(Settings(database_url=database_url, redis_url=redis_url), pool_size=1)
+    holder = await asyncpg.connect(database_url)
+    try:
+        registered = await clips.register(services.pool, "p", "c", Register(source="a.mp4", start=0.0, end=2.0),
+                                          services.context, user="alice")  # fmt: skip
+        ctx = services.context()
+        [event] = decide(registered.state, Cancel(), ctx)
+        pairs = [(event, evolve(registered.state, event, ctx.now).status)]
+        append = dict(project_id="p", clip_id="c", events=pairs, recorded_at=ctx.now)
+
+        async with services.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+        async with services.pool.acquire() as conn:  # the same connection (a pool of one): nothing freed it
+            assert await conn.fetchval(HELD) == 1
+            with pytest.raises(VersionConflict):
+                async with conn.transaction():
+                    await store.append(conn, expected_version=0, **append)  # the stream is at 1
+        async with services.pool.acquire() as conn:
+            assert await conn.fetchval(HELD) == 0
+
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+        await holder.execute("SELECT pg_advisory_lock(72616)")  # the allocator's lock, held elsewhere
+        waiting = asyncio.Event()
+
+        async def append_while_the_allocator_waits() -> None:
+            async with services.pool.acquire() as conn:
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+                async with conn.transaction():
+                    task = asyncio.ensure_future(store.append(conn, expected_version=1, **append))
+                    while not await holder.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
+                        backend,
+                    ):
+                        await asyncio.sleep(0.01)
+                    waiting.set()
+                    await task
+
+        appending = asyncio.ensure_future(append_while_the_allocator_waits())
+        await asyncio.wait_for(waiting.wait(), 10)
+        appending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await appending
+        await holder.execute("SELECT pg_advisory_unlock(72616)")
+        async with services.pool.acquire() as conn:
+            assert await conn.fetchval(HELD) == 0
+            assert [e.type for e in await store.read_stream(conn, "p", "c")] == ["extraction.requested"]
+    finally:
+        await holder.close()
         await services.close()
