@@ -48,9 +48,7 @@ async def _registered(services: Services, project_id: str, clip_id: str, user: s
     """The caller's clip and the position of its last event; 404 for anything the caller cannot see."""
     await require_project(services.pool, project_id, user)
     check_id(clip_id, "clip_id")
-    row = await services.pool.fetchrow(
-        "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
-    )
+    row = await services.pool.fetchrow(clip_status.READ_ROW, project_id, clip_id)
     if row is None:
         raise NotFound(f"clip {clip_id!r} not found in project {project_id!r}")
     return clip_status.state_from_json(row["state"]), row["position"]

@@ -192,8 +192,9 @@ async def read_all(db: asyncpg.Connection | asyncpg.Pool, epoch: UUID, after: in
 
 async def head(db: asyncpg.Connection | asyncpg.Pool) -> tuple[int, int]:
     """`(position, fingerprint)` of the last event below the safe horizon; `(0, 0)` for an empty log."""
-    query = f"SELECT position, stream, version, recorded_at FROM events WHERE {_SAFE} ORDER BY position DESC LIMIT 1"
-    row = await db.fetchrow(query)
+    row = await db.fetchrow(
+        f"SELECT position, stream, version, recorded_at FROM events WHERE {_SAFE} ORDER BY position DESC LIMIT 1"
+    )
     if row is None:
         return 0, 0
     return row["position"], cursor.fingerprint(row["stream"], row["version"], row["recorded_at"])

@@ -39,6 +39,9 @@ WHERE clips.version = {previous_version}
 _UPSERT = upsert_sql("VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)", "$15")
 
 
+# A clip's state and the position of its last event (`load_with_position`, `usecases.clips.handle`, the API)
+READ_ROW = "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2"
+
 COLUMNS = ("project_id", "clip_id", "version", "status", "run", "attempt", "not_before", "deadline_at", "status_since",
            "position", "created_at", "updated_at", "state", "priority")  # fmt: skip
 # The columns the service's queries filter or sort on (a rebuild gathers the planner's statistics of these).
@@ -79,17 +82,14 @@ def state_from_json(value: dict | str | bytes) -> ClipState:
 
 
 async def load(conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str) -> ClipState:
-    value = await conn.fetchval("SELECT state FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id)
-    return state_from_json(value) if value is not None else ClipState(project_id=project_id, clip_id=clip_id)
+    return (await load_with_position(conn, project_id, clip_id))[0]
 
 
 async def load_with_position(
     conn: asyncpg.Connection | asyncpg.Pool, project_id: str, clip_id: str
 ) -> tuple[ClipState, int]:
     """The clip's state and the position of its last event (0 for a clip that does not exist)."""
-    row = await conn.fetchrow(
-        "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2", project_id, clip_id
-    )
+    row = await conn.fetchrow(READ_ROW, project_id, clip_id)
     if row is None:
         return ClipState(project_id=project_id, clip_id=clip_id), 0
     return state_from_json(row["state"]), row["position"]

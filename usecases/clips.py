@@ -31,7 +31,6 @@ class Handled(msgspec.Struct, frozen=True):
     appended: list[store.StoredEvent]
 
 
-_READ = "SELECT state, position FROM clips WHERE project_id = $1 AND clip_id = $2"
 # The clip's row and its project's owner in one round trip (a row either way: NULLs for what does not exist).
 _READ_WITH_OWNER = (
     "SELECT c.state, c.position, (SELECT owner FROM projects WHERE project_id = $1) AS owner "
@@ -103,7 +102,7 @@ async def handle(
                 state, position = known
                 known = None
             else:
-                row = await conn.fetchrow(_READ if owned_by is None else _READ_WITH_OWNER, project_id, clip_id)
+                row = await conn.fetchrow(clip_status.READ_ROW if owned_by is None else _READ_WITH_OWNER, project_id, clip_id)
                 value = row["state"] if row is not None else None
                 state = (
                     clip_status.state_from_json(value)
