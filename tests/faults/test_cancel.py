@@ -11,21 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import Cluster
+from tests.proc import alive
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
 
 LONG = {"source": "games/match.mp4", "start": 2.0, "end": 28.0}
 SHORT = {"source": "games/match.mp4", "start": 5.0, "end": 9.0}
 HEARTBEAT = 0.5  # FAST's CLIPLOG_HEARTBEAT_INTERVAL
-
-
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _wait(condition, timeout: float, what: str) -> float:  # noqa: ANN001
@@ -78,7 +70,7 @@ def test_cancel_stops_a_running_ffmpeg_within_a_heartbeat_and_leaves_no_output(c
     response = api.cancel("p1", "long")
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "cancelled"
-    took = _wait(lambda: not _alive(pid), 10 * HEARTBEAT, "FFmpeg was still running")
+    took = _wait(lambda: not alive(pid), 10 * HEARTBEAT, "FFmpeg was still running")
     assert took <= 2 * HEARTBEAT + 1.0, took  # a heartbeat finds the attempt no longer current and kills the group
     _wait(lambda: not _outputs(cluster), 5, "the partial output was not removed")
 

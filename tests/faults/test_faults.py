@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.faults.conftest import Cluster
+from tests.proc import alive
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
 
@@ -247,8 +248,6 @@ def test_sigterm_hands_running_extractions_back_without_using_an_attempt(cluster
 
 
 def test_a_person_retrying_a_slow_clip_stops_the_hung_ffmpeg_at_once(cluster: Cluster) -> None:
-    import os
-
     wrapper = cluster.wrapper(
         "hang-once",
         'if [ ! -e "$STATE/hung" ]; then touch "$STATE/hung"; echo $$ > "$STATE/pid"; exec sleep 600; fi\n'
@@ -262,7 +261,7 @@ def test_a_person_retrying_a_slow_clip_stops_the_hung_ffmpeg_at_once(cluster: Cl
     assert api.retry("p1", "stuck").status_code == 202
     clip = api.wait_for("p1", ["stuck"], timeout=20)["stuck"]  # one worker slot: the hung cut must have let go
     assert clip["status"] == "completed" and clip["run"] == 2
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert not alive(pid)
     detected = [
         (e["data"]["detected_by"], e["data"]["reason"]) for e in _history(cluster, "stuck") if e["type"] == "extraction.timed_out"
     ]

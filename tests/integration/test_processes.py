@@ -16,18 +16,7 @@ import pytest
 import redis
 
 from runtime.processes import Cluster, Process, Redis, wait_healthy
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"  # a zombie is dead, only not yet reaped
-    except FileNotFoundError:
-        return False
+from tests.proc import alive
 
 
 def _sh(name: str, script: str, tmp_path: Path) -> Process:
@@ -55,10 +44,10 @@ def test_kill_reaches_the_whole_process_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     parent = _sh("parent", f"sleep 600 & echo $! > {pid_file}; wait", tmp_path).start()
     child = int(_wait_for_file(pid_file))
-    assert _alive(child)
+    assert alive(child)
     parent.kill()
     deadline = time.monotonic() + 5
-    while _alive(child):  # the grandchild is reparented and reaped by init once killed
+    while alive(child):  # the grandchild is reparented and reaped by init once killed
         assert time.monotonic() < deadline, "the FFmpeg-like grandchild survived its group's SIGKILL"
         time.sleep(0.02)
     assert parent.returncode == -signal.SIGKILL and not parent.stopped
@@ -70,7 +59,7 @@ def test_restart_runs_the_same_command_again(tmp_path: Path) -> None:
     counter.wait_log(["run"])
     counter.restart(grace=5)
     counter.wait_log([r"run\nrun"])
-    assert counter.pid != first and counter.running and not _alive(first)
+    assert counter.pid != first and counter.running and not alive(first)
     counter.stop(5)
 
 
@@ -117,7 +106,7 @@ def test_private_redis_is_flushed_and_restarted_on_its_port(tmp_path: Path) -> N
         client.set("k", "v")
         first = server.pid
         server.restart()
-        assert server.pid != first and not _alive(first)
+        assert server.pid != first and not alive(first)
         assert client.get("k") is None and client.ping()  # same URL, a new (empty: no persistence) server
     finally:
         client.close()

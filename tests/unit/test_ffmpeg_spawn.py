@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from handlers import ffmpeg
+from tests.proc import alive
 
 LINUX = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 
@@ -31,13 +32,6 @@ PARENT = textwrap.dedent(
     asyncio.run(main())
     """
 )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _child_of(parent: int, timeout: float = 10) -> int:
@@ -65,9 +59,9 @@ def test_the_process_dies_with_its_parent_even_by_sigkill(how: str) -> None:
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 5
-        while _alive(child) and time.monotonic() < deadline:
+        while alive(child) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not _alive(child), "the child outlived its SIGKILLed parent"
+        assert not alive(child), "the child outlived its SIGKILLed parent"
     finally:
         parent.kill()
         parent.wait()
