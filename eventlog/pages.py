@@ -353,3 +353,32 @@ async def read_page_request(
     last = lines[-1]
     at = last.index(_CURSOR_KEY, _CURSOR_AT) + len(_CURSOR_KEY)
     return PageLines(lines, last[at:last.index(b'"', at)].decode(), given)
+
+
+# Rows written before migration 019 (or by a path that does not store it) have no stored fingerprint, and every read
+# of them builds their JSON and mints their cursor in Python (before 018 their texts are built by PostgreSQL too).
+# `backfill_feed` stores them, as the appends would have: Python computes each fingerprint from the text PostgreSQL
+# builds for the row now, and the UPDATE writes it only where the row still has that text (a row changed in place
+# meanwhile is left for the next run). Only the stored columns change, so 018's trigger keeps what it writes.
+_MISSING_SQL = (
+    f"SELECT position, {feed_json.STORED_PRINT} FROM events WHERE feed_fingerprint IS NULL AND position > $1 "
+    "ORDER BY position LIMIT $2"
+)
+_FILL_SQL = f"""
+UPDATE events SET feed_fingerprint = v.fingerprint, feed_print = v.print, feed_tail = {feed_json.STORED_TAIL}
+FROM unnest($1::bigint[], $2::integer[], $3::text[]) AS v(position, fingerprint, print)
+WHERE events.position = v.position AND events.feed_fingerprint IS NULL AND {feed_json.STORED_PRINT} = v.print
+"""
+
+
+async def backfill_feed(conn: asyncpg.Connection, batch: int = 5000) -> int:
+    """Store the feed's fingerprint (and texts) of every row without it, `batch` rows per transaction; the number of
+    rows filled. Safe beside appends and reads (each batch locks only its rows)."""
+    filled, after = 0, 0
+    while rows := await conn.fetch(_MISSING_SQL, after, batch):
+        prints = [text for _, text in rows]
+        stored = [c - (1 << 32) if c >= 1 << 31 else c for c in (zlib.crc32(t.encode()) for t in prints)]
+        status = await conn.execute(_FILL_SQL, [p for p, _ in rows], stored, prints)
+        filled += int(status.split()[-1])
+        after = rows[-1][0]
+    return filled

@@ -170,3 +170,47 @@ async def test_other_requests_are_left_to_the_route(api_server, pool, ids, make_
             assert response.status_code == 401
         assert (await http.head("/api/events")).status_code == 200
         assert stats.answered == answered
+
+
+async def test_the_backfill_stores_what_the_appends_write_and_pages_stay_the_same(api_server, pool, ids, make_user):
+    """Rows without the stored fingerprint (before migration 019) or without any stored text (before 018) get what
+    the appends would have written (`eventlog.pages.backfill_feed`, run by `cliplog rebuild`), and their pages are
+    the same bytes before and after."""
+    from eventlog.pages import backfill_feed
+
+    user, token = await make_user()
+    project = ids.project()
+    positions = [await register(pool, project, user) for _ in range(5)]
+    columns = "SELECT position, feed_fingerprint, feed_print, feed_tail FROM events WHERE position = ANY($1::bigint[])"
+    written = sorted(map(tuple, await pool.fetch(columns, positions)))
+    await pool.execute("UPDATE events SET feed_fingerprint = NULL WHERE position = ANY($1::bigint[])", positions[:2])
+    await pool.execute(
+        "UPDATE events SET feed_fingerprint = NULL, feed_print = NULL, feed_tail = NULL WHERE position = $1",
+        positions[3],
+    )
+    async with client(api_server, token) as http:
+        before = await both_ways(api_server, http, {"project_id": project})
+        async with pool.acquire() as conn:
+            assert await backfill_feed(conn, batch=2) >= 3
+            assert await backfill_feed(conn) == 0
+        assert sorted(map(tuple, await pool.fetch(columns, positions))) == written
+        after = await both_ways(api_server, http, {"project_id": project})
+        assert after.content == before.content
+
+
+async def test_cliplog_rebuild_runs_the_backfill(make_database, ids):
+    from eventlog import store
+    from tests.integration.test_replay_tools import cliplog
+
+    url = await make_database(migrated=True)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2, **store.POOL_OPTIONS)
+    try:
+        positions = [await register(pool, "p", "alice") for _ in range(3)]
+        written = await pool.fetch("SELECT feed_fingerprint FROM events ORDER BY position")
+        await pool.execute("UPDATE events SET feed_fingerprint = NULL WHERE position = ANY($1::bigint[])", positions[1:])
+        done = cliplog("rebuild", database_url=url)
+        assert "stored the feed fingerprint of 2 event(s) written without it" in done.stdout
+        assert await pool.fetch("SELECT feed_fingerprint FROM events ORDER BY position") == written
+        assert "stored the feed fingerprint" not in cliplog("rebuild", database_url=url).stdout
+    finally:
+        await pool.close()
