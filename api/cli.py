@@ -385,6 +385,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     """Recompute the projections from the log and swap them in (projections/rebuild.py); --check: only compare."""
     import time
 
+    from eventlog.pages import backfill_feed
     from eventlog.store import init_connection
     from projections.rebuild import drift, rebuild
     from runtime.progress import Progress
@@ -400,12 +401,16 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                 else:
                     done = await rebuild(conn, connect=lambda: _connect(settings), on_count=progress.total,
                                          on_progress=progress.advance, clock=time.monotonic)  # fmt: skip
+            if not args.check:  # the feed's fingerprints of events written before migration 019 (eventlog.pages)
+                filled = await backfill_feed(conn)
         finally:
             await conn.close()
         if not args.check:
             print(f"rebuilt clips: {done.clips} clip(s) from {done.events} event(s); the swap took "
                   f"{(done.swap_ended - done.swap_started) * 1000:.0f} ms ({done.tail_under_lock} event(s) "
                   "folded under its lock)")  # fmt: skip
+            if filled:
+                print(f"stored the feed fingerprint of {filled} event(s) written without it")
             return 0
         for d in found:
             print(f"{d.kind}: {d.project_id}/{d.clip_id}")
