@@ -605,3 +605,55 @@ async def until_blocked_by(holder: asyncpg.Connection, services: Services, timeo
     while not await services.pool.fetchval(query, holder.get_server_pid()):
         assert time.monotonic() < deadline, f"nothing waited for the held lock in {timeout} s"
         await asyncio.sleep(0.02)
+
+
+# A local output's writeback starts while FFmpeg writes it --------------------------------------------------------
+
+
+async def test_a_local_outputs_writeback_starts_while_ffmpeg_writes_it_and_once_more_when_it_exits(
+    settings_for, tmp_path, monkeypatch
+):
+    """The stand-in writes 512 KiB into its target and waits (on a FIFO) until the worker has started writing them
+    back; then the real FFmpeg writes the clip over them. The last writeback covers the whole clip; the fsync before
+    `completed` still runs (it is what makes the file durable)."""
+    from runtime import files
+
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    stand_in = script(tmp_path / "ffmpeg.sh", f"""for arg; do case "$arg" in */.tmp-*) target="$arg";; esac; done
+head -c 524288 /dev/zero > "$target"
+read go < "{fifo}"
+exec "{FFMPEG}" "$@"
+""")
+    seen: list[tuple[str, int]] = []
+    released = threading.Event()
+
+    def start_writeback(fd: int) -> bool:
+        path, size = os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size
+        seen.append((path, size))
+        if size >= 524288 and not released.is_set():
+            released.set()
+            with open(fifo, "w") as go:  # the stand-in goes on
+                go.write("1\n")
+        return True
+
+    fsynced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(files, "start_writeback", start_writeback)
+    monkeypatch.setattr(os, "fsync", fsync)
+    settings = await settings_for(ffmpeg=stand_in)
+    async with running_worker(settings) as services:
+        await register(services, "c1", start=1.0, end=3.0, mode="copy")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
+    final = settings.output_root / state.output
+    temporaries = {path for path, _ in seen}
+    assert len(temporaries) == 1 and Path(temporaries.pop()).name.startswith(extraction.TEMP_PREFIX)
+    assert seen[0][1] == 524288  # while the stand-in waited: before FFmpeg wrote the clip
+    assert seen[-1][1] == final.stat().st_size  # once FFmpeg had exited
+    assert fsynced.count(seen[0][0]) == 1  # and still the fsync before publishing
