@@ -294,7 +294,10 @@ async def _produce(
         # A local output is fsynced before it is published: its writeback starts while FFmpeg writes it, so that
         # the fsync finds little left to do (WRITEBACK creates the file, empty, for FFmpeg to write). An output to
         # upload needs no local durability.
-        writeback = WRITEBACK.watch(temporary) if local else None
+        try:
+            writeback = WRITEBACK.watch(temporary) if local else None
+        except OSError:  # the folder cannot take the file: FFmpeg says so in its own words, as before
+            writeback = None
         try:
             said = await ffmpeg.cut(
                 ffmpeg=settings.ffmpeg,

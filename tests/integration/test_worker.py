@@ -694,3 +694,19 @@ exec "{FFMPEG}" "$@"
     assert seen[0][1] == 524288  # while the stand-in waited: before FFmpeg wrote the clip
     assert seen[-1][1] == final.stat().st_size  # once FFmpeg had exited
     assert fsynced.count(seen[0][0]) == 1  # and still the fsync before publishing
+
+
+async def test_a_temporary_file_the_writeback_cannot_create_is_left_to_ffmpeg(settings_for, monkeypatch):
+    """Creating the output's temporary file for its early writeback fails (EMFILE, say): FFmpeg creates it, as it
+    did before there was one, and the clip completes (nothing is left to an `internal` failure)."""
+    from runtime import files
+
+    def cannot(path: Path) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(files.WRITEBACK, "watch", cannot)
+    settings = await settings_for()
+    async with running_worker(settings) as services:
+        await register(services, "c1", start=1.0, end=3.0, mode="copy")
+        state = await settled(services, "c1")
+        assert await outcomes(services, "c1") == [(1, "completed", None)], state.last_error
