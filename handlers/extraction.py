@@ -28,7 +28,6 @@ from domain.policy import attempt_deadline_seconds, is_retryable
 from handlers import ffmpeg, mp4
 from handlers.progress import ProgressReporter
 from projections import clip_status
-from runtime.files import WRITEBACK
 from runtime.media import resolve_inside
 from runtime.settings import Settings
 from storage.base import Storage, StorageDenied, StorageError, StorageUnavailable, StoredObject
@@ -289,15 +288,7 @@ async def _produce(
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     temporary = folder / f"{TEMP_PREFIX}{state.clip_id}.r{state.run}a{state.attempt}.{secrets.token_hex(4)}.mp4"
     uploading = False
-    writeback: int | None = None
     try:
-        # A local output is fsynced before it is published: its writeback starts while FFmpeg writes it, so that
-        # the fsync finds little left to do (WRITEBACK creates the file, empty, for FFmpeg to write). An output to
-        # upload needs no local durability.
-        try:
-            writeback = WRITEBACK.watch(temporary) if local else None
-        except OSError:  # the folder cannot take the file: FFmpeg says so in its own words, as before
-            writeback = None
         try:
             said = await ffmpeg.cut(
                 ffmpeg=settings.ffmpeg,
@@ -325,8 +316,6 @@ async def _produce(
         finally:
             if cut_done is not None:
                 cut_done()  # FFmpeg has exited (a second call, after a failure, does nothing)
-            if writeback is not None:
-                WRITEBACK.done(writeback)  # its last pages too (`+faststart` rewrites the file as FFmpeg ends)
         result = await read_mp4_info(temporary) or await ffmpeg.probe(
             temporary, ffmpeg=settings.ffmpeg, ffprobe=settings.ffprobe, timeout=max(0.1, deadline - time.monotonic())
         )
