@@ -243,6 +243,24 @@ def pdeathsig_launcher() -> tuple[str, ...] | None:
     return (setpriv, "--pdeathsig", "KILL", "--") if probe.returncode == 0 else None
 
 
+def use_pidfd_child_watcher() -> bool:
+    """Wait for this process's subprocesses through a pidfd on the running loop (Linux 5.3+) instead of Python
+    3.11's default, a thread per subprocess blocked in waitpid (ThreadedChildWatcher): starting that thread took
+    about 1.1 ms of each FFmpeg start's 1.5 ms here (0.36 ms with the pidfd; `true` through the setpriv prefix,
+    from a process of 120 MB). Python 3.12 picks the pidfd by itself (False then, and where there is none). For a
+    process with one event loop (the worker): the watcher belongs to the loop running now."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.get_event_loop_policy().set_child_watcher(watcher)
+    return True
+
+
 async def run_process(args: list[str], timeout: float, watch: Watch | None = None) -> ProcessResult:
     """Run `args` with no stdin; kill its whole process group on timeout (raises Deadline, with the stderr written
     until then) or cancellation. With `watch`, stdout is FFmpeg's `-progress` output, read as it comes (the result's

@@ -43,14 +43,20 @@ async def announce(services: Services, presence_key: str, concurrency: int) -> N
         await asyncio.sleep(PRESENCE_TTL / 3)
 
 
-# Take one job for this worker, atomically (what arq 0.28's start_jobs does with WATCH/MULTI in four round trips):
-# refused when another worker holds it (its in-progress key), when it left the queue or is not due yet.
+# Take the first due job that no worker holds, for this worker, atomically, in one call (arq 0.28 reads the queue,
+# then takes each job it read with WATCH/MULTI in four round trips): the job and its score, or nothing. A job another
+# worker holds (its in-progress key) is passed over, as one not due yet is never read. The in-progress keys are
+# named from the job ids inside the script (KEYS cannot name them beforehand): a single Redis, as arq needs.
 _TAKE = """
-if redis.call('exists', KEYS[1]) == 1 then return false end
-local score = redis.call('zscore', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('psetex', KEYS[1], ARGV[3], '1')
-return score
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
+for i = 1, #due, 2 do
+    local held = ARGV[2] .. due[i]
+    if redis.call('exists', held) == 0 then
+        redis.call('psetex', held, ARGV[3], '1')
+        return {due[i], due[i + 1]}
+    end
+end
+return false
 """
 
 STANDBY = 1  # attempts each slot may hold waiting behind its running one (admitted to the queue, not taken)
@@ -72,7 +78,8 @@ class WakeableWorker(Worker):
     from the job) or the job ends, whichever comes first; the worker takes a job only while a slot is free. arq's
     `max_jobs` (twice the slots) bounds the jobs in the process, so a slot's next attempt starts its FFmpeg while the
     previous one still validates, fsyncs and records its outcome. Overrides arq 0.28's `main` loop, its poll
-    iteration, `start_jobs` (one Lua call per job taken instead of a WATCH/MULTI transaction) and its slot-release
+    iteration, `start_jobs` (one Lua call per job taken, the queue's reading included, instead of a read and a
+    WATCH/MULTI transaction per job) and its slot-release
     hook; the job runner is arq's own."""
 
     def __init__(self, *args: Any, slots: int, **kwargs: Any) -> None:
@@ -119,11 +126,7 @@ class WakeableWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self._slot_free():
-            job_ids = await self.pool.zrangebyscore(
-                self.queue_name, min=float("-inf"), start=self._queue_read_offset, num=self.queue_read_limit,
-                max=timestamp_ms(),
-            )  # fmt: skip
-            await self.start_jobs(job_ids)
+            await self.start_jobs()
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         for job_id, task in list(self.tasks.items()):
@@ -132,35 +135,37 @@ class WakeableWorker(Worker):
                 task.result()  # errors in run_job propagate
         await self.heart_beat()
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
+    async def start_jobs(self, job_ids: list[bytes] | None = None) -> None:  # type: ignore[override]
+        """Take due jobs, one Redis call each, while a slot is free (`job_ids`, arq's, is not used: the call
+        reads the queue itself)."""
         self.not_taking.clear()
         try:
-            await self._take_jobs(job_ids)
+            await self._take_jobs()
         finally:
             self.not_taking.set()
 
-    async def _take_jobs(self, job_ids: list[bytes]) -> None:
-        for job_id_b in job_ids:
-            if not self.allow_pick_jobs or not self._slot_free():  # a shutdown began meanwhile: take nothing more
-                return
+    async def _take_jobs(self) -> None:
+        while self.allow_pick_jobs and self._slot_free():  # a shutdown begun meanwhile: take nothing more
             await self.sem.acquire()
             self.job_counter += 1
-            job_id = job_id_b.decode()
             try:
-                score = await self._take(
-                    keys=[in_progress_key_prefix + job_id, self.queue_name],
-                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
-                )
+                taken = await self._take(
+                    keys=[self.queue_name],
+                    args=[timestamp_ms(), in_progress_key_prefix, int(self.in_progress_timeout_s * 1000),
+                          self.queue_read_limit],
+                )  # fmt: skip
             except BaseException:
                 self.job_counter -= 1
                 self.sem.release()
                 raise
-            if score is None:  # taken elsewhere, finished, or deferred meanwhile
+            if not taken:  # nothing due that no worker holds
                 self.job_counter -= 1
                 self.sem.release()
-                continue
+                return
+            job_id = taken[0].decode() if isinstance(taken[0], bytes) else taken[0]
+            score = int(float(taken[1]))
             self.cutting.add(job_id)
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _, job=job_id: self._job_ended(job))
             self.tasks[job_id] = task
 

@@ -452,11 +452,11 @@ async def test_a_slot_takes_its_next_job_when_its_cut_ends_and_never_more_than_i
         await services.close()
 
 
-@pytest.mark.parametrize("begins_while", ["reading the queue", "taking a job"])
+@pytest.mark.parametrize("begins_while", ["taking a job"])
 async def test_a_worker_takes_no_job_once_its_shutdown_began(settings_for, begins_while):
     """A shutdown (`_shut_down`, which first of all sets `allow_pick_jobs = False`) may begin while a poll awaits
-    Redis: reading the queue, or taking one of the jobs it read. Nothing is taken from then on. Each poll is run by
-    hand, and the shutdown begins inside the Redis call it names, as soon as that call has answered."""
+    Redis taking a job (one call reads the queue and takes the first due job). Nothing more is taken from then on.
+    Each poll is run by hand, and the shutdown begins inside the Redis call, as soon as that call has answered."""
     services = await open_services(await settings_for(), pool_size=2)
     queue_name = f"test-shutdown-{os.getpid()}-{time.monotonic_ns()}"
     finish = asyncio.Event()
@@ -479,17 +479,54 @@ async def test_a_worker_takes_no_job_once_its_shutdown_began(settings_for, begin
     try:
         for name in "ab":
             await redis.enqueue_job("job", name, _job_id=name, _queue_name=queue_name)
-        if begins_while == "reading the queue":
-            redis.zrangebyscore = shutdown_begins_after(redis.zrangebyscore)
-        else:
-            worker._take = shutdown_begins_after(worker._take)  # noqa: SLF001
+        worker._take = shutdown_begins_after(worker._take)  # noqa: SLF001
         await worker._poll_iteration()  # noqa: SLF001
-        assert sorted(worker.tasks) == ([] if begins_while == "reading the queue" else ["a"])
+        assert sorted(worker.tasks) == ["a"]  # the one that call took; two slots were free
         assert worker.job_counter == len(worker.tasks)
     finally:
         finish.set()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         await redis.delete(queue_name, *(job_key_prefix + n for n in "ab"), *(in_progress_key_prefix + n for n in "ab"))
+        await worker.pool.aclose(close_connection_pool=True)
+        await services.close()
+
+
+async def test_a_poll_takes_a_due_job_no_worker_holds_in_one_redis_call(settings_for):
+    """One call per job taken, the queue's reading included (arq reads, then takes in a transaction); a job another
+    worker holds (its in-progress key) is passed over, one not due yet is not taken."""
+    services = await open_services(await settings_for(), pool_size=2)
+    queue_name = f"test-take-{os.getpid()}-{time.monotonic_ns()}"
+    finish = asyncio.Event()
+
+    async def job(ctx: dict, name: str) -> None:
+        await finish.wait()
+
+    worker = await job_worker(services, queue_name, job, slots=1)
+    redis = worker.pool
+    calls: list[str] = []
+    execute = redis.execute_command
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        calls.append(str(args[0]).upper())
+        return await execute(*args, **kwargs)
+
+    try:
+        await worker._poll_iteration()  # noqa: SLF001 - nothing due; the script is loaded
+        await redis.enqueue_job("job", "later", _job_id="later", _queue_name=queue_name, _defer_by=3600)
+        await redis.enqueue_job("job", "held", _job_id="held", _queue_name=queue_name)
+        await redis.enqueue_job("job", "free", _job_id="free", _queue_name=queue_name)
+        await redis.psetex(in_progress_key_prefix + "held", 60_000, "1")  # another worker's
+        redis.execute_command = counted
+        await worker._poll_iteration()  # noqa: SLF001
+        redis.execute_command = execute
+        assert list(worker.tasks) == ["free"]
+        assert [c for c in calls if c in ("ZRANGEBYSCORE", "EVALSHA", "EVAL", "WATCH", "MULTI")] == ["EVALSHA"]
+    finally:
+        redis.execute_command = execute
+        finish.set()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        names = ("later", "held", "free")
+        await redis.delete(queue_name, *(job_key_prefix + n for n in names), *(in_progress_key_prefix + n for n in names))
         await worker.pool.aclose(close_connection_pool=True)
         await services.close()
 

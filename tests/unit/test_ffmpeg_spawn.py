@@ -4,12 +4,15 @@ sees (the pid is the process's own, its exit status and output are the command's
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,26 @@ async def test_a_missing_binary_fails_to_start_as_exec_would(how: str, tmp_path:
     for binary in (str(tmp_path / "missing-ffmpeg"), str(not_executable)):
         with pytest.raises(OSError):
             await ffmpeg.run_process([binary, "-version"], 10)
+
+
+@LINUX
+async def test_with_the_pidfd_watcher_a_process_is_waited_for_without_a_thread_of_its_own(tmp_path: Path) -> None:
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        before = policy.get_child_watcher()
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    try:
+        if not ffmpeg.use_pidfd_child_watcher():
+            pytest.skip("Python 3.12+ (a pidfd by default) or no pidfd here")
+        running = asyncio.create_task(ffmpeg.run_process(["sh", "-c", f"read x < {fifo}; echo $x; exit 3"], 10))
+        go = await asyncio.to_thread(open, fifo, "w")  # the process runs (it opened the FIFO)
+        waiting = [t.name for t in threading.enumerate() if "waitpid" in t.name]
+        go.write("out\n")
+        go.close()
+        result = await running
+        assert (result.returncode, result.stdout) == (3, b"out\n")
+        assert waiting == []  # Python 3.11's default watcher has a thread waiting for it meanwhile
+    finally:
+        policy.set_child_watcher(before)
