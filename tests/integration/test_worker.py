@@ -452,8 +452,7 @@ async def test_a_slot_takes_its_next_job_when_its_cut_ends_and_never_more_than_i
         await services.close()
 
 
-@pytest.mark.parametrize("begins_while", ["taking a job"])
-async def test_a_worker_takes_no_job_once_its_shutdown_began(settings_for, begins_while):
+async def test_a_worker_takes_no_job_once_its_shutdown_began(settings_for):
     """A shutdown (`_shut_down`, which first of all sets `allow_pick_jobs = False`) may begin while a poll awaits
     Redis taking a job (one call reads the queue and takes the first due job). Nothing more is taken from then on.
     Each poll is run by hand, and the shutdown begins inside the Redis call, as soon as that call has answered."""
