@@ -131,8 +131,7 @@ def create_app(
     authenticated = Router(
         path="/",
         route_handlers=[ClipsController, ProjectActionsController, *feed.ROUTES, *ui_routes.ROUTES],
-        # the feed's plain pages first: they check the token in the statement that reads them (api/feed.py)
-        middleware=[feed.PageRequests, DefineMiddleware(BearerAuthentication, scopes={"http"})],
+        middleware=[DefineMiddleware(BearerAuthentication, scopes={"http"})],
         security=openapi.SECURITY,
     )
     route_handlers: list = [authenticated, health, metrics, openapi_document, asyncapi_document]

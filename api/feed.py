@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, AsyncIterator, Literal
 from uuid import UUID
@@ -41,7 +40,7 @@ from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import QueryParameter
 from litestar.response import Stream
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Receive, Scope, Send
 
 from api.auth import Unauthorized, bearer, check_id, hash_token, require_project, user_for_token
 from api.deps import ServicesDep, UserDep
@@ -52,7 +51,7 @@ from api.views import EventPage
 from domain.errors import CursorFromAnotherLog, InvalidInput, NotFound, Unavailable
 from eventlog import cursor
 from eventlog.broker import UNAVAILABLE, EventMessage, FeedBroker, Subscription, render
-from eventlog.pages import JsonEvents, PageLines, PageRefused, head, locate, read_page, read_page_json, read_page_request
+from eventlog.pages import JsonEvents, head, locate, read_page, read_page_json
 from usecases.services import Services
 
 log = logging.getLogger("cliplog.feed")
@@ -123,7 +122,6 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         send_timeout=settings.ws_send_timeout,
     )
     app.state.feed = broker
-    app.state.feed_pages = PageStats()
     app.state.sockets = sockets = OpenSockets(services.settings.ws_per_token)
     await broker.start()
     checker = asyncio.create_task(sockets.run(services.pool, services.settings.token_check_interval))
@@ -220,17 +218,6 @@ def page_json(events: JsonEvents, given: str) -> bytes:
     return b"".join((b'{"events":[', events.body, b'],"next_cursor":"', next_cursor.encode(), b'"}'))
 
 
-def page_lines_json(page: PageLines) -> bytes:
-    """`page_json`'s bytes from a page's lines, in one join (the page's start and end go onto its first and last
-    line, so that 420 KB are copied once)."""
-    lines = page.lines
-    if not lines:
-        return b'{"events":[],"next_cursor":"%s"}' % page.given.encode()
-    lines[0] = b'{"events":[' + lines[0]
-    lines[-1] = b"".join((lines[-1], b'],"next_cursor":"', (page.last_cursor or page.given).encode(), b'"}'))
-    return PAGE_SEPARATOR.join(lines)
-
-
 @get_or_head(
     "/api/events",
     summary="Events of the caller's projects after a cursor (long poll with `wait`; NDJSON stream on request)",
@@ -262,103 +249,6 @@ async def list_events(
         log.warning("GET /api/events: PostgreSQL unavailable: %s: %s", type(error).__name__, error)
         raise Unavailable("PostgreSQL is unavailable; try again shortly") from None
     return Response(page_json(events, given), media_type="application/json")
-
-
-# GET /api/events, one page in one round trip ---------------------------------------------------------------------
-
-PAGE_PATH = "/api/events"
-# What the fast path answers: these parameters only, each at most once, in forms that need no decoding (anything
-# else, `after=latest` and `wait` among them, goes to the route)
-_PAGE_PARAMETERS = {
-    b"after": re.compile(rb"[A-Za-z0-9_-]{1,64}"),
-    b"limit": re.compile(rb"[1-9][0-9]{0,3}"),
-    b"project_id": re.compile(rb"[A-Za-z0-9_-]{1,64}"),
-}
-_PAGE_HEADERS = (b"content-type", b"application/json")
-
-
-class PageStats:
-    """What the fast path did in this process (the tests read it): pages it answered, requests it handed on."""
-
-    def __init__(self) -> None:
-        self.answered = 0
-        self.handed_on: dict[str, int] = {}
-
-    def hand_on(self, reason: str) -> None:
-        self.handed_on[reason] = self.handed_on.get(reason, 0) + 1
-
-
-def _plain_page_request(scope: Scope) -> tuple[str, cursor.Cursor | None, int, str | None] | None:
-    """`(token, after, limit, project_id)` of a `GET /api/events` that asks for a plain page (no long poll, no
-    stream, no compression, a cursor or the beginning), None for anything else."""
-    if scope["method"] != "GET" or scope["path"] != PAGE_PATH:
-        return None
-    params: dict[bytes, bytes] = {}
-    query = scope["query_string"]
-    if query:
-        for part in query.split(b"&"):
-            name, equals, value = part.partition(b"=")
-            pattern = _PAGE_PARAMETERS.get(name)
-            if pattern is None or not equals or name in params or not pattern.fullmatch(value):
-                return None
-            params[name] = value
-    limit = int(params.get(b"limit", b"100"))
-    after = params.get(b"after")
-    if limit > MAX_LIMIT or after == b"latest":
-        return None
-    token = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            if token is not None:
-                return None
-            token = bearer(value.decode("latin-1")) or ""
-        elif name == b"accept" and b"ndjson" in value:
-            return None
-        elif name == b"accept-encoding" and (b"br" in value or b"gzip" in value):  # what Litestar would compress
-            return None
-    if not token:
-        return None
-    try:
-        start = cursor.decode(after.decode()) if after is not None else None
-    except InvalidInput:
-        return None
-    project = params.get(b"project_id")
-    return token, start, limit, project.decode() if project is not None else None
-
-
-class PageRequests:
-    """`GET /api/events` for a plain page (`_plain_page_request`) in one statement (`eventlog.pages.read_page_request`:
-    the token, the cursor's check, the broker's head and the page), answered with the bytes `list_events` would
-    send. It answers pages only: whatever else, and whatever that statement refuses (a bad token, another user's
-    project, a cursor of another log) or fails on, goes on to the route unchanged, which reads it all again and
-    answers as it always has (so every refusal, its order and its body stay the route's). Before the bearer
-    middleware on the router: a page costs one round trip instead of three (token, cursor check, page)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = _plain_page_request(scope) if scope["type"] == "http" else None
-        if request is None:
-            return await self.app(scope, receive, send)
-        state = scope["app"].state
-        stats: PageStats = state.feed_pages
-        token, start, limit, project = request
-        try:
-            page = await read_page_request(
-                state.services.pool, hash_token(token), start, limit, project_id=project, known=state.feed.known
-            )
-        except PageRefused as refused:
-            stats.hand_on(refused.reason)
-            return await self.app(scope, receive, send)
-        except (*UNAVAILABLE, asyncpg.PostgresError) as error:
-            stats.hand_on(type(error).__name__)
-            return await self.app(scope, receive, send)
-        body = page_lines_json(page)
-        stats.answered += 1
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [_PAGE_HEADERS, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
 
 async def _page(

@@ -51,8 +51,12 @@ def stored_fingerprint(stream: str, version: int, recorded_at: datetime) -> int:
     an aware datetime (its fingerprint is that of the instant in UTC, as read back)."""
     if recorded_at.tzinfo is None:
         raise ValueError("recorded_at must be an aware datetime")
-    value = fingerprint(stream, version, recorded_at.astimezone(timezone.utc))
-    return value - (1 << 32) if value >= 1 << 31 else value
+    return as_stored(fingerprint(stream, version, recorded_at.astimezone(timezone.utc)))
+
+
+def as_stored(crc: int) -> int:
+    """A CRC-32 (0 .. 2**32 - 1) as the signed 32-bit `integer` that `events.feed_fingerprint` holds."""
+    return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
 def epoch_prefix(epoch: UUID) -> bytes:

@@ -248,115 +248,6 @@ async def locate(
     return Located(epoch, position, final)
 
 
-# One page request in one statement (`GET /api/events`'s hot path, api/feed.py): the token's user, the log's epoch,
-# the event at the cursor (to check the cursor against this log), the project's owner when filtered, and the page,
-# which is read only for that user's projects. Below the broker's head (`known`, checked in the same statement) the
-# page is read without the safe horizon, beyond it with, in one read: `(after, final]` then the horizon's rows after
-# `final` are one index range in position order, what `api.feed._read` got in two reads. A `known` whose event has
-# no stored fingerprint (written before 019) is not trusted here: the whole page is read with the horizon (the same
-# rows). One `bytea` column per row (asyncpg builds one value per row instead of five): an event's JSON as
-# `_built_columns` builds it, or for a row without the stored fingerprint `\n<position>\n<fingerprint's text>\n<JSON
-# after the cursor>` (an event's JSON starts with `{`), whose cursor Python mints. The last row (position NULL,
-# ordered last) carries what Python checks: `[user, epoch, the cursor event's fingerprint text, the project is the
-# user's]`.
-_EPOCH_PREFIX = "(SELECT substring(uuid_send(epoch) FROM 1 FOR 8) FROM log_identity)"
-_TOKEN_USER = "(SELECT user_id FROM api_tokens WHERE token_hash = $1)"
-_CURSOR_AT = 12  # len(b'{"position":')
-_CURSOR_KEY = b',"cursor":"'
-
-
-def _request_sql(filtered: bool) -> str:
-    mint = cursor.sql(_EPOCH_PREFIX, "position", "feed_fingerprint")
-    line = (f"""textsend(CASE WHEN feed_fingerprint IS NOT NULL THEN '{{"position":' || position || ',"cursor":"' """
-            f"""|| {mint} || '"' || {feed_json.STORED_TAIL} ELSE E'\\n' || position || E'\\n' || """
-            f"""{feed_json.STORED_PRINT} || E'\\n' || {feed_json.STORED_TAIL} END)""")
-    if filtered:
-        owned = f"(SELECT true FROM projects WHERE project_id = $4 AND owner = {_TOKEN_USER})"
-        rows, n = f"project_id = (SELECT $4::text) AND {owned}", 5
-    else:
-        owned, n = "NULL::boolean", 4
-        rows = f"project_id IN (SELECT project_id FROM projects WHERE owner = {_TOKEN_USER})"
-    final, epoch, known = f"${n}", f"${n + 1}", f"${n + 2}"
-    bound = (f"(position <= (SELECT {final}::bigint) AND (SELECT epoch FROM log_identity) = {epoch}::uuid AND EXISTS "
-             f"(SELECT FROM events k WHERE k.position = {final} AND k.feed_fingerprint = {known}) OR {_SAFE})")
-    check = (f"textsend(json_build_array({_TOKEN_USER}, (SELECT epoch FROM log_identity), coalesce(c.feed_print, "
-             f"{feed_json.print_sql('c.stream', 'c.version', 'c.recorded_at')}), {owned})::text)")
-    # (the page's parameters as sub-selects: the planner estimates them as it does in a generic plan, so that after
-    # five executions PostgreSQL keeps the generic plan instead of planning every page again, about 0.5 ms each)
-    return (f"SELECT line FROM ((SELECT position, {line} AS line FROM events WHERE position > (SELECT $2::bigint) AND "
-            f"{rows} AND {bound} ORDER BY position LIMIT (SELECT $3::integer)) UNION ALL SELECT NULL, {check} FROM (SELECT) AS one "
-            f"LEFT JOIN events c ON c.position = $2) AS answer ORDER BY position NULLS LAST")
-
-
-_REQUEST_SQL = {filtered: _request_sql(filtered) for filtered in (False, True)}
-_PAGE_CHECK = msgspec.json.Decoder(tuple[str | None, UUID, str | None, bool | None])
-
-
-class PageRefused(Exception):
-    """`read_page_request` did not read the page: `reason` is what the full path answers (`unauthorized`,
-    `not_found`, `another_log`)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class PageLines(msgspec.Struct):
-    """A page's events as their JSON (each what msgspec writes for its `EventView`), in position order, the cursor
-    of the last one (None without events) and the cursor they were read after (`api.feed.resolve_after`'s)."""
-
-    lines: list[bytes]
-    last_cursor: str | None
-    given: str
-
-
-async def read_page_request(
-    db: asyncpg.Connection | asyncpg.Pool,
-    token_hash: str,
-    after: cursor.Cursor | None,
-    limit: int,
-    *,
-    project_id: str | None = None,
-    known: tuple[UUID, int, int] | None = None,
-) -> PageLines:
-    """The events after `after` (None: the beginning) of the user whose token hashes to `token_hash` (of
-    `project_id` only, if it is that user's), as `read_page_json` reads them, in one statement. PageRefused when
-    the token is unknown, the project not the user's or the cursor not of this log as it is now (`locate`)."""
-    position = after.position if after is not None else 0
-    args: list[object] = [token_hash, position, limit]
-    if project_id is not None:
-        args.append(project_id)
-    if known is not None:
-        print_ = known[2]
-        args += [known[1], known[0], print_ - (1 << 32) if print_ >= 1 << 31 else print_]
-    else:
-        args += [None, None, None]
-    rows = await db.fetch(_REQUEST_SQL[project_id is not None], *args)
-    user, epoch, text, owned = _PAGE_CHECK.decode(rows.pop()[0])
-    if user is None:
-        raise PageRefused("unauthorized")
-    if project_id is not None and not owned:
-        raise PageRefused("not_found")
-    if after is None:
-        given = cursor.encode(epoch, 0, 0)
-    elif not after.of_log(epoch) or position and (text is None or zlib.crc32(text.encode()) != after.fingerprint):
-        raise PageRefused("another_log")
-    else:
-        given = cursor.encode(epoch, position, after.fingerprint)
-    if not rows:
-        return PageLines([], None, given)
-    lines = [r[0] for r in rows]
-    mint = None
-    for i, line in enumerate(lines):
-        if line[0] != 0x7B:  # `{`: a row without the stored fingerprint (before 019)
-            mint = mint or cursor.minter(epoch)
-            _, p, text_, rest = line.split(b"\n", 3)
-            lines[i] = b'{"position":%s,"cursor":"%s"%s' % (p, mint(int(p), text_.decode()).encode(), rest)
-    last = lines[-1]
-    at = last.index(_CURSOR_KEY, _CURSOR_AT) + len(_CURSOR_KEY)
-    return PageLines(lines, last[at:last.index(b'"', at)].decode(), given)
-
-
 # Rows written before migration 019 (or by a path that does not store it) have no stored fingerprint, and every read
 # of them builds their JSON and mints their cursor in Python (before 018 their texts are built by PostgreSQL too).
 # `backfill_feed` stores them, as the appends would have: Python computes each fingerprint from the text PostgreSQL
@@ -379,7 +270,7 @@ async def backfill_feed(conn: asyncpg.Connection, batch: int = 5000) -> int:
     filled, after = 0, 0
     while rows := await conn.fetch(_MISSING_SQL, after, batch):
         prints = [text for _, text in rows]
-        stored = [c - (1 << 32) if c >= 1 << 31 else c for c in (zlib.crc32(t.encode()) for t in prints)]
+        stored = [cursor.as_stored(zlib.crc32(text.encode())) for text in prints]
         status = await conn.execute(_FILL_SQL, [p for p, _ in rows], stored, prints)
         filled += int(status.split()[-1])
         after = rows[-1][0]
