@@ -248,7 +248,9 @@ def use_pidfd_child_watcher() -> bool:
     3.11's default, a thread per subprocess blocked in waitpid (ThreadedChildWatcher): starting that thread took
     about 1.1 ms of each FFmpeg start's 1.5 ms here (0.36 ms with the pidfd; `true` through the setpriv prefix,
     from a process of 120 MB). Python 3.12 picks the pidfd by itself (False then, and where there is none). For a
-    process with one event loop (the worker): the watcher belongs to the loop running now."""
+    process with one event loop that starts every subprocess from its own thread (the worker): the watcher belongs
+    to the loop running now, and 3.11's policy attaches it again on every `asyncio.set_event_loop()` in the main
+    thread, which forgets the children it waits for (nothing in the worker calls it once its loop runs)."""
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
         return False
     try:

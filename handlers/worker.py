@@ -45,17 +45,24 @@ async def announce(services: Services, presence_key: str, concurrency: int) -> N
 
 # Take the first due job that no worker holds, for this worker, atomically, in one call (arq 0.28 reads the queue,
 # then takes each job it read with WATCH/MULTI in four round trips): the job and its score, or nothing. A job another
-# worker holds (its in-progress key) is passed over, as one not due yet is never read. The in-progress keys are
-# named from the job ids inside the script (KEYS cannot name them beforehand): a single Redis, as arq needs.
+# worker holds (its in-progress key) is passed over, as one not due yet is never read. The queue is read ARGV[4] jobs
+# at a time until a free one or the last due one (arq reads only the first ARGV[4], so that as many held jobs ahead
+# capped the whole cluster's running jobs there); what is passed over is bounded by the jobs the workers hold. The
+# in-progress keys are named from the job ids inside the script (KEYS cannot name them beforehand): a single Redis,
+# as arq needs.
 _TAKE = """
-local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
-for i = 1, #due, 2 do
-    local held = ARGV[2] .. due[i]
-    if redis.call('exists', held) == 0 then
-        redis.call('psetex', held, ARGV[3], '1')
-        return {due[i], due[i + 1]}
+local limit, offset = tonumber(ARGV[4]), 0
+repeat
+    local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', offset, limit)
+    for i = 1, #due, 2 do
+        local held = ARGV[2] .. due[i]
+        if redis.call('exists', held) == 0 then
+            redis.call('psetex', held, ARGV[3], '1')
+            return {due[i], due[i + 1]}
+        end
     end
-end
+    offset = offset + limit
+until #due < 2 * limit
 return false
 """
 

@@ -491,8 +491,9 @@ async def test_a_worker_takes_no_job_once_its_shutdown_began(settings_for):
 
 
 async def test_a_poll_takes_a_due_job_no_worker_holds_in_one_redis_call(settings_for):
-    """One call per job taken, the queue's reading included (arq reads, then takes in a transaction); a job another
-    worker holds (its in-progress key) is passed over, one not due yet is not taken."""
+    """One call per job taken, the queue's reading included (arq reads, then takes in a transaction); the jobs other
+    workers hold (their in-progress keys) are passed over, however many come first (more than one read of the queue
+    holds: arq's `queue_read_limit`), and one not due yet is not taken."""
     services = await open_services(await settings_for(), pool_size=2)
     queue_name = f"test-take-{os.getpid()}-{time.monotonic_ns()}"
     finish = asyncio.Event()
@@ -509,12 +510,16 @@ async def test_a_poll_takes_a_due_job_no_worker_holds_in_one_redis_call(settings
         calls.append(str(args[0]).upper())
         return await execute(*args, **kwargs)
 
+    held = [f"held-{i}" for i in range(worker.queue_read_limit + 1)]
     try:
         await worker._poll_iteration()  # noqa: SLF001 - nothing due; the script is loaded
         await redis.enqueue_job("job", "later", _job_id="later", _queue_name=queue_name, _defer_by=3600)
-        await redis.enqueue_job("job", "held", _job_id="held", _queue_name=queue_name)
+        for n in held:
+            await redis.enqueue_job("job", n, _job_id=n, _queue_name=queue_name)
+            await redis.psetex(in_progress_key_prefix + n, 60_000, "1")  # other workers'
         await redis.enqueue_job("job", "free", _job_id="free", _queue_name=queue_name)
-        await redis.psetex(in_progress_key_prefix + "held", 60_000, "1")  # another worker's
+        now = int(time.time() * 1000)  # the held ones first in the queue, "free" after all of them
+        await redis.zadd(queue_name, {**{n: now - 10_000 + i for i, n in enumerate(held)}, "free": now - 1})
         redis.execute_command = counted
         await worker._poll_iteration()  # noqa: SLF001
         redis.execute_command = execute
@@ -524,7 +529,7 @@ async def test_a_poll_takes_a_due_job_no_worker_holds_in_one_redis_call(settings
         redis.execute_command = execute
         finish.set()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        names = ("later", "held", "free")
+        names = ("later", *held, "free")
         await redis.delete(queue_name, *(job_key_prefix + n for n in names), *(in_progress_key_prefix + n for n in names))
         await worker.pool.aclose(close_connection_pool=True)
         await services.close()
