@@ -59,6 +59,12 @@ def as_stored(crc: int) -> int:
     return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
+def stored_of_text(text: str) -> int:
+    """`stored_fingerprint` from the fingerprint's text PostgreSQL builds for a row (`eventlog.feed_json`), as
+    `minter` hashes it."""
+    return as_stored(zlib.crc32(text.encode()))
+
+
 def epoch_prefix(epoch: UUID) -> bytes:
     """What a cursor carries of the log's epoch (the `bytea` `sql` takes)."""
     return epoch.bytes[:8]

@@ -9,7 +9,6 @@ broker has already passed, where every transaction has finished and nothing can 
 
 from __future__ import annotations
 
-import zlib
 from datetime import datetime
 from typing import Sequence
 from uuid import UUID
@@ -270,7 +269,7 @@ async def backfill_feed(conn: asyncpg.Connection, batch: int = 5000) -> int:
     filled, after = 0, 0
     while rows := await conn.fetch(_MISSING_SQL, after, batch):
         prints = [text for _, text in rows]
-        stored = [cursor.as_stored(zlib.crc32(text.encode())) for text in prints]
+        stored = [cursor.stored_of_text(text) for text in prints]
         status = await conn.execute(_FILL_SQL, [p for p, _ in rows], stored, prints)
         filled += int(status.split()[-1])
         after = rows[-1][0]

@@ -22,7 +22,7 @@ import pytest
 
 from domain.clip import Cancel, Complete, Register, Start, decide, evolve
 from domain.errors import NotFound, StaleAttempt, VersionConflict
-from eventlog import store
+from eventlog import locks, store
 from projections import clip_status
 from runtime.bootstrap import open_services
 from runtime.settings import Settings
@@ -195,7 +195,7 @@ async def test_an_interrupted_append_frees_the_session_locks_on_its_connection_w
             assert await conn.fetchval(HELD) == 0
 
             await conn.execute("SELECT pg_advisory_lock(4242)")
-        await holder.execute("SELECT pg_advisory_lock(72616)")  # the allocator's lock, held elsewhere
+        await holder.execute("SELECT pg_advisory_lock($1)", locks.POSITION_ALLOCATOR)  # held elsewhere
         waiting = asyncio.Event()
 
         async def append_while_the_allocator_waits() -> None:
@@ -216,7 +216,7 @@ async def test_an_interrupted_append_frees_the_session_locks_on_its_connection_w
         appending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await appending
-        await holder.execute("SELECT pg_advisory_unlock(72616)")
+        await holder.execute("SELECT pg_advisory_unlock($1)", locks.POSITION_ALLOCATOR)
         async with services.pool.acquire() as conn:
             assert await conn.fetchval(HELD) == 0
             assert [e.type for e in await store.read_stream(conn, "p", "c")] == ["extraction.requested"]
