@@ -14,13 +14,17 @@ CLIPLOG_FFMPEG (`runtime.settings.find_ffmpeg`, the binary the bare case runs to
    new start offset and new clip ids, the order of the cases rotating from round to round:
    A  bare       `handlers.ffmpeg.cut_command(ffmpeg, source, start, start + 10, "copy", temporary target)` run
                  with `subprocess.run`: what the worker's cut costs with nothing around it.
-   B  feed       POST /api/clips/projects/{p}/clips, then `GET /api/events?after=<cursor>&wait=5` (long poll)
+   B  ws         the feed's WebSocket (`GET /api/events/ws` from the log's head, connected and caught up before
+                 the clock starts, as an app's clip list is), then the same POST, until the clip's
+                 `extraction.completed` frame arrives.
+   C  feed       POST /api/clips/projects/{p}/clips, then `GET /api/events?after=<cursor>&wait=5` (long poll)
                  until the clip's `extraction.completed` arrives; the cursor is taken before the POST.
-   C  poll       the same POST, then `GET /api/clips/projects/{p}/clips/{id}` every 2 ms until `completed`.
-   (B is left out, with the reason printed, when the feed endpoint does not answer or does not deliver.)
+   D  poll       the same POST, then `GET /api/clips/projects/{p}/clips/{id}` every 2 ms until `completed`.
+   (B and C are left out, with the reason printed, when the feed does not answer or does not deliver.)
    Each service clip's events (read from the database afterwards) split its time into segments.
 2. Throughput: a batch of clips POSTed at once (16 requests in flight), timed from the first POST until the client
-   has seen every clip `completed` (through the feed, else by listing the project every 50 ms), with 1 worker
+   has seen every clip `completed` (on the feed's socket, connected before the first POST; `--observe feed`: by the
+   long poll; without a feed by listing the project every 50 ms), with 1 worker
    process and with 2 worker processes (concurrency 1 each; the second is started for the run and stopped after),
    a fresh project each time, CHECKPOINT before each run. As the machine's ceiling, the same cuts run by bare
    FFmpeg, 1 and 2 at a time. The four cases are interleaved (bare 1, cliplog 1, bare 2, cliplog 2, then the
@@ -67,12 +71,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
 import psutil
 from arq.connections import ArqRedis
 from arq.jobs import Job
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
 
 from bench.common import apply_defaults, cell, fmt
 from bench.scratch import scratch_database
@@ -237,7 +244,9 @@ class ClipFailed(Exception):
 
 class Client:
     def __init__(self, base_url: str, token: str) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.ws_url = base_url.replace("http", "ws", 1) + "/api/events/ws"
+        self.http = httpx.AsyncClient(base_url=base_url, headers=self.headers, timeout=30)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -269,6 +278,18 @@ class Client:
     async def head(self) -> str:
         return (await self.events("latest", 0, 1))["next_cursor"]
 
+    async def socket(self) -> ClientConnection:
+        """The feed's WebSocket from the log's head, once its (empty) backlog is sent: subscribed before the clips
+        are registered, as an app's clip list is."""
+        ws = await connect(
+            f"{self.ws_url}?{urlencode({'after': await self.head()})}", additional_headers=self.headers,
+            compression=None, proxy=None,
+        )
+        async with asyncio.timeout(10):
+            while json.loads(await ws.recv()).get("type") != "caught_up":
+                pass
+        return ws
+
 
 def _check_failed(clip: dict) -> None:
     if clip["status"] in ("failed", "retrying"):
@@ -286,6 +307,26 @@ async def until_completed_poll(client: Client, project: str, clip_id: str, timeo
         if time.monotonic() > deadline:
             raise TimeoutError(f"{project}/{clip_id} not completed within {timeout:g} s (status {clip['status']})")
         await asyncio.sleep(POLL_EVERY)
+
+
+async def until_completed_ws(ws: ClientConnection, project: str, clip_ids: set[str], timeout: float) -> float:
+    """Read the feed's socket until every clip in `clip_ids` has `extraction.completed`; the wall time (time.time)
+    at which the last one arrived."""
+    remaining = set(clip_ids)
+    async with asyncio.timeout(timeout):
+        async for message in ws:
+            now = time.time()
+            sent = json.loads(message)
+            event = sent.get("event", {})  # {"type": "event", "event": {...}}; pings and progress reports have none
+            if event.get("project_id") != project or event.get("clip_id") not in remaining:
+                continue
+            if event["type"] == "extraction.completed":
+                remaining.discard(event["clip_id"])
+                if not remaining:
+                    return now
+            elif event["type"] in ("extraction.failed", "extraction.timed_out"):
+                raise ClipFailed(f"{project}/{event['clip_id']}: {event['type']} {event['data']}")
+    raise ClipFailed(f"the feed's socket closed with {len(remaining)} clip(s) of {project} not completed")
 
 
 async def until_completed_feed(
@@ -450,6 +491,13 @@ async def register_and_wait(
     client: Client, project: str, clip_id: str, start: float, observe: str, mode: str = "copy",
     seconds: float = CLIP_SECONDS,
 ) -> Sighting:  # fmt: skip
+    if observe == "ws":
+        async with await client.socket() as ws:
+            t0_wall, t0 = time.time(), time.perf_counter()
+            await client.register(project, clip_id, start, start + seconds, mode)
+            answered = time.perf_counter() - t0
+            seen_wall = await until_completed_ws(ws, project, {clip_id}, timeout=60)
+        return Sighting(project, clip_id, t0_wall, answered, seen_wall)
     cursor = await client.head() if observe == "feed" else ""
     t0_wall, t0 = time.time(), time.perf_counter()
     await client.register(project, clip_id, start, start + seconds, mode)
@@ -504,10 +552,11 @@ def bare_cut(ffmpeg: str, source: Path, start: float, scratch: Path) -> tuple[fl
 
 
 async def probe_feed(client: Client, project: str) -> str | None:
-    """None when the long-poll feed delivers a clip's completion; else why not."""
+    """None when the long-poll feed and the socket deliver a clip's completion; else why not."""
     try:
         sighting = await register_and_wait(client, project, "feed-probe", 30.0, "feed")
-    except (httpx.HTTPError, KeyError, ValueError, TimeoutError) as error:
+        await register_and_wait(client, project, "socket-probe", 32.0, "ws")
+    except (httpx.HTTPError, KeyError, ValueError, TimeoutError, OSError, WebSocketException) as error:
         return f"{type(error).__name__}: {str(error)[:200]}"
     log(f"feed probe: long poll delivered the completion in {sighting.seconds * 1000:.0f} ms")
     return None
@@ -551,6 +600,7 @@ async def run_latency(
 def render_latency(runs: dict[str, list[LatencyRun]], observers: list[str], feed_note: str | None) -> list[str]:
     labels = {
         "bare": "bare FFmpeg (`cut_command`, `subprocess.run`)",
+        "ws": "cliplog, client follows the WebSocket `GET /api/events/ws` (connected before the POST)",
         "feed": "cliplog, client long-polls `GET /api/events?wait=5`",
         "poll": f"cliplog, client polls `GET …/clips/{{id}}` every {POLL_EVERY * 1000:g} ms",
     }
@@ -657,6 +707,7 @@ async def throughput_run(
         await asyncio.sleep(0.2)
         ids = [f"c{i:03d}" for i in range(batch)]
         cursor = await client.head() if observe == "feed" else ""
+        ws = await client.socket() if observe == "ws" else None
         meter = CpuMeter(cluster.cpu_groups)
         meter.start()
         t0_wall, t0 = time.time(), time.perf_counter()
@@ -672,7 +723,12 @@ async def throughput_run(
             return time.perf_counter() - t0
 
         timeout = 30 + batch * 2.0
-        if observe == "feed":
+        if ws is not None:
+            async with ws:
+                registering = asyncio.create_task(register_all())
+                seen_wall = await until_completed_ws(ws, project, set(ids), timeout)
+                register_seconds = await registering
+        elif observe == "feed":
             registering = asyncio.create_task(register_all())
             seen_wall = await until_completed_feed(client, project, set(ids), cursor, timeout)
             register_seconds = await registering
@@ -722,6 +778,7 @@ async def throughput_run(
 CPU_GROUPS = ("api", "workers", "ffmpeg", "postgres", "redis", "client", "other")
 
 
+OBSERVED_BY = {"ws": "the feed's WebSocket", "feed": "the long-poll feed", "poll": "listing the project"}
 THROUGHPUT_CASES = {
     "svc1": "cliplog, 1 worker process × concurrency 1",
     "svc2": "cliplog, 2 worker processes × concurrency 1",
@@ -778,16 +835,43 @@ def render_throughput(runs: dict[str, list[ThroughputRun]], batch: int) -> list[
         f"| cliplog 2 workers / bare FFmpeg 2 at a time | {eff2:.2f} | {eff2_rounds} |",
         f"| (cliplog 2 / 1) / (bare 2 / 1) (target ≥ 0.95) | {ratio / bare_ratio:.2f} | |",
     ]
+    lines += _cpu_ceiling(runs, eff1)
     per_clip = []
     for case in ("svc1", "svc2", "bare1", "bare2"):
-        groups = ("api", "workers", "ffmpeg", "postgres", "redis") if case.startswith("svc") else ("client",)
-        cells = ", ".join(
-            f"{g} {statistics.median(r.cpu.cores.get(g, 0.0) * r.seconds / r.clips for r in runs[case]) * 1000:.1f}"
-            for g in groups
-        )
+        groups = CLIPLOG_GROUPS + ("ffmpeg",) if case.startswith("svc") else ("client",)
+        cells = ", ".join(f"{g} {_cpu_ms(runs[case], (g,)):.1f}" for g in groups)
         per_clip.append(f"{THROUGHPUT_CASES[case]}: {cells}")
     lines += ["", "CPU per clip, ms (median over the rounds; bare: its FFmpeg runs): " + "; ".join(per_clip) + "."]
     return lines
+
+
+CLIPLOG_GROUPS = ("api", "workers", "postgres", "redis")  # cliplog's own processes, its FFmpeg runs apart
+
+
+def _cpu_ms(runs: Sequence[ThroughputRun], groups: Sequence[str]) -> float:
+    """The median over the runs of the CPU time `groups` spent per clip, ms."""
+    return statistics.median(sum(r.cpu.cores.get(g, 0.0) for g in groups) * r.seconds / r.clips for r in runs) * 1000
+
+
+def _cpu_ceiling(runs: dict[str, list[ThroughputRun]], one_worker_share: float) -> list[str]:
+    """What the host's CPUs allow 2 workers whatever the service's scheduling, when the 2 at a time runs keep them
+    busy: FFmpeg cannot have the CPU time the service's own processes spend per clip, so cliplog 2 workers reach at
+    most ffmpeg / (ffmpeg + service) of bare FFmpeg 2 at a time (FFmpeg's CPU per clip as bare FFmpeg spent it 2 at
+    a time; the bench client's own CPU left out, which only raises the ceiling). Divided by the 1-worker share of
+    bare, that bounds (cliplog 2 / 1) / (bare 2 / 1)."""
+    ffmpeg, service = _cpu_ms(runs["bare2"], ("client",)), _cpu_ms(runs["svc2"], CLIPLOG_GROUPS)
+    busy = statistics.median(r.cpu.host_busy for r in runs["svc2"] + runs["bare2"])
+    ceiling = ffmpeg / (ffmpeg + service)
+    # the service's CPU per clip under which 0.95 would fit: ffmpeg / (ffmpeg + s) >= 0.95 * one_worker_share
+    allowed = ffmpeg * (1 / (0.95 * one_worker_share) - 1)
+    return [
+        "",
+        f"CPU ceiling (the 2-at-a-time runs kept the host's CPUs {busy:.0%} busy): the service's own processes spent "
+        f"{service:.1f} ms of CPU per clip with 2 workers ({' + '.join(CLIPLOG_GROUPS)}; PostgreSQL's shared processes serve the server's other databases too), bare FFmpeg {ffmpeg:.1f} ms "
+        f"per cut 2 at a time, so cliplog 2 workers / bare 2 at a time is at most {ceiling:.2f} here, and "
+        f"(cliplog 2 / 1) / (bare 2 / 1) at most {ceiling / one_worker_share:.2f}; 0.95 would need the service under "
+        f"{allowed:.1f} ms of CPU per clip.",
+    ]
 
 
 # 3. Detection after SIGKILL -----------------------------------------------------------------------------------
@@ -1200,12 +1284,13 @@ async def bench(args: argparse.Namespace) -> str:
                 feed_note = "--observe poll"
             else:
                 feed_note = await probe_feed(client, "latency")
-                if feed_note and args.observe == "feed":
+                if feed_note and args.observe in ("ws", "feed"):
                     raise RuntimeError(f"the feed does not work: {feed_note}")
                 if feed_note:
                     log(f"feed unavailable ({feed_note}); observing by polling")
-            observers = ["poll"] if feed_note else ["feed", "poll"]
-            observe = "poll" if feed_note else "feed"
+            observers = ["poll"] if feed_note else ["ws", "feed", "poll"]
+            # the batches are watched as an app's clip list watches them: on the feed's socket (unless asked)
+            observe = "poll" if feed_note else ("feed" if args.observe == "feed" else "ws")
 
             sections = {int(n) for n in args.sections.split(",")}
             latency: dict[str, list[LatencyRun]] = {}
@@ -1290,11 +1375,11 @@ async def bench(args: argparse.Namespace) -> str:
                 header.insert(-4, "")
             if 1 not in sections:
                 header = header[:-2]
-            lines = header + (render_latency(latency, observers, None if observe == "feed" else feed_note) if 1 in sections else [])
+            lines = header + (render_latency(latency, observers, feed_note if observe == "poll" else None) if 1 in sections else [])
             lines += [] if 2 not in sections else [
                 "",
                 f"### 2. Throughput: {args.batch} clips POSTed at once ({args.throughput_rounds} interleaved round(s), "
-                f"observed by {'the long-poll feed' if observe == 'feed' else 'listing the project'}), against the same "
+                f"observed by {OBSERVED_BY[observe]}), against the same "
                 "cuts run by bare FFmpeg",
                 "",
             ]
@@ -1351,8 +1436,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, help="clips per throughput batch (default 100, --quick 30)")
     parser.add_argument("--throughput-rounds", type=int, help="interleaved throughput rounds (default 3, --quick 1)")
     parser.add_argument("--detection-runs", type=int, help="SIGKILL runs (default 5, --quick 2)")
-    parser.add_argument("--observe", choices=("auto", "feed", "poll"), default="auto",
-                        help="how the client sees completions: the long-poll feed when it works (auto), or polling")
+    parser.add_argument("--observe", choices=("auto", "ws", "feed", "poll"), default="auto",
+                        help="how the client sees a batch's completions: the feed's WebSocket when the feed works (auto), "
+                        "the long poll (feed), or listing the project (poll); the latency rounds use all three")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, clips)")
     parser.add_argument("--sections", default="1,2,3,4,5",
                         help="which sections to run, e.g. 4,5 (default all: 1,2,3,4,5)")
