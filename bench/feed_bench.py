@@ -64,6 +64,10 @@ Catch-up: the events table is bulk-loaded (one transaction, the rows as the appe
                no cliplog) and fetched and decoded the same way: the ceiling of HTTP + JSON on this machine.
   E  baseline  with `--baseline-python PY`: A and C through a second `cliplog serve` run by PY (e.g. main's
                `.venv/bin/python`, importing main's tree): a before/after in the same run.
+  Then where a page's time goes, per request, in as many rounds: A's requests again after each page's cursor with
+  `limit=1` (what a request costs whatever it reads) and with limit=1000, and B after each page's position; the wall
+  time and the CPU (user + system, psutil) of the API process, of this database's PostgreSQL backends
+  (`pg_stat_activity`) and of this client process.
 
 Progress goes to stderr; the result table (medians over the rounds, with min and max) goes to stdout.
 """
@@ -89,7 +93,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import urlencode
 
 import asyncpg
@@ -671,6 +675,104 @@ async def catch_up_raw(conn: asyncpg.Connection, expected: int) -> Rate:
     return Rate(count, seconds)
 
 
+@dataclass
+class PageCost:
+    """One pass over a catch-up's pages of one size: wall time and CPU per request, ms."""
+
+    wall: float
+    api: float
+    postgres: float
+    client: float
+
+
+class ProcessCpu:
+    """CPU seconds (user + system) that processes used between `start` and `stop`: those `pids` returns at each end
+    (one that came in between counts from its start; one gone by the end is not counted)."""
+
+    def __init__(self, pids: Callable[[], Awaitable[Sequence[int]]]) -> None:
+        self.pids = pids
+
+    async def _now(self) -> dict[int, float]:
+        times = {}
+        for pid in await self.pids():
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            times[pid] = t.user + t.system
+        return times
+
+    async def start(self) -> None:
+        self._started = await self._now()
+
+    async def stop(self) -> float:
+        return sum(t - self._started.get(pid, 0.0) for pid, t in (await self._now()).items())
+
+
+def these(*pids: int) -> Callable[[], Awaitable[Sequence[int]]]:
+    async def listed() -> Sequence[int]:
+        return pids
+
+    return listed
+
+
+async def page_cost(
+    admin: asyncpg.Connection, server: Server, token: str, cursors: Sequence[str | None], limit: int
+) -> PageCost:
+    """`GET /api/events?limit=<limit>` after each of `cursors`, with the catch-up's client (httpx, msgspec)."""
+    import httpx
+
+    decode = msgspec.json.decode
+
+    async def backends() -> Sequence[int]:  # this database's, the admin connection's own left out
+        return await admin.fetchval(
+            "SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+    meters = {"api": ProcessCpu(these(server.pid)), "postgres": ProcessCpu(backends), "client": ProcessCpu(these(os.getpid()))}
+    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=60) as http:
+        await http.get("/api/events", params={"limit": 1})
+        for meter in meters.values():
+            await meter.start()
+        started = time.perf_counter()
+        for after in cursors:
+            decode((await http.get("/api/events", params={"limit": limit, **({"after": after} if after else {})})).content)
+        wall = time.perf_counter() - started
+        cpu = {name: await meter.stop() for name, meter in meters.items()}
+    per = 1000 / len(cursors)
+    return PageCost(wall * per, cpu["api"] * per, cpu["postgres"] * per, cpu["client"] * per)
+
+
+async def raw_cost(conn: asyncpg.Connection, positions: Sequence[int]) -> PageCost:
+    """The raw keyset SELECT's pages after each of `positions`, as `catch_up_raw` reads them."""
+    postgres, client = ProcessCpu(these(await conn.fetchval("SELECT pg_backend_pid()"))), ProcessCpu(these(os.getpid()))
+    await postgres.start()
+    await client.start()
+    started = time.perf_counter()
+    for position in positions:
+        await conn.fetch(RAW_READ, position, PAGE)
+    wall = time.perf_counter() - started
+    per = 1000 / len(positions)
+    return PageCost(wall * per, math.nan, await postgres.stop() * per, await client.stop() * per)
+
+
+async def page_cursors(server: Server, token: str) -> tuple[list[str | None], list[int]]:
+    """The cursor and position each page of a catch-up is read after (None, 0: the beginning)."""
+    import httpx
+
+    cursors: list[str | None] = [None]
+    positions = [0]
+    async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": f"Bearer {token}"}) as http:
+        while True:
+            params = {"limit": PAGE, **({"after": cursors[-1]} if cursors[-1] else {})}
+            page = msgspec.json.decode((await http.get("/api/events", params=params)).content)
+            if not page["events"]:  # the last cursor is the end's
+                return cursors[:-1], positions[:-1]
+            cursors.append(page["next_cursor"])
+            positions.append(page["events"][-1]["position"])
+
+
 # The events as the appends write them (with their feed JSON, eventlog.feed_json, and their cursor fingerprints,
 # which Python computes as `store.append` does: eventlog.cursor.stored_fingerprint)
 BULK_LOAD = store.insert_sql("""
@@ -715,12 +817,31 @@ def _ratio(numerators: Sequence[float], denominators: Sequence[float]) -> tuple[
     return median, f"{median:.2f} ({min(per_round):.2f}–{max(per_round):.2f})"
 
 
+def render_costs(costs: dict[str, list[PageCost]]) -> list[str]:
+    """Where a page's time goes: per request, a page of 1 event (the request's own cost) and of PAGE events, next to
+    a raw page; CPU of the API process, of this database's PostgreSQL backends and of the client process."""
+    labels = {"1": "`GET /api/events` limit=1", str(PAGE): f"`GET /api/events` limit={PAGE}", "raw": "raw keyset SELECT"}
+    lines = [
+        "| per page (after each of the catch-up's page cursors) | wall ms | API CPU ms | PostgreSQL CPU ms (this "
+        "database's backends) | client CPU ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for case, label in labels.items():
+        rows = costs.get(case, [])
+        if rows:
+            api = "—" if case == "raw" else cell([c.api for c in rows])
+            lines.append(f"| {label} | {cell([c.wall for c in rows])} | {api} | {cell([c.postgres for c in rows])} | "
+                         f"{cell([c.client for c in rows])} |")
+    return lines
+
+
 def render(
     delays: dict[tuple[str, str], list[Delays]],
     memory: list[float],
     catch_up: dict[str, list[Rate]],
     header: list[str],
     warmup: int = WARMUP,
+    costs: dict[str, list[PageCost]] | None = None,
 ) -> str:
     floor_p99 = [d.p99_ms for d in delays.get(("floor", "handled"), [])]
     lines = [*header, ""]
@@ -781,6 +902,8 @@ def render(
             f"{cell([r.per_second for r in raw])} | {ratio_text} | ≥ 0.5 × raw | {'met' if ratio >= 0.5 else 'NOT met'} |"
         )
         verdicts.append(f"catch-up ({case}) at {ratio:.2f} × raw ({'met' if ratio >= 0.5 else 'NOT met'})")
+    if costs:
+        lines += ["", *render_costs(costs)]
     if kb:
         verdicts.append(f"{statistics.median(kb):.1f} KB per idle subscriber ({'met' if mem_ok else 'NOT met'})")
     lines.append("")
@@ -882,6 +1005,7 @@ async def bench(args: argparse.Namespace) -> str:
             static, static_url = await static_server(server, token, workdir)
             runs["static"] = lambda: catch_up_static(static_url, expected)
             catch_up: dict[str, list[Rate]] = defaultdict(list)
+            costs: dict[str, list[PageCost]] = defaultdict(list)  # page size ("raw": the raw SELECT's) -> per round
             try:
                 for run in runs.values():  # warm the caches and the statements
                     await run()
@@ -891,6 +1015,13 @@ async def bench(args: argparse.Namespace) -> str:
                         catch_up[case].append(await run())
                     log(f"catch-up round {r + 1}/{args.rounds}: "
                         + ", ".join(f"{case} {rates[-1].per_second:9,.0f} events/s" for case, rates in catch_up.items()))
+                cursors, positions = await page_cursors(server, token)
+                for r in range(args.rounds):
+                    costs["1"].append(await page_cost(admin, server, token, cursors, 1))
+                    costs[str(PAGE)].append(await page_cost(admin, server, token, cursors, PAGE))
+                    costs["raw"].append(await raw_cost(raw_conn, positions))
+                    log(f"page cost round {r + 1}/{args.rounds}: " + ", ".join(
+                        f"{case} {c[-1].wall:.2f} ms" for case, c in costs.items()))
             finally:
                 await raw_conn.close()
                 if baseline is not None:
@@ -907,7 +1038,7 @@ async def bench(args: argparse.Namespace) -> str:
                 f"cases interleaved. Memory: {args.memory_rounds} fresh servers. Catch-up: {expected:,} events, "
                 f"{args.rounds} interleaved rounds. Whole run {time.perf_counter() - started:.0f} s.",
             ]
-            return render(delays, memory, catch_up, header, args.warmup)
+            return render(delays, memory, catch_up, header, args.warmup, costs)
         finally:
             if server is not None:
                 server.stop()
