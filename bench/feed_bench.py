@@ -66,8 +66,8 @@ Catch-up: the events table is bulk-loaded (one transaction, the rows as the appe
                `.venv/bin/python`, importing main's tree): a before/after in the same run.
   Then where a page's time goes, per request, in as many rounds: A's requests again after each page's cursor with
   `limit=1` (what a request costs whatever it reads) and with limit=1000, and B after each page's position; the wall
-  time and the CPU (user + system, psutil) of the API process, of this database's PostgreSQL backends
-  (`pg_stat_activity`) and of this client process.
+  time and the CPU (the scheduler's nanosecond counts, /proc/<pid>/task/*/schedstat) of the API process, of this
+  database's PostgreSQL backends (`pg_stat_activity`; autovacuum's included if it ran) and of this client process.
 
 Progress goes to stderr; the result table (medians over the rounds, with min and max) goes to stdout.
 """
@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -685,8 +686,23 @@ class PageCost:
     client: float
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time a process's threads have run, from the scheduler's nanosecond counts (`/proc/<pid>/task/*/
+    schedstat`: psutil's `cpu_times` counts in clock ticks, 10 ms here, too coarse for a request); None once it is
+    gone. Threads that ended are not in it."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return total / 1e9
+
+
 class ProcessCpu:
-    """CPU seconds (user + system) that processes used between `start` and `stop`: those `pids` returns at each end
+    """CPU seconds that processes used between `start` and `stop` (`cpu_seconds`): those `pids` returns at each end
     (one that came in between counts from its start; one gone by the end is not counted)."""
 
     def __init__(self, pids: Callable[[], Awaitable[Sequence[int]]]) -> None:
@@ -695,11 +711,8 @@ class ProcessCpu:
     async def _now(self) -> dict[int, float]:
         times = {}
         for pid in await self.pids():
-            try:
-                t = psutil.Process(pid).cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            times[pid] = t.user + t.system
+            if (seconds := cpu_seconds(pid)) is not None:
+                times[pid] = seconds
         return times
 
     async def start(self) -> None:
@@ -716,6 +729,18 @@ def these(*pids: int) -> Callable[[], Awaitable[Sequence[int]]]:
     return listed
 
 
+def backends_of(admin: asyncpg.Connection) -> Callable[[], Awaitable[Sequence[int]]]:
+    """The PostgreSQL backends of `admin`'s database, its own left out."""
+
+    async def listed() -> Sequence[int]:
+        return await admin.fetchval(
+            "SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+    return listed
+
+
 async def page_cost(
     admin: asyncpg.Connection, server: Server, token: str, cursors: Sequence[str | None], limit: int
 ) -> PageCost:
@@ -723,13 +748,10 @@ async def page_cost(
     import httpx
 
     decode = msgspec.json.decode
-
-    async def backends() -> Sequence[int]:  # this database's, the admin connection's own left out
-        return await admin.fetchval(
-            "SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-
-    meters = {"api": ProcessCpu(these(server.pid)), "postgres": ProcessCpu(backends), "client": ProcessCpu(these(os.getpid()))}
+    meters = {
+        "api": ProcessCpu(these(server.pid)), "postgres": ProcessCpu(backends_of(admin)),
+        "client": ProcessCpu(these(os.getpid())),
+    }
     headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
     async with httpx.AsyncClient(base_url=server.http, headers=headers, timeout=60) as http:
         await http.get("/api/events", params={"limit": 1})
@@ -744,9 +766,9 @@ async def page_cost(
     return PageCost(wall * per, cpu["api"] * per, cpu["postgres"] * per, cpu["client"] * per)
 
 
-async def raw_cost(conn: asyncpg.Connection, positions: Sequence[int]) -> PageCost:
+async def raw_cost(admin: asyncpg.Connection, conn: asyncpg.Connection, positions: Sequence[int]) -> PageCost:
     """The raw keyset SELECT's pages after each of `positions`, as `catch_up_raw` reads them."""
-    postgres, client = ProcessCpu(these(await conn.fetchval("SELECT pg_backend_pid()"))), ProcessCpu(these(os.getpid()))
+    postgres, client = ProcessCpu(backends_of(admin)), ProcessCpu(these(os.getpid()))
     await postgres.start()
     await client.start()
     started = time.perf_counter()
@@ -823,7 +845,7 @@ def render_costs(costs: dict[str, list[PageCost]]) -> list[str]:
     labels = {"1": "`GET /api/events` limit=1", str(PAGE): f"`GET /api/events` limit={PAGE}", "raw": "raw keyset SELECT"}
     lines = [
         "| per page (after each of the catch-up's page cursors) | wall ms | API CPU ms | PostgreSQL CPU ms (this "
-        "database's backends) | client CPU ms |",
+        "database's backends) | client CPU ms (httpx + msgspec; raw: asyncpg) |",
         "|---|---:|---:|---:|---:|",
     ]
     for case, label in labels.items():
@@ -1019,7 +1041,7 @@ async def bench(args: argparse.Namespace) -> str:
                 for r in range(args.rounds):
                     costs["1"].append(await page_cost(admin, server, token, cursors, 1))
                     costs[str(PAGE)].append(await page_cost(admin, server, token, cursors, PAGE))
-                    costs["raw"].append(await raw_cost(raw_conn, positions))
+                    costs["raw"].append(await raw_cost(admin, raw_conn, positions))
                     log(f"page cost round {r + 1}/{args.rounds}: " + ", ".join(
                         f"{case} {c[-1].wall:.2f} ms" for case, c in costs.items()))
             finally:

@@ -28,7 +28,9 @@ CLIPLOG_FFMPEG (`runtime.settings.find_ffmpeg`, the binary the bare case runs to
    process and with 2 worker processes (concurrency 1 each; the second is started for the run and stopped after),
    a fresh project each time, CHECKPOINT before each run. As the machine's ceiling, the same cuts run by bare
    FFmpeg, 1 and 2 at a time. The four cases are interleaved (bare 1, cliplog 1, bare 2, cliplog 2, then the
-   reverse order in the next round), and the CPU use of each group of processes is recorded.
+   reverse order in the next round), and the CPU use of each group of processes is recorded. From it, the CPU
+   ceiling of 2 workers: the share of bare FFmpeg 2 at a time that is left when FFmpeg cannot have the CPU the
+   service's own processes spend per clip (`_cpu_ceiling`).
 3. Detection after SIGKILL: a survivor worker leads the reaper; a victim worker whose CLIPLOG_FFMPEG sleeps 30 s
    before exec'ing FFmpeg takes an attempt; a random delay in [0, heartbeat) after the clip shows `running`, the
    victim's process group gets SIGKILL. Detection is the `recorded_at` of the reaper's `extraction.timed_out` minus
@@ -55,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -285,9 +288,13 @@ class Client:
             f"{self.ws_url}?{urlencode({'after': await self.head()})}", additional_headers=self.headers,
             compression=None, proxy=None,
         )
-        async with asyncio.timeout(10):
-            while json.loads(await ws.recv()).get("type") != "caught_up":
-                pass
+        try:
+            async with asyncio.timeout(10):
+                while json.loads(await ws.recv()).get("type") != "caught_up":
+                    pass
+        except BaseException:
+            await ws.close()
+            raise
         return ws
 
 
@@ -551,14 +558,14 @@ def bare_cut(ffmpeg: str, source: Path, start: float, scratch: Path) -> tuple[fl
     return seconds, {"fsync": fsync}
 
 
-async def probe_feed(client: Client, project: str) -> str | None:
-    """None when the long-poll feed and the socket deliver a clip's completion; else why not."""
+async def probe_feed(client: Client, project: str, observe: str, clip_id: str, start: float) -> str | None:
+    """None when `observe` (the long poll, "feed", or the socket, "ws") delivers a clip's completion; else why not."""
     try:
-        sighting = await register_and_wait(client, project, "feed-probe", 30.0, "feed")
-        await register_and_wait(client, project, "socket-probe", 32.0, "ws")
-    except (httpx.HTTPError, KeyError, ValueError, TimeoutError, OSError, WebSocketException) as error:
+        sighting = await register_and_wait(client, project, clip_id, start, observe)
+    except (httpx.HTTPError, KeyError, ValueError, TimeoutError, OSError, WebSocketException, ClipFailed,
+            RuntimeError) as error:  # fmt: skip
         return f"{type(error).__name__}: {str(error)[:200]}"
-    log(f"feed probe: long poll delivered the completion in {sighting.seconds * 1000:.0f} ms")
+    log(f"feed probe: {OBSERVED_BY[observe]} delivered the completion in {sighting.seconds * 1000:.0f} ms")
     return None
 
 
@@ -597,7 +604,7 @@ async def run_latency(
     return runs
 
 
-def render_latency(runs: dict[str, list[LatencyRun]], observers: list[str], feed_note: str | None) -> list[str]:
+def render_latency(runs: dict[str, list[LatencyRun]], observers: list[str], notes: dict[str, str]) -> list[str]:
     labels = {
         "bare": "bare FFmpeg (`cut_command`, `subprocess.run`)",
         "ws": "cliplog, client follows the WebSocket `GET /api/events/ws` (connected before the POST)",
@@ -633,9 +640,9 @@ def render_latency(runs: dict[str, list[LatencyRun]], observers: list[str], feed
         "cluster, its PostgreSQL database nor this client used (kernel, other processes on the host); well above "
         "0 means someone else's load disturbed the run."
     )
-    if feed_note:
+    for observer, note in notes.items():
         lines.append("")
-        lines.append(f"The long-poll feed was not measured: {feed_note}")
+        lines.append(f"Not measured: {OBSERVED_BY[observer]} ({note}).")
     lines += ["", "Where the service time goes (medians; segments from the clip's `recorded_at` and the client's "
               "clock, same host):", ""]  # fmt: skip
     header = "| segment | " + " | ".join(f"{c} ms" for c in observers) + " |"
@@ -707,35 +714,33 @@ async def throughput_run(
         await asyncio.sleep(0.2)
         ids = [f"c{i:03d}" for i in range(batch)]
         cursor = await client.head() if observe == "feed" else ""
-        ws = await client.socket() if observe == "ws" else None
-        meter = CpuMeter(cluster.cpu_groups)
-        meter.start()
-        t0_wall, t0 = time.time(), time.perf_counter()
-        gate = asyncio.Semaphore(POST_CONCURRENCY)
+        async with contextlib.AsyncExitStack() as stack:
+            ws = await stack.enter_async_context(await client.socket()) if observe == "ws" else None
+            meter = CpuMeter(cluster.cpu_groups)
+            meter.start()
+            t0_wall, t0 = time.time(), time.perf_counter()
+            gate = asyncio.Semaphore(POST_CONCURRENCY)
 
-        async def post(i: int, clip_id: str) -> None:
-            async with gate:
-                start = batch_start(i)
-                await client.register(project, clip_id, start, start + CLIP_SECONDS)
+            async def post(i: int, clip_id: str) -> None:
+                async with gate:
+                    start = batch_start(i)
+                    await client.register(project, clip_id, start, start + CLIP_SECONDS)
 
-        async def register_all() -> float:
-            await asyncio.gather(*(post(i, c) for i, c in enumerate(ids)))
-            return time.perf_counter() - t0
+            async def register_all() -> float:
+                await asyncio.gather(*(post(i, c) for i, c in enumerate(ids)))
+                return time.perf_counter() - t0
 
-        timeout = 30 + batch * 2.0
-        if ws is not None:
-            async with ws:
-                registering = asyncio.create_task(register_all())
-                seen_wall = await until_completed_ws(ws, project, set(ids), timeout)
-                register_seconds = await registering
-        elif observe == "feed":
-            registering = asyncio.create_task(register_all())
-            seen_wall = await until_completed_feed(client, project, set(ids), cursor, timeout)
-            register_seconds = await registering
-        else:
-            register_seconds = await register_all()
-            seen_wall = await until_all_completed_list(client, project, set(ids), timeout)
-        cpu = meter.stop()
+            timeout = 30 + batch * 2.0
+            if observe == "poll":
+                register_seconds = await register_all()
+                seen_wall = await until_all_completed_list(client, project, set(ids), timeout)
+            else:
+                watch = (until_completed_ws(ws, project, set(ids), timeout) if ws is not None
+                         else until_completed_feed(client, project, set(ids), cursor, timeout))  # fmt: skip
+                async with asyncio.TaskGroup() as group:  # a failed POST ends the watch, a failed watch the POSTs
+                    registering, watching = group.create_task(register_all()), group.create_task(watch)
+                register_seconds, seen_wall = registering.result(), watching.result()
+            cpu = meter.stop()
         seconds = seen_wall - t0_wall
         span = await db.fetchrow(
             "SELECT min(recorded_at) FILTER (WHERE type = 'extraction.requested') AS first, "
@@ -854,23 +859,27 @@ def _cpu_ms(runs: Sequence[ThroughputRun], groups: Sequence[str]) -> float:
 
 
 def _cpu_ceiling(runs: dict[str, list[ThroughputRun]], one_worker_share: float) -> list[str]:
-    """What the host's CPUs allow 2 workers whatever the service's scheduling, when the 2 at a time runs keep them
+    """What the host's CPUs allow 2 workers whatever the service's scheduling, when the 2-at-a-time runs keep them
     busy: FFmpeg cannot have the CPU time the service's own processes spend per clip, so cliplog 2 workers reach at
-    most ffmpeg / (ffmpeg + service) of bare FFmpeg 2 at a time (FFmpeg's CPU per clip as bare FFmpeg spent it 2 at
-    a time; the bench client's own CPU left out, which only raises the ceiling). Divided by the 1-worker share of
-    bare, that bounds (cliplog 2 / 1) / (bare 2 / 1)."""
+    most ffmpeg / (ffmpeg + service) of bare FFmpeg 2 at a time (ffmpeg: the CPU per cut of the bench process
+    running bare FFmpeg 2 at a time, its FFmpeg children and its own spawning; the bench client's CPU in the cliplog
+    runs left out, which only raises the ceiling). Divided by the 1-worker share of bare, that bounds (cliplog 2 / 1)
+    / (bare 2 / 1). Both busy shares are printed: the bound assumes bare FFmpeg 2 at a time uses the CPUs at least
+    as fully as cliplog's 2 workers do."""
     ffmpeg, service = _cpu_ms(runs["bare2"], ("client",)), _cpu_ms(runs["svc2"], CLIPLOG_GROUPS)
-    busy = statistics.median(r.cpu.host_busy for r in runs["svc2"] + runs["bare2"])
+    busy = {case: statistics.median(r.cpu.host_busy for r in runs[case]) for case in ("bare2", "svc2")}
     ceiling = ffmpeg / (ffmpeg + service)
     # the service's CPU per clip under which 0.95 would fit: ffmpeg / (ffmpeg + s) >= 0.95 * one_worker_share
     allowed = ffmpeg * (1 / (0.95 * one_worker_share) - 1)
+    need = (f"0.95 would need the service under {allowed:.1f} ms of CPU per clip" if allowed > 0
+            else "0.95 fits whatever the service costs in this run (1 worker above 1/0.95 of bare)")  # fmt: skip
     return [
         "",
-        f"CPU ceiling (the 2-at-a-time runs kept the host's CPUs {busy:.0%} busy): the service's own processes spent "
-        f"{service:.1f} ms of CPU per clip with 2 workers ({' + '.join(CLIPLOG_GROUPS)}; PostgreSQL's shared processes serve the server's other databases too), bare FFmpeg {ffmpeg:.1f} ms "
-        f"per cut 2 at a time, so cliplog 2 workers / bare 2 at a time is at most {ceiling:.2f} here, and "
-        f"(cliplog 2 / 1) / (bare 2 / 1) at most {ceiling / one_worker_share:.2f}; 0.95 would need the service under "
-        f"{allowed:.1f} ms of CPU per clip.",
+        f"CPU ceiling (host CPUs busy: bare FFmpeg 2 at a time {busy['bare2']:.0%}, cliplog 2 workers "
+        f"{busy['svc2']:.0%}): the service's own processes ({' + '.join(CLIPLOG_GROUPS)}; PostgreSQL's shared "
+        f"processes serve the server's other databases too) spent {service:.1f} ms of CPU per clip with 2 workers, "
+        f"bare FFmpeg {ffmpeg:.1f} ms per cut 2 at a time, so cliplog 2 workers / bare 2 at a time is at most "
+        f"{ceiling:.2f} here, and (cliplog 2 / 1) / (bare 2 / 1) at most {ceiling / one_worker_share:.2f}; {need}.",
     ]
 
 
@@ -1279,18 +1288,19 @@ async def bench(args: argparse.Namespace) -> str:
             t = time.perf_counter()
             await register_and_wait(client, "latency", "warmup", 3.0, "poll")
             log(f"warm-up clip completed in {(time.perf_counter() - t) * 1000:.0f} ms")
-            feed_note: str | None = None
+            notes: dict[str, str] = {}  # observer -> why it is not measured
             if args.observe == "poll":
-                feed_note = "--observe poll"
+                notes = {"ws": "--observe poll", "feed": "--observe poll"}
             else:
-                feed_note = await probe_feed(client, "latency")
-                if feed_note and args.observe in ("ws", "feed"):
-                    raise RuntimeError(f"the feed does not work: {feed_note}")
-                if feed_note:
-                    log(f"feed unavailable ({feed_note}); observing by polling")
-            observers = ["poll"] if feed_note else ["ws", "feed", "poll"]
+                for kind, clip_id, at in (("feed", "feed-probe", 30.0), ("ws", "socket-probe", 32.0)):
+                    if (note := await probe_feed(client, "latency", kind, clip_id, at)) is not None:
+                        notes[kind] = note
+                        log(f"{OBSERVED_BY[kind]} unavailable ({note})")
+                if args.observe in notes:
+                    raise RuntimeError(f"{OBSERVED_BY[args.observe]} does not work: {notes[args.observe]}")
+            observers = [o for o in ("ws", "feed") if o not in notes] + ["poll"]
             # the batches are watched as an app's clip list watches them: on the feed's socket (unless asked)
-            observe = "poll" if feed_note else ("feed" if args.observe == "feed" else "ws")
+            observe = observers[0] if args.observe == "auto" else args.observe
 
             sections = {int(n) for n in args.sections.split(",")}
             latency: dict[str, list[LatencyRun]] = {}
@@ -1375,7 +1385,7 @@ async def bench(args: argparse.Namespace) -> str:
                 header.insert(-4, "")
             if 1 not in sections:
                 header = header[:-2]
-            lines = header + (render_latency(latency, observers, feed_note if observe == "poll" else None) if 1 in sections else [])
+            lines = header + (render_latency(latency, observers, notes) if 1 in sections else [])
             lines += [] if 2 not in sections else [
                 "",
                 f"### 2. Throughput: {args.batch} clips POSTed at once ({args.throughput_rounds} interleaved round(s), "
@@ -1438,7 +1448,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--detection-runs", type=int, help="SIGKILL runs (default 5, --quick 2)")
     parser.add_argument("--observe", choices=("auto", "ws", "feed", "poll"), default="auto",
                         help="how the client sees a batch's completions: the feed's WebSocket when the feed works (auto), "
-                        "the long poll (feed), or listing the project (poll); the latency rounds use all three")
+                        "the long poll (feed), or listing the project (poll); the latency rounds use each of them "
+                        "that works")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, clips)")
     parser.add_argument("--sections", default="1,2,3,4,5",
                         help="which sections to run, e.g. 4,5 (default all: 1,2,3,4,5)")
