@@ -384,10 +384,9 @@ class FeedBroker:
             sub.deliver_progress((message.project_id, message.clip_id), rendered)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            self._notified = max(self._notified, int(payload))
-        except ValueError:
-            pass
+        position = store.notice(payload).position
+        if position is not None:
+            self._notified = max(self._notified, position)
         self._wake.set()
 
     async def _listen(self) -> None:
