@@ -25,18 +25,10 @@ from typing import Iterable, Iterator
 
 import msgspec
 
-from domain.events import ExtractionStarted, Priority
+from domain.events import Priority
 
 BATCH_EVERY = 4
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
-# An attempt's start changes nothing admission reads: it was in flight as admitted and stays in flight as running.
-NOTHING_TO_ADMIT = frozenset({ExtractionStarted.__struct_config__.tag})
-
-
-def may_change_admission(appended: frozenset[str] | None) -> bool:
-    """Whether an append of events of these types (None: not known) may let another attempt in: a new or retried
-    attempt due, a slot freed, a limit's count lowered. Only a start alone cannot."""
-    return appended is None or not appended <= NOTHING_TO_ADMIT
 
 
 class Waiting(msgspec.Struct, frozen=True, kw_only=True):

@@ -384,9 +384,10 @@ class FeedBroker:
             sub.deliver_progress((message.project_id, message.clip_id), rendered)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        position = store.notice(payload).position
-        if position is not None:
-            self._notified = max(self._notified, position)
+        try:
+            self._notified = max(self._notified, int(payload))
+        except ValueError:
+            pass
         self._wake.set()
 
     async def _listen(self) -> None:

@@ -388,37 +388,16 @@ async def epoch(conn: asyncpg.Connection | asyncpg.Pool) -> UUID:
 NOTIFY_CHANNEL = "cliplog_events"
 
 
-async def notify(conn: asyncpg.Connection, position: int, types: Iterable[str] = ()) -> None:
+async def notify(conn: asyncpg.Connection, position: int) -> None:
     """Wake the log's followers (a hint only: they always re-read by position, and also poll now and then).
 
-    The payload is the last appended position and, when given, the types of the events appended (`notice`), so
-    that a follower may sleep through an append that cannot concern it. Sent after commit, in its own statement: a
-    NOTIFY inside the appending transaction would take PostgreSQL's global notify lock across the commit and
-    serialise every appender's fsync.
+    Sent after commit, in its own statement: a NOTIFY inside the appending transaction would take PostgreSQL's
+    global notify lock across the commit and serialise every appender's fsync.
     """
-    named = sorted(set(types))
-    payload = " ".join([str(position), ",".join(named)]) if named else str(position)
     try:
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, payload)
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(position))
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
         pass  # the events are committed; followers will find them on their next poll
-
-
-class Notice(msgspec.Struct, frozen=True):
-    """A NOTIFY's payload: the last position appended, and the appended events' types (None: not said, as in a
-    payload of an earlier version or of a bulk import: anything may have been appended)."""
-
-    position: int | None
-    types: frozenset[str] | None
-
-
-def notice(payload: str) -> Notice:
-    """`notify`'s payload read back; a payload it cannot read says nothing (position and types None)."""
-    position, _, types = payload.partition(" ")
-    try:
-        return Notice(int(position), frozenset(types.split(",")) if types else None)
-    except ValueError:
-        return Notice(None, None)
 
 
 class LogConnection(asyncpg.Connection):

@@ -13,8 +13,7 @@ Redis holds no truth here either; every pass derives the whole admission state a
   one waiting behind it (`handlers.worker.holds`), so a slot starts its next cut the moment FFmpeg exits, not a
   dispatcher pass after the outcome is recorded.
 A pass admits `capacity - running - admitted` attempts (or fewer, under the concurrency limits). It runs on every
-NOTIFY of the log (a request, an outcome) but one for an attempt's start alone (`wakes_dispatcher`), when the next
-retry falls due, and at least every second.
+NOTIFY of the log (a request, an outcome), when the next retry falls due, and at least every second.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import msgspec
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
-from domain.dispatch import InFlight, Limits, Turns, Waiting, may_change_admission, select
+from domain.dispatch import InFlight, Limits, Turns, Waiting, select
 from domain.clip import ClipState
 from handlers import reactor
 from handlers.presence import presence_prefix
@@ -198,17 +197,9 @@ class Dispatcher:
             self._checkpoint, self._checkpointed = head, now
 
 
-def wakes_dispatcher(notice: store.Notice) -> bool:
-    """Whether a NOTIFY calls for a pass: not for an append of an attempt's start alone (a pass after it could admit
-    nothing), for anything else, and for a payload that does not say what was appended."""
-    return may_change_admission(notice.types)
-
-
 async def follow(services: Services) -> None:
     dispatcher = Dispatcher()
-    await reactor.run_as_leader(
-        services, reactor.LEADER_LOCK, dispatcher.step, dispatcher.timeout, "dispatcher", wakes=wakes_dispatcher
-    )
+    await reactor.run_as_leader(services, reactor.LEADER_LOCK, dispatcher.step, dispatcher.timeout, "dispatcher")
 
 
 async def release_stuck_admissions(services: Services) -> int:

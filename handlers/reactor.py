@@ -208,22 +208,12 @@ async def lag(services: Services) -> int:
     )
 
 
-def waker(wake: asyncio.Event, wakes: Callable[[store.Notice], bool]) -> Callable[..., None]:
-    """An asyncpg listener of `store.NOTIFY_CHANNEL` that sets `wake` for the NOTIFYs `wakes` accepts."""
-
-    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-        if wakes(store.notice(payload)):
-            wake.set()
-
-    return on_notify
-
-
 async def run_as_leader(  # noqa: ANN001
     services: Services, lock_key: int, step, period: float | Callable[[], float], name: str, *,
-    wake_on_notify: bool = True, wakes: Callable[[store.Notice], bool] = lambda _notice: True,
+    wake_on_notify: bool = True,
 ) -> None:  # fmt: skip
-    """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by a NOTIFY that `wakes`
-    accepts or every `period` seconds (a function: asked again after every pass).
+    """Forever: become the one holder of `lock_key`, then run `step()` whenever woken by NOTIFY or every `period`
+    seconds (a function: asked again after every pass).
 
     Survives PostgreSQL outages: on any connection error it waits and tries again.
     """
@@ -237,7 +227,7 @@ async def run_as_leader(  # noqa: ANN001
                 await asyncio.sleep(min(sleep(), 2.0))
             wake = asyncio.Event()
             if wake_on_notify:
-                await conn.add_listener(store.NOTIFY_CHANNEL, waker(wake, wakes))
+                await conn.add_listener(store.NOTIFY_CHANNEL, lambda *_: wake.set())
             log.info("%s: leading", name)
             while True:
                 reraise_if_cancelled()  # one a library swallowed in the last pass must still end the loop
@@ -245,7 +235,7 @@ async def run_as_leader(  # noqa: ANN001
                 while await step(services):
                     pass
                 if not await wait_event(wake, sleep()):
-                    await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly (a wake-up proves it)
+                    await conn.fetchval("SELECT 1")  # notice a lost lock connection promptly (a NOTIFY proves it)
         except asyncio.CancelledError:
             raise
         except Exception as error:

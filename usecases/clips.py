@@ -155,7 +155,7 @@ async def handle(
                 if remaining == 0:
                     raise
                 continue
-            await store.notify(conn, position, (event.type for event in appended))
+            await store.notify(conn, position)
             return Handled(new_state, position, appended)
     raise AssertionError("unreachable")
 

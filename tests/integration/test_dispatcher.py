@@ -5,18 +5,15 @@ queue position (projections/queue.py) follows the same rule."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import AsyncIterator
 
-import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
 from arq.constants import job_key_prefix
 
 from api.auth import create_token
-from domain.clip import Complete, Register, Start
-from eventlog import store
+from domain.clip import Register, Start
 from handlers import dispatcher, reactor
 from handlers.presence import presence_prefix
 from projections.queue import queue_positions
@@ -56,47 +53,6 @@ async def _register(services: Services, owner: str, project: str, clips: list[st
 async def _queued(services: Services) -> list[tuple[str, str]]:
     queue = await reactor.job_queue(services.pool)
     return sorted((k[0], k[1]) for k in await dispatcher.queued_attempts(services.redis, queue))
-
-
-@pytest.mark.asyncio(loop_scope="session")
-async def test_an_attempts_start_alone_wakes_no_pass_every_other_append_does(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The NOTIFYs of real appends name the appended events' types, and the dispatcher's listener (the one
-    `dispatcher.follow` gives its leader loop) sets its wake-up for each of them but the start's."""
-    given: dict[str, object] = {}
-
-    async def leader(*args: object, **options: object) -> None:
-        given.update(options)
-
-    monkeypatch.setattr(reactor, "run_as_leader", leader)
-    await dispatcher.follow(services)
-    assert given["wakes"] is dispatcher.wakes_dispatcher
-
-    payloads: asyncio.Queue[str] = asyncio.Queue()
-    listener = await asyncpg.connect(services.settings.database_url)
-    await listener.add_listener(store.NOTIFY_CHANNEL, lambda _c, _p, _ch, payload: payloads.put_nowait(payload))
-    try:
-        await _register(services, "carol", "pc", ["c0"])
-        await handle(services.pool, "pc", "c0", Start(run=1, attempt=1, worker_id="w"), services.context)
-        done = Complete(run=1, attempt=1, bytes=1, duration_seconds=1.0, elapsed_seconds=0.1, output="pc/c0.mp4")
-        await handle(services.pool, "pc", "c0", done, services.context)
-        sent = [await asyncio.wait_for(payloads.get(), 10) for _ in range(3)]
-    finally:
-        await listener.close()
-    notices = [store.notice(payload) for payload in sent]
-    assert [n.types for n in notices] == [
-        frozenset({"extraction.requested"}), frozenset({"extraction.started"}), frozenset({"extraction.completed"})
-    ]
-    positions = [n.position for n in notices]
-    assert positions == sorted(positions) and len(set(positions)) == 3
-    untyped = str(positions[-1])  # a bulk import's payload, or one of an earlier version: anything may have come
-    woken = []
-    for payload in [*sent, untyped]:
-        wake = asyncio.Event()
-        reactor.waker(wake, dispatcher.wakes_dispatcher)(listener, 0, store.NOTIFY_CHANNEL, payload)
-        woken.append(wake.is_set())
-    assert woken == [True, False, True, True]
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -4,13 +4,8 @@ oldest first within a project, the concurrency limits, and the queue position th
 from __future__ import annotations
 
 from collections import Counter
-from typing import get_args
 
-from domain.dispatch import (
-    BATCH_EVERY, InFlight, Limits, Turns, Waiting, admission_order, may_change_admission, queue_position, select,
-)
-from domain.events import ExtractionEvent, ExtractionStarted
-from eventlog.store import Notice, notice
+from domain.dispatch import BATCH_EVERY, InFlight, Limits, Turns, Waiting, admission_order, queue_position, select
 
 
 def waiting(owner: str, project: str, n: int, *, priority: str = "interactive", first: int = 0) -> list[Waiting]:
@@ -127,23 +122,3 @@ def test_the_dispatch_settings_are_checked_at_start():
                 {"CLIPLOG_OWNER_CONCURRENCY": "1.5"}):  # fmt: skip
         with pytest.raises(ConfigError):
             load({**base, **bad})
-
-
-def test_only_an_attempts_start_alone_cannot_change_admission():
-    started = ExtractionStarted.__struct_config__.tag
-    assert not may_change_admission(frozenset({started}))
-    others = [cls.__struct_config__.tag for cls in get_args(ExtractionEvent) if cls is not ExtractionStarted]
-    assert len(others) >= 5
-    for tag in others:
-        assert may_change_admission(frozenset({tag})), tag
-        assert may_change_admission(frozenset({tag, started})), tag
-    assert may_change_admission(None)  # a payload that does not say
-
-
-def test_a_notify_payload_reads_back_as_its_position_and_types():
-    assert notice("42") == Notice(42, None)
-    assert notice("42 extraction.completed,extraction.started") == Notice(
-        42, frozenset({"extraction.completed", "extraction.started"})
-    )
-    assert notice("") == Notice(None, None)
-    assert notice("not a position") == Notice(None, None)
