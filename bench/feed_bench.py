@@ -102,7 +102,7 @@ import msgspec
 import psutil
 
 from bench.common import apply_defaults, cell
-from eventlog import store
+from eventlog import cursor, store
 from runtime.embedded import free_port
 from runtime.processes import ApiProcess
 
@@ -779,20 +779,18 @@ async def raw_cost(admin: asyncpg.Connection, conn: asyncpg.Connection, position
     return PageCost(wall * per, math.nan, await postgres.stop() * per, await client.stop() * per)
 
 
-async def page_cursors(server: Server, token: str) -> tuple[list[str | None], list[int]]:
-    """The cursor and position each page of a catch-up is read after (None, 0: the beginning)."""
+async def page_cursors(server: Server, token: str) -> list[str | None]:
+    """The cursor each page of a catch-up is read after (None: the beginning)."""
     import httpx
 
     cursors: list[str | None] = [None]
-    positions = [0]
     async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": f"Bearer {token}"}) as http:
         while True:
             params = {"limit": PAGE, **({"after": cursors[-1]} if cursors[-1] else {})}
             page = msgspec.json.decode((await http.get("/api/events", params=params)).content)
             if not page["events"]:  # the last cursor is the end's
-                return cursors[:-1], positions[:-1]
+                return cursors[:-1]
             cursors.append(page["next_cursor"])
-            positions.append(page["events"][-1]["position"])
 
 
 # The events as the appends write them (with their feed JSON, eventlog.feed_json, and their cursor fingerprints,
@@ -1037,7 +1035,8 @@ async def bench(args: argparse.Namespace) -> str:
                         catch_up[case].append(await run())
                     log(f"catch-up round {r + 1}/{args.rounds}: "
                         + ", ".join(f"{case} {rates[-1].per_second:9,.0f} events/s" for case, rates in catch_up.items()))
-                cursors, positions = await page_cursors(server, token)
+                cursors = await page_cursors(server, token)
+                positions = [0 if c is None else cursor.decode(c).position for c in cursors]  # the raw pages' keys
                 for r in range(args.rounds):
                     costs["1"].append(await page_cost(admin, server, token, cursors, 1))
                     costs[str(PAGE)].append(await page_cost(admin, server, token, cursors, PAGE))

@@ -855,7 +855,7 @@ CLIPLOG_GROUPS = ("api", "workers", "postgres", "redis")  # cliplog's own proces
 
 def _cpu_ms(runs: Sequence[ThroughputRun], groups: Sequence[str]) -> float:
     """The median over the runs of the CPU time `groups` spent per clip, ms."""
-    return statistics.median(sum(r.cpu.cores.get(g, 0.0) for g in groups) * r.seconds / r.clips for r in runs) * 1000
+    return statistics.median(cpu_per_clip(r, groups) for r in runs) * 1000
 
 
 def _cpu_ceiling(runs: dict[str, list[ThroughputRun]], one_worker_share: float) -> list[str]:
@@ -1032,9 +1032,9 @@ PROGRESS_CASES = {
 SERVICE_GROUPS = ("api", "workers", "ffmpeg")
 
 
-def cpu_per_clip(run: ThroughputRun) -> float:
-    """CPU seconds the service's processes used per clip of a batch."""
-    return sum(run.cpu.cores.get(g, 0.0) for g in SERVICE_GROUPS) * run.seconds / run.clips
+def cpu_per_clip(run: ThroughputRun, groups: Sequence[str] = SERVICE_GROUPS) -> float:
+    """CPU seconds `groups` (by default the service's processes) used per clip of a batch."""
+    return sum(run.cpu.cores.get(g, 0.0) for g in groups) * run.seconds / run.clips
 
 
 @dataclass
